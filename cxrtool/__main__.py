@@ -1,0 +1,3 @@
+from cxrtool.cli.main import app
+
+app(prog_name="cxrtool")
