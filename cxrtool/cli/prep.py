@@ -1,7 +1,13 @@
-"""CLI for prep (to be filled in by its issue)."""
+"""``cxrtool prep``: dataset preparation commands (DICOM conversion, NIH relabelling, class folders)."""
 
 import typer
 
+from cxrtool.cli import prep_datasets, prep_dicom
+
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the root app."""
+    """Add the ``prep`` group to the root app."""
+    group = typer.Typer(help="Prepare data: DICOM -> PNG, ChestX-ray14 labels, class folders -> manifests.", no_args_is_help=True)
+    prep_dicom.register(group)
+    prep_datasets.register(group)
+    app.add_typer(group, name="prep")
