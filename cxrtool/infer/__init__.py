@@ -1,0 +1,1 @@
+"""Inference: one backend interface (torch, ONNX Runtime, OpenVINO, TensorRT) and folder prediction."""

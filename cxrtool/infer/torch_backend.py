@@ -1,0 +1,39 @@
+"""PyTorch backend: cxrtool checkpoints on CPU or CUDA."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cxrtool.errors import CxrError
+from cxrtool.infer.backends import Backend
+from cxrtool.models.checkpoint import load_checkpoint
+
+
+class TorchBackend(Backend):
+    name = "torch"
+    suffixes = (".safetensors",)
+
+    def __init__(self, path: Path, card, device: str, model: torch.nn.Module):
+        super().__init__(path, card, device)
+        self.model = model
+
+    @classmethod
+    def is_available(cls, device: str) -> bool:
+        return device == "cpu" or (device.startswith("cuda") and torch.cuda.is_available())
+
+    @classmethod
+    def load(cls, path: Path, *, device: str = "cpu", **options: Any) -> TorchBackend:
+        model, card = load_checkpoint(path)
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise CxrError("CUDA requested but no CUDA device is available")
+        model = model.to(device).eval()
+        return cls(path, card, device, model)
+
+    @torch.inference_mode()
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device, non_blocking=True)
+        return self.model(x).float().cpu().numpy()
