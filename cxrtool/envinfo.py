@@ -61,6 +61,7 @@ def _compute_rows() -> list[Row]:
 
 
 def _dicom_rows() -> list[Row]:
+    """One row per transfer syntax: native (uncompressed, decoded by pydicom itself) or its plugins."""
     from pydicom.pixels.decoders.base import get_decoder
     from pydicom.uid import UID
 
@@ -70,8 +71,12 @@ def _dicom_rows() -> list[Row]:
     for uid in TRANSFER_SYNTAXES:
         try:
             dec = get_decoder(UID(uid))
-            plugins = sorted(dec.available_plugins)
-            rows.append((UID(uid).name, ", ".join(plugins) or "no decoder plugin installed", bool(plugins)))
         except NotImplementedError:
             rows.append((UID(uid).name, "not supported by pydicom", False))
+            continue
+        if dec.is_native:
+            rows.append((UID(uid).name, "native (pydicom, no plugin needed)", True))
+        else:
+            plugins = sorted(dec.available_plugins)
+            rows.append((UID(uid).name, ", ".join(plugins) or "no decoder plugin installed", bool(plugins)))
     return rows

@@ -1,4 +1,4 @@
-"""Transfer syntaxes cxrtool expects to decode (reported by ``cxrtool doctor``)."""
+"""Transfer syntaxes cxrtool expects to decode (reported by ``cxrtool doctor``) and decoder preferences."""
 
 TRANSFER_SYNTAXES: tuple[str, ...] = (
     "1.2.840.10008.1.2",  # Implicit VR Little Endian
@@ -17,3 +17,12 @@ TRANSFER_SYNTAXES: tuple[str, ...] = (
     "1.2.840.10008.1.2.4.201",  # HTJ2K Lossless
     "1.2.840.10008.1.2.4.203",  # HTJ2K
 )
+
+# Lossy JPEG decoders differ in their inverse DCT by one grey level on a few % of pixels.
+# Pillow (libjpeg-turbo, accurate integer IDCT) decodes our JPEG baseline fixtures bit-identically
+# to DCMTK's IJG code and about twice as fast as pylibjpeg, so it is tried first; pydicom's own
+# plugin order is the fallback (e.g. 12-bit JPEG extended, which Pillow cannot decode).
+PREFERRED_PLUGINS: dict[str, str] = {
+    "1.2.840.10008.1.2.4.50": "pillow",
+    "1.2.840.10008.1.2.4.51": "pillow",
+}
