@@ -1,0 +1,205 @@
+"""TensorRT: everything around the engine is plain Python and tested here; the engine build itself
+needs TensorRT + a GPU and is skipped with its reason elsewhere."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cxrtool.config import PreprocessCfg
+from cxrtool.errors import CxrError
+from cxrtool.export.tensorrt import (
+    BatchProfile,
+    CalibrationBatches,
+    EngineSidecar,
+    check_compatible,
+    cuda_index,
+    default_engine_path,
+    default_tolerance,
+    engine_matches_source,
+    engine_precision,
+    read_sidecar,
+    sidecar_path,
+    write_sidecar,
+)
+from cxrtool.images import load_image
+from cxrtool.infer.backends import load_backend
+from cxrtool.infer.trt_backend import TensorRTBackend, plan_chunks
+from cxrtool.models.checkpoint import ModelCard
+from cxrtool.preprocess import to_model_input
+
+HAS_TRT = all(importlib.util.find_spec(m) is not None for m in ("tensorrt", "pycuda"))
+
+
+def sidecar(**changes) -> EngineSidecar:
+    values = dict(
+        card=ModelCard(arch="densenet121", task="multiclass", class_names=["a", "b"], preprocess=PreprocessCfg(input_size=32)),
+        precision="fp16",
+        profile=BatchProfile(1, 8, 16),
+        input_name="input",
+        output_name="logits",
+        tensorrt_version="10.3.0",
+        gpu_name="NVIDIA A100-SXM4-80GB",
+        compute_capability="8.0",
+        engine_sha256="e" * 64,
+        source_onnx="m.onnx",
+        source_onnx_sha256="o" * 64,
+        source_checkpoint_sha256="c" * 64,
+    )
+    values.update(changes)
+    return EngineSidecar(**values)
+
+
+class TestOptions:
+    @pytest.mark.parametrize("lo, opt, hi", [(0, 1, 1), (4, 2, 8), (1, 16, 8)])
+    def test_bad_profile(self, lo, opt, hi):
+        with pytest.raises(CxrError, match="1 <= min <= opt <= max"):
+            BatchProfile(lo, opt, hi)
+
+    def test_precision_names(self, tmp_path):
+        assert engine_precision(fp16=False, int8=False, calib=None) == "fp32"
+        assert engine_precision(fp16=True, int8=False, calib=None) == "fp16"
+        assert engine_precision(fp16=True, int8=True, calib=tmp_path) == "int8+fp16"
+        assert default_tolerance("int8+fp16") == default_tolerance("int8") > default_tolerance("fp16") > default_tolerance("fp32")
+
+    @pytest.mark.parametrize(
+        "int8, calib, message",
+        [(True, None, "--int8 needs --calib"), (False, ".", "--calib is only used with --int8"), (True, "/no/such/dir", "calibration folder not found")],
+    )
+    def test_precision_errors(self, int8, calib, message):
+        with pytest.raises(CxrError, match=message):
+            engine_precision(fp16=False, int8=int8, calib=calib)
+
+    def test_cuda_index(self):
+        assert cuda_index("cuda") == 0 and cuda_index("cuda:3") == 3
+        for bad in ("cpu", "cuda:x", "gpu:0"):
+            with pytest.raises(CxrError, match="needs a CUDA device"):
+                cuda_index(bad)
+
+    def test_default_paths(self, tmp_path):
+        assert default_engine_path(tmp_path / "m.safetensors") == tmp_path / "engines" / "m.engine"
+        assert default_engine_path(tmp_path / "x" / "m.onnx") == tmp_path / "x" / "m.engine"
+        assert sidecar_path(tmp_path / "m.engine") == tmp_path / "m.engine.json"
+
+
+class TestCalibration:
+    @pytest.fixture()
+    def folder(self, tmp_path) -> Path:
+        for i in range(5):
+            Image.fromarray(np.full((24, 40), 40 * i, np.uint8)).save(tmp_path / f"img{i}.png")
+        (tmp_path / "img2_broken.png").write_bytes(b"\x89PNG truncated")
+        return tmp_path
+
+    def test_fixed_batches_preprocessed_like_inference(self, folder):
+        cfg = PreprocessCfg(input_size=16)
+        batches = CalibrationBatches.from_folder(folder, cfg, batch_size=2)
+        got = list(batches)
+        assert [b.shape for b in got] == [(2, 3, 16, 16)] * 2  # 5 good films: the 5th (incomplete batch) is dropped
+        assert all(b.dtype == np.float32 and b.flags.c_contiguous for b in got)
+        np.testing.assert_array_equal(got[0][0], to_model_input(load_image(folder / "img0.png"), cfg))
+        assert batches.used == 4 and len(batches.skipped) == 1 and "img2_broken.png" in batches.skipped[0]
+        assert batches.nbytes == 2 * 3 * 16 * 16 * 4
+
+    def test_limit_and_too_few(self, folder):
+        assert CalibrationBatches.from_folder(folder, PreprocessCfg(input_size=16), batch_size=2, limit=3).files[-1].name == "img2.png"
+        with pytest.raises(CxrError, match="at least 8 images"):
+            CalibrationBatches.from_folder(folder, PreprocessCfg(input_size=16), batch_size=8)
+
+
+class TestSidecar:
+    def test_roundtrip(self, tmp_path):
+        engine = tmp_path / "m.engine"
+        write_sidecar(engine, sidecar())
+        assert read_sidecar(engine) == sidecar()
+        assert json.loads(sidecar_path(engine).read_text())["card"]["class_names"] == ["a", "b"]
+
+    def test_missing_damaged_or_foreign(self, tmp_path):
+        engine = tmp_path / "m.engine"
+        with pytest.raises(CxrError, match="sidecar m.engine.json is missing; rebuild"):
+            read_sidecar(engine)
+        sidecar_path(engine).write_text("{not json")
+        with pytest.raises(CxrError, match="unreadable engine sidecar"):
+            read_sidecar(engine)
+        sidecar_path(engine).write_text(json.dumps({"format": "something-else/1"}))
+        with pytest.raises(CxrError, match="unreadable engine sidecar"):
+            read_sidecar(engine)
+
+    def test_matches_source(self, tmp_path):
+        engine = tmp_path / "m.engine"
+        write_sidecar(engine, sidecar())
+        assert engine_matches_source(engine, "c" * 64) and engine_matches_source(engine, "o" * 64)
+        assert not engine_matches_source(engine, "x" * 64)
+        assert not engine_matches_source(tmp_path / "other.engine", "c" * 64)
+
+
+class TestCompatibility:
+    HERE = dict(tensorrt_version="10.3.0", gpu_name="NVIDIA A100-SXM4-80GB", compute_capability="8.0")
+
+    def test_same_machine_passes(self):
+        check_compatible(sidecar(), "m.engine", **self.HERE, engine_sha256="e" * 64)
+
+    @pytest.mark.parametrize(
+        "change, shown",
+        [
+            ({"tensorrt_version": "10.5.0"}, "TensorRT 10.5.0"),
+            ({"gpu_name": "NVIDIA L4", "compute_capability": "8.9"}, "NVIDIA L4 (compute 8.9)"),
+            ({"compute_capability": "9.0"}, "compute 9.0"),
+        ],
+    )
+    def test_other_machine_says_rebuild(self, change, shown):
+        with pytest.raises(CxrError) as info:
+            check_compatible(sidecar(), "m.engine", **{**self.HERE, **change})
+        message = str(info.value)
+        assert "built for TensorRT 10.3.0 on NVIDIA A100-SXM4-80GB (compute 8.0)" in message
+        assert shown in message and "rebuild the engine on this machine: cxrtool export --trt m.onnx" in message
+
+    def test_engine_replaced_behind_the_sidecar(self):
+        with pytest.raises(CxrError, match="does not match its sidecar"):
+            check_compatible(sidecar(), "m.engine", **self.HERE, engine_sha256="f" * 64)
+
+    def test_backend_load_refuses_before_deserialising(self, tmp_path, monkeypatch):
+        engine = tmp_path / "m.engine"
+        engine.write_bytes(b"plan")
+        write_sidecar(engine, sidecar(engine_sha256=hashlib.sha256(b"plan").hexdigest()))
+        monkeypatch.setattr("cxrtool.infer.trt_backend.import_tensorrt", lambda: types.SimpleNamespace(__version__="10.7.0"))
+        monkeypatch.setattr("cxrtool.infer.trt_backend.current_gpu", lambda index: ("NVIDIA H100 80GB HBM3", "9.0"))
+        with pytest.raises(CxrError, match="this machine has TensorRT 10.7.0 on NVIDIA H100 80GB HBM3 .compute 9.0.; rebuild"):
+            TensorRTBackend.load(engine, device="cuda")
+
+
+class TestChunks:
+    def test_split_at_max(self):
+        assert plan_chunks(70, 1, 32) == [(0, 32, 32), (32, 64, 32), (64, 70, 6)]
+
+    def test_pad_to_min(self):
+        assert plan_chunks(2, 4, 8) == [(0, 2, 4)]
+        assert plan_chunks(0, 1, 8) == []
+
+
+@pytest.mark.skipif(HAS_TRT, reason="TensorRT is installed here")
+def test_backend_unavailable_without_tensorrt(tmp_path):
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"plan")
+    assert not TensorRTBackend.is_available("cuda")
+    with pytest.raises(CxrError, match="backend 'tensorrt' is not available on cuda"):
+        load_backend(engine, backend="tensorrt", device="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_TRT, reason="TensorRT/pycuda not installed (NVIDIA's index only; never on the dev machines or CI)")
+@pytest.mark.parametrize("fp16", [False, True])
+def test_build_and_run_engine(onnx_file, real_batch, tmp_path, fp16):
+    from cxrtool.export.tensorrt import build_engine
+
+    built = build_engine(onnx_file, tmp_path / "tiny.engine", fp16=fp16, profile=BatchProfile(1, 4, 8))
+    assert built.parity.ok and read_sidecar(built.path).precision == ("fp16" if fp16 else "fp32")
+    backend = load_backend(built.path, backend="tensorrt", device="cuda")
+    onnx_backend = load_backend(onnx_file, backend="onnxruntime")
+    np.testing.assert_allclose(backend.run(real_batch), onnx_backend.run(real_batch), atol=0.1 if fp16 else 1e-2)
