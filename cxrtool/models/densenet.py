@@ -13,6 +13,7 @@ from collections import OrderedDict
 
 import torch
 import torch.nn as nn
+from torchvision.models import DenseNet
 from torchvision.models import densenet121 as tv_densenet121
 from torchvision.models import densenet201 as tv_densenet201
 
@@ -64,6 +65,13 @@ def densenet121(*, num_classes: int, in_chans: int = 3) -> DenseNetClassifier:
 @register_arch("densenet201")
 def densenet201(*, num_classes: int, in_chans: int = 3) -> DenseNetClassifier:
     return _wrap(tv_densenet201(weights=None), num_classes, in_chans)
+
+
+@register_arch("densenet_tiny")
+def densenet_tiny(*, num_classes: int, in_chans: int = 3) -> DenseNetClassifier:
+    """Two dense blocks of two layers, same layout and key names: for tests and smoke runs, not for results."""
+    tv = DenseNet(growth_rate=8, block_config=(2, 2), num_init_features=16, bn_size=2)
+    return _wrap(tv, num_classes, in_chans)
 
 
 def forward_features(model: DenseNetClassifier, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,1 @@
+"""Training and evaluation (import the submodules; this package root stays light)."""

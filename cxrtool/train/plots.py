@@ -1,0 +1,66 @@
+"""Confusion-matrix and ROC pictures (matplotlib's Agg canvas: no display, no pyplot global state)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from cxrtool.fsutil import atomic_path
+from cxrtool.train.metrics import auc_score, roc_curve
+
+
+def _save(fig, path: Path) -> Path:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    return path
+
+
+def plot_confusion(cm: np.ndarray, class_names: Sequence[str], path: str | Path, title: str = "") -> Path:
+    """Counts in each cell, colour = share of the true class (row-normalised)."""
+    from matplotlib.figure import Figure
+
+    cm = np.asarray(cm)
+    k = len(class_names)
+    share = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    fig = Figure(figsize=(1.2 * k + 2.5, 1.2 * k + 2))
+    ax = fig.add_subplot()
+    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(im, ax=ax, fraction=0.046, label="share of true class")
+    ax.set_xticks(range(k), class_names, rotation=30, ha="right")
+    ax.set_yticks(range(k), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="white" if share[i, j] > 0.5 else "black")
+    ax.set_title(title or "confusion matrix")
+    return _save(fig, Path(path))
+
+
+def plot_roc(
+    probs: np.ndarray, truth: np.ndarray, class_names: Sequence[str], path: str | Path, title: str = ""
+) -> Path:
+    """One ROC curve per class (one-vs-rest) or finding; classes without both outcomes are skipped."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 5.5))
+    ax = fig.add_subplot()
+    for c, name in enumerate(class_names):
+        auc = auc_score(probs[:, c], truth[:, c])
+        if auc is None:
+            continue
+        fpr, tpr = roc_curve(probs[:, c], truth[:, c])
+        ax.plot(fpr, tpr, label=f"{name} (AUC {auc:.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("false positive rate (1 - specificity)")
+    ax.set_ylabel("true positive rate (sensitivity)")
+    ax.legend(loc="lower right", fontsize="small")
+    ax.set_title(title or "ROC")
+    return _save(fig, Path(path))

@@ -1,0 +1,111 @@
+"""Device, mixed precision and batched inference, shared by training and ``evaluate``.
+
+On CUDA: autocast (bf16, or fp16 with a GradScaler), channels_last, pinned memory and
+non-blocking copies.  On CPU the same code runs in float32 (or bf16 autocast when asked), so
+nothing here needs a GPU to be exercised.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from cxrtool.errors import CxrError
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how tensors run."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None = None
+    channels_last: bool = False
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        return x.to(self.device, non_blocking=self.cuda, memory_format=fmt)
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        return model.to(self.device, memory_format=fmt)
+
+    def describe(self) -> str:
+        amp = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype]
+        return f"{self.device} {amp}{' channels_last' if self.channels_last else ''}"
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto`` picks CUDA when present; plain ``cuda`` means this process's local rank."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise CxrError(f"device {name!r} requested but no CUDA device is available")
+        return torch.device(f"cuda:{local_rank}" if name == "cuda" else name)
+    if name != "cpu":
+        raise CxrError(f"device must be auto, cpu or cuda[:N], not {name!r}")
+    return torch.device("cpu")
+
+
+def resolve_runtime(device: torch.device, amp: str, channels_last: bool | None) -> tuple[Runtime, list[str]]:
+    """Pick the autocast dtype (``auto``: bf16 where supported, fp16 otherwise on CUDA; off on CPU).
+
+    Returns the runtime and warnings for requests that had to be degraded (fp16 on CPU).
+    """
+    warnings: list[str] = []
+    dtype: torch.dtype | None = None
+    if device.type == "cuda":
+        if amp == "auto" or amp == "bf16":
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            if amp == "bf16" and dtype is torch.float16:
+                warnings.append("this GPU has no bf16; using fp16 autocast with a grad scaler")
+        elif amp == "fp16":
+            dtype = torch.float16
+    elif amp == "bf16":
+        dtype = torch.bfloat16
+    elif amp == "fp16":
+        warnings.append("fp16 autocast needs CUDA; training in float32 on CPU (bf16 works on CPU)")
+    cl = device.type == "cuda" if channels_last is None else channels_last
+    return Runtime(device, dtype, cl), warnings
+
+
+def grad_scaler(runtime: Runtime) -> torch.amp.GradScaler:
+    """A scaler that is active only for fp16 on CUDA (bf16 and fp32 do not underflow like fp16)."""
+    enabled = runtime.cuda and runtime.amp_dtype is torch.float16
+    return torch.amp.GradScaler(runtime.device.type, enabled=enabled)
+
+
+def to_probs(logits: torch.Tensor, task: str) -> torch.Tensor:
+    return logits.softmax(1) if task == "multiclass" else logits.sigmoid()
+
+
+@torch.inference_mode()
+def predict_logits(
+    model: nn.Module, batches: Iterable, runtime: Runtime
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Run ``(x, target, index, error)`` batches through ``model``: float32 logits, targets, indices, errors."""
+    logits, targets, indices, errors = [], [], [], []
+    for x, y, idx, err in batches:
+        with runtime.autocast():
+            out = model(runtime.inputs(x))
+        logits.append(out.float().cpu())
+        targets.append(y)
+        indices.append(idx)
+        errors.extend(err)
+    if not logits:
+        return np.zeros((0, 0), np.float32), np.zeros((0,)), np.zeros((0,), np.int64), []
+    return torch.cat(logits).numpy(), torch.cat(targets).numpy(), torch.cat(indices).numpy(), errors
