@@ -1,0 +1,77 @@
+"""Seconds per heatmap vs. a forward pass, same run, same batch (``cxrtool explain``'s speed goal).
+
+Usage: ``.venv/bin/python bench/explain.py [--batch 16] [--size 224] [--repeats 3] [--zennit]``
+
+The baseline is the plain forward of the same DenseNet-121 under ``torch.inference_mode()``.
+Each explainer is timed per batch (compile time excluded: ``cxrtool explain`` compiles once per
+run); the median of ``--repeats`` is reported.  ``--zennit`` adds stock zennit with our canonizer
+(the "naive" path, slow).  The CPU is shared: run it a few times and quote the quiet numbers with
+the load average printed at the top.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+
+from cxrtool.config import PreprocessCfg
+from cxrtool.explain.attribution import Explainer, zennit_relevance
+from cxrtool.explain.composites import COMPOSITES
+from cxrtool.models import build_model
+
+
+def _median_time(fn, repeats: int) -> float:  # noqa: ANN001
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--zennit", action="store_true", help="also time stock zennit (slow)")
+    ap.add_argument("--composites", default=",".join(COMPOSITES))
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default); 1 is steadier on a loaded machine")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    torch.manual_seed(0)
+    model = build_model("densenet121", num_classes=3).eval()
+    for m in model.modules():  # non-trivial batch-norm statistics, as after training
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(args.batch, 3, args.size, args.size)
+    bounds = PreprocessCfg(input_size=args.size).input_bounds()
+    print(f"load average {os.getloadavg()}, torch threads {torch.get_num_threads()}, batch {args.batch}, {args.size} px")
+
+    def forward() -> None:
+        with torch.inference_mode():
+            model(x)
+
+    forward()  # warm-up
+    base = _median_time(forward, args.repeats)
+    print(f"{'forward (inference_mode)':32s} {base / args.batch:8.4f} s/image   1.00x")
+    for name in args.composites.split(","):
+        explainer = Explainer(model, name, bounds)
+        explainer.explain(x)  # warm-up
+        t = _median_time(lambda: explainer.explain(x), args.repeats)
+        print(f"{name:32s} {t / args.batch:8.4f} s/image {t / base:6.2f}x")
+    if args.zennit:
+        targets = torch.zeros(args.batch, dtype=torch.long)
+        t = _median_time(lambda: zennit_relevance(model, x, targets, "epsilon_plus_flat", bounds), 1)
+        print(f"{'zennit epsilon_plus_flat (naive)':32s} {t / args.batch:8.4f} s/image {t / base:6.2f}x")
+
+
+if __name__ == "__main__":
+    main()

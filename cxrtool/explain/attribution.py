@@ -1,0 +1,248 @@
+"""User-facing explaining: :class:`Explainer` (tensors in, relevance out) and :func:`explain_files`.
+
+One forward and one backward per batch: the LRP model returns the logits, targets are picked from
+them, and the backward pass is seeded with each sample's own target logit (so the input relevance
+of an LRP composite sums to about that logit; gradient x input is seeded with 1, and sums to the
+logit minus what biases and non-linearities take).  Several targets ("all") reuse the same
+forward graph.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from cxrtool.errors import CxrError, ImageLoadError
+from cxrtool.explain.audit import AUDIT_COLUMNS, AuditCfg, audit_heatmap, summarize
+from cxrtool.explain.composites import DEFAULT_COMPOSITE, Bounds, CompositeSpec, compile_lrp, get_composite, zennit_composite
+from cxrtool.fsutil import atomic_open, atomic_path
+from cxrtool.models.checkpoint import ModelCard
+
+Target = int | None  # a class index, or None for the predicted class
+
+
+class Explainer:
+    """Relevance maps for a model under one composite; the model itself is never modified.
+
+    Parameters
+    ----------
+    model:
+        The classifier (a :class:`~cxrtool.models.densenet.DenseNetClassifier`, or any
+        conv/ReLU/linear network without batch norms).
+    composite:
+        A name from :data:`~cxrtool.explain.composites.COMPOSITES` or a spec.
+    bounds:
+        ``(low, high)`` per input channel, from ``PreprocessCfg.input_bounds()``; needed by ZBox.
+    """
+
+    def __init__(self, model: nn.Module, composite: str | CompositeSpec = DEFAULT_COMPOSITE, bounds: Bounds | None = None):
+        self.spec = get_composite(composite) if isinstance(composite, str) else composite
+        if self.spec.is_lrp:
+            self.net = compile_lrp(model, self.spec, bounds)
+        else:
+            self.net = copy.deepcopy(model).eval()
+            for p in self.net.parameters():
+                p.requires_grad_(False)
+
+    def explain(self, x: torch.Tensor, targets: Sequence[Target | torch.Tensor] = (None,)) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Logits ``(B, K)`` and one relevance tensor ``(B, C, H, W)`` per entry of ``targets``.
+
+        Each entry is ``None`` (each sample's predicted class), a class index, or a ``(B,)``
+        tensor of per-sample class indices.
+        """
+        x = x.detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            logits = self.net(x)
+            out = []
+            for i, target in enumerate(targets):
+                index = _target_index(target, logits)
+                seed = torch.zeros_like(logits)
+                rows = torch.arange(len(index))
+                seed[rows, index] = logits.detach()[rows, index] if self.spec.is_lrp else 1.0
+                (grad,) = torch.autograd.grad(logits, x, seed, retain_graph=i < len(targets) - 1)
+                out.append(grad if self.spec.is_lrp else grad * x.detach())
+        return logits.detach(), out
+
+
+def _target_index(target: Target | torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    if target is None:
+        return logits.detach().argmax(1)
+    if isinstance(target, torch.Tensor):
+        return target.to(torch.long)
+    return torch.full((logits.shape[0],), int(target), dtype=torch.long)
+
+
+def zennit_relevance(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, composite: str | CompositeSpec, bounds: Bounds | None = None) -> torch.Tensor:
+    """Reference: the same relevance computed with stock zennit rules (slow; tests and benchmark)."""
+    spec = get_composite(composite) if isinstance(composite, str) else composite
+    net = copy.deepcopy(model).eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    x = x.detach().clone().requires_grad_(True)
+    with zennit_composite(net, spec, bounds).context(net) as modified, torch.enable_grad():
+        logits = modified(x)
+        seed = torch.zeros_like(logits)
+        rows = torch.arange(len(targets))
+        seed[rows, targets] = logits.detach()[rows, targets]
+        (rel,) = torch.autograd.grad(logits, x, seed)
+    return rel
+
+
+# ----------------------------------------------------------------------------- files -> outputs
+
+RESULT_COLUMNS = (
+    "path", "target", "target_index", "target_logit", "target_prob", "predicted", "predicted_prob",
+    "relevance_sum", *AUDIT_COLUMNS, "scale", "heatmap", "overlay", "panel", "error",
+)
+
+
+@dataclass
+class ExplainOptions:
+    """What ``cxrtool explain`` does: composite, targets (``predicted``, ``all`` or a class name), batching, audit regions."""
+
+    composite: str = DEFAULT_COMPOSITE
+    target: str = "predicted"
+    batch_size: int = 16
+    audit: AuditCfg = field(default_factory=AuditCfg)
+
+
+@dataclass
+class ExplainReport:
+    rows: list[dict[str, object]]
+    summary: list[dict[str, object]]
+    csv_path: Path
+
+    @property
+    def n_failed(self) -> int:
+        return len({r["path"] for r in self.rows if r.get("error")})
+
+
+def plan_inputs(paths: Iterable[str | Path]) -> list[tuple[Path, Path]]:
+    """``(file, output stem relative to the output folder)`` for every candidate input.
+
+    Files found in a folder keep their sub-path (no name clashes between class folders); files
+    given directly keep their name.
+    """
+    from cxrtool.images import iter_input_files
+
+    plan, seen = [], set()
+    for root in (Path(p) for p in paths):
+        for f in iter_input_files([root]):
+            stem = (f.relative_to(root) if root.is_dir() else Path(f.name)).with_suffix("")
+            unique, n = stem, 1
+            while unique in seen:  # same name from two places: keep both
+                n += 1
+                unique = stem.with_name(f"{stem.name}-{n}")
+            seen.add(unique)
+            plan.append((f, unique))
+    return plan
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def _targets_for(option: str, class_names: Sequence[str]) -> list[Target]:
+    if option == "predicted":
+        return [None]
+    if option == "all":
+        return list(range(len(class_names)))
+    if option in class_names:
+        return [list(class_names).index(option)]
+    raise CxrError(f"--target must be 'predicted', 'all' or one of {', '.join(class_names)}; got {option!r}")
+
+
+def explain_files(
+    plan: Sequence[tuple[Path, Path]],
+    model: nn.Module,
+    card: ModelCard,
+    out_dir: str | Path,
+    options: ExplainOptions | None = None,
+    on_file: Callable[[Path, str | None], None] | None = None,
+) -> ExplainReport:
+    """Explain every input of ``plan`` (from :func:`plan_inputs`): ``.npy`` relevance, overlay and
+    panel PNGs per target, and ``explain.csv``.
+
+    A file that cannot be read becomes an error row and the run goes on.  ``on_file(path, error)``
+    is called once per input (for progress bars).
+    """
+    from cxrtool.images import load_image
+    from cxrtool.preprocess import normalize, resize_gray
+
+    options = options or ExplainOptions()
+    cfg = card.preprocess
+    targets = _targets_for(options.target, card.class_names)
+    explainer = Explainer(model, options.composite, cfg.input_bounds())
+    out_dir = Path(out_dir)
+    rows: list[dict[str, object]] = []
+    for start in range(0, len(plan), max(1, options.batch_size)):
+        good: list[tuple[Path, Path, np.ndarray]] = []
+        for path, stem in plan[start : start + options.batch_size]:
+            try:
+                good.append((path, stem, resize_gray(load_image(path, window=cfg.window), cfg)))
+            except ImageLoadError as exc:
+                rows.append({"path": str(path), "error": exc.reason})
+                if on_file:
+                    on_file(path, exc.reason)
+        if not good:
+            continue
+        x = torch.from_numpy(np.stack([normalize(g, cfg) for _, _, g in good]))
+        logits, relevances = explainer.explain(x, targets)
+        probs = torch.sigmoid(logits) if card.task == "multilabel" else torch.softmax(logits, 1)
+        predicted = logits.argmax(1)
+        for target, rel in zip(targets, relevances):
+            maps = rel.sum(1).numpy()  # grey pixel relevance = sum over its replicated channels
+            index = predicted if target is None else torch.full_like(predicted, target)
+            for i, (path, stem, gray) in enumerate(good):
+                rows.append(_write_outputs(out_dir, path, stem, gray, maps[i], int(index[i]), int(predicted[i]), logits[i], probs[i], card.class_names, options))
+        for path, _, _ in good:
+            if on_file:
+                on_file(path, None)
+    csv_path = out_dir / "explain.csv"
+    with atomic_open(csv_path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=RESULT_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _fmt(v) for k, v in row.items()})
+    return ExplainReport(rows, summarize(rows), csv_path)
+
+
+def _fmt(value: object) -> object:
+    return f"{value:.6g}" if isinstance(value, float) else value
+
+
+def _write_outputs(
+    out_dir: Path, path: Path, stem: Path, gray: np.ndarray, rmap: np.ndarray, index: int, predicted: int,
+    logits: torch.Tensor, probs: torch.Tensor, class_names: Sequence[str], options: ExplainOptions,
+) -> dict[str, object]:
+    """Write one heatmap's ``.npy``, overlay and panel; return its CSV row (with audit shares)."""
+    from cxrtool.explain import render
+
+    name = class_names[index]
+    base = out_dir / stem.parent / f"{_safe(stem.name)}.{_safe(name)}"
+    files = {kind: base.with_name(f"{base.name}.{kind}") for kind in ("heatmap.npy", "overlay.png", "panel.png")}
+    scale = render.symmetric_scale(rmap)
+    with atomic_path(files["heatmap.npy"]) as tmp:
+        np.save(tmp, rmap.astype(np.float32))
+    with atomic_path(files["overlay.png"]) as tmp:
+        render.overlay(gray, rmap, scale).save(tmp)
+    title = (
+        f"{path.name} | target {name} p={float(probs[index]):.3f} | predicted {class_names[predicted]} "
+        f"p={float(probs[predicted]):.3f} | {options.composite} | colour scale +-{scale:.3g}"
+    )
+    with atomic_path(files["panel.png"]) as tmp:
+        render.panel(gray, rmap, scale, title).save(tmp)
+    return {
+        "path": str(path), "target": name, "target_index": index, "target_logit": float(logits[index]),
+        "target_prob": float(probs[index]), "predicted": class_names[predicted], "predicted_prob": float(probs[predicted]),
+        "relevance_sum": float(rmap.sum()), **audit_heatmap(rmap, options.audit), "scale": scale,
+        "heatmap": str(files["heatmap.npy"]), "overlay": str(files["overlay.png"]), "panel": str(files["panel.png"]), "error": "",
+    }

@@ -1,0 +1,182 @@
+"""Composites: which rule goes on which layer, by name (the values ``--composite`` accepts).
+
+A composite is data (a :class:`CompositeSpec`), like zennit's layer maps: a rule for the first
+convolution, one for every other convolution and one for the classifier; batch norms after
+concatenations get ``Pass`` (see :mod:`.canonizers`), average pooling ``Norm``, ReLU and max
+pooling pass relevance through.  Two builders turn a spec into something that runs:
+:func:`compile_lrp` (the fast rules of :mod:`.rules`, used by ``cxrtool explain``) and
+:func:`zennit_composite` (stock zennit rules plus our canonizer: the reference the fast path is
+tested against, and the "naive" baseline of ``bench/explain.py``).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the registry stays torch-free so ``cxrtool --help`` can list the names fast
+    import torch
+    import torch.nn as nn
+
+    from cxrtool.explain import rules
+
+Bounds = tuple[Sequence[float], Sequence[float]]
+STABILIZER = 1e-6  # zennit's default epsilon / stabiliser
+
+
+@dataclass(frozen=True)
+class CompositeSpec:
+    """A named LRP composite.  ``first=None`` uses the ``conv`` rule for the first layer too;
+    ``conv=None`` means no LRP at all: plain gradient x input."""
+
+    name: str
+    first: str | None
+    conv: str | None
+    description: str
+    epsilon: float = STABILIZER
+
+    @property
+    def is_lrp(self) -> bool:
+        return self.conv is not None
+
+
+COMPOSITES: dict[str, CompositeSpec] = {}
+
+
+def register_composite(spec: CompositeSpec) -> CompositeSpec:
+    COMPOSITES[spec.name] = spec
+    return spec
+
+
+register_composite(CompositeSpec("epsilon_plus_flat", "flat", "zplus", "flat first layer, z+ convolutions, epsilon classifier (default)"))
+register_composite(CompositeSpec("epsilon_gamma_box", "zbox", "gamma", "ZBox first layer (bounds from the preprocessing), gamma=0.25 convolutions, epsilon classifier"))
+register_composite(CompositeSpec("epsilon_alpha2_beta1_flat", "flat", "alpha2beta1", "flat first layer, alpha2-beta1 convolutions, epsilon classifier"))
+register_composite(CompositeSpec("gradient", None, None, "gradient x input (baseline, not LRP)"))
+
+DEFAULT_COMPOSITE = "epsilon_plus_flat"
+
+
+def get_composite(name: str) -> CompositeSpec:
+    """Look up a composite by name (``ValueError`` listing the valid names otherwise)."""
+    try:
+        return COMPOSITES[name]
+    except KeyError:
+        raise ValueError(f"unknown composite {name!r}; choose from {', '.join(COMPOSITES)}") from None
+
+
+def _is_densenet(model: nn.Module) -> bool:
+    names = dict(model.named_modules())
+    return "features.conv0" in names and "features.norm0" in names
+
+
+def _bounds_tensors(bounds: Bounds | None) -> tuple[torch.Tensor, torch.Tensor]:
+    import torch
+
+    if bounds is None:
+        raise ValueError("this composite needs the input bounds (low, high) from the preprocessing config")
+    low, high = (torch.tensor([float(v) for v in b]) for b in bounds)
+    return low, high
+
+
+def _conv_rule(kind: str, conv: nn.Conv2d, spec: CompositeSpec, bounds: Bounds | None) -> rules.Rule:
+    from cxrtool.explain import rules
+
+    if kind == "zplus":
+        return rules.ZPlus(conv)
+    if kind == "gamma":
+        return rules.Gamma(conv, gamma=0.25)
+    if kind == "alpha2beta1":
+        return rules.AlphaBeta(conv, alpha=2.0, beta=1.0)
+    if kind == "epsilon":
+        return rules.Epsilon(conv, epsilon=spec.epsilon)
+    if kind == "flat":
+        return rules.Flat(conv)
+    if kind == "zbox":
+        return rules.ZBox(conv, *_bounds_tensors(bounds))
+    raise ValueError(f"unknown conv rule {kind!r}")
+
+
+def compile_lrp(model: nn.Module, spec: CompositeSpec, bounds: Bounds | None = None) -> nn.Module:
+    """A canonized deep copy of ``model`` whose backward pass propagates relevance by ``spec``.
+
+    The original is never touched (zennit #237).  Batch norms are merged once here, not on every
+    call.  Models other than DenseNets are accepted only without batch norms (nothing would
+    canonize them).
+    """
+    import torch.nn as nn
+
+    from cxrtool.explain import rules
+    from cxrtool.explain.canonizers import DenseNetCanonizer, densenet_merge_pairs
+
+    if not spec.is_lrp:
+        raise ValueError(f"composite {spec.name!r} is not an LRP composite")
+    lrp = copy.deepcopy(model).eval()
+    for p in lrp.parameters():
+        p.requires_grad_(False)
+    merged: set[str] = set()
+    if _is_densenet(lrp):
+        DenseNetCanonizer().apply(lrp)  # permanent on the copy
+        merged = {bn for _, bn in densenet_merge_pairs(lrp)}
+    first_conv = next((n for n, m in lrp.named_modules() if isinstance(m, nn.Conv2d)), None)
+    for name, module in list(lrp.named_modules()):
+        new: nn.Module | None = None
+        if isinstance(module, nn.Conv2d):
+            new = _conv_rule(spec.first if name == first_conv and spec.first else spec.conv, module, spec, bounds)
+        elif isinstance(module, nn.Linear):
+            new = rules.EpsilonLinear(module, epsilon=spec.epsilon)
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+            if not merged:
+                raise TypeError(f"cannot canonize batch norm {name!r} of a non-DenseNet model")
+            new = nn.Identity() if name in merged else rules.Pass(module)
+        elif isinstance(module, (nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
+            new = rules.Norm(module)
+        elif isinstance(module, nn.ReLU):
+            new = rules.Pass(nn.ReLU(inplace=False))
+        if new is not None:
+            _set_submodule(lrp, name, new)
+    return lrp
+
+
+def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, new)
+
+
+def zennit_composite(model: nn.Module, spec: CompositeSpec, bounds: Bounds | None = None):  # noqa: ANN201
+    """The same composite built from stock zennit rules (plus :class:`DenseNetCanonizer` for DenseNets).
+
+    Use it on a deep copy, inside ``with composite.context(copy):``.
+    """
+    import torch.nn as nn
+    from zennit import composites as zc
+    from zennit import rules as zr
+    from zennit.types import Convolution
+
+    from cxrtool.explain.canonizers import DenseNetCanonizer
+
+    if not spec.is_lrp:
+        raise ValueError(f"composite {spec.name!r} is not an LRP composite")
+
+    def zrule(kind: str):  # noqa: ANN202
+        if kind == "zplus":
+            return zr.ZPlus()
+        if kind == "gamma":
+            return zr.Gamma(gamma=0.25)
+        if kind == "alpha2beta1":
+            return zr.AlphaBeta(alpha=2.0, beta=1.0)
+        if kind == "epsilon":
+            return zr.Epsilon(epsilon=spec.epsilon)
+        if kind == "flat":
+            return zr.Flat()
+        if kind == "zbox":
+            low, high = _bounds_tensors(bounds)
+            return zr.ZBox(low=low.reshape(1, -1, 1, 1), high=high.reshape(1, -1, 1, 1))
+        raise ValueError(f"unknown rule {kind!r}")
+
+    layer_map = zc.layer_map_base() + [(Convolution, zrule(spec.conv)), (nn.Linear, zr.Epsilon(epsilon=spec.epsilon))]
+    first_map = [(Convolution, zrule(spec.first))] if spec.first else []
+    canonizers = [DenseNetCanonizer()] if _is_densenet(model) else []
+    return zc.SpecialFirstLayerMapComposite(layer_map=layer_map, first_map=first_map, canonizers=canonizers)

@@ -1,0 +1,233 @@
+"""Fast LRP rules: modules whose backward pass *is* the relevance rule.
+
+zennit implements a rule as hooks that, during the backward pass, re-run the layer's forward with
+modified parameters (copied on every call) for every input modifier, then call
+``autograd.grad``.  Here each rule is a module wrapping a custom ``autograd.Function``: the forward
+is the layer's ordinary forward, the backward receives the upper relevance and returns the lower
+relevance directly.  Modified weights (``W+``, ``W-``, gamma weights) are computed once when the
+rule is built, stacked rules (gamma, alpha-beta) share one convolution with the weights
+concatenated along the output channels, and the whole batch goes through one backward call.
+
+Every rule matches the zennit rule of the same name (``zennit.rules``) up to float rounding; the
+tests compare them on a DenseNet.  Conv rules other than the first layer's assume non-negative
+inputs, which holds in DenseNet because every such convolution (and the classifier) follows a
+ReLU; zennit's versions add terms for negative inputs that are zero there.
+
+References: Bach et al. 2015 (LRP, epsilon, alpha-beta); Montavon et al. 2017 (deep Taylor,
+z+ and z^B/ZBox); Montavon et al. 2019 (gamma, layer-wise relevance propagation: an overview);
+Lapuschkin et al. 2019 (flat).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.grad import conv2d_input
+
+from cxrtool.explain.composites import STABILIZER
+
+
+def stabilize(z: torch.Tensor, eps: float = STABILIZER) -> torch.Tensor:
+    """zennit's stabiliser: move ``z`` away from zero by ``eps`` in the direction of its sign (+ for 0)."""
+    return z + eps * ((z == 0).to(z) + z.sign())
+
+
+class _RelevanceFn(torch.autograd.Function):
+    """Forward: ``rule.plain(x)``; backward: ``rule.relevance(x, R)`` (relevance, not gradient)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, rule: Rule) -> torch.Tensor:  # type: ignore[override]
+        ctx.rule = rule
+        if rule.needs_input:  # Pass does not: DenseNet's concatenations are not kept alive for it
+            ctx.save_for_backward(x)
+        return rule.plain(x)
+
+    @staticmethod
+    def backward(ctx, relevance: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        x = ctx.saved_tensors[0] if ctx.rule.needs_input else None
+        return ctx.rule.relevance(x, relevance), None
+
+
+class Rule(nn.Module):
+    """Base class: a layer whose backward pass propagates relevance by a fixed rule."""
+
+    needs_input = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not x.requires_grad:
+            return self.plain(x)
+        return _RelevanceFn.apply(x, self)
+
+    def plain(self, x: torch.Tensor) -> torch.Tensor:
+        """The wrapped layer's ordinary forward."""
+        raise NotImplementedError
+
+    def relevance(self, x: torch.Tensor, r_out: torch.Tensor) -> torch.Tensor:
+        """Lower-layer relevance from the input ``x`` and the upper relevance ``r_out``."""
+        raise NotImplementedError
+
+
+class Pass(Rule):
+    """Identity relevance for an element-wise unit: a ReLU, or a batch norm kept after a concatenation.
+
+    Unlike the ReLU's gradient this also passes relevance that reaches a zero activation (as zennit's
+    ``Pass`` does); that happens after max pooling, whose zero outputs can still receive relevance
+    from the ``Pass``-ed batch norms of the dense layers.
+    """
+
+    needs_input = False
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        self.layer = layer
+
+    def plain(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x)
+
+    def relevance(self, x: torch.Tensor | None, r_out: torch.Tensor) -> torch.Tensor:
+        return r_out
+
+
+class Norm(Rule):
+    """zennit's ``Norm`` for average pooling: relevance shared in proportion to each input's share."""
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        self.layer = layer
+
+    def plain(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x)
+
+    def relevance(self, x: torch.Tensor, r_out: torch.Tensor) -> torch.Tensor:
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_()
+            z = self.layer(xg)
+            (grad,) = torch.autograd.grad(z, xg, r_out / stabilize(z.detach()))
+        return x * grad
+
+
+class _ConvRule(Rule):
+    """Shared plumbing for rules on ``nn.Conv2d``: frozen copies of weight, bias and geometry."""
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        self.register_buffer("weight", conv.weight.detach().clone())
+        bias = conv.bias.detach().clone() if conv.bias is not None else torch.zeros(conv.out_channels)
+        self.register_buffer("bias", bias)
+        self.geometry = {"stride": conv.stride, "padding": conv.padding, "dilation": conv.dilation, "groups": conv.groups}
+
+    def plain(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight, self.bias, **self.geometry)
+
+    def _conv(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        return F.conv2d(x, weight, bias, **self.geometry)
+
+    def _back(self, shape: torch.Size, weight: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        return conv2d_input(shape, weight, grad, **self.geometry)
+
+
+class ZPlus(_ConvRule):
+    """z+ rule (alpha=1, beta=0) for non-negative inputs: ``R_i = x_i * sum_j w+_ij R_j / z+_j``."""
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__(conv)
+        self.register_buffer("w_pos", self.weight.clamp(min=0))
+        self.register_buffer("b_pos", self.bias.clamp(min=0))
+
+    def relevance(self, x: torch.Tensor, r_out: torch.Tensor) -> torch.Tensor:
+        z = self._conv(x, self.w_pos, self.b_pos)
+        return x * self._back(x.shape, self.w_pos, r_out / stabilize(z))
+
+
+class AlphaBeta(_ConvRule):
+    """alpha-beta rule for non-negative inputs (one convolution with ``[W+; W-]`` stacked)."""
+
+    def __init__(self, conv: nn.Conv2d, alpha: float = 2.0, beta: float = 1.0):
+        super().__init__(conv)
+        if alpha - beta != 1.0 or beta < 0:
+            raise ValueError("alpha - beta must be 1 and beta >= 0")
+        self.alpha, self.beta = alpha, beta
+        self.register_buffer("w_cat", torch.cat([self.weight.clamp(min=0), self.weight.clamp(max=0)]))
+        self.register_buffer("b_cat", torch.cat([self.bias.clamp(min=0), self.bias.clamp(max=0)]))
+
+    def relevance(self, x: torch.Tensor, r_out: torch.Tensor) -> torch.Tensor:
+        z_pos, z_neg = self._conv(x, self.w_cat, self.b_cat).chunk(2, dim=1)
+        grad = torch.cat([self.alpha * r_out / stabilize(z_pos), -self.beta * r_out / stabilize(z_neg)], dim=1)
+        return x * self._back(x.shape, self.w_cat, grad)
+
+
+class Gamma(_ConvRule):
+    """Generalised gamma rule for non-negative inputs (one convolution with both gamma weights stacked)."""
+
+    def __init__(self, conv: nn.Conv2d, gamma: float = 0.25):
+        super().__init__(conv)
+        self.gamma = gamma
+        w, b = self.weight, self.bias
+        self.register_buffer("w_cat", torch.cat([w + gamma * w.clamp(min=0), w + gamma * w.clamp(max=0)]))
+        self.register_buffer("b_cat", torch.cat([b + gamma * b.clamp(min=0), b + gamma * b.clamp(max=0)]))
+
+    def relevance(self, x: torch.Tensor, r_out: torch.Tensor) -> torch.Tensor:
+        z_up, z_down = self._conv(x, self.w_cat, self.b_cat).chunk(2, dim=1)
+        z = (z_up + z_down) / (2.0 + self.gamma)  # = W x + b, without another convolution
+        grad = torch.cat([r_out * (z > 0) / stabilize(z_up), r_out * (z < 0) / stabilize(z_down)], dim=1)
+        return x * self._back(x.shape, self.w_cat, grad)
+
+
+class Epsilon(_ConvRule):
+    """epsilon rule on a convolution (``epsilon`` ~ 0 gives LRP-0)."""
+
+    def __init__(self, conv: nn.Conv2d, epsilon: float = STABILIZER):
+        super().__init__(conv)
+        self.epsilon = epsilon
+
+    def relevance(self, x: torch.Tensor, r_out: torch.Tensor) -> torch.Tensor:
+        z = self.plain(x)
+        return x * self._back(x.shape, self.weight, r_out / stabilize(z, self.epsilon))
+
+
+class Flat(_ConvRule):
+    """Flat rule for the first layer: relevance spread uniformly over each output's receptive field."""
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__(conv)
+        self.register_buffer("w_ones", torch.ones_like(self.weight))
+
+    def relevance(self, x: torch.Tensor, r_out: torch.Tensor) -> torch.Tensor:
+        z = self._conv(torch.ones_like(x), self.w_ones)
+        return self._back(x.shape, self.w_ones, r_out / stabilize(z))
+
+
+class ZBox(_ConvRule):
+    """z^B rule for the first layer: relevance relative to the box ``[low, high]`` of valid inputs."""
+
+    def __init__(self, conv: nn.Conv2d, low: torch.Tensor, high: torch.Tensor):
+        super().__init__(conv)
+        self.register_buffer("low", low.reshape(1, -1, 1, 1).to(self.weight))
+        self.register_buffer("high", high.reshape(1, -1, 1, 1).to(self.weight))
+        self.register_buffer("w_pos", self.weight.clamp(min=0))
+        self.register_buffer("w_neg", self.weight.clamp(max=0))
+
+    def relevance(self, x: torch.Tensor, r_out: torch.Tensor) -> torch.Tensor:
+        low, high = self.low.expand_as(x), self.high.expand_as(x)
+        z = self.plain(x) - self._conv(low, self.w_pos, self.bias.clamp(min=0)) - self._conv(high, self.w_neg, self.bias.clamp(max=0))
+        grad = r_out / stabilize(z)
+        back = self._back
+        return x * back(x.shape, self.weight, grad) - low * back(x.shape, self.w_pos, grad) - high * back(x.shape, self.w_neg, grad)
+
+
+class EpsilonLinear(Rule):
+    """epsilon rule on ``nn.Linear`` (the classifier)."""
+
+    def __init__(self, linear: nn.Linear, epsilon: float = STABILIZER):
+        super().__init__()
+        self.register_buffer("weight", linear.weight.detach().clone())
+        bias = linear.bias.detach().clone() if linear.bias is not None else torch.zeros(linear.out_features)
+        self.register_buffer("bias", bias)
+        self.epsilon = epsilon
+
+    def plain(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+    def relevance(self, x: torch.Tensor, r_out: torch.Tensor) -> torch.Tensor:
+        return x * ((r_out / stabilize(self.plain(x), self.epsilon)) @ self.weight)
