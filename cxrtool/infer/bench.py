@@ -1,0 +1,285 @@
+"""``cxrtool bench``: model-only and end-to-end images/s for every backend and batch size, in one run.
+
+All numbers of one report come from the same process on the same inputs, so the ratios between
+them (ONNX Runtime vs torch eager, OpenVINO bf16 vs ONNX Runtime fp32, end-to-end vs the ideal
+``1 / (decode + model)`` per image) hold even on a machine shared with other work; the load
+average before and after is recorded so a reader can judge the absolute numbers.
+
+Model-only speed is the median over repeated runs of one batch of real preprocessed films
+(seeded noise without ``data``); end-to-end speed is a full :func:`~cxrtool.infer.predict.predict_to_file`
+run (discovery, decode workers, inference, streamed CSV) after one untimed warm-up batch.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from cxrtool.config import PreprocessCfg
+from cxrtool.errors import CxrError
+from cxrtool.images import iter_input_files
+from cxrtool.infer.predict import PredictOptions, decode_file, default_workers, predict_to_file
+
+if TYPE_CHECKING:
+    from cxrtool.infer.backends import Backend
+
+#: extra load options tried per backend (each distinct resulting precision becomes a bench row)
+VARIANTS: dict[str, list[dict[str, Any]]] = {"openvino": [{"precision": "f32"}, {"precision": "auto"}]}
+#: backends in the order they are measured; the first one measured is the top-1 agreement reference
+REFERENCE_ORDER = ("torch", "onnxruntime", "openvino", "tensorrt")
+
+
+@dataclass
+class BenchRow:
+    """One backend variant at one batch size."""
+
+    variant: str
+    batch_size: int
+    model_ips: float
+    e2e_ips: float | None = None
+    ideal_e2e_ips: float | None = None  # 1 / (decode + model) per image
+
+    @property
+    def e2e_ratio(self) -> float | None:
+        return self.e2e_ips / self.ideal_e2e_ips if self.e2e_ips and self.ideal_e2e_ips else None
+
+
+@dataclass
+class BenchReport:
+    """Everything one bench run measured (``to_dict`` for ``--json``)."""
+
+    machine: dict[str, Any]
+    inputs: dict[str, Any]
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)  # describe() + agreement
+    rows: list[BenchRow] = field(default_factory=list)
+    decode_ms: float | None = None
+
+    def row(self, variant: str, batch_size: int) -> BenchRow | None:
+        return next((r for r in self.rows if r.variant == variant and r.batch_size == batch_size), None)
+
+    def ratios(self) -> list[dict[str, Any]]:
+        """Model-only speed-ups the issue asks for, at every batch size where both sides ran."""
+        out = []
+        names = list(self.variants)
+        pairs = [("onnxruntime", "torch")] + [(v, "onnxruntime") for v in names if v.startswith("openvino")]
+        for num, den in pairs:
+            if num not in self.variants or den not in self.variants:
+                continue
+            for r in self.rows:
+                if r.variant == num and (d := self.row(den, r.batch_size)):
+                    out.append({"variant": num, "baseline": den, "batch_size": r.batch_size, "speedup": r.model_ips / d.model_ips})
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        rows = [{**asdict(r), "e2e_ratio": r.e2e_ratio} for r in self.rows]
+        return {
+            "machine": self.machine,
+            "inputs": self.inputs,
+            "decode_ms_per_image": self.decode_ms,
+            "variants": self.variants,
+            "rows": rows,
+            "ratios": self.ratios(),
+        }
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU, cores, threads and load: what a reader needs to judge absolute numbers."""
+    import torch
+
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "load_before": _load(),
+    }
+
+
+def _load() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def sample_files(data: Path, n: int) -> list[Path]:
+    """``n`` files spread evenly over ``data`` (all when n <= 0), so every class folder is in the sample."""
+    files = list(iter_input_files([data]))
+    if not files:
+        raise CxrError(f"{data}: no input files to benchmark on")
+    if 0 < n < len(files):
+        files = [files[round(i * (len(files) - 1) / (n - 1))] for i in range(n)] if n > 1 else files[:1]
+    return files
+
+
+def _variant_specs(models: Sequence[Path], backends: Sequence[str] | None, device: str) -> list[tuple[Path, str, dict[str, Any]]]:
+    """(model file, backend, load options) for every available backend of every model, fp32 first."""
+    from cxrtool.infer.backends import available_backends
+
+    specs = []
+    for path in models:
+        if not path.exists():
+            raise CxrError(f"{path}: model file not found")
+        names = available_backends(path, device)
+        if not names:
+            raise CxrError(f"{path}: no available backend can load it on {device}")
+        specs += [(path, n, opts) for n in names if not backends or n in backends for opts in VARIANTS.get(n, [{}])]
+    if not specs:
+        raise CxrError("no backend to benchmark (check --model and --backend)")
+    return sorted(specs, key=lambda s: REFERENCE_ORDER.index(s[1]) if s[1] in REFERENCE_ORDER else len(REFERENCE_ORDER))
+
+
+def _label(engine: Backend) -> str:
+    info = engine.describe()
+    return f"{info['backend']}-{info['precision']}" if "precision" in info else info["backend"]
+
+
+def _inputs(files: list[Path], cfg: PreprocessCfg, n_noise: int, step: Any) -> tuple[np.ndarray, float | None]:
+    """Preprocessed films and the mean decode time per film; seeded noise when there are no films."""
+    if not files:
+        shape = (n_noise, cfg.channels, cfg.input_size, cfg.input_size)
+        return np.random.default_rng(0).standard_normal(shape).astype(np.float32), None
+    step(f"decoding {len(files)} films")
+    start = time.perf_counter()
+    inputs = np.stack([decode_file(str(f), cfg) for f in files])
+    return inputs, (time.perf_counter() - start) / len(files) * 1e3
+
+
+def _time_model(engine: Backend, batch: np.ndarray, min_time: float, min_runs: int = 3) -> float:
+    """Images/s from the median of repeated runs after two warm-ups (robust to a shared CPU)."""
+    for _ in range(2):
+        engine.run(batch)
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < min_runs or time.perf_counter() - start < min_time:
+        t = time.perf_counter()
+        engine.run(batch)
+        times.append(time.perf_counter() - t)
+    return len(batch) / statistics.median(times)
+
+
+def _logits(engine: Backend, inputs: np.ndarray, batch_size: int) -> np.ndarray:
+    return np.concatenate([engine.run(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)])
+
+
+def run_bench(
+    models: Sequence[str | Path],
+    *,
+    data: str | Path | None = None,
+    backends: Sequence[str] | None = None,
+    batch_sizes: Sequence[int] = (1, 16),
+    images: int = 128,
+    min_time: float = 3.0,
+    workers: int | None = None,
+    device: str = "cpu",
+    on_step: Any = None,
+) -> BenchReport:
+    """Measure every available backend variant of ``models`` at every batch size.
+
+    Parameters
+    ----------
+    models:
+        Model files: a checkpoint (torch) and/or its exported ONNX (onnxruntime, openvino).
+    data:
+        Folder of real films for decode time, end-to-end runs and top-1 agreement; without it
+        only model-only speed is measured, on seeded noise.
+    backends:
+        Restrict to these backend names (default: all that are available).
+    batch_sizes:
+        Batch sizes for model-only and end-to-end runs.
+    images:
+        Films sampled evenly from ``data`` (0 = all).
+    min_time:
+        Seconds of timed model-only runs per row (at least 3 runs).
+    workers:
+        Decode processes of the end-to-end runs (default :func:`default_workers`).
+    device:
+        ``cpu`` or ``cuda``.
+    on_step:
+        Called with a short text before each measurement (progress display).
+
+    Returns
+    -------
+    BenchReport
+        Rows, ratios, decode time, agreement and machine information.
+    """
+    from cxrtool.infer.backends import load_backend
+
+    models = [Path(m) for m in models]
+    step = on_step or (lambda text: None)
+    workers = default_workers() if workers is None else workers
+    specs = _variant_specs(models, backends, device)
+    files = sample_files(Path(data), images) if data else []
+    report = BenchReport(
+        machine=machine_info(),
+        inputs={
+            "data": str(data) if data else None,
+            "images": len(files),
+            "batch_sizes": list(batch_sizes),
+            "workers": workers,
+            "device": device,
+        },
+    )
+    cfg: PreprocessCfg | None = None
+    inputs = np.empty(0, dtype=np.float32)
+    reference: np.ndarray | None = None
+    with tempfile.TemporaryDirectory(prefix="cxrtool-bench-") as tmp:
+        for path, name, opts in specs:
+            step(f"loading {name} {opts or ''}")
+            engine = load_backend(path, backend=name, device=device, **opts)  # one at a time: no idle thread pools
+            label = _label(engine)
+            if label in report.variants:  # e.g. OpenVINO "auto" falls back to f32 on a CPU without bf16
+                continue
+            if cfg is None:  # the first model decides the inputs; every other must agree
+                cfg = engine.card.preprocess
+                report.inputs["input_size"] = cfg.input_size
+                inputs, report.decode_ms = _inputs(files, cfg, max(batch_sizes), step)
+            elif engine.card.preprocess != cfg:
+                raise CxrError(f"{path}: preprocessing differs from {specs[0][0]}; bench one model at a time")
+            info = dict(engine.describe())
+            step(f"{label}: top-1 agreement on {len(inputs)} inputs")
+            logits = _logits(engine, inputs, max(batch_sizes))
+            if reference is None:
+                reference, info["reference"] = logits, True
+            info["top1_agreement"] = float(np.mean(logits.argmax(1) == reference.argmax(1)))
+            info["max_abs_logit_diff"] = float(np.abs(logits - reference).max())
+            report.variants[label] = info
+            for bs in batch_sizes:
+                step(f"{label}: model-only, batch {bs}")
+                batch = np.resize(inputs, (bs, *inputs.shape[1:]))
+                row = BenchRow(label, bs, _time_model(engine, batch, min_time))
+                if files:
+                    step(f"{label}: end-to-end predict, batch {bs}, {len(files)} films")
+                    row.e2e_ips = _time_e2e(engine, files, bs, workers, Path(tmp))
+                    row.ideal_e2e_ips = 1.0 / (report.decode_ms / 1e3 + 1.0 / row.model_ips)
+                report.rows.append(row)
+            del engine
+    report.machine["load_after"] = _load()
+    return report
+
+
+def _time_e2e(engine: Backend, files: list[Path], batch_size: int, workers: int, tmp: Path) -> float:
+    """Images/s of a full predict run over ``files`` (after an untimed warm-up on one batch)."""
+    out = tmp / "e2e.csv"
+    options = PredictOptions(batch_size=batch_size, workers=workers, overwrite=True)
+    predict_to_file(files[:batch_size], engine, out, options)
+    summary = predict_to_file(files, engine, out, options)
+    if summary.failed:
+        raise CxrError(f"{summary.failed} bench films failed to decode, e.g. {summary.failures[0]}")
+    return summary.images_per_s
