@@ -2,7 +2,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test test-slow test-gpu bench clean
+.PHONY: install test test-slow test-gpu bench reproduce clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -23,3 +23,12 @@ test-gpu: install
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
+
+bench: install
+	$(BIN)/python bench/prep_dicom.py --agreement
+	$(BIN)/python bench/train_throughput.py --size 64 --batch 16
+	$(BIN)/python bench/explain.py
+	$(BIN)/python bench/predict_pipeline.py --images 64
+
+reproduce: install
+	$(BIN)/python examples/reproduce.py --data ../shared/data

@@ -8,7 +8,7 @@ while different films differ in about half of the bits.
 Defaults were chosen on ``covid3_256`` (11 known near-duplicate groups, 18 known pairs): with
 256-bit hashes every known pair is within 12 bits, the closest pair of *different* films is 22
 bits apart (a same-patient follow-up) and everything else is 58 bits or more apart, so 16 sits
-in the gap (precision = recall = 1 on that list, see docs/readme/prep_datasets.md).
+in the gap (precision = recall = 1 on that list, see docs/prep_datasets.md).
 
 References
 ----------

@@ -39,7 +39,7 @@ ENGINE_SUFFIX = ".engine"
 MIN_TENSORRT_MAJOR = 10
 #: Max abs logit difference allowed against ONNX Runtime fp32.  fp32 engines use TF32 tensor cores
 #: by default (10-bit mantissa), fp16 has 11 bits, INT8 calibration error is larger still; these
-#: bounds are estimates that were NOT verified on a GPU here (see docs/readme/export.md).
+#: bounds are estimates that were NOT verified on a GPU here (see docs/export.md).
 DEFAULT_TOLERANCE = {"fp32": 1e-2, "fp16": 1e-1, "int8": 0.5}
 DEFAULT_CALIB_COUNT = 512
 

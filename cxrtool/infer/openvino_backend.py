@@ -1,7 +1,7 @@
 """OpenVINO backend: the exported ONNX file on the CPU, in bf16 where the CPU has it.
 
 On AMX/AVX512-BF16 CPUs bf16 inference precision gives ~3-4x ONNX Runtime fp32 on DenseNet121
-(docs/readme/export.md).  ``precision``: ``auto`` asks for bf16 only when the CPU lists BF16 in
+(docs/export.md).  ``precision``: ``auto`` asks for bf16 only when the CPU lists BF16 in
 ``OPTIMIZATION_CAPABILITIES`` (OpenVINO would otherwise quietly run f32 anyway), ``f32`` forces
 full precision, ``bf16`` insists and fails on a CPU without it.  The precision that actually ran
 is read back from the compiled model and recorded by :meth:`describe`.

@@ -1,6 +1,6 @@
 """ONNX Runtime backend: exported ``.onnx`` files on the CPU (or CUDA when onnxruntime-gpu is installed).
 
-About 2x torch eager on a 2-core CPU for DenseNet121 (see docs/readme/export.md); the model card
+About 2x torch eager on a 2-core CPU for DenseNet121 (see docs/export.md); the model card
 comes from the file's own metadata, so no preprocessing needs to be typed.
 """
 

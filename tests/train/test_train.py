@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import csv
 import json
-import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -121,13 +122,23 @@ def test_resume_equals_uninterrupted_run(covid_small: Path, tmp_path: Path) -> N
     kw = {"init": "none", "arch": "densenet_tiny", "epochs": 4, "batch_size": 12, "balance": "sampler", "lr": 3e-3}
     straight = fit(_cfg(covid_small, tmp_path / "a", **kw))
 
-    def interrupt(kind: str, data: dict) -> None:
-        if kind == "step" and data["epoch"] == 2 and data["step"] == 1:
-            signal.raise_signal(signal.SIGINT)  # the real handler: finish this step, save, stop
-
-    cut = fit(_cfg(covid_small, tmp_path / "b", **kw), on_event=interrupt)
-    assert cut.status == "interrupted" and cut.epochs_done == 1
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    # The interrupted run gets a fresh interpreter, as `cxrtool train` has: a SIGINT raised in a test process
+    # that already hosts OpenVINO/ONNX Runtime thread pools (from other test files) can crash it.
+    cfg_json = json.dumps(_cfg(covid_small, tmp_path / "b", **kw).to_dict())
+    script = f"""
+import json, signal
+from cxrtool.train.config import TrainConfig
+from cxrtool.train.loop import fit
+def interrupt(kind, data):
+    if kind == "step" and data["epoch"] == 2 and data["step"] == 1:
+        signal.raise_signal(signal.SIGINT)  # the real handler: finish this step, save, stop
+cut = fit(TrainConfig.from_dict(json.loads({cfg_json!r})), on_event=interrupt)
+print(json.dumps([cut.status, cut.epochs_done, signal.getsignal(signal.SIGINT) is signal.default_int_handler]))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    status, epochs_done, handler_restored = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert status == "interrupted" and epochs_done == 1 and handler_restored
     resumed = fit(resume_config(tmp_path / "b"), resume=True)
     assert resumed.status == "completed" and resumed.epochs_done == 4
     a, b = load_state_dict(tmp_path / "a" / "last.safetensors"), load_state_dict(tmp_path / "b" / "last.safetensors")
