@@ -96,11 +96,9 @@ def resolve_preprocess(
 ) -> PreprocessCfg:
     """Merge key by key: explicit ``overrides`` (non-None values) win over ``stored``, then defaults."""
     base = stored.to_dict() if isinstance(stored, PreprocessCfg) else dict(stored or {})
-    for key, value in (overrides or {}).items():
-        if value is not None:
-            base[key] = value
-    if "channels" in (overrides or {}) and (overrides or {}).get("channels") is not None:
-        if "mean" not in (overrides or {}) or (overrides or {}).get("mean") is None:
-            base.pop("mean", None)
-            base.pop("std", None)
-    return PreprocessCfg.from_dict(base)
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if given.get("channels", base.get("channels")) != base.get("channels") and "mean" not in given:
+        # the stored statistics belong to the stored channel count
+        base.pop("mean", None)
+        base.pop("std", None)
+    return PreprocessCfg.from_dict(base | given)
