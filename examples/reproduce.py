@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import shutil
 import statistics
 import subprocess
 import sys
@@ -175,6 +174,11 @@ def write_report(args, curves, runner, best_variant, best_seed, eval_dir, explai
     """Write ``<report_dir>/results.md`` (generated numbers); the discussion lives in the hand-written report."""
     import csv
 
+    import numpy as np
+    from PIL import Image
+
+    from cxrtool.explain.render import heatmap_rgb, symmetric_scale
+
     n_epochs = min(len(r) for runs in curves.values() for r in runs)
     half = max(1, n_epochs // 2)
     lines = [
@@ -218,14 +222,18 @@ def write_report(args, curves, runner, best_variant, best_seed, eval_dir, explai
             cells += [f"{m:.3f}", f"{m / statistics.fmean(float(r[area]) for r in sel):.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
-    lines += ["Heatmaps of the best model on the first two test films of each true class (`cxrtool explain`, target = predicted class):", ""]
+    lines += ["Relevance maps of the best model on the first two test films of each true class (`cxrtool explain`, "
+              "target = predicted class; red for, blue against). Only the relevance is copied here, not the films: the "
+              "data's licences do not allow redistributing them; the full panels are in the run's explain folder.", ""]
     with open(args.out / "covid3.csv", newline="") as fh:
         truth = [(Path(r["path"]).stem, r["label"]) for r in csv.DictReader(fh) if r["split"] == "test"]
     for label in sorted({t for _, t in truth}):
         for stem in [s for s, t in truth if t == label][:2]:
-            for src in sorted(explain_dir.rglob(f"{stem}.*.panel.png"))[:1]:
+            for src in sorted(explain_dir.rglob(f"{stem}.*.heatmap.npy"))[:1]:
+                relevance = np.load(src)
+                rgb = heatmap_rgb(relevance, symmetric_scale(relevance))
                 dst = report_dir / f"heatmap_{label}_{stem}.png"
-                shutil.copyfile(src, dst)
+                Image.fromarray(rgb).resize((192, 192), Image.Resampling.NEAREST).save(dst)
                 lines.append(f"![{label} {stem}]({dst.name})")
     lines += ["", "![learning curves](learning_curves.png)", "", "## Exact commands", "", "| step | seconds | command |", "|---|---|---|"]
     for label, cmd, sec in runner.log:
