@@ -42,11 +42,6 @@ def atomic_open(dst: str | Path, mode: str = "w", **kwargs) -> Iterator[IO]:
         os.fsync(fh.fileno())
 
 
-def atomic_write_bytes(dst: str | Path, data: bytes) -> None:
-    with atomic_open(dst, "wb") as fh:
-        fh.write(data)
-
-
 def atomic_write_text(dst: str | Path, text: str) -> None:
     with atomic_open(dst, "w", encoding="utf-8") as fh:
         fh.write(text)

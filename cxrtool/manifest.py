@@ -28,7 +28,6 @@ from cxrtool.fsutil import atomic_open
 CORE_COLUMNS: tuple[str, ...] = ("path", "label", "split", "group", "source")
 LABEL_PREFIX = "y:"
 MULTI_SEP = "|"
-SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 Task = Literal["multiclass", "multilabel"]
 

@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     best_ckpt = out / f"{best_variant}_s{best_seed}" / "best.safetensors"
     eval_dir, explain_dir = out / "eval_best", out / "explain_best"
     runner.cxr(["evaluate", str(best_ckpt), str(covid_csv), "--split", "test", "-o", str(eval_dir)], skip_if=eval_dir / "metrics.json", label="evaluate")
-    test_images = [str(covid_csv.parent / r) for r in test_paths(covid_csv)]
+    test_images = [str(p) for p in test_films(covid_csv)]
     runner.cxr(["explain", *test_images, "--model", str(best_ckpt), "--out", str(explain_dir)], skip_if=explain_dir / "explain.csv", label="explain")
 
     report_dir = args.report_dir
@@ -134,11 +134,12 @@ def read_log(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def test_paths(manifest: Path) -> list[str]:
-    import csv
+def test_films(manifest: Path) -> dict[Path, str]:
+    """Test-split films of a manifest (resolved paths) with their labels."""
+    from cxrtool.manifest import read_manifest
 
-    with open(manifest, newline="") as fh:
-        return [r["path"] for r in csv.DictReader(fh) if r["split"] == "test"]
+    test = read_manifest(manifest).select("test")
+    return {test.resolve(r): r["label"] for r in test.rows}
 
 
 def _mean_sd(values: list[float]) -> tuple[float, float]:
@@ -225,8 +226,7 @@ def write_report(args, curves, runner, best_variant, best_seed, eval_dir, explai
     lines += ["Relevance maps of the best model on the first two test films of each true class (`cxrtool explain`, "
               "target = predicted class; red for, blue against). Only the relevance is copied here, not the films: the "
               "data's licences do not allow redistributing them; the full panels are in the run's explain folder.", ""]
-    with open(args.out / "covid3.csv", newline="") as fh:
-        truth = [(Path(r["path"]).stem, r["label"]) for r in csv.DictReader(fh) if r["split"] == "test"]
+    truth = [(path.stem, label) for path, label in test_films(args.out / "covid3.csv").items()]
     for label in sorted({t for _, t in truth}):
         for stem in [s for s, t in truth if t == label][:2]:
             for src in sorted(explain_dir.rglob(f"{stem}.*.heatmap.npy"))[:1]:

@@ -25,6 +25,7 @@ from cxrtool.explain.audit import AUDIT_COLUMNS, AuditCfg, audit_heatmap, summar
 from cxrtool.explain.composites import DEFAULT_COMPOSITE, Bounds, CompositeSpec, compile_lrp, get_composite, zennit_composite
 from cxrtool.fsutil import atomic_open, atomic_path
 from cxrtool.models.checkpoint import ModelCard
+from cxrtool.train.runtime import to_probs
 
 Target = int | None  # a class index, or None for the predicted class
 
@@ -196,7 +197,7 @@ def explain_files(
             continue
         x = torch.from_numpy(np.stack([normalize(g, cfg) for _, _, g in good]))
         logits, relevances = explainer.explain(x, targets)
-        probs = torch.sigmoid(logits) if card.task == "multilabel" else torch.softmax(logits, 1)
+        probs = to_probs(logits, card.task)
         predicted = logits.argmax(1)
         for target, rel in zip(targets, relevances):
             maps = rel.sum(1).numpy()  # grey pixel relevance = sum over its replicated channels

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-import torch
 import torch.nn as nn
 from torchvision.models import DenseNet
 from torchvision.models import densenet121 as tv_densenet121
@@ -34,18 +33,6 @@ class DenseNetClassifier(nn.Sequential):
             )
         )
         nn.init.constant_(self.classifier.bias, 0)
-
-    @property
-    def num_classes(self) -> int:
-        return self.classifier.out_features
-
-    def reset_classifier(self, num_classes: int) -> nn.Linear:
-        """Replace the head with a fresh ``Linear`` for ``num_classes`` outputs and return it."""
-        old = self.classifier
-        new = nn.Linear(old.in_features, num_classes).to(old.weight.device, old.weight.dtype)
-        nn.init.constant_(new.bias, 0)
-        self.classifier = new
-        return new
 
 
 def _wrap(tv_model: nn.Module, num_classes: int, in_chans: int) -> DenseNetClassifier:
@@ -72,8 +59,3 @@ def densenet_tiny(*, num_classes: int, in_chans: int = 3) -> DenseNetClassifier:
     """Two dense blocks of two layers, same layout and key names: for tests and smoke runs, not for results."""
     tv = DenseNet(growth_rate=8, block_config=(2, 2), num_init_features=16, bn_size=2)
     return _wrap(tv, num_classes, in_chans)
-
-
-def forward_features(model: DenseNetClassifier, x: torch.Tensor) -> torch.Tensor:
-    """Pooled features before the classifier (used by embeddings and tests)."""
-    return model.flatten(model.pool(model.relu(model.features(x))))
