@@ -31,7 +31,8 @@ def make_checkpoint(folder: Path, size: int) -> Path:
 
     from cxrtool.config import PreprocessCfg
     from cxrtool.models import build_model
-    from cxrtool.models.checkpoint import ModelCard, save_checkpoint
+    from cxrtool.models.checkpoint import save_checkpoint
+    from cxrtool.modelfile import ModelCard
 
     torch.manual_seed(0)
     model = build_model("densenet121", num_classes=3)
@@ -70,10 +71,11 @@ def main() -> None:
 
     import torch
 
-    from cxrtool.export.onnx import default_onnx_path, export_onnx
-    from cxrtool.images import iter_input_files, load_image
+    from cxrtool.export.onnx import export_onnx
+    from cxrtool.modelfile import default_onnx_path
+    from cxrtool.images import iter_input_files
     from cxrtool.infer.backends import load_backend
-    from cxrtool.preprocess import to_model_input
+    from cxrtool.preprocess import load_input
 
     print("uptime before:", subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpus {os.cpu_count()}")
@@ -99,7 +101,7 @@ def main() -> None:
     inputs = []
     for f in files[: args.max_images or None]:
         try:
-            inputs.append(to_model_input(load_image(f, window=cfg.window), cfg))
+            inputs.append(load_input(f, cfg))
         except Exception as exc:  # the agreement set is whatever loads
             print(f"skip {f}: {exc}")
     real = np.stack(inputs)

@@ -28,7 +28,8 @@ def make_models(workdir: Path, data: Path) -> list[Path]:
 
     from cxrtool.config import PreprocessCfg
     from cxrtool.models import build_model
-    from cxrtool.models.checkpoint import ModelCard, save_checkpoint
+    from cxrtool.models.checkpoint import save_checkpoint
+    from cxrtool.modelfile import ModelCard
 
     ckpt = workdir / "densenet121_random.safetensors"
     if not ckpt.exists():

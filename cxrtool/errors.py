@@ -16,3 +16,12 @@ class ImageLoadError(CxrError):
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
+
+
+def one_line(exc: BaseException | str, limit: int = 300) -> str:
+    """An exception's message on one line, bounded: what error rows and one-line errors show.
+
+    An exception without a message is named by its type, so a reason is never empty.
+    """
+    text = " ".join(str(exc).split()) or (type(exc).__name__ if isinstance(exc, BaseException) else "")
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -20,16 +20,14 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 from cxrtool.errors import CxrError
-from cxrtool.fsutil import atomic_open
+from cxrtool.fsutil import NAME_ERRORS, atomic_open
+from cxrtool.task import Task, get_task
 
 CORE_COLUMNS: tuple[str, ...] = ("path", "label", "split", "group", "source")
 LABEL_PREFIX = "y:"
-MULTI_SEP = "|"
 
-Task = Literal["multiclass", "multilabel"]
 
 
 @dataclass
@@ -42,7 +40,8 @@ class Manifest:
 
     @property
     def task(self) -> Task:
-        return "multilabel" if self.label_columns else "multiclass"
+        """Multilabel when ``y:`` columns fix the class list, else multiclass (default threshold)."""
+        return get_task("multilabel" if self.label_columns else "multiclass")
 
     @property
     def label_columns(self) -> list[str]:
@@ -81,7 +80,7 @@ def read_manifest(path: str | Path) -> Manifest:
     """Read a manifest CSV; fails with a one-line error if a core column is missing."""
     path = Path(path)
     try:
-        with open(path, newline="", encoding="utf-8") as fh:
+        with open(path, newline="", encoding="utf-8", errors=NAME_ERRORS) as fh:  # names not valid UTF-8 round-trip
             reader = csv.DictReader(fh)
             columns = list(reader.fieldnames or [])
             rows = [dict(r) for r in reader]
@@ -107,7 +106,7 @@ def write_manifest(
     """Write rows atomically with the core columns first, then ``extra_columns`` in the given order."""
     path = Path(path)
     columns = list(CORE_COLUMNS) + [c for c in extra_columns if c not in CORE_COLUMNS]
-    with atomic_open(path, "w", newline="", encoding="utf-8") as fh:
+    with atomic_open(path, "w", newline="", encoding="utf-8", errors=NAME_ERRORS) as fh:
         writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         for row in rows:

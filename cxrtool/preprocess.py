@@ -7,6 +7,8 @@ Training augmentation runs between :func:`resize_gray` and :func:`normalize`.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from PIL import Image
 
@@ -50,3 +52,22 @@ def normalize(gray: np.ndarray, cfg: PreprocessCfg) -> np.ndarray:
 def to_model_input(img: np.ndarray, cfg: PreprocessCfg) -> np.ndarray:
     """Full inference preprocessing of one grey image: resize, then normalise."""
     return normalize(resize_gray(img, cfg), cfg)
+
+
+def load_gray(path: str | Path, cfg: PreprocessCfg) -> np.ndarray:
+    """Load a film (any supported file, DICOM by content, ``cfg.window`` for DICOM) resized to the input size.
+
+    The step before :func:`normalize`: training augments this, explain overlays it.
+    Raises :class:`~cxrtool.errors.ImageLoadError` naming the file when it cannot be read.
+    """
+    from cxrtool.images import load_image
+
+    return resize_gray(load_image(path, window=cfg.window), cfg)
+
+
+def load_input(path: str | Path, cfg: PreprocessCfg) -> np.ndarray:
+    """Load a film and preprocess it for the model: CxHxW float32 (:func:`load_gray`, then :func:`normalize`).
+
+    Raises :class:`~cxrtool.errors.ImageLoadError` naming the file when it cannot be read.
+    """
+    return normalize(load_gray(path, cfg), cfg)

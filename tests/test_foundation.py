@@ -12,7 +12,8 @@ from cxrtool.errors import CxrError, ImageLoadError
 from cxrtool.images import iter_input_files, load_image
 from cxrtool.manifest import read_manifest, write_manifest
 from cxrtool.models import build_model
-from cxrtool.models.checkpoint import ModelCard, load_checkpoint, read_card, save_checkpoint
+from cxrtool.models.checkpoint import load_checkpoint, save_checkpoint
+from cxrtool.modelfile import ModelCard, read_card
 from cxrtool.preprocess import normalize, resize_gray, to_model_input
 
 
@@ -112,13 +113,13 @@ class TestLoader:
             load_image(tmp_path / "b.png")
 
     def test_iter_input_files(self, tmp_path):
-        (tmp_path / "a").mkdir()
-        (tmp_path / "a" / "x.dcm").write_bytes(b"1")
-        (tmp_path / "a" / ".hidden").write_bytes(b"1")
-        (tmp_path / "b.png").write_bytes(b"1")
-        (tmp_path / "notes.csv").write_text("x")
+        # created in reverse order, so a walk in creation (or inode) order would not pass
+        for name in ("z/y.png", "a/x.dcm", "a/w", "a/.hidden", "c.jpg", "b.png", "notes.csv", ".git/config"):
+            (tmp_path / name).parent.mkdir(exist_ok=True)
+            (tmp_path / name).write_bytes(b"1")
         got = [p.relative_to(tmp_path).as_posix() for p in iter_input_files([tmp_path])]
-        assert got == ["b.png", "a/x.dcm"] or got == ["a/x.dcm", "b.png"]
+        # sorted: a folder's files by name, then its subfolders by name; hidden files and sidecars left out
+        assert got == ["b.png", "c.jpg", "a/w", "a/x.dcm", "z/y.png"]
 
 
 class TestManifest:
@@ -129,7 +130,7 @@ class TestManifest:
         ]
         write_manifest(tmp_path / "m.csv", rows, extra_columns=["note"])
         m = read_manifest(tmp_path / "m.csv")
-        assert m.task == "multiclass" and m.class_names == ["covid", "normal"]
+        assert m.task.name == "multiclass" and m.class_names == ["covid", "normal"]
         assert m.resolve(m.rows[0]) == tmp_path.resolve() / "a.png"
         assert str(m.resolve(m.rows[1])) == "/abs/b.png"
         assert [r["path"] for r in m.select("val").rows] == ["/abs/b.png"]
@@ -139,7 +140,7 @@ class TestManifest:
         rows = [{"path": "a.png", "label": "B", "y:A": 0, "y:B": 1, "y:C": 0}]
         write_manifest(tmp_path / "m.csv", rows, extra_columns=["y:A", "y:B", "y:C"])
         m = read_manifest(tmp_path / "m.csv")
-        assert m.task == "multilabel" and m.class_names == ["A", "B", "C"]
+        assert m.task.name == "multilabel" and m.class_names == ["A", "B", "C"]
         assert m.multi_hot(m.rows[0]) == [0.0, 1.0, 0.0]
 
     def test_not_a_manifest(self, tmp_path):

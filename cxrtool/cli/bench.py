@@ -2,42 +2,51 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.text import Text
 
 from cxrtool.cli._console import err, out, user_errors
+from cxrtool.cli._options import BenchBackend
+from cxrtool.infer.bench import run_bench
+
+_DEFAULTS = {name: p.default for name, p in inspect.signature(run_bench).parameters.items()}
 
 
 def bench(
     model: Annotated[list[Path], typer.Option("--model", "-m", help="Checkpoint and/or exported ONNX file (repeat the option).")],
     data: Annotated[Optional[Path], typer.Option(help="Folder of real films: decode time, end-to-end predict and top-1 agreement.", exists=True, file_okay=False)] = None,
-    backend: Annotated[Optional[list[str]], typer.Option(help="Only these backends (repeatable; default all available).")] = None,
-    batch_size: Annotated[Optional[list[int]], typer.Option("--batch-size", "-b", min=1, help="Batch sizes (repeatable; default 1 and 16).")] = None,
-    images: Annotated[int, typer.Option(min=0, help="Films sampled evenly from --data (0 = all).")] = 128,
-    min_time: Annotated[float, typer.Option(min=0.0, help="Seconds of timed model-only runs per row.")] = 3.0,
-    workers: Annotated[Optional[int], typer.Option(min=0, help="Decode processes for end-to-end runs (default: cores - 1).")] = None,
-    device: Annotated[str, typer.Option(help="cpu or cuda[:N].")] = "cpu",
+    backend: Annotated[Optional[list[BenchBackend]], typer.Option(show_default="all available", help="Only these backends (repeatable).")] = None,
+    batch_size: Annotated[
+        Optional[list[int]],
+        typer.Option("--batch-size", "-b", min=1, show_default=" and ".join(map(str, _DEFAULTS["batch_sizes"])), help="Batch sizes (repeatable)."),
+    ] = None,
+    images: Annotated[int, typer.Option(min=0, help="Films sampled evenly from --data (0 = all).")] = _DEFAULTS["images"],
+    min_time: Annotated[float, typer.Option(min=0.0, help="Seconds of timed model-only runs per row.")] = _DEFAULTS["min_time"],
+    workers: Annotated[Optional[int], typer.Option(min=0, show_default="cores - 1", help="Decode processes for end-to-end runs.")] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda[:N].")] = _DEFAULTS["device"],
     as_json: Annotated[bool, typer.Option("--json", help="Print the full report as JSON on stdout instead of tables.")] = False,
+    save: Annotated[bool, typer.Option("--save", help="Store the model-only speeds for this machine; `--backend auto` then picks by them.")] = False,
 ) -> None:
     """Measure model-only and end-to-end images/s for every available backend and batch size, in one run."""
     from rich.table import Table
 
-    from cxrtool.infer.bench import run_bench
-
-    with user_errors(), err.status("bench") as status:
+    with user_errors(), err.status(Text("bench")) as status:
         report = run_bench(
             model,
             data=data,
-            backends=backend,
-            batch_sizes=tuple(batch_size or (1, 16)),
+            backends=[b.value for b in backend] if backend else None,
+            batch_sizes=tuple(batch_size or _DEFAULTS["batch_sizes"]),
             images=images,
             min_time=min_time,
             workers=workers,
             device=device,
-            on_step=lambda text: status.update(f"bench: {text}"),
+            save=save,
+            on_step=lambda text: status.update(Text(f"bench: {text}")),
         )
     if as_json:
         out.print_json(json.dumps(report.to_dict()))
@@ -74,6 +83,12 @@ def bench(
         for q in report.ratios():
             ratios.add_row(q["variant"], q["baseline"], str(q["batch_size"]), f"{q['speedup']:.2f}x")
         out.print(ratios)
+    if report.auto:
+        a = report.auto
+        versus = f", {a['vs_fastest_fp32']:.2f}x the fastest fp32 ({a['fastest_fp32']})" if a["vs_fastest_fp32"] else ""
+        out.print(f"auto picks {a['variant']} (batch {a['batch_size']}{versus}): {a['reason']}", markup=False, highlight=False, soft_wrap=True)
+    if report.saved_to:
+        err.print(f"saved the speeds for `--backend auto` to {report.saved_to}", markup=False, highlight=False, soft_wrap=True)
 
 
 def _fmt(value: float | None, spec: str) -> str:

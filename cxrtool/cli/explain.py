@@ -5,12 +5,16 @@ from __future__ import annotations
 import math
 from enum import Enum
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
-from cxrtool.explain.composites import COMPOSITES, DEFAULT_COMPOSITE
+from cxrtool.cli._options import default_of
+from cxrtool.explain.audit import AuditCfg
+from cxrtool.explain.composites import COMPOSITES
+from cxrtool.explain.options import ExplainOptions
 
-Composite = Enum("Composite", {name: name for name in COMPOSITES}, type=str)  # choices come from the registry
+Composite = Enum("Composite", {name: name for name in COMPOSITES}, type=str)  # type: ignore[misc]  (choices from the registry)
 
 
 def register(app: typer.Typer) -> None:
@@ -19,13 +23,21 @@ def register(app: typer.Typer) -> None:
 
 
 def explain(
-    paths: list[Path] = typer.Argument(..., help="Films (PNG/JPEG/DICOM...) or folders of them.", exists=True),
-    model: Path = typer.Option(..., "--model", "-m", help="cxrtool checkpoint (.safetensors)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder (created; inputs are never modified)."),
-    target: str = typer.Option("predicted", "--target", "-t", help="'predicted', 'all', or a class name."),
-    composite: Composite = typer.Option(DEFAULT_COMPOSITE, "--composite", "-c", help="LRP composite (or 'gradient' x input)."),
-    batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, help="Films per forward/backward pass."),
-    border: float = typer.Option(0.08, "--border", help="Audit border band, as a fraction of the side."),
+    paths: Annotated[list[Path], typer.Argument(help="Films (PNG/JPEG/DICOM...) or folders of them.", exists=True)],
+    model: Annotated[Path, typer.Option("--model", "-m", help="cxrtool checkpoint (.safetensors).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (created; inputs are never modified).")],
+    target: Annotated[str, typer.Option("--target", "-t", help="'predicted', 'all', or a class name.")] = default_of(ExplainOptions, "target"),
+    composite: Annotated[Composite, typer.Option("--composite", "-c", help="LRP composite (or 'gradient' x input).")] = Composite(
+        default_of(ExplainOptions, "composite")
+    ),
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Films per forward/backward pass.")] = default_of(
+        ExplainOptions, "batch_size"
+    ),
+    border: Annotated[float, typer.Option("--border", help="Audit border band, as a fraction of the side.")] = default_of(AuditCfg, "border"),
+    dicom_out: Annotated[
+        Path | None, typer.Option("--dicom-out", help="Also write a DICOM SR + heatmap SC per DICOM input here.")
+    ] = None,
+    html: Annotated[Path | None, typer.Option("--html", help="Also write a self-contained HTML report (films, heatmaps, predicted class) here.", dir_okay=False)] = None,
 ) -> None:
     """Explain predictions with LRP: heatmap .npy, overlay and panel PNGs, explain.csv, shortcut-audit table.
 
@@ -33,13 +45,23 @@ def explain(
     """
     from rich.table import Table
 
-    from cxrtool.cli._console import EXIT_SOME_FAILED, err, out as stdout, progress, user_errors
-    from cxrtool.explain.attribution import ExplainOptions, explain_files, plan_inputs
-    from cxrtool.explain.audit import AuditCfg
+    from cxrtool.cli._console import EXIT_SOME_FAILED, err, failed, out as stdout, progress, user_errors
+    from cxrtool.explain.attribution import explain_files, plan_inputs
+    from cxrtool.fsutil import check_writable_output
     from cxrtool.models.checkpoint import load_checkpoint
+    from cxrtool.trust import load_trust
+    from cxrtool.trust.assess import NO_STATS_NOTICE
 
     with user_errors():
+        check_writable_output(out, "dir")
+        if dicom_out is not None:
+            check_writable_output(dicom_out, "dir")
+        if html is not None:
+            check_writable_output(html, "file")
         net, card = load_checkpoint(model)
+        trust = load_trust(model, card)
+        if not trust.has_ood:
+            err.print(NO_STATS_NOTICE.format(model=model), soft_wrap=True)
         try:
             options = ExplainOptions(composite=composite.value, target=target, batch_size=batch_size, audit=AuditCfg(border=border))
         except ValueError as exc:
@@ -52,9 +74,9 @@ def explain(
             def on_file(path: Path, error: str | None) -> None:
                 bar.advance(task)
                 if error:
-                    err.print(f"[red]failed:[/] {path}: {error}", highlight=False, soft_wrap=True)
+                    err.print(failed(path, error), soft_wrap=True)
 
-            report = explain_files(plan, net, card, out, options, on_file=on_file)
+            report = explain_files(plan, net, card, out, options, on_file=on_file, trust=trust)
 
     table = Table(title=f"Shortcut audit ({composite.value}): share of positive relevance", title_justify="left")
     for col in ("target", "n", "border", "x uniform", "outside lung box", "x uniform"):
@@ -65,6 +87,16 @@ def explain(
                       fmt(row["mean_share_outside_lung"]), fmt(row["ratio_outside_lung"]))
     stdout.print(table)
     stdout.print(f"results: {report.csv_path}", highlight=False, soft_wrap=True)
+    if dicom_out is not None:  # post-pass over the DICOM inputs (cxrtool.results)
+        from cxrtool.results.write import results_for_files, summary_line
+
+        with user_errors():
+            err.print(summary_line(results_for_files([p for p, _ in plan], model, dicom_out, composite=composite.value), dicom_out), soft_wrap=True)
+    if html is not None:
+        from cxrtool.report.html import build_report
+
+        with user_errors():
+            err.print(f"report: {build_report(None, html, explain_dir=out, model=model).path}", soft_wrap=True)
     if report.n_failed:
         err.print(f"{report.n_failed} of {total} files failed", highlight=False)
         raise typer.Exit(EXIT_SOME_FAILED)

@@ -1,16 +1,22 @@
-"""``cxrtool export``: checkpoint -> ONNX (parity-checked against torch) and/or a TensorRT engine."""
+"""``cxrtool export``: checkpoint -> ONNX (parity-checked against torch), NNCF INT8 and/or a TensorRT engine."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
+from rich.text import Text
 
-from cxrtool.cli._console import EXIT_SOME_FAILED, err, out, user_errors
+from cxrtool.cli._console import EXIT_SOME_FAILED, err, error, out, user_errors, warning
+from cxrtool.cli._options import default_of
+from cxrtool.export import onnx as onnx_export
+from cxrtool.export.trt_options import DEFAULT_TOLERANCE as TRT_TOLERANCE
+from cxrtool.modelfile import BatchProfile
+from cxrtool.parity import DEFAULT_CHECK_COUNT
 
 if TYPE_CHECKING:
-    from cxrtool.export import ExportResult
+    from cxrtool.exporting import ExportResult
 
 
 def register(app: typer.Typer) -> None:
@@ -19,39 +25,56 @@ def register(app: typer.Typer) -> None:
 
 
 def export(
-    model: Path = typer.Argument(..., help="A cxrtool checkpoint (.safetensors); for --trt alone also an exported .onnx."),
-    onnx: bool = typer.Option(False, "--onnx", help="Write engines/<name>.onnx (dynamic batch, model card in its metadata)."),
-    trt: bool = typer.Option(False, "--trt", help="Build a TensorRT engine from the ONNX export (needs TensorRT 10+ and a GPU)."),
-    out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Folder for the files \\[default: engines/ next to the checkpoint]."),
-    check_images: Optional[list[Path]] = typer.Option(
-        None, "--check-images", help="Real films (files or folders) for the parity check; repeatable. Without it seeded noise is used."
-    ),
-    check_count: int = typer.Option(16, "--check-count", min=1, help="How many check films to use, spread over the folder."),
-    tolerance: Optional[float] = typer.Option(None, "--tolerance", min=0.0, help="Max abs logit difference ONNX Runtime vs torch \\[default: 1e-3]."),
-    opset: Optional[int] = typer.Option(None, "--opset", min=13, help="ONNX opset \\[default: 18]."),
-    fp16: bool = typer.Option(False, "--fp16", help="TensorRT: allow fp16 kernels."),
-    int8: bool = typer.Option(False, "--int8", help="TensorRT: INT8 with entropy calibration (needs --calib)."),
-    calib: Optional[Path] = typer.Option(None, "--calib", help="TensorRT INT8: folder of representative films to calibrate on."),
-    min_batch: int = typer.Option(1, "--min-batch", help="TensorRT profile: smallest batch."),
-    opt_batch: int = typer.Option(16, "--opt-batch", help="TensorRT profile: batch the kernels are tuned for (and the INT8 calibration batch)."),
-    max_batch: int = typer.Option(32, "--max-batch", help="TensorRT profile: largest batch."),
-    device: str = typer.Option("cuda", "--device", help="TensorRT: GPU to build for (cuda or cuda:N)."),
-    trt_tolerance: Optional[float] = typer.Option(
-        None, "--trt-tolerance", min=0.0, help="Max abs logit difference TensorRT vs ONNX Runtime \\[default: fp32 1e-2, fp16 0.1, int8 0.5]."
-    ),
+    model: Annotated[Path, typer.Argument(help="A cxrtool checkpoint (.safetensors); for --trt alone also an exported .onnx.")],
+    onnx: Annotated[bool, typer.Option("--onnx", help="Write engines/<name>.onnx (dynamic batch, model card in its metadata).")] = False,
+    trt: Annotated[bool, typer.Option("--trt", help="Build a TensorRT engine from the ONNX export (needs TensorRT 10+ and a GPU).")] = False,
+    out_dir: Annotated[
+        Optional[Path], typer.Option("--out-dir", show_default="engines/ next to the checkpoint", help="Folder for the files.")
+    ] = None,
+    check_images: Annotated[
+        Optional[list[Path]],
+        typer.Option("--check-images", help="Real films (files or folders) for the parity check; repeatable. Without it seeded noise is used."),
+    ] = None,
+    check_count: Annotated[int, typer.Option("--check-count", min=1, help="How many check films to use, spread over the folder.")] = DEFAULT_CHECK_COUNT,
+    tolerance: Annotated[
+        float, typer.Option("--tolerance", min=0.0, help="Max abs logit difference ONNX Runtime vs torch.")
+    ] = onnx_export.DEFAULT_TOLERANCE,
+    opset: Annotated[int, typer.Option("--opset", min=13, help="ONNX opset.")] = onnx_export.DEFAULT_OPSET,
+    fp16: Annotated[bool, typer.Option("--fp16", help="TensorRT: fp16 engine (the ONNX converted to fp16, strongly typed build).")] = False,
+    int8: Annotated[
+        bool,
+        typer.Option("--int8", help="NNCF INT8 (needs --calib): an OpenVINO IR, or with --trt a Q/DQ ONNX and its engine; written only if held-out films agree with fp32."),
+    ] = False,
+    calib: Annotated[
+        Optional[Path], typer.Option("--calib", help="INT8: folder of films or manifest .csv; train rows calibrate, val/test rows (a quarter of a folder) check.")
+    ] = None,
+    min_batch: Annotated[int, typer.Option("--min-batch", help="TensorRT profile: smallest batch.")] = default_of(BatchProfile, "min"),
+    opt_batch: Annotated[
+        int, typer.Option("--opt-batch", help="TensorRT profile: batch the kernels are tuned for.")
+    ] = default_of(BatchProfile, "opt"),
+    max_batch: Annotated[int, typer.Option("--max-batch", help="TensorRT profile: largest batch.")] = default_of(BatchProfile, "max"),
+    device: Annotated[str, typer.Option("--device", help="TensorRT: GPU to build for (cuda or cuda:N).")] = "cuda",
+    trt_tolerance: Annotated[
+        Optional[float],
+        typer.Option(
+            "--trt-tolerance",
+            min=0.0,
+            show_default=", ".join(f"{p} {t:g}" for p, t in TRT_TOLERANCE.items()),
+            help="Max abs logit difference TensorRT vs ONNX Runtime.",
+        ),
+    ] = None,
 ) -> None:
     """Export a checkpoint to ONNX and/or TensorRT; each file is written only if it reproduces the reference logits."""
-    from cxrtool.export import export_model
-    from cxrtool.export.onnx import ParityError
+    from cxrtool.exporting import export_model
+    from cxrtool.fsutil import check_writable_output
+    from cxrtool.parity import ParityError
 
     with user_errors():
-        profile = None
-        if trt:
-            from cxrtool.export.tensorrt import BatchProfile
-
-            profile = BatchProfile(min_batch, opt_batch, max_batch)
+        if out_dir is not None:
+            check_writable_output(out_dir, "dir")
+        profile = BatchProfile(min_batch, opt_batch, max_batch) if trt else None
         try:
-            with err.status("exporting") as status:
+            with err.status(Text("exporting")) as status:
                 result = export_model(
                     model,
                     onnx=onnx,
@@ -67,10 +90,10 @@ def export(
                     profile=profile,
                     device=device,
                     trt_tolerance=trt_tolerance,
-                    on_step=lambda msg: status.update(msg),
+                    on_step=lambda msg: status.update(Text(msg)),
                 )
         except ParityError as exc:
-            err.print(f"[bold red]export failed:[/] {exc}", highlight=False, soft_wrap=True)
+            err.print(error(f"export failed: {exc}"), soft_wrap=True)
             raise typer.Exit(EXIT_SOME_FAILED) from None
     _render(result)
 
@@ -82,7 +105,7 @@ def _render(result: ExportResult) -> None:
     steps = []
     if result.onnx is not None:
         steps.append(("onnx vs torch", result.onnx.path, result.onnx.parity, result.onnx.seconds))
-    elif result.engine is not None:
+    elif result.engine is not None or result.int8 is not None:
         err.print(f"reused the current ONNX export {result.onnx_path}", highlight=False, soft_wrap=True)
     if result.engine is not None:
         steps.append((f"tensorrt {result.engine.sidecar.precision} vs onnx", result.engine.path, result.engine.parity, result.engine.seconds))
@@ -101,5 +124,26 @@ def _render(result: ExportResult) -> None:
             f"{seconds:.0f}",
         )
         for line in parity.skipped:
-            err.print(f"[yellow]skipped check image:[/] {line}", highlight=False, soft_wrap=True)
+            err.print(warning(f"skipped check image {line}"), soft_wrap=True)
+    if steps:
+        out.print(table)
+    if result.int8 is not None:
+        _render_int8(result.int8)
+
+
+def _render_int8(done) -> None:
+    """The INT8 file and the held-out check that let it be written."""
+    from rich.table import Table
+
+    c, calib = done.check, done.calibration
+    out.print(f"wrote {done.path}", highlight=False, soft_wrap=True)
+    table = Table(title=f"INT8 check on held-out films (calibration {calib['calibration_films']} films, fingerprint {calib['fingerprint'][:12]})", title_justify="left")
+    for column in ("attempt", "films", "top-1 agree", "macro-AUC fp32", "macro-AUC int8", "AUC drop", "features cos min", "seconds"):
+        table.add_column(column, justify="left" if column == "attempt" else "right")
+
+    def fmt(value, spec):
+        return "-" if value is None else format(value, spec)
+
+    table.add_row(c.attempt, str(c.films), f"{c.top1_agreement:.1%}", fmt(c.macro_auc_fp32, ".4f"), fmt(c.macro_auc_int8, ".4f"),
+                  fmt(c.auc_drop, "+.4f"), fmt(c.features_cosine_min, ".4f"), f"{done.seconds:.0f}")
     out.print(table)

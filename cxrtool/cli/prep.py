@@ -2,7 +2,7 @@
 
 import typer
 
-from cxrtool.cli import prep_datasets, prep_dicom
+from cxrtool.cli import prep_datasets, prep_dicom, prep_public
 
 
 def register(app: typer.Typer) -> None:
@@ -10,4 +10,5 @@ def register(app: typer.Typer) -> None:
     group = typer.Typer(help="Prepare data: DICOM -> PNG, ChestX-ray14 labels, class folders -> manifests.", no_args_is_help=True)
     prep_dicom.register(group)
     prep_datasets.register(group)
+    prep_public.register(group)
     app.add_typer(group, name="prep")

@@ -7,15 +7,20 @@ from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
-from cxrtool.cli._console import EXIT_OK, EXIT_SOME_FAILED, err, out, progress, user_errors
+from cxrtool.cli._console import EXIT_OK, EXIT_SOME_FAILED, err, failed, out, progress, styled, user_errors
+from cxrtool.cli._options import default_of
+from cxrtool.datasets.folder import FolderOptions
+from cxrtool.datasets.nih import NihOptions
+from cxrtool.fsutil import check_writable_output
 
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Manifest CSV to write (atomically).", dir_okay=False)]
 SeedOpt = Annotated[int, typer.Option(help="Seed of the split assignment (same seed, same splits).")]
 KeepPhiOpt = Annotated[bool, typer.Option("--keep-phi", help="Write patient ids as they are instead of salted pseudonyms.")]
 SaltOpt = Annotated[
     Optional[Path],
-    typer.Option(help="Salt file for pseudonyms (default: $CXRTOOL_SALT, else ~/.config/cxrtool/salt, created on first use)."),
+    typer.Option(show_default="$CXRTOOL_SALT, else ~/.config/cxrtool/salt, created on first use", help="Salt file for pseudonyms."),
 ]
 
 
@@ -43,11 +48,15 @@ def nih(
         Optional[list[Path]], typer.Option("--images", help="Folder searched recursively for the image files by name (repeatable; first match wins).")
     ] = None,
     drop_missing: Annotated[bool, typer.Option(help="Leave out rows whose image is not under --images (else kept with status=missing).")] = False,
-    train_val_list: Annotated[Optional[Path], typer.Option(help="Official train_val_list.txt (default: next to the CSV).")] = None,
-    test_list: Annotated[Optional[Path], typer.Option(help="Official test_list.txt (default: next to the CSV).")] = None,
-    val_fraction: Annotated[float, typer.Option(help="Share of train_val carved out, patient-wise, as the val split.")] = 0.1,
-    test_fraction: Annotated[float, typer.Option(help="Test share, used only when no official split lists exist.")] = 0.2,
-    seed: SeedOpt = 0,
+    train_val_list: Annotated[Optional[Path], typer.Option(show_default="next to the CSV", help="Official train_val_list.txt.")] = None,
+    test_list: Annotated[Optional[Path], typer.Option(show_default="next to the CSV", help="Official test_list.txt.")] = None,
+    val_fraction: Annotated[float, typer.Option(help="Share of train_val carved out, patient-wise, as the val split.")] = default_of(
+        NihOptions, "val_fraction"
+    ),
+    test_fraction: Annotated[float, typer.Option(help="Test share, used only when no official split lists exist.")] = default_of(
+        NihOptions, "test_fraction"
+    ),
+    seed: SeedOpt = default_of(NihOptions, "seed"),
     views: Annotated[Optional[str], typer.Option(help="Keep only these View Positions, e.g. 'PA' or 'PA,AP'.")] = None,
     max_follow_up: Annotated[Optional[int], typer.Option(help="Keep only images with Follow-up # <= N (0 = first visits).")] = None,
     one_per_patient: Annotated[bool, typer.Option(help="Keep one image per patient (lowest follow-up left after the other filters).")] = False,
@@ -55,16 +64,19 @@ def nih(
         Optional[str],
         typer.Option("--map", help="Relabel to TARGET=FINDING[|FINDING],...  e.g. 'viral_pneumonia=Pneumonia,normal=No Finding' (multiclass output)."),
     ] = None,
-    conflict: Annotated[str, typer.Option(help="--map: images matching several targets are 'drop'ped or take the 'first' target listed.")] = "drop",
+    conflict: Annotated[
+        str, typer.Option(help="--map: images matching several targets are 'drop'ped or take the 'first' target listed.")
+    ] = default_of(NihOptions, "conflict"),
     keep_phi: KeepPhiOpt = False,
     salt_file: SaltOpt = None,
 ) -> None:
     """ChestX-ray14 Data_Entry CSV -> manifest (14 multi-hot findings, or relabelled with --map), official split + patient-wise val."""
-    from cxrtool.datasets.nih import NihOptions, prep_nih
+    from cxrtool.datasets.nih import prep_nih
 
     with user_errors():
         if conflict not in ("drop", "first"):
             raise typer.BadParameter("must be 'drop' or 'first'", param_hint="--conflict")
+        check_writable_output(out_path, "file")
         options = NihOptions(
             images=tuple(images or ()),
             drop_missing=drop_missing,
@@ -85,22 +97,25 @@ def nih(
     summary = Table(title=f"prep nih: {data_entry.name}", title_justify="left", show_header=False)
     summary.add_row("rows read", f"{report.rows_read:,} (parsed in {report.parse_seconds:.2f} s)")
     for line, why in report.bad_rows[:10]:
-        summary.add_row("[red]bad row[/]", f"line {line}: {why}")
+        summary.add_row(styled("bad row", "red"), f"line {line}: {why}")
     if len(report.bad_rows) > 10:
-        summary.add_row("[red]bad rows[/]", f"... {len(report.bad_rows) - 10} more")
+        summary.add_row(styled("bad rows", "red"), f"... {len(report.bad_rows) - 10} more")
     for reason, n in report.dropped.items():
         summary.add_row("dropped", f"{n:,}  {reason}")
     if report.images_checked:
         examples = ", ".join(report.missing_examples)
-        state = "dropped" if drop_missing else "[red]kept with status=missing[/]"
-        summary.add_row("missing images", f"{report.missing:,} listed but not found ({state}){': ' + examples if examples else ''}")
+        state = "dropped" if drop_missing else "kept with status=missing"
+        line = Text(f"{report.missing:,} listed but not found (")
+        line.append(state, style=None if drop_missing else "red")
+        line.append(f"){': ' + examples if examples else ''}")
+        summary.add_row("missing images", line)
         if report.repeated_names:
             summary.add_row("repeated names", f"{report.repeated_names} files share a name with an earlier one (first used)")
     else:
         summary.add_row("images", "not checked (no --images): paths are bare file names")
     summary.add_row("split", "official test list + patient-wise val" if report.official_split else "patient-wise train/val/test (no official lists)")
     summary.add_row("patients", ", ".join(f"{s} {n:,}" for s, n in report.patients.items()))
-    crossing = "[green]0[/]" if not report.patients_crossing else f"[red]{report.patients_crossing}[/]"
+    crossing = styled(str(report.patients_crossing), "red" if report.patients_crossing else "green")
     summary.add_row("patients in 2+ splits", crossing)
     summary.add_row("written", f"{report.rows_written:,} rows, {report.task}, in {report.total_seconds:.2f} s")
     err.print(summary)
@@ -113,21 +128,32 @@ def nih(
 def folder(
     root: Annotated[Path, typer.Argument(help="Dataset root with one subfolder per class.", exists=True, file_okay=False)],
     out_path: OutOpt,
-    val_fraction: Annotated[float, typer.Option(help="Share of images in the val split.")] = 0.15,
-    test_fraction: Annotated[float, typer.Option(help="Share of images in the test split.")] = 0.15,
-    seed: SeedOpt = 0,
-    dup_threshold: Annotated[int, typer.Option(help="Max Hamming distance (of 256 pHash bits) for near-duplicates.")] = 16,
-    dedup: Annotated[bool, typer.Option("--dedup/--no-dedup", help="Group near-duplicate images (perceptual hash).")] = True,
+    val_fraction: Annotated[float, typer.Option(help="Share of images in the val split.")] = default_of(FolderOptions, "val_fraction"),
+    test_fraction: Annotated[float, typer.Option(help="Share of images in the test split.")] = default_of(FolderOptions, "test_fraction"),
+    seed: SeedOpt = default_of(FolderOptions, "seed"),
+    dup_threshold: Annotated[int, typer.Option(help="Max Hamming distance (of 256 pHash bits) for near-duplicates.")] = default_of(
+        FolderOptions, "dup_threshold"
+    ),
+    dedup: Annotated[bool, typer.Option("--dedup/--no-dedup", help="Group near-duplicate images (perceptual hash).")] = default_of(
+        FolderOptions, "dedup"
+    ),
     groups: Annotated[Optional[Path], typer.Option(help="CSV mapping image paths to patient ids.", exists=True, dir_okay=False)] = None,
-    groups_path_col: Annotated[str, typer.Option(help="--groups column with the image path (matched on its trailing parts).")] = "path",
-    groups_id_col: Annotated[str, typer.Option(help="--groups column with the patient id (empty = unknown).")] = "patient_id",
+    groups_path_col: Annotated[str, typer.Option(help="--groups column with the image path (matched on its trailing parts).")] = default_of(
+        FolderOptions, "groups_path_col"
+    ),
+    groups_id_col: Annotated[str, typer.Option(help="--groups column with the patient id (empty = unknown).")] = default_of(
+        FolderOptions, "groups_id_col"
+    ),
     keep_phi: KeepPhiOpt = False,
     salt_file: SaltOpt = None,
-    workers: Annotated[int, typer.Option(help="Processes for hashing.", min=1)] = 1,
+    workers: Annotated[int, typer.Option(help="Processes for hashing.", min=1)] = default_of(FolderOptions, "workers"),
 ) -> None:
     """Class-per-subfolder dataset -> manifest with stratified splits that keep patients and near-duplicates together."""
-    from cxrtool.datasets.folder import FolderOptions, prep_folder
+    from cxrtool.datasets.folder import prep_folder
+    from cxrtool.locks import owned_output
 
+    with user_errors():
+        check_writable_output(out_path, "file")
     with user_errors(), progress(transient=True) as bar:
         task = bar.add_task("hashing", total=None, info="")
         options = FolderOptions(
@@ -142,19 +168,22 @@ def folder(
             keep_phi=keep_phi,
             workers=workers,
         )
-        report = prep_folder(
-            root, out_path, options, salt=_salt(keep_phi, salt_file), progress=lambda done, total: bar.update(task, completed=done, total=total)
-        )
+        with owned_output(out_path):  # one run per manifest; a second one refuses (exit 2)
+            report = prep_folder(
+                root, out_path, options, salt=_salt(keep_phi, salt_file), progress=lambda done, total: bar.update(task, completed=done, total=total)
+            )
 
     for path, why in report.failed:
-        err.print(f"[red]failed:[/] {path}: {why}", highlight=False, soft_wrap=True)
+        err.print(failed(path, why), soft_wrap=True)
     if dedup:
         dups = Table(title=f"{len(report.dup_groups)} near-duplicate groups (threshold {dup_threshold}/256 bits)", title_justify="left")
         for col in ("group", "max dist", "images"):
             dups.add_column(col)
         for g in report.dup_groups:
-            flag = " [red](different classes!)[/]" if g.cross_class else ""
-            dups.add_row(g.name, str(g.max_distance), ", ".join(g.members) + flag)
+            members = Text(", ".join(g.members))
+            if g.cross_class:
+                members.append(" (different classes!)", style="red")
+            dups.add_row(g.name, str(g.max_distance), members)
         err.print(dups)
     summary = Table(title=f"prep folder: {root}", title_justify="left", show_header=False)
     summary.add_row("images", f"{report.images} hashed in {report.hash_seconds:.1f} s, {len(report.failed)} failed")
@@ -163,8 +192,8 @@ def folder(
     if groups:
         summary.add_row("patient ids", f"{report.group_matches} images listed in --groups, {report.patients_known} distinct patients")
         if report.group_ambiguous:
-            summary.add_row("[yellow]ambiguous[/]", f"{len(report.group_ambiguous)} images match entries with different ids: {', '.join(report.group_ambiguous[:3])}")
-    leak = "[green]0[/]" if not report.leaking_groups else f"[red]{report.leaking_groups}[/]"
+            summary.add_row(styled("ambiguous", "yellow"), f"{len(report.group_ambiguous)} images match entries with different ids: {', '.join(report.group_ambiguous[:3])}")
+    leak = styled(str(report.leaking_groups), "red" if report.leaking_groups else "green")
     summary.add_row("groups in 2+ splits", leak)
     err.print(summary)
     err.print(_split_table("images per class and split", report.counts, report.classes))

@@ -5,18 +5,13 @@ from __future__ import annotations
 import os
 from enum import Enum
 from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
-from cxrtool.cli._console import EXIT_OK, EXIT_SOME_FAILED, err, out, progress, user_errors
-
-
-class Window(str, Enum):
-    """VOI policies; kept equal to ``cxrtool.dicom.pixels.WINDOW_POLICIES`` by a test (no numpy at --help)."""
-
-    dicom = "dicom"
-    minmax = "minmax"
-    none = "none"
+from cxrtool.cli._console import EXIT_OK, EXIT_SOME_FAILED, err, failed, out, progress, user_errors
+from cxrtool.cli._options import Window, default_of
+from cxrtool.dicom.prepare import PrepOptions
 
 
 class Bits(str, Enum):
@@ -29,36 +24,42 @@ def _default_workers() -> int:
 
 
 def dicom(
-    src: Path = typer.Argument(..., exists=True, help="DICOM file or folder tree (files are recognised by content)."),
-    dst: Path = typer.Argument(..., file_okay=False, help="Output folder; mirrors SRC's tree with one PNG per image."),
-    window: Window = typer.Option(
-        Window.dicom,
-        "--window",
-        "-w",
-        help="dicom: the file's VOI LUT or first window (min-max if none); minmax: image min-max; "
-        "none: full stored range.",
-    ),
-    bits: Bits = typer.Option(Bits.b8, "--bits", help="PNG bit depth."),
-    size: int | None = typer.Option(None, "--size", min=8, help="Resize so the long side is SIZE (anti-aliased)."),
-    all_frames: bool = typer.Option(False, "--all-frames", help="Write every frame of multi-frame files (NAME_f0000.png ...)."),
-    strict: bool = typer.Option(False, "--strict", help="Skip files whose header is not a chest CR/DX (modality, body part, view)."),
-    keep_phi: bool = typer.Option(False, "--keep-phi", help="Write real Patient IDs to the manifest instead of salted pseudonyms."),
-    workers: int = typer.Option(_default_workers(), "--workers", "-j", min=1, help="Worker processes."),
-    manifest: Path | None = typer.Option(None, "--manifest", help="Manifest CSV to write (default: DST/manifest.csv)."),
-    salt_file: Path | None = typer.Option(
-        None, "--salt-file", help="Salt for pseudonyms (default: $CXRTOOL_SALT, else ~/.config/cxrtool/salt)."
-    ),
+    src: Annotated[Path, typer.Argument(help="DICOM file or folder tree (files are recognised by content).")],  # missing: check_paths; a link loop: a failed row
+    dst: Annotated[Path, typer.Argument(file_okay=False, help="Output folder; mirrors SRC's tree with one PNG per image.")],
+    window: Annotated[
+        Window,
+        typer.Option(
+            "--window",
+            "-w",
+            help="dicom: the file's VOI LUT or first window (min-max if none); minmax: image min-max; none: full stored range.",
+        ),
+    ] = Window(default_of(PrepOptions, "window")),
+    bits: Annotated[Bits, typer.Option("--bits", help="PNG bit depth.")] = Bits(str(default_of(PrepOptions, "bits"))),
+    size: Annotated[Optional[int], typer.Option("--size", min=8, help="Resize so the long side is SIZE (anti-aliased).")] = None,
+    all_frames: Annotated[bool, typer.Option("--all-frames", help="Write every frame of multi-frame files (NAME_f0000.png ...).")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Skip files whose header is not a chest CR/DX (modality, body part, view).")] = False,
+    keep_phi: Annotated[bool, typer.Option("--keep-phi", help="Write real Patient IDs to the manifest instead of salted pseudonyms.")] = False,
+    workers: Annotated[int, typer.Option("--workers", "-j", min=1, show_default="cores, at most 4", help="Worker processes.")] = _default_workers(),
+    manifest: Annotated[Optional[Path], typer.Option("--manifest", show_default="DST/manifest.csv", help="Manifest CSV to write.")] = None,
+    salt_file: Annotated[
+        Optional[Path], typer.Option("--salt-file", show_default="$CXRTOOL_SALT, else ~/.config/cxrtool/salt", help="Salt for pseudonyms.")
+    ] = None,
 ) -> None:
     """Convert DICOM files to PNG the way a viewer shows them (modality LUT, VOI, MONOCHROME1), with a manifest.
 
     Reruns resume: files already converted with the same settings are skipped.  Exit code 0 when
     every DICOM converted (skips included), 1 when some failed, 2 for usage errors.
     """
-    from cxrtool.dicom.prepare import FAILED, PrepOptions, check_paths, prepare_folder
+    from cxrtool.dicom.prepare import FAILED, check_paths, prepare_folder
+    from cxrtool.fsutil import check_writable_output
+    from cxrtool.locks import owned_output
     from cxrtool.privacy import default_salt_path, load_or_create_salt
 
     with user_errors():
         check_paths(src, dst)
+        check_writable_output(dst, "dir")
+        if manifest is not None:
+            check_writable_output(manifest, "file")
         salt = "" if keep_phi else load_or_create_salt(salt_file or default_salt_path())
         options = PrepOptions(
             window=window.value, bits=int(bits.value), size=size, all_frames=all_frames, strict=strict, keep_phi=keep_phi, salt=salt
@@ -69,18 +70,19 @@ def dicom(
             def on_result(rows: list[dict[str, str]]) -> None:
                 row = rows[0]
                 if row["status"] == FAILED:
-                    bar.console.print(f"[red]failed:[/] {row['input']}: {row['error']}", highlight=False, soft_wrap=True)
+                    bar.console.print(failed(row["input"], row["error"]), soft_wrap=True)
                 bar.update(task, advance=1, info=row["input"][-40:])
 
-            summary = prepare_folder(
-                src,
-                dst,
-                options=options,
-                workers=workers,
-                manifest=manifest,
-                on_result=on_result,
-                on_plan=lambda n: bar.update(task, total=n),
-            )
+            with owned_output(dst):  # one run per output folder; a second one refuses (exit 2)
+                summary = prepare_folder(
+                    src,
+                    dst,
+                    options=options,
+                    workers=workers,
+                    manifest=manifest,
+                    on_result=on_result,
+                    on_plan=lambda n: bar.update(task, total=n),
+                )
     _print_summary(summary)
     raise typer.Exit(EXIT_SOME_FAILED if summary.failed else EXIT_OK)
 

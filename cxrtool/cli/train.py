@@ -1,22 +1,28 @@
 """``cxrtool train`` and ``cxrtool evaluate``: thin commands over :mod:`cxrtool.train`.
 
-Every training flag defaults to "not given" so that precedence is defaults < ``--config`` TOML <
-flags; the core resolves and validates.  Under ``torchrun`` only rank 0 draws progress.
+Help shows :class:`~cxrtool.train.config.TrainConfig`'s defaults, but only flags typed on the command
+line are passed on (:func:`_given`), so precedence stays defaults < ``--config`` TOML < flags; the
+core resolves and validates.  Under ``torchrun`` only rank 0 draws progress.
 """
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Optional
 
 import typer
 
-from cxrtool.cli._console import EXIT_SOME_FAILED, err, out, progress, user_errors
+from rich.text import Text
+
+from cxrtool.cli._console import EXIT_SOME_FAILED, err, failed, out, progress, user_errors
+from cxrtool.config import RESIZE_MODES, PreprocessCfg
 from cxrtool.errors import CxrError
+from cxrtool.fsutil import check_writable_output
+from cxrtool.models.registry import DEFAULT_ARCH
+from cxrtool.train.config import AMP, BALANCE, OPTIMIZERS, SCHEDULERS, TrainConfig
 
 EXIT_INTERRUPTED = 130
-
-_DATA, _MODEL, _OPT, _AUG, _RUN = "Data", "Model and init", "Optimisation", "Augmentation", "Runtime"
 
 
 def _keep_map(items: list[str] | None) -> dict[str, str] | None:
@@ -35,7 +41,7 @@ def _init_classes(value: str | None) -> list[str] | None:
     if value is None:
         return None
     if value.lower() == "chestxray14":
-        from cxrtool.models.init import CHESTXRAY14
+        from cxrtool.labels import CHESTXRAY14
 
         return list(CHESTXRAY14)
     return [c.strip() for c in value.split(",") if c.strip()]
@@ -46,176 +52,166 @@ def _fmt(v: Any) -> str:
 
 
 class _TrainView:
-    """Renders fit() events: a progress bar per epoch, one summary line per epoch."""
+    """Renders fit() events (:data:`cxrtool.train.loop.Event`): a progress bar per epoch, one summary line per epoch."""
 
     def __init__(self) -> None:
         self.bar = progress()
         self.task: Any = None
 
-    def __call__(self, kind: str, data: dict[str, Any]) -> None:
-        if kind == "warning":
-            err.print(f"[yellow]warning:[/] {data['message']}")
-        elif kind == "init":
-            self._init(data)
-        elif kind == "setup":
+    def __call__(self, event: Any) -> None:
+        from cxrtool.train import loop as ev
+
+        if isinstance(event, ev.RunWarning):
+            err.print(Text.assemble(("warning:", "yellow"), " ", event.message))
+        elif isinstance(event, ev.InitDone):
+            self._init(event.report)
+        elif isinstance(event, ev.SetupDone):
             err.print(
-                f"{data['arch']} {data['task']} on {data['runtime']} x{data['world_size']}: "
-                f"{data['n_train']} train / {data['n_val']} val images, {data['steps_per_epoch']} steps per epoch, "
-                f"input {data['preprocess']['input_size']} px, best by val {data['monitor']}"
+                f"{event.arch} {event.task} on {event.runtime} x{event.world_size}: "
+                f"{event.n_train} train / {event.n_val} val images, {event.steps_per_epoch} steps per epoch, "
+                f"input {event.preprocess.input_size} px, best by val {event.monitor}",
+                markup=False,
             )
             self.bar.start()
-        elif kind == "epoch_start":
+        elif isinstance(event, ev.EpochStarted):
             if self.task is not None:
                 self.bar.remove_task(self.task)
-            name = f"epoch {data['epoch']}" + (" (backbone frozen)" if data["frozen"] else "")
-            self.task = self.bar.add_task(name, total=data["steps"], completed=data["start_step"], info="")
-        elif kind == "step":
-            info = f"loss {data['loss']:.4f}  {data['images_per_s']:.1f} img/s  lr {data['lr']:.2e}"
-            self.bar.update(self.task, completed=data["step"], info=info)
-        elif kind == "epoch_end":
+            name = f"epoch {event.epoch}" + (" (backbone frozen)" if event.frozen else "")
+            self.task = self.bar.add_task(name, total=event.steps, completed=event.start_step, info="")
+        elif isinstance(event, ev.StepDone):
+            info = f"loss {event.loss:.4f}  {event.images_per_s:.1f} img/s  lr {event.lr:.2e}"
+            self.bar.update(self.task, completed=event.step, info=info)
+        elif isinstance(event, ev.EpochEnded):
+            values = {"train_loss": event.train_loss, "val_loss": event.val_loss, **{f"val_{k}": v for k, v in event.val_metrics.items()}}
             keys = ("train_loss", "val_loss", "val_accuracy", "val_macro_f1", "val_auc_macro")
-            line = "  ".join(f"{k} {_fmt(data.get(k))}" for k in keys)
+            line = "  ".join(f"{k} {_fmt(values.get(k))}" for k in keys)
+            self.bar.console.print(Text.assemble(f"epoch {event.epoch}: {line}  {event.images_per_s:.1f} img/s", ("  best" if event.best else "", "green")))
+        elif isinstance(event, ev.Stopped):
+            self.bar.console.print(Text.assemble(("stopped", "yellow"), f" at epoch {event.epoch + 1} step {event.step}; state saved to {event.state}"))
+        elif isinstance(event, ev.TrustFitted):
             self.bar.console.print(
-                f"epoch {data['epoch']}: {line}  {data['images_per_s']:.1f} img/s"
-                + ("  [green]best[/]" if data["best"] else "")
-            )
-        elif kind == "stopped":
-            self.bar.console.print(
-                f"[yellow]stopped[/] at epoch {data['epoch'] + 1} step {data['step']}; state saved to {data['state']}"
+                f"trust: temperature {event.temperature:.3f} (val ECE {event.ece:.4f} -> {event.ece_calibrated:.4f}), "
+                f"OOD statistics from {event.n_train} train films, threshold {event.threshold:.3f} on {event.n_val} val films",
+                markup=False,
             )
 
-    def _init(self, data: dict[str, Any]) -> None:
-        err.print(f"init: {data['source']}" + (f" from {data['path']}" if data["path"] else ""))
-        for note in data["notes"]:
-            err.print(f"  {note}")
-        if data["kept"]:
-            err.print("  kept output neurons: " + ", ".join(f"{new} <- {old}" for new, old in data["kept"]))
-        if data["source"] != "none":
-            err.print("  fresh output neurons: " + (", ".join(data["fresh"]) or "none"))
+    def _init(self, report: Any) -> None:
+        err.print(f"init: {report.source}" + (f" from {report.path}" if report.path else ""), markup=False)
+        for note in report.notes:
+            err.print(f"  {note}", markup=False)
+        if report.kept:
+            err.print("  kept output neurons: " + ", ".join(f"{new} <- {old}" for new, old in report.kept), markup=False)
+        if report.source != "none":
+            err.print("  fresh output neurons: " + (", ".join(report.fresh) or "none"), markup=False)
 
     def close(self) -> None:
         self.bar.stop()
 
 
+def _choice(name: str, values: tuple[str, ...]) -> type[Enum]:
+    return Enum(name, {v: v for v in values}, type=str)  # type: ignore[return-value]
+
+
+Balance, Optimizer, Scheduler, Amp, Resize = (
+    _choice(n, v) for n, v in (("Balance", BALANCE), ("Optimizer", OPTIMIZERS), ("Scheduler", SCHEDULERS), ("Amp", AMP), ("Resize", RESIZE_MODES))
+)
+_T = TrainConfig()  # the defaults every help text shows
+#: flag name -> TrainConfig key, where they differ
+_KEYS = {"rotate": "aug_rotate"}
+
+
+def _given(ctx: typer.Context) -> dict[str, Any]:
+    """The training flags typed on the command line (or from the environment), as TrainConfig keys.
+
+    Flags left at their default are left out, so that a ``--config`` TOML value is not overridden
+    by a default: precedence stays defaults < TOML < flags.
+    """
+    given = {}
+    for name, value in ctx.params.items():
+        source = ctx.get_parameter_source(name)
+        if name in ("config", "resume") or source is None or source.name not in ("COMMANDLINE", "ENVIRONMENT"):
+            continue
+        if isinstance(value, Enum):
+            value = value.value
+        elif isinstance(value, Path):
+            value = str(value)
+        elif name == "keep_map":
+            value = _keep_map(value)
+        elif name == "init_classes":
+            value = _init_classes(value)
+        given[_KEYS.get(name, name)] = value
+    return given
+
+
 def train(
-    manifest: Path = typer.Argument(
-        None, help="Training manifest CSV (or 'manifest' in --config).", show_default=False
-    ),
-    out_dir: Path = typer.Option(
-        None, "--out", "-o", help="Output folder for checkpoints, logs and resume state.", rich_help_panel=_DATA
-    ),
-    config: Path = typer.Option(
-        None,
-        "--config",
-        "-c",
-        help="TOML file with any of these options (flags win).",
-        exists=True,
-        dir_okay=False,
-        rich_help_panel=_DATA,
-    ),
-    resume: Path = typer.Option(
-        None,
-        "--resume",
-        help="Continue the run in this output folder (its stored config is used).",
-        exists=True,
-        file_okay=False,
-        rich_help_panel=_DATA,
-    ),
-    val_manifest: Path = typer.Option(
-        None, "--val-manifest", help="Validation manifest (default: the training manifest).", rich_help_panel=_DATA
-    ),
-    train_split: str = typer.Option(
-        None, "--train-split", help="Split name of the training rows [default: train].", rich_help_panel=_DATA
-    ),
-    val_split: str = typer.Option(
-        None, "--val-split", help="Split name of the validation rows [default: val].", rich_help_panel=_DATA
-    ),
-    balance: str = typer.Option(
-        None,
-        "--balance",
-        help="none | sampler (class-balanced draws) | loss (class weights) [default: none].",
-        rich_help_panel=_DATA,
-    ),
-    init: str = typer.Option(
-        None,
-        "--init",
-        help="imagenet | none | a cxrtool checkpoint | a foreign state dict (.pth/.pt/.safetensors).",
-        rich_help_panel=_MODEL,
-    ),
-    arch: str = typer.Option(
-        None,
-        "--arch",
-        help="densenet121 | densenet201 [default: the --init checkpoint's, else densenet121].",
-        rich_help_panel=_MODEL,
-    ),
-    keep_neurons: bool = typer.Option(
-        None,
-        "--keep-neurons/--no-keep-neurons",
-        help="Start new outputs that match an old class from its weights.",
-        rich_help_panel=_MODEL,
-    ),
-    keep_map: list[str] = typer.Option(
-        None, "--keep-map", help="NEW=OLD class pairing for neuron keeping (repeatable).", rich_help_panel=_MODEL
-    ),
-    init_classes: str = typer.Option(
-        None,
-        "--init-classes",
-        help="Output classes of a foreign state dict: comma list or 'chestxray14'.",
-        rich_help_panel=_MODEL,
-    ),
-    input_size: int = typer.Option(
-        None, "--input-size", help="Input side in px [default: the parent's, else 224].", rich_help_panel=_MODEL
-    ),
-    channels: int = typer.Option(
-        None, "--channels", help="1 or 3 input channels [default: the parent's, else 3].", rich_help_panel=_MODEL
-    ),
-    resize: str = typer.Option(None, "--resize", help="stretch | letterbox | center_crop.", rich_help_panel=_MODEL),
-    freeze_epochs: int = typer.Option(
-        None, "--freeze-epochs", help="Train only the head for the first N epochs [default: 0].", rich_help_panel=_MODEL
-    ),
-    epochs: int = typer.Option(None, "--epochs", help="[default: 10]", rich_help_panel=_OPT),
-    batch_size: int = typer.Option(None, "--batch-size", "-b", help="Per process [default: 32].", rich_help_panel=_OPT),
-    lr: float = typer.Option(None, "--lr", help="Peak learning rate [default: 1e-3].", rich_help_panel=_OPT),
-    optimizer: str = typer.Option(None, "--optimizer", help="adamw | sgd [default: adamw].", rich_help_panel=_OPT),
-    weight_decay: float = typer.Option(None, "--weight-decay", help="[default: 1e-4]", rich_help_panel=_OPT),
-    scheduler: str = typer.Option(
-        None, "--scheduler", help="cosine (per step, to 0) | constant [default: cosine].", rich_help_panel=_OPT
-    ),
-    monitor: str = typer.Option(
-        None,
-        "--monitor",
-        help="Validation metric for the best checkpoint: loss | accuracy | macro_f1 | auc_macro [default: macro_f1 multiclass, auc_macro multilabel].",
-        rich_help_panel=_OPT,
-    ),
-    patience: int = typer.Option(
-        None, "--patience", help="Early stopping after N epochs without improvement (0: off).", rich_help_panel=_OPT
-    ),
-    seed: int = typer.Option(None, "--seed", help="[default: 0]", rich_help_panel=_OPT),
-    augment: bool = typer.Option(
-        None,
-        "--augment/--no-augment",
-        help="Small rotation/scale/shift/brightness/contrast [default: on].",
-        rich_help_panel=_AUG,
-    ),
-    rotate: float = typer.Option(None, "--rotate", help="Max rotation in degrees [default: 5].", rich_help_panel=_AUG),
-    hflip: bool = typer.Option(
-        None, "--hflip/--no-hflip", help="Random horizontal flips [default: off; see the README].", rich_help_panel=_AUG
-    ),
-    device: str = typer.Option(
-        None, "--device", help="auto | cpu | cuda | cuda:N [default: auto].", rich_help_panel=_RUN
-    ),
-    amp: str = typer.Option(
-        None,
-        "--amp",
-        help="auto | none | bf16 | fp16 [default: auto = bf16/fp16 on CUDA, off on CPU].",
-        rich_help_panel=_RUN,
-    ),
-    channels_last: bool = typer.Option(
-        None, "--channels-last/--no-channels-last", help="[default: on for CUDA]", rich_help_panel=_RUN
-    ),
-    workers: int = typer.Option(
-        None, "--workers", "-j", help="Data loader processes [default: 2].", rich_help_panel=_RUN
-    ),
+    ctx: typer.Context,
+    manifest: Annotated[Optional[Path], typer.Argument(help="Training manifest CSV (or 'manifest' in --config).", show_default=False)] = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder for checkpoints, logs and resume state.")] = None,
+    config: Annotated[
+        Optional[Path], typer.Option("--config", "-c", help="TOML file with any of these options (flags win).", exists=True, dir_okay=False)
+    ] = None,
+    resume: Annotated[
+        Optional[Path],
+        typer.Option("--resume", help="Continue the run in this output folder (its stored config is used).", exists=True, file_okay=False),
+    ] = None,
+    val_manifest: Annotated[Optional[Path], typer.Option("--val-manifest", show_default="the training manifest", help="Validation manifest.")] = None,
+    train_split: Annotated[str, typer.Option("--train-split", help="Split name of the training rows.")] = _T.train_split,
+    val_split: Annotated[str, typer.Option("--val-split", help="Split name of the validation rows.")] = _T.val_split,
+    balance: Annotated[
+        Balance, typer.Option("--balance", help="sampler: class-balanced draws; loss: class weights.")
+    ] = Balance(_T.balance),
+    init: Annotated[
+        Optional[str], typer.Option("--init", help="imagenet | none | a cxrtool checkpoint | a foreign state dict (.pth/.pt/.safetensors).")
+    ] = None,
+    arch: Annotated[
+        Optional[str], typer.Option("--arch", show_default=f"the --init checkpoint's, else {DEFAULT_ARCH}", help="Architecture.")
+    ] = None,
+    keep_neurons: Annotated[
+        bool, typer.Option("--keep-neurons/--no-keep-neurons", help="Start new outputs that match an old class from its weights.")
+    ] = _T.keep_neurons,
+    keep_map: Annotated[Optional[list[str]], typer.Option("--keep-map", help="NEW=OLD class pairing for neuron keeping (repeatable).")] = None,
+    init_classes: Annotated[
+        Optional[str], typer.Option("--init-classes", help="Output classes of a foreign state dict: comma list or 'chestxray14'.")
+    ] = None,
+    input_size: Annotated[
+        Optional[int], typer.Option("--input-size", show_default=f"the parent's, else {PreprocessCfg.input_size}", help="Input side in px.")
+    ] = None,
+    channels: Annotated[
+        Optional[int], typer.Option("--channels", show_default=f"the parent's, else {PreprocessCfg.channels}", help="1 or 3 input channels.")
+    ] = None,
+    resize: Annotated[
+        Optional[Resize], typer.Option("--resize", show_default=f"the parent's, else {PreprocessCfg.resize}", help="How a film becomes square.")
+    ] = None,
+    freeze_epochs: Annotated[int, typer.Option("--freeze-epochs", help="Train only the head for the first N epochs.")] = _T.freeze_epochs,
+    epochs: Annotated[int, typer.Option("--epochs", help="Training epochs.")] = _T.epochs,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per step, per process.")] = _T.batch_size,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate.")] = _T.lr,
+    optimizer: Annotated[Optimizer, typer.Option("--optimizer", help="Optimiser.")] = Optimizer(_T.optimizer),
+    weight_decay: Annotated[float, typer.Option("--weight-decay", help="Decoupled weight decay.")] = _T.weight_decay,
+    scheduler: Annotated[Scheduler, typer.Option("--scheduler", help="cosine: per step, to 0.")] = Scheduler(_T.scheduler),
+    monitor: Annotated[
+        str,
+        typer.Option(
+            "--monitor",
+            help="Validation metric for the best checkpoint: loss | accuracy | macro_f1 | auc_macro; auto: macro_f1 multiclass, auc_macro multilabel.",
+        ),
+    ] = _T.monitor,
+    patience: Annotated[int, typer.Option("--patience", help="Early stopping after N epochs without improvement (0: off).")] = _T.patience,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of initialisation, sampling and augmentation.")] = _T.seed,
+    augment: Annotated[
+        bool, typer.Option("--augment/--no-augment", help="Small rotation/scale/shift/brightness/contrast.")
+    ] = _T.augment,
+    rotate: Annotated[float, typer.Option("--rotate", help="Max rotation in degrees.")] = _T.aug_rotate,
+    hflip: Annotated[bool, typer.Option("--hflip/--no-hflip", help="Random horizontal flips (see the README).")] = _T.hflip,
+    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N.")] = _T.device,
+    amp: Annotated[Amp, typer.Option("--amp", help="auto: bf16/fp16 on CUDA, off on CPU.")] = Amp(_T.amp),
+    channels_last: Annotated[
+        Optional[bool], typer.Option("--channels-last/--no-channels-last", show_default="on for CUDA", help="channels_last memory format.")
+    ] = None,
+    workers: Annotated[int, typer.Option("--workers", "-j", help="Data loader processes.")] = _T.workers,
+    trust: Annotated[
+        bool, typer.Option("--trust/--no-trust", help="Fit OOD statistics and temperature into best.safetensors at the end (docs/trust.md).")
+    ] = _T.trust,
 ) -> None:
     """Train a DenseNet on a manifest: multilabel (BCE) or multiclass (cross-entropy), as the manifest says.
 
@@ -230,17 +226,9 @@ def train(
 
     view = _TrainView()
     with user_errors():
-        flags = {
-            "manifest": str(manifest) if manifest else None, "out_dir": str(out_dir) if out_dir else None,
-            "val_manifest": str(val_manifest) if val_manifest else None, "train_split": train_split,
-            "val_split": val_split, "balance": balance, "init": init, "arch": arch, "keep_neurons": keep_neurons,
-            "keep_map": _keep_map(keep_map), "init_classes": _init_classes(init_classes), "input_size": input_size,
-            "channels": channels, "resize": resize, "freeze_epochs": freeze_epochs, "epochs": epochs,
-            "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "weight_decay": weight_decay,
-            "scheduler": scheduler, "monitor": monitor, "patience": patience, "seed": seed, "augment": augment,
-            "aug_rotate": rotate, "hflip": hflip, "device": device, "amp": amp, "channels_last": channels_last,
-            "workers": workers,
-        }  # fmt: skip
+        if resume is not None or out_dir is not None:
+            check_writable_output(resume if resume is not None else out_dir, "dir")
+        flags = _given(ctx)
         if resume is not None:
             if config is not None:
                 raise CxrError("--resume uses the run's stored config; drop --config")
@@ -264,16 +252,19 @@ def train(
 
 
 def evaluate(
-    checkpoint: Path = typer.Argument(..., help="A cxrtool .safetensors checkpoint.", exists=True, dir_okay=False),
-    manifest: Path = typer.Argument(..., help="Manifest CSV with labels.", exists=True, dir_okay=False),
-    out_dir: Path = typer.Option(..., "--out", "-o", help="Folder for metrics.json, predictions.csv and the PNGs."),
-    split: str = typer.Option("test", "--split", help="Rows of this split ('all' for every row)."),
-    batch_size: int = typer.Option(64, "--batch-size", "-b"),
-    bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for the 95% intervals (0: none)."),
-    threshold: float = typer.Option(0.5, "--threshold", help="Multilabel decision threshold."),
-    seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
-    workers: int = typer.Option(0, "--workers", "-j", help="Data loader processes."),
+    checkpoint: Annotated[Path, typer.Argument(help="A cxrtool .safetensors checkpoint.", exists=True, dir_okay=False)],
+    manifest: Annotated[Path, typer.Argument(help="Manifest CSV with labels.", exists=True, dir_okay=False)],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for metrics.json, predictions.csv and the PNGs.")],
+    split: Annotated[str, typer.Option("--split", help="Rows of this split ('all' for every row).")] = "test",
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per forward pass.")] = 64,
+    bootstrap: Annotated[int, typer.Option("--bootstrap", min=0, help="Bootstrap resamples for the 95% intervals (0: none).")] = 1000,
+    threshold: Annotated[
+        Optional[float],
+        typer.Option("--threshold", show_default="the one stored with the model", help="Multilabel decision threshold."),
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed.")] = 0,
+    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N.")] = "auto",
+    workers: Annotated[int, typer.Option("--workers", "-j", min=0, help="Data loader processes.")] = 0,
 ) -> None:
     """Metrics of a checkpoint on a manifest split: JSON with bootstrap CIs, per-image CSV, confusion matrix and ROC PNGs.
 
@@ -285,6 +276,7 @@ def evaluate(
 
     bar = progress(transient=True)
     with user_errors():
+        check_writable_output(out_dir, "dir")
         task = bar.add_task("evaluating", total=None, info="")
         with bar:
             result = run_evaluate(
@@ -297,7 +289,9 @@ def evaluate(
     summary = Table(title=f"{checkpoint.name} on {manifest.name} [{split}] n={result.n_ok}", title_justify="left")
     for col in ("metric", "value", "95% CI"):
         summary.add_column(col)
-    for key in ("accuracy", "macro_f1", "auc_macro"):
+    for key in ("accuracy", "macro_f1", "auc_macro", "ece", "ece_calibrated", "brier", "brier_calibrated", "ood_flagged_share"):
+        if key not in m:
+            continue
         interval = ci.get(key)
         summary.add_row(key, _fmt(m.get(key)), f"{interval[0]:.4f} - {interval[1]:.4f}" if interval else "")
     out.print(summary)
@@ -309,7 +303,7 @@ def evaluate(
     out.print(per)
     err.print("wrote " + ", ".join(str(f) for f in result.files))
     for path, reason in result.failures:
-        err.print(f"[red]failed:[/] {path}: {reason}", highlight=False)
+        err.print(failed(path, reason), soft_wrap=True)
     if result.failures:
         raise typer.Exit(EXIT_SOME_FAILED)
 

@@ -15,9 +15,9 @@ from torch.utils.data import Dataset
 from cxrtool.config import PreprocessCfg
 from cxrtool.data.augment import AugmentCfg, augment
 from cxrtool.errors import CxrError, ImageLoadError
-from cxrtool.images import load_image
 from cxrtool.manifest import Manifest, label_column
-from cxrtool.preprocess import normalize, resize_gray
+from cxrtool.preprocess import load_gray, normalize
+from cxrtool.task import Task
 
 
 class ManifestDataset(Dataset):
@@ -34,7 +34,7 @@ class ManifestDataset(Dataset):
         manifest: Manifest,
         *,
         class_names: Sequence[str],
-        task: str,
+        task: Task,
         preprocess: PreprocessCfg,
         augment_cfg: AugmentCfg | None = None,
         seed: int = 0,
@@ -47,8 +47,8 @@ class ManifestDataset(Dataset):
 
     def _targets(self) -> list:
         rows = self.manifest.rows
-        if self.task == "multiclass":
-            if self.manifest.task != "multiclass":
+        if not self.task.multilabel:
+            if self.manifest.task.multilabel:
                 raise CxrError("the model is multiclass but the manifest has y: columns (multilabel)")
             return [self.manifest.class_index(r, self.class_names) for r in rows]
         missing = [c for c in self.class_names if label_column(c) not in self.manifest.columns]
@@ -69,13 +69,13 @@ class ManifestDataset(Dataset):
     def load(self, index: int) -> np.ndarray:
         """Input of row ``index`` as CxHxW float32 (augmented when the dataset has an AugmentCfg)."""
         row = self.manifest.rows[index]
-        gray = resize_gray(load_image(self.manifest.resolve(row), window=self.preprocess.window), self.preprocess)
+        gray = load_gray(self.manifest.resolve(row), self.preprocess)
         if self.augment_cfg is not None:
             gray = augment(gray, self.augment_cfg, np.random.default_rng([self.seed, self.epoch, index]))
         return normalize(gray, self.preprocess)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int, str]:
-        target = torch.tensor(self.targets[index], dtype=torch.long if self.task == "multiclass" else torch.float32)
+        target = torch.tensor(self.targets[index], dtype=torch.float32 if self.task.multilabel else torch.long)
         try:
             x = torch.from_numpy(self.load(index))
         except ImageLoadError as exc:

@@ -9,6 +9,7 @@ are kept together, and units are split stratified by class (:mod:`cxrtool.datase
 from __future__ import annotations
 
 import csv
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -24,6 +25,7 @@ from cxrtool.datasets.splits import assign_splits, connected_units, crossing_gro
 from cxrtool.errors import CxrError, ImageLoadError
 from cxrtool.images import iter_input_files
 from cxrtool.manifest import write_manifest
+from cxrtool.workers import die_with
 
 Progress = Callable[[int, int], None]
 
@@ -95,7 +97,7 @@ def hash_files(paths: Sequence[Path], *, workers: int = 1, progress: Progress | 
     """Perceptual hash (hex) or failure reason per path, in order; ``workers`` > 1 uses processes."""
     results: list[tuple[str, str]] = []
     if workers > 1 and len(paths) > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with ProcessPoolExecutor(max_workers=workers, initializer=die_with, initargs=(os.getpid(),)) as pool:  # die with this run
             for res in pool.map(_hash_one, paths, chunksize=8):
                 results.append(res)
                 if progress:

@@ -34,27 +34,12 @@ from typing import Literal
 from cxrtool.datasets.common import GroupNamer, manifest_path
 from cxrtool.datasets.splits import assign_splits, connected_units, crossing_groups
 from cxrtool.errors import CxrError
-from cxrtool.manifest import MULTI_SEP, label_column, write_manifest
+from cxrtool.manifest import label_column, write_manifest
+from cxrtool.labels import CHESTXRAY14, NO_FINDING
+from cxrtool.task import LABEL_SEPARATOR
 
-FINDINGS: tuple[str, ...] = (
-    "Atelectasis",
-    "Cardiomegaly",
-    "Effusion",
-    "Infiltration",
-    "Mass",
-    "Nodule",
-    "Pneumonia",
-    "Pneumothorax",
-    "Consolidation",
-    "Edema",
-    "Emphysema",
-    "Fibrosis",
-    "Pleural_Thickening",
-    "Hernia",
-)
-NO_FINDING = "No Finding"
 SOURCE = "nih-chestxray14"
-_ORDER = {f: i for i, f in enumerate(FINDINGS)}
+_ORDER = {f: i for i, f in enumerate(CHESTXRAY14)}
 _REQUIRED = {"image index": "image", "finding labels": "labels", "follow-up #": "follow_up", "patient id": "patient", "view position": "view"}
 
 
@@ -62,7 +47,7 @@ def _norm(name: str) -> str:
     return name.lower().replace("_", "").replace(" ", "")
 
 
-_BY_NORM = {_norm(f): f for f in (*FINDINGS, NO_FINDING)}
+_BY_NORM = {_norm(f): f for f in (*CHESTXRAY14, NO_FINDING)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +93,7 @@ def split_header(line: str) -> list[str]:
 @lru_cache(maxsize=4096)
 def parse_findings(text: str) -> tuple[str, ...]:
     """``"Effusion|Atelectasis"`` -> canonical-order tuple; ``"No Finding"`` -> ()."""
-    parts = [p.strip() for p in text.split(MULTI_SEP) if p.strip()]
+    parts = [p.strip() for p in text.split(LABEL_SEPARATOR) if p.strip()]
     if not parts:
         raise ValueError("empty Finding Labels")
     found: set[str] = set()
@@ -199,10 +184,10 @@ def parse_label_map(text: str) -> list[LabelTarget]:
         if any(t.name == name for t in targets):
             raise CxrError(f"--map: target {name!r} given twice")
         found: set[str] = set()
-        for p in (p.strip() for p in expr.split(MULTI_SEP)):
+        for p in (p.strip() for p in expr.split(LABEL_SEPARATOR)):
             canon = _BY_NORM.get(_norm(p))
             if canon is None:
-                raise CxrError(f"--map: unknown finding {p!r} (known: {', '.join((*FINDINGS, NO_FINDING))})")
+                raise CxrError(f"--map: unknown finding {p!r} (known: {', '.join((*CHESTXRAY14, NO_FINDING))})")
             found.add(canon)
         targets.append(LabelTarget(name, frozenset(found - {NO_FINDING}), NO_FINDING in found))
     if not targets:
@@ -304,7 +289,7 @@ def prep_nih(csv_path: str | Path, out: str | Path, options: NihOptions = NihOpt
     report = NihReport(
         out=out,
         task="multiclass" if targets else "multilabel",
-        class_names=[t.name for t in targets] if targets else list(FINDINGS),
+        class_names=[t.name for t in targets] if targets else list(CHESTXRAY14),
         rows_read=len(records) + len(bad),
         bad_rows=bad,
         parse_seconds=time.perf_counter() - t0,
@@ -360,11 +345,11 @@ def prep_nih(csv_path: str | Path, out: str | Path, options: NihOptions = NihOpt
     report.patients_crossing = len(crossing_groups([r.patient for r in records], splits))
 
     out_dir = out.parent.resolve()
-    y_columns = [label_column(f) for f in FINDINGS]
-    multi_hot = lru_cache(maxsize=None)(lambda fs: {c: int(f in fs) for c, f in zip(y_columns, FINDINGS)})
+    y_columns = [label_column(f) for f in CHESTXRAY14]
+    multi_hot = lru_cache(maxsize=None)(lambda fs: {c: int(f in fs) for c, f in zip(y_columns, CHESTXRAY14)})
     rows = []
     for r, split in zip(records, splits):
-        finding_text = MULTI_SEP.join(r.findings)
+        finding_text = LABEL_SEPARATOR.join(r.findings)
         row = {
             "path": manifest_path(found[r.image], out_dir) if r.image in found else r.image,
             "label": labels[r.image] if targets else finding_text,

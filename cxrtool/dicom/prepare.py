@@ -18,9 +18,10 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from cxrtool.errors import CxrError, ImageLoadError
-from cxrtool.fsutil import atomic_path
-from cxrtool.images import iter_input_files
+from cxrtool.fsutil import atomic_path, display_path, remove_stale_temps
+from cxrtool.images import check_file, iter_input_files, max_pixels
 from cxrtool.manifest import CORE_COLUMNS, read_manifest, write_manifest
+from cxrtool.workers import die_with
 
 SOURCE = "prep-dicom"
 MANIFEST_NAME = "manifest.csv"
@@ -75,6 +76,7 @@ class PrepOptions:
             raise CxrError(f"--size must be at least 8 pixels, not {self.size}")
         if not self.keep_phi and not self.salt:
             raise CxrError("a salt is needed to pseudonymise patient IDs (or pass keep_phi=True)")
+        max_pixels()  # a bad $CXRTOOL_MAX_PIXELS is a usage error now, not an error row per file later
 
     @property
     def settings(self) -> str:
@@ -95,16 +97,24 @@ class PrepSummary:
         return [r for r in self.rows if r["status"] == FAILED]
 
 
+def tag_text(ds, keyword: str) -> str:
+    """A header value as text; "" when absent or when its bytes do not parse (a broken VR is not fatal)."""
+    try:
+        return str(ds.get(keyword, "") or "")
+    except Exception:  # pydicom converts on access and raises many types for malformed elements
+        return ""
+
+
 def header_checks(ds) -> list[str]:
     """Why a file may not be a frontal/lateral chest radiograph (modality, body part, view).
 
     Missing tags are not flagged (many valid files lack them); present, unexpected values are.
     """
     problems = []
-    modality = str(ds.get("Modality", "") or "").strip().upper()
+    modality = tag_text(ds, "Modality").strip().upper()
     if modality and modality not in CHEST_MODALITIES:
         problems.append(f"modality {modality} is not CR/DX")
-    body = str(ds.get("BodyPartExamined", "") or "").strip().upper()
+    body = tag_text(ds, "BodyPartExamined").strip().upper()
     if body and not any(part in body for part in CHEST_BODY_PARTS):
         problems.append(f"body part {body} is not chest")
     view = _view(ds)
@@ -116,7 +126,7 @@ def header_checks(ds) -> list[str]:
 def _view(ds) -> str:
     """View Position, else Patient Position (NIH's Google conversions put PA/AP there)."""
     for key in ("ViewPosition", "PatientPosition"):
-        value = str(ds.get(key, "") or "").strip().upper()
+        value = tag_text(ds, key).strip().upper()
         if value:
             return value
     return ""
@@ -167,21 +177,20 @@ def _convert(src: Path, png: Path, options: PrepOptions, base: Row, out_root: Pa
     from cxrtool.dicom.read import is_dicom, pixel_error_reason, read_dataset
     from cxrtool.privacy import pseudonymise
 
-    if src.stat().st_size == 0:
-        return [{**base, "status": FAILED, "error": "empty file (0 bytes)"}]
+    check_file(src)  # loops, dangling links, FIFOs, empty files: a failed row naming the reason
     if not is_dicom(src):
         return [{**base, "status": SKIPPED, "error": "not a DICOM file (by content)"}]
     ds = read_dataset(src)
-    patient = str(ds.get("PatientID", "") or "")
+    patient = tag_text(ds, "PatientID")
     checks = header_checks(ds)
     meta: Row = {
         **base,
         "group": patient if options.keep_phi else pseudonymise(patient, options.salt),
         "checks": "; ".join(checks),
-        "modality": str(ds.get("Modality", "") or ""),
-        "body_part": str(ds.get("BodyPartExamined", "") or ""),
+        "modality": tag_text(ds, "Modality"),
+        "body_part": tag_text(ds, "BodyPartExamined"),
         "view": _view(ds),
-        "photometric": str(ds.get("PhotometricInterpretation", "") or ""),
+        "photometric": tag_text(ds, "PhotometricInterpretation"),
         "transfer_syntax": str(ds.file_meta.get("TransferSyntaxUID", "")),
     }
     if "PixelData" not in ds:
@@ -192,7 +201,7 @@ def _convert(src: Path, png: Path, options: PrepOptions, base: Row, out_root: Pa
     rows = []
     for frame in frames:
         dst = frame_path(png, frame, all_frames=options.all_frames)
-        if dst.resolve() == src.resolve():
+        if _real(dst) == _real(src):
             raise ImageLoadError(src, "output would overwrite the input")
         try:
             arr, voi = render_unit(ds, window=options.window, frame=frame)
@@ -252,6 +261,11 @@ def _resumable(manifest: Path, options: PrepOptions) -> dict[str, list[Row]]:
     }
 
 
+def _real(path: Path) -> Path:
+    """``path`` with symlinks resolved; unlike ``Path.resolve`` a link loop is no ``RuntimeError``."""
+    return Path(os.path.realpath(path))
+
+
 def plan(src: Path, dst: Path) -> list[tuple[Path, Path, str]]:
     """(input, output PNG, input name) for every file under ``src``; outputs mirror the tree.
 
@@ -259,10 +273,10 @@ def plan(src: Path, dst: Path) -> list[tuple[Path, Path, str]]:
     would map to the same PNG (``a.dcm`` and ``a``) keep their full names instead.
     """
     src_root = src if src.is_dir() else src.parent
-    dst_res = dst.resolve()
+    dst_res = _real(dst)
     jobs, taken = [], set()
     for path in iter_input_files([src]):
-        if path.resolve().is_relative_to(dst_res):
+        if _real(path).is_relative_to(dst_res):
             continue
         rel = path.relative_to(src_root)
         png = dst / rel.parent / output_name(path)
@@ -275,9 +289,9 @@ def plan(src: Path, dst: Path) -> list[tuple[Path, Path, str]]:
 
 def check_paths(src: Path, dst: Path) -> None:
     """Usage errors found before any work: a missing source, or writing into the source folder itself."""
-    if not src.exists():
-        raise CxrError(f"{src}: no such file or folder")
-    if dst.resolve() == (src if src.is_dir() else src.parent).resolve():
+    if not os.path.lexists(src):  # a symlink loop or dangling link exists: it becomes a failed row
+        raise CxrError(f"{display_path(src)}: no such file or folder")
+    if _real(dst) == _real(src if src.is_dir() else src.parent):
         raise CxrError(f"{dst}: the output folder must differ from the input folder")
 
 
@@ -303,6 +317,7 @@ def prepare_folder(
     """
     src, dst = Path(src), Path(dst)
     check_paths(src, dst)
+    remove_stale_temps(dst, recursive=True)  # PNGs / manifest of a run killed mid-write
     manifest_path = Path(manifest) if manifest else dst / MANIFEST_NAME
     out_root = manifest_path.parent
     jobs = plan(src, dst)
@@ -348,7 +363,9 @@ def _run(todo: list[tuple[int, tuple]], workers: int) -> Iterator[tuple[int, lis
         for i, args in todo:
             yield i, _task(args)
         return
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=get_context("spawn"))
+    pool = ProcessPoolExecutor(
+        max_workers=min(workers, len(todo)), mp_context=get_context("spawn"), initializer=die_with, initargs=(os.getpid(),)
+    )  # workers end with this run, even after a kill -9
     try:
         futures = {pool.submit(_task, args): (i, args) for i, args in todo}
         for fut in as_completed(futures):

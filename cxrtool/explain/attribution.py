@@ -1,10 +1,12 @@
 """User-facing explaining: :class:`Explainer` (tensors in, relevance out) and :func:`explain_files`.
 
 One forward and one backward per batch: the LRP model returns the logits, targets are picked from
-them, and the backward pass is seeded with each sample's own target logit (so the input relevance
-of an LRP composite sums to about that logit; gradient x input is seeded with 1, and sums to the
-logit minus what biases and non-linearities take).  Several targets ("all") reuse the same
-forward graph.
+them, and the backward pass is seeded with each sample's own target logit.  What the composite
+conserves (see docs/explain.md): the input relevance plus what the rules hand to biases
+(``bias_share``; under the DenseNet canonizer only the classifier's bias is charged, batch-norm
+shifts never are) equals the target logit, whatever its sign.  Gradient x input is seeded with 1
+and sums to the logit minus what biases and non-linearities take.  Several targets ("all") reuse
+the same forward graph.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import copy
 import csv
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +23,13 @@ import torch
 import torch.nn as nn
 
 from cxrtool.errors import CxrError, ImageLoadError
-from cxrtool.explain.audit import AUDIT_COLUMNS, AuditCfg, audit_heatmap, summarize
+from cxrtool.explain.audit import AUDIT_COLUMNS, audit_heatmap, summarize
 from cxrtool.explain.composites import DEFAULT_COMPOSITE, Bounds, CompositeSpec, compile_lrp, get_composite, zennit_composite
-from cxrtool.fsutil import atomic_open, atomic_path
-from cxrtool.models.checkpoint import ModelCard
-from cxrtool.train.runtime import to_probs
+from cxrtool.explain.options import ExplainOptions
+from cxrtool.fsutil import NAME_ERRORS, atomic_open, atomic_path
+from cxrtool.locks import owned_output
+from cxrtool.modelfile import ModelCard
+from cxrtool.trust import Assessment, Trust
 
 Target = int | None  # a class index, or None for the predicted class
 
@@ -59,18 +63,39 @@ class Explainer:
         Each entry is ``None`` (each sample's predicted class), a class index, or a ``(B,)``
         tensor of per-sample class indices.
         """
+        result = self.attribute(x, targets)
+        return result.logits, result.relevance
+
+    def attribute(self, x: torch.Tensor, targets: Sequence[Target | torch.Tensor] = (None,)) -> Attribution:
+        """Like :meth:`explain`, plus per target the ``(B,)`` relevance the rules handed to biases."""
         x = x.detach().clone().requires_grad_(True)
+        ledger = getattr(self.net, "bias_ledger", None)
         with torch.enable_grad():
             logits = self.net(x)
-            out = []
+            out, biases = [], []
             for i, target in enumerate(targets):
                 index = _target_index(target, logits)
                 seed = torch.zeros_like(logits)
                 rows = torch.arange(len(index))
                 seed[rows, index] = logits.detach()[rows, index] if self.spec.is_lrp else 1.0
+                if ledger is not None:
+                    ledger.reset()
                 (grad,) = torch.autograd.grad(logits, x, seed, retain_graph=i < len(targets) - 1)
                 out.append(grad if self.spec.is_lrp else grad * x.detach())
-        return logits.detach(), out
+                total = ledger.total if ledger is not None else None
+                if not self.spec.is_lrp:  # gradient x input books nothing: its gap is not a bias share
+                    total = torch.full((len(index),), float("nan"))
+                biases.append(total if total is not None else torch.zeros(len(index)))
+        return Attribution(logits.detach(), out, biases)
+
+
+@dataclass
+class Attribution:
+    """Logits, one relevance map per target, and per target the relevance booked to biases."""
+
+    logits: torch.Tensor
+    relevance: list[torch.Tensor]
+    bias_share: list[torch.Tensor]
 
 
 def _target_index(target: Target | torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
@@ -100,19 +125,9 @@ def zennit_relevance(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, c
 # ----------------------------------------------------------------------------- files -> outputs
 
 RESULT_COLUMNS = (
-    "path", "target", "target_index", "target_logit", "target_prob", "predicted", "predicted_prob",
+    "path", "target", "target_index", "target_logit", "target_prob", "predicted", "predicted_prob", "ood_score", "flag",
     "relevance_sum", *AUDIT_COLUMNS, "scale", "heatmap", "overlay", "panel", "error",
 )
-
-
-@dataclass
-class ExplainOptions:
-    """What ``cxrtool explain`` does: composite, targets (``predicted``, ``all`` or a class name), batching, audit regions."""
-
-    composite: str = DEFAULT_COMPOSITE
-    target: str = "predicted"
-    batch_size: int = 16
-    audit: AuditCfg = field(default_factory=AuditCfg)
 
 
 @dataclass
@@ -168,15 +183,32 @@ def explain_files(
     out_dir: str | Path,
     options: ExplainOptions | None = None,
     on_file: Callable[[Path, str | None], None] | None = None,
+    trust: Trust | None = None,
 ) -> ExplainReport:
     """Explain every input of ``plan`` (from :func:`plan_inputs`): ``.npy`` relevance, overlay and
     panel PNGs per target, and ``explain.csv``.
 
     A file that cannot be read becomes an error row and the run goes on.  ``on_file(path, error)``
-    is called once per input (for progress bars).
+    is called once per input (for progress bars).  The folder is owned by this run while it
+    works (:func:`cxrtool.locks.owned_output`): a second run on it refuses at once.
+    Probabilities are calibrated and each row gets ``ood_score``/``flag`` through ``trust``
+    (:func:`cxrtool.trust.load_trust` of the model file; default: the card's temperature only).
     """
-    from cxrtool.images import load_image
-    from cxrtool.preprocess import normalize, resize_gray
+    with owned_output(out_dir):
+        return _explain_files(plan, model, card, out_dir, options, on_file, trust or Trust.card_only(card))
+
+
+def _explain_files(
+    plan: Sequence[tuple[Path, Path]],
+    model: nn.Module,
+    card: ModelCard,
+    out_dir: str | Path,
+    options: ExplainOptions | None,
+    on_file: Callable[[Path, str | None], None] | None,
+    trust: Trust,
+) -> ExplainReport:
+    from cxrtool.preprocess import load_gray, normalize
+    from cxrtool.trust.gate import header_reason
 
     options = options or ExplainOptions()
     cfg = card.preprocess
@@ -188,7 +220,7 @@ def explain_files(
         good: list[tuple[Path, Path, np.ndarray]] = []
         for path, stem in plan[start : start + options.batch_size]:
             try:
-                good.append((path, stem, resize_gray(load_image(path, window=cfg.window), cfg)))
+                good.append((path, stem, load_gray(path, cfg)))
             except ImageLoadError as exc:
                 rows.append({"path": str(path), "error": exc.reason})
                 if on_file:
@@ -197,23 +229,42 @@ def explain_files(
             continue
         x = torch.from_numpy(np.stack([normalize(g, cfg) for _, _, g in good]))
         logits, relevances = explainer.explain(x, targets)
-        probs = to_probs(logits, card.task)
+        features = None
+        if trust.has_ood:
+            with torch.no_grad():
+                features = model.forward_features(x)[1].numpy()
+        verdicts = trust.assess(logits.numpy(), features, [header_reason(p) for p, _, _ in good])
+        probs = torch.from_numpy(np.stack([v.probs for v in verdicts]))
         predicted = logits.argmax(1)
         for target, rel in zip(targets, relevances):
             maps = rel.sum(1).numpy()  # grey pixel relevance = sum over its replicated channels
             index = predicted if target is None else torch.full_like(predicted, target)
             for i, (path, stem, gray) in enumerate(good):
-                rows.append(_write_outputs(out_dir, path, stem, gray, maps[i], int(index[i]), int(predicted[i]), logits[i], probs[i], card.class_names, options))
+                try:
+                    rows.append(_write_outputs(out_dir, path, stem, gray, maps[i], int(index[i]), int(predicted[i]), logits[i], probs[i], card.class_names, options, verdicts[i]))
+                except OSError as exc:  # a name too long for an output file, a full disk: this film fails, the rest go on
+                    rows.append({"path": str(path), "error": f"cannot write its outputs ({exc.strerror or exc})"})
         for path, _, _ in good:
             if on_file:
                 on_file(path, None)
     csv_path = out_dir / "explain.csv"
-    with atomic_open(csv_path, "w", newline="", encoding="utf-8") as fh:
+    with atomic_open(csv_path, "w", newline="", encoding="utf-8", errors=NAME_ERRORS) as fh:  # names stay byte-exact
         writer = csv.DictWriter(fh, fieldnames=RESULT_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
             writer.writerow({k: _fmt(v) for k, v in row.items()})
     return ExplainReport(rows, summarize(rows), csv_path)
+
+
+def _flag_title(flag: str) -> str:
+    """What a panel title adds for a flagged film (nothing for ``ok``)."""
+    from cxrtool.trust.assess import FLAG_OOD, HEADER_FLAG_PREFIX
+
+    if flag == FLAG_OOD:
+        return " | out of distribution: unlike the training films"
+    if flag.startswith(HEADER_FLAG_PREFIX):
+        return f" | out of distribution: DICOM header says {flag[len(HEADER_FLAG_PREFIX):]}"
+    return ""
 
 
 def _fmt(value: object) -> object:
@@ -222,7 +273,7 @@ def _fmt(value: object) -> object:
 
 def _write_outputs(
     out_dir: Path, path: Path, stem: Path, gray: np.ndarray, rmap: np.ndarray, index: int, predicted: int,
-    logits: torch.Tensor, probs: torch.Tensor, class_names: Sequence[str], options: ExplainOptions,
+    logits: torch.Tensor, probs: torch.Tensor, class_names: Sequence[str], options: ExplainOptions, verdict: Assessment,
 ) -> dict[str, object]:
     """Write one heatmap's ``.npy``, overlay and panel; return its CSV row (with audit shares)."""
     from cxrtool.explain import render
@@ -238,12 +289,12 @@ def _write_outputs(
     title = (
         f"{path.name} | target {name} p={float(probs[index]):.3f} | predicted {class_names[predicted]} "
         f"p={float(probs[predicted]):.3f} | {options.composite} | colour scale +-{scale:.3g}"
-    )
+    ) + _flag_title(verdict.flag)
     with atomic_path(files["panel.png"]) as tmp:
         render.panel(gray, rmap, scale, title).save(tmp)
     return {
         "path": str(path), "target": name, "target_index": index, "target_logit": float(logits[index]),
         "target_prob": float(probs[index]), "predicted": class_names[predicted], "predicted_prob": float(probs[predicted]),
-        "relevance_sum": float(rmap.sum()), **audit_heatmap(rmap, options.audit), "scale": scale,
+        "ood_score": verdict.ood_score, "flag": verdict.flag, "relevance_sum": float(rmap.sum()), **audit_heatmap(rmap, options.audit), "scale": scale,
         "heatmap": str(files["heatmap.npy"]), "overlay": str(files["overlay.png"]), "panel": str(files["panel.png"]), "error": "",
     }

@@ -80,21 +80,21 @@ def _bounds_tensors(bounds: Bounds | None) -> tuple[torch.Tensor, torch.Tensor]:
     return low, high
 
 
-def _conv_rule(kind: str, conv: nn.Conv2d, spec: CompositeSpec, bounds: Bounds | None) -> rules.Rule:
+def _conv_rule(kind: str, conv: nn.Conv2d, spec: CompositeSpec, bounds: Bounds | None, charge_bias: bool) -> rules.Rule:
     from cxrtool.explain import rules
 
     if kind == "zplus":
-        return rules.ZPlus(conv)
+        return rules.ZPlus(conv, charge_bias=charge_bias)
     if kind == "gamma":
-        return rules.Gamma(conv, gamma=0.25)
+        return rules.Gamma(conv, gamma=0.25, charge_bias=charge_bias)
     if kind == "alpha2beta1":
-        return rules.AlphaBeta(conv, alpha=2.0, beta=1.0)
+        return rules.AlphaBeta(conv, alpha=2.0, beta=1.0, charge_bias=charge_bias)
     if kind == "epsilon":
-        return rules.Epsilon(conv, epsilon=spec.epsilon)
+        return rules.Epsilon(conv, epsilon=spec.epsilon, charge_bias=charge_bias)
     if kind == "flat":
-        return rules.Flat(conv)
+        return rules.Flat(conv, charge_bias=charge_bias)
     if kind == "zbox":
-        return rules.ZBox(conv, *_bounds_tensors(bounds))
+        return rules.ZBox(conv, *_bounds_tensors(bounds), charge_bias=charge_bias)
     raise ValueError(f"unknown conv rule {kind!r}")
 
 
@@ -102,13 +102,15 @@ def compile_lrp(model: nn.Module, spec: CompositeSpec, bounds: Bounds | None = N
     """A canonized deep copy of ``model`` whose backward pass propagates relevance by ``spec``.
 
     The original is never touched (zennit #237).  Batch norms are merged once here, not on every
-    call.  Models other than DenseNets are accepted only without batch norms (nothing would
-    canonize them).
+    call; the biases those merges create are left out of every rule (``zero_params=['bias']``),
+    other biases (the classifier's) are charged and booked in the copy's ``bias_ledger``
+    (:class:`~cxrtool.explain.rules.BiasLedger`).  Models other than DenseNets are accepted only
+    without batch norms (nothing would canonize them).
     """
     import torch.nn as nn
 
     from cxrtool.explain import rules
-    from cxrtool.explain.canonizers import DenseNetCanonizer, densenet_merge_pairs
+    from cxrtool.explain.canonizers import DenseNetCanonizer, densenet_merge_pairs, merged_convs
 
     if not spec.is_lrp:
         raise ValueError(f"composite {spec.name!r} is not an LRP composite")
@@ -116,14 +118,18 @@ def compile_lrp(model: nn.Module, spec: CompositeSpec, bounds: Bounds | None = N
     for p in lrp.parameters():
         p.requires_grad_(False)
     merged: set[str] = set()
+    shift_biases: set[str] = set()
     if _is_densenet(lrp):
-        DenseNetCanonizer().apply(lrp)  # permanent on the copy
         merged = {bn for _, bn in densenet_merge_pairs(lrp)}
+        shift_biases = merged_convs(lrp)
+        DenseNetCanonizer().apply(lrp)  # permanent on the copy
     first_conv = next((n for n, m in lrp.named_modules() if isinstance(m, nn.Conv2d)), None)
+    ledger = rules.BiasLedger()
     for name, module in list(lrp.named_modules()):
         new: nn.Module | None = None
         if isinstance(module, nn.Conv2d):
-            new = _conv_rule(spec.first if name == first_conv and spec.first else spec.conv, module, spec, bounds)
+            kind = spec.first if name == first_conv and spec.first else spec.conv
+            new = _conv_rule(kind, module, spec, bounds, charge_bias=name not in shift_biases)
         elif isinstance(module, nn.Linear):
             new = rules.EpsilonLinear(module, epsilon=spec.epsilon)
         elif isinstance(module, nn.modules.batchnorm._BatchNorm):
@@ -135,7 +141,10 @@ def compile_lrp(model: nn.Module, spec: CompositeSpec, bounds: Bounds | None = N
         elif isinstance(module, nn.ReLU):
             new = rules.Pass(nn.ReLU(inplace=False))
         if new is not None:
+            if isinstance(new, rules.Rule):
+                new.ledger = ledger
             _set_submodule(lrp, name, new)
+    lrp.bias_ledger = ledger
     return lrp
 
 
@@ -160,23 +169,26 @@ def zennit_composite(model: nn.Module, spec: CompositeSpec, bounds: Bounds | Non
     if not spec.is_lrp:
         raise ValueError(f"composite {spec.name!r} is not an LRP composite")
 
+    densenet = _is_densenet(model)
+    zero = {"zero_params": ["bias"]} if densenet else {}  # DenseNet conv biases are merged BN shifts
+
     def zrule(kind: str):  # noqa: ANN202
         if kind == "zplus":
-            return zr.ZPlus()
+            return zr.ZPlus(**zero)
         if kind == "gamma":
-            return zr.Gamma(gamma=0.25)
+            return zr.Gamma(gamma=0.25, **zero)
         if kind == "alpha2beta1":
-            return zr.AlphaBeta(alpha=2.0, beta=1.0)
+            return zr.AlphaBeta(alpha=2.0, beta=1.0, **zero)
         if kind == "epsilon":
-            return zr.Epsilon(epsilon=spec.epsilon)
+            return zr.Epsilon(epsilon=spec.epsilon, **zero)
         if kind == "flat":
-            return zr.Flat()
+            return zr.Flat(**zero)
         if kind == "zbox":
             low, high = _bounds_tensors(bounds)
-            return zr.ZBox(low=low.reshape(1, -1, 1, 1), high=high.reshape(1, -1, 1, 1))
+            return zr.ZBox(low=low.reshape(1, -1, 1, 1), high=high.reshape(1, -1, 1, 1), **zero)
         raise ValueError(f"unknown rule {kind!r}")
 
     layer_map = zc.layer_map_base() + [(Convolution, zrule(spec.conv)), (nn.Linear, zr.Epsilon(epsilon=spec.epsilon))]
     first_map = [(Convolution, zrule(spec.first))] if spec.first else []
-    canonizers = [DenseNetCanonizer()] if _is_densenet(model) else []
+    canonizers = [DenseNetCanonizer()] if densenet else []
     return zc.SpecialFirstLayerMapComposite(layer_map=layer_map, first_map=first_map, canonizers=canonizers)

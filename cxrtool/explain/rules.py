@@ -9,7 +9,10 @@ rule is built, stacked rules (gamma, alpha-beta) share one convolution with the 
 concatenated along the output channels, and the whole batch goes through one backward call.
 
 Every rule matches the zennit rule of the same name (``zennit.rules``) up to float rounding; the
-tests compare them on a DenseNet.  Conv rules other than the first layer's assume non-negative
+tests compare them on a DenseNet.  A convolution built with ``charge_bias=False`` (its bias is a
+merged batch-norm shift) leaves the bias out of the rule, like zennit's ``zero_params=['bias']``;
+a bias that is charged (the classifier's) has its relevance added to the net's :class:`BiasLedger`,
+so ``cxrtool explain`` can report what the rules left out next to what reached the pixels.  Conv rules other than the first layer's assume non-negative
 inputs, which holds in DenseNet because every such convolution (and the classifier) follows a
 ReLU; zennit's versions add terms for negative inputs that are zero there.
 
@@ -49,10 +52,28 @@ class _RelevanceFn(torch.autograd.Function):
         return ctx.rule.relevance(x, relevance), None
 
 
+class BiasLedger:
+    """Per-sample relevance the rules hand to biases during one backward pass (what the heatmap leaves out)."""
+
+    def __init__(self) -> None:
+        self.total: torch.Tensor | None = None
+
+    def reset(self) -> None:
+        self.total = None
+
+    def add(self, per_sample: torch.Tensor) -> None:
+        self.total = per_sample if self.total is None else self.total + per_sample
+
+
 class Rule(nn.Module):
     """Base class: a layer whose backward pass propagates relevance by a fixed rule."""
 
     needs_input = True
+    ledger: BiasLedger | None = None  # set by compile_lrp; rules that charge a bias report to it
+
+    def _charge(self, per_sample: torch.Tensor) -> None:
+        if self.ledger is not None:
+            self.ledger.add(per_sample.detach())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not x.requires_grad:
@@ -100,21 +121,37 @@ class Norm(Rule):
         return self.layer(x)
 
     def relevance(self, x: torch.Tensor, r_out: torch.Tensor) -> torch.Tensor:
-        with torch.enable_grad():
-            xg = x.detach().requires_grad_()
-            z = self.layer(xg)
-            (grad,) = torch.autograd.grad(z, xg, r_out / stabilize(z.detach()))
-        return x * grad
+        z = self.layer(x)
+        grad = r_out / stabilize(z)
+        layer = self.layer
+        if isinstance(layer, nn.AdaptiveAvgPool2d) and layer.output_size in (1, (1, 1)):
+            back = grad.expand_as(x) / (x.shape[-1] * x.shape[-2])
+        elif isinstance(layer, nn.AvgPool2d):  # the pool's own backward, without building a graph
+            back = torch.ops.aten.avg_pool2d_backward(
+                grad, x, _pair(layer.kernel_size), _pair(layer.stride or layer.kernel_size), _pair(layer.padding),
+                layer.ceil_mode, layer.count_include_pad, layer.divisor_override,
+            )
+        else:
+            with torch.enable_grad():
+                xg = x.detach().requires_grad_()
+                (back,) = torch.autograd.grad(self.layer(xg), xg, grad)
+        return back.mul(x)
+
+
+def _pair(v: int | tuple[int, int]) -> list[int]:
+    return list(v) if isinstance(v, (tuple, list)) else [v, v]
 
 
 class _ConvRule(Rule):
     """Shared plumbing for rules on ``nn.Conv2d``: frozen copies of weight, bias and geometry."""
 
-    def __init__(self, conv: nn.Conv2d):
+    def __init__(self, conv: nn.Conv2d, charge_bias: bool = True):
         super().__init__()
         self.register_buffer("weight", conv.weight.detach().clone())
         bias = conv.bias.detach().clone() if conv.bias is not None else torch.zeros(conv.out_channels)
-        self.register_buffer("bias", bias)
+        self.register_buffer("bias", bias)  # the forward always uses it
+        self.register_buffer("rule_bias", bias if charge_bias else torch.zeros_like(bias))  # what the rule sees
+        self.charges_bias = bool(self.rule_bias.any())
         self.geometry = {"stride": conv.stride, "padding": conv.padding, "dilation": conv.dilation, "groups": conv.groups}
 
     def plain(self, x: torch.Tensor) -> torch.Tensor:
@@ -128,28 +165,48 @@ class _ConvRule(Rule):
 
 
 class ZPlus(_ConvRule):
-    """z+ rule (alpha=1, beta=0) for non-negative inputs: ``R_i = x_i * sum_j w+_ij R_j / z+_j``."""
+    """z+ rule (alpha=1, beta=0) for non-negative inputs: ``R_i = x_i * sum_j w+_ij R_j / z+_j``.
 
-    def __init__(self, conv: nn.Conv2d):
-        super().__init__(conv)
+    Books everything it does not pass down (bias share, units with ``z+ = 0``) to the ledger.
+    """
+
+    def __init__(self, conv: nn.Conv2d, charge_bias: bool = True):
+        super().__init__(conv, charge_bias)
         self.register_buffer("w_pos", self.weight.clamp(min=0))
-        self.register_buffer("b_pos", self.bias.clamp(min=0))
+        self.register_buffer("b_pos", self.rule_bias.clamp(min=0))
+        self.charges_bias = bool(self.b_pos.any())
 
     def relevance(self, x: torch.Tensor, r_out: torch.Tensor) -> torch.Tensor:
-        z = self._conv(x, self.w_pos, self.b_pos)
-        return x * self._back(x.shape, self.w_pos, r_out / stabilize(z))
+        # z >= 0 here (x >= 0, W+ >= 0, b+ >= 0), where zennit's stabiliser is exactly z + eps;
+        # in-place steps on our own temporaries keep the backward pass memory-bound work small
+        z = self._conv(x, self.w_pos, self.b_pos if self.charges_bias else None).add_(STABILIZER)
+        r_in = self._back(x.shape, self.w_pos, r_out / z).mul_(x)
+        r_sum = r_out.sum((1, 2, 3))
+        lost = r_sum - r_in.sum((1, 2, 3))
+        if bool((lost.abs() > 1e-5 * r_sum.abs() + 1e-7).any()):
+            # units with z+ = 0 that still carry relevance: only a (merged) bias switched them on,
+            # over inputs that are all zero (typically a black film border).  zennit's ZPlus drops
+            # their relevance; we spread it uniformly over the unit's receptive field (the flat
+            # rule), so it reaches the pixels that made those inputs zero
+            dead = r_out * (z <= 2 * STABILIZER)
+            count = self._conv(torch.ones_like(x[:1]), torch.ones_like(self.weight))
+            r_in = r_in + self._back(x.shape, torch.ones_like(self.weight), dead / count.clamp(min=1))
+            lost = r_sum - r_in.sum((1, 2, 3))
+        if self.ledger is not None:
+            self._charge(lost)  # the charged bias's share and the stabiliser's
+        return r_in
 
 
 class AlphaBeta(_ConvRule):
     """alpha-beta rule for non-negative inputs (one convolution with ``[W+; W-]`` stacked)."""
 
-    def __init__(self, conv: nn.Conv2d, alpha: float = 2.0, beta: float = 1.0):
-        super().__init__(conv)
+    def __init__(self, conv: nn.Conv2d, alpha: float = 2.0, beta: float = 1.0, charge_bias: bool = True):
+        super().__init__(conv, charge_bias)
         if alpha - beta != 1.0 or beta < 0:
             raise ValueError("alpha - beta must be 1 and beta >= 0")
         self.alpha, self.beta = alpha, beta
         self.register_buffer("w_cat", torch.cat([self.weight.clamp(min=0), self.weight.clamp(max=0)]))
-        self.register_buffer("b_cat", torch.cat([self.bias.clamp(min=0), self.bias.clamp(max=0)]))
+        self.register_buffer("b_cat", torch.cat([self.rule_bias.clamp(min=0), self.rule_bias.clamp(max=0)]))
 
     def relevance(self, x: torch.Tensor, r_out: torch.Tensor) -> torch.Tensor:
         z_pos, z_neg = self._conv(x, self.w_cat, self.b_cat).chunk(2, dim=1)
@@ -160,10 +217,10 @@ class AlphaBeta(_ConvRule):
 class Gamma(_ConvRule):
     """Generalised gamma rule for non-negative inputs (one convolution with both gamma weights stacked)."""
 
-    def __init__(self, conv: nn.Conv2d, gamma: float = 0.25):
-        super().__init__(conv)
+    def __init__(self, conv: nn.Conv2d, gamma: float = 0.25, charge_bias: bool = True):
+        super().__init__(conv, charge_bias)
         self.gamma = gamma
-        w, b = self.weight, self.bias
+        w, b = self.weight, self.rule_bias
         self.register_buffer("w_cat", torch.cat([w + gamma * w.clamp(min=0), w + gamma * w.clamp(max=0)]))
         self.register_buffer("b_cat", torch.cat([b + gamma * b.clamp(min=0), b + gamma * b.clamp(max=0)]))
 
@@ -177,20 +234,23 @@ class Gamma(_ConvRule):
 class Epsilon(_ConvRule):
     """epsilon rule on a convolution (``epsilon`` ~ 0 gives LRP-0)."""
 
-    def __init__(self, conv: nn.Conv2d, epsilon: float = STABILIZER):
-        super().__init__(conv)
+    def __init__(self, conv: nn.Conv2d, epsilon: float = STABILIZER, charge_bias: bool = True):
+        super().__init__(conv, charge_bias)
         self.epsilon = epsilon
 
     def relevance(self, x: torch.Tensor, r_out: torch.Tensor) -> torch.Tensor:
-        z = self.plain(x)
-        return x * self._back(x.shape, self.weight, r_out / stabilize(z, self.epsilon))
+        z = self._conv(x, self.weight, self.rule_bias)
+        grad = r_out / stabilize(z, self.epsilon)
+        if self.charges_bias:
+            self._charge(grad.sum((2, 3)) @ self.rule_bias)
+        return x * self._back(x.shape, self.weight, grad)
 
 
 class Flat(_ConvRule):
     """Flat rule for the first layer: relevance spread uniformly over each output's receptive field."""
 
-    def __init__(self, conv: nn.Conv2d):
-        super().__init__(conv)
+    def __init__(self, conv: nn.Conv2d, charge_bias: bool = True):
+        super().__init__(conv, charge_bias)
         self.register_buffer("w_ones", torch.ones_like(self.weight))
 
     def relevance(self, x: torch.Tensor, r_out: torch.Tensor) -> torch.Tensor:
@@ -201,8 +261,8 @@ class Flat(_ConvRule):
 class ZBox(_ConvRule):
     """z^B rule for the first layer: relevance relative to the box ``[low, high]`` of valid inputs."""
 
-    def __init__(self, conv: nn.Conv2d, low: torch.Tensor, high: torch.Tensor):
-        super().__init__(conv)
+    def __init__(self, conv: nn.Conv2d, low: torch.Tensor, high: torch.Tensor, charge_bias: bool = True):
+        super().__init__(conv, charge_bias)
         self.register_buffer("low", low.reshape(1, -1, 1, 1).to(self.weight))
         self.register_buffer("high", high.reshape(1, -1, 1, 1).to(self.weight))
         self.register_buffer("w_pos", self.weight.clamp(min=0))
@@ -210,7 +270,8 @@ class ZBox(_ConvRule):
 
     def relevance(self, x: torch.Tensor, r_out: torch.Tensor) -> torch.Tensor:
         low, high = self.low.expand_as(x), self.high.expand_as(x)
-        z = self.plain(x) - self._conv(low, self.w_pos, self.bias.clamp(min=0)) - self._conv(high, self.w_neg, self.bias.clamp(max=0))
+        b = self.rule_bias  # cancels: b - b+ - b- = 0, so ZBox never charges a bias
+        z = self._conv(x, self.weight, b) - self._conv(low, self.w_pos, b.clamp(min=0)) - self._conv(high, self.w_neg, b.clamp(max=0))
         grad = r_out / stabilize(z)
         back = self._back
         return x * back(x.shape, self.weight, grad) - low * back(x.shape, self.w_pos, grad) - high * back(x.shape, self.w_neg, grad)
@@ -230,4 +291,7 @@ class EpsilonLinear(Rule):
         return F.linear(x, self.weight, self.bias)
 
     def relevance(self, x: torch.Tensor, r_out: torch.Tensor) -> torch.Tensor:
-        return x * ((r_out / stabilize(self.plain(x), self.epsilon)) @ self.weight)
+        grad = r_out / stabilize(self.plain(x), self.epsilon)
+        if self.bias.any():
+            self._charge(grad @ self.bias)
+        return x * (grad @ self.weight)

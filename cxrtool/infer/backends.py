@@ -2,21 +2,22 @@
 
 Backends are registered by name with the import path of their module (pydicom's plugin idea),
 so a missing runtime (TensorRT on a CPU workstation) only disables its own backend.  Every
-backend returns raw logits; turning them into probabilities depends on the task and lives in
-:func:`probabilities`, shared by all.
+backend returns raw logits; turning them into probabilities is the model card's
+:class:`~cxrtool.task.Task`'s job, the same for all.
 """
 
 from __future__ import annotations
 
 import abc
 import importlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from cxrtool.errors import CxrError
-from cxrtool.models.checkpoint import ModelCard
+from cxrtool.modelfile import ModelCard, model_files
 
 # name -> "module:Class" (imported only when used); ``auto`` tries them in AUTO_ORDER.
 BACKENDS: dict[str, str] = {
@@ -38,11 +39,18 @@ class Backend(abc.ABC):
         self.path = path
         self.card = card
         self.device = device
+        #: set by ``auto``: why this backend and file were picked (:mod:`cxrtool.infer.auto`)
+        self.choice: str | None = None
 
     @classmethod
     @abc.abstractmethod
     def is_available(cls, device: str) -> bool:
         """True when the runtime is importable and can use ``device`` here."""
+
+    @classmethod
+    def unavailable_reason(cls, device: str) -> str | None:
+        """Why :meth:`is_available` is False, when the backend can say more than "not available"."""
+        return None
 
     @classmethod
     @abc.abstractmethod
@@ -53,9 +61,18 @@ class Backend(abc.ABC):
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Logits (N, num_classes) float32 for a preprocessed batch."""
 
+    def run_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Logits and the pooled features (N, width) of the same pass, for :mod:`cxrtool.trust`.
+
+        Features are None when this model file has none (an export made before the ``features``
+        output existed): the OOD score then stays empty.  The base class runs :meth:`run` only.
+        """
+        return self.run(batch), None
+
     def describe(self) -> dict[str, Any]:
         """What ran: recorded in prediction outputs and bench tables."""
-        return {"backend": self.name, "device": self.device, "model": str(self.path)}
+        info = {"backend": self.name, "device": self.device, "model": str(self.path)}
+        return {**info, "choice": self.choice} if self.choice else info
 
 
 def backend_class(name: str) -> type[Backend]:
@@ -66,101 +83,55 @@ def backend_class(name: str) -> type[Backend]:
     return getattr(importlib.import_module(module), cls)
 
 
-#: ``auto``'s preference: TensorRT, then torch on CUDA; on the CPU OpenVINO, then ONNX Runtime, then torch.
-AUTO_ORDER: dict[str, tuple[str, ...]] = {
-    "cuda": ("tensorrt", "torch", "onnxruntime", "openvino"),
-    "cpu": ("openvino", "onnxruntime", "torch", "tensorrt"),
-}
-
-
-def _auto_order(device: str) -> list[str]:
-    order = list(AUTO_ORDER["cuda" if device.startswith("cuda") else "cpu"])
-    return order + [name for name in BACKENDS if name not in order]
-
-
-def model_files(path: str | Path) -> list[tuple[Path, bool]]:
-    """The given model file, then the files ``cxrtool export`` derived from it, each with "is it current".
-
-    A checkpoint's exports live in ``<folder>/engines/<stem>.onnx`` / ``.engine``; an ONNX file's
-    engine sits next to it.  A derived file counts as current only when the source hash recorded
-    inside it matches the source file now, so a stale export is never picked up silently.
-    """
-    from cxrtool.export.onnx import default_onnx_path, exported_from
-    from cxrtool.export.tensorrt import default_engine_path, engine_matches_source
-    from cxrtool.models.checkpoint import file_sha256
-
-    path = Path(path)
-    files = [(path, True)]
-    suffix = path.suffix.lower()
-    if suffix == ".safetensors":
-        onnx_path, engine_path = default_onnx_path(path), default_engine_path(path)
-    elif suffix == ".onnx":
-        onnx_path, engine_path = None, default_engine_path(path)
-    else:
-        return files
-    digest = file_sha256(path)
-    if onnx_path is not None and onnx_path.is_file():
-        files.append((onnx_path, exported_from(onnx_path, digest)))
-    if engine_path.is_file():
-        files.append((engine_path, engine_matches_source(engine_path, digest)))
-    return files
-
-
-def _candidates(path: Path, device: str) -> list[tuple[str, Path]]:
-    files = [f for f, current in model_files(path) if current]
-    found = []
-    for name in _auto_order(device):
-        try:
-            cls = backend_class(name)
-        except ImportError:
-            continue
-        match = next((f for f in files if f.suffix.lower() in cls.suffixes), None)
-        if match is not None and cls.is_available(device):
-            found.append((name, match))
-    return found
-
-
 def available_backends(path: str | Path, device: str = "cpu") -> list[str]:
-    """Backends that can run this model on ``device`` here (directly or via its current export), in ``auto`` order."""
-    return [name for name, _ in _candidates(Path(path), device)]
+    """Backends that can run this model on ``device`` here (directly or via its current exports)."""
+    from cxrtool.infer.auto import candidates
+
+    return list(dict.fromkeys(c.backend for c in candidates(Path(path), device)))
 
 
 def load_backend(path: str | Path, *, backend: str = "auto", device: str = "cpu", **options: Any) -> Backend:
-    """Load ``path`` with the named backend, or with ``auto``'s first choice that can run it.
+    """Load ``path`` with the named backend, or with ``auto``'s choice (:mod:`cxrtool.infer.auto`).
 
     A checkpoint runs on onnxruntime/openvino/tensorrt through its export in ``engines/`` (see
-    :func:`model_files`); the returned backend's ``path`` is the file actually loaded.  Options a
+    :func:`cxrtool.modelfile.model_files`); the returned backend's ``path`` is the file actually loaded.  Options a
     backend does not use are ignored, so callers can pass one set to ``auto``.
     """
     path = Path(path)
     if not path.exists():
         raise CxrError(f"{path}: model file not found")
     if backend == "auto":
-        found = _candidates(path, device)
-        if not found:
-            raise CxrError(f"{path}: no available backend can run a '{path.suffix}' model on {device}")
-        backend, chosen = found[0]
-    else:
-        cls = backend_class(backend)
-        files = [(path, True)] if path.suffix.lower() in cls.suffixes else model_files(path)
-        match = next(((f, current) for f, current in files if f.suffix.lower() in cls.suffixes), None)
-        if match is None:
-            hint = "run `cxrtool export` on it first" if path.suffix.lower() in (".safetensors", ".onnx") else "give it another model file"
-            raise CxrError(f"{path}: backend {backend!r} loads {', '.join(cls.suffixes)} files; {hint}")
-        chosen, current = match
-        if not current:
-            raise CxrError(f"{chosen} was made from a different version of {path.name}; export it again")
+        from cxrtool.infer.auto import load_auto
+
+        return load_auto(path, device, **options)
     cls = backend_class(backend)
+    files = [(path, True)] if path.suffix.lower() in cls.suffixes else model_files(path)
+    match = next(((f, current) for f, current in files if f.suffix.lower() in cls.suffixes), None)
+    if match is None:
+        hint = "run `cxrtool export` on it first" if path.suffix.lower() in (".safetensors", ".onnx") else "give it another model file"
+        raise CxrError(f"{path}: backend {backend!r} loads {', '.join(cls.suffixes)} files; {hint}")
+    chosen, current = match
+    if not current:
+        raise CxrError(f"{chosen} was made from a different version of {path.name}; export it again")
     if not cls.is_available(device):
-        raise CxrError(f"backend {backend!r} is not available on {device} here (see `cxrtool doctor`)")
+        why = cls.unavailable_reason(device)
+        raise CxrError(f"backend {backend!r} is not available on {device} here ({why or 'see `cxrtool doctor`'})")
     return cls.load(chosen, device=device, **options)
 
 
-def probabilities(logits: np.ndarray, task: str) -> np.ndarray:
-    """Softmax for multiclass, sigmoid for multilabel (numerically stable, float64 inside)."""
-    z = logits.astype(np.float64)
-    if task == "multilabel":
-        return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+def check_finite(logits: np.ndarray, paths: Sequence[str | Path]) -> list[str | None]:
+    """Per input, why its model output cannot be reported (NaN/Inf logits), else None.
+
+    Every backend's logits go through this before probabilities are computed, so a broken model
+    or an input that drives it to overflow gives an error row, never a silent ``nan`` probability.
+    ``paths`` names the inputs (one per logits row).
+    """
+    logits = np.asarray(logits)
+    if logits.ndim != 2 or logits.shape[0] != len(paths):
+        raise ValueError(f"logits of shape {logits.shape} for {len(paths)} inputs")
+    bad = ~np.isfinite(logits)
+    reasons: list[str | None] = []
+    for row in bad:
+        n = int(row.sum())
+        reasons.append(f"model output is not finite (NaN or infinity in {n} of {row.size} logits)" if n else None)
+    return reasons

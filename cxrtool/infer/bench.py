@@ -30,12 +30,13 @@ from cxrtool.images import iter_input_files
 from cxrtool.infer.predict import PredictOptions, decode_file, default_workers, predict_to_file
 
 if TYPE_CHECKING:
+    from cxrtool.infer.auto import Candidate
     from cxrtool.infer.backends import Backend
 
-#: extra load options tried per backend (each distinct resulting precision becomes a bench row)
-VARIANTS: dict[str, list[dict[str, Any]]] = {"openvino": [{"precision": "f32"}, {"precision": "auto"}]}
 #: backends in the order they are measured; the first one measured is the top-1 agreement reference
 REFERENCE_ORDER = ("torch", "onnxruntime", "openvino", "tensorrt")
+#: variants that run in reduced precision (the rest are fp32 and set the bar ``auto`` must reach)
+REDUCED = ("openvino-bf16", "openvino-int8", "tensorrt")
 
 
 @dataclass
@@ -62,6 +63,8 @@ class BenchReport:
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)  # describe() + agreement
     rows: list[BenchRow] = field(default_factory=list)
     decode_ms: float | None = None
+    auto: dict[str, Any] = field(default_factory=dict)  # what ``--backend auto`` picks from these numbers
+    saved_to: str | None = None  # the per-machine speed cache written by ``save``
 
     def row(self, variant: str, batch_size: int) -> BenchRow | None:
         return next((r for r in self.rows if r.variant == variant and r.batch_size == batch_size), None)
@@ -71,6 +74,7 @@ class BenchReport:
         out = []
         names = list(self.variants)
         pairs = [("onnxruntime", "torch")] + [(v, "onnxruntime") for v in names if v.startswith("openvino")]
+        pairs += [("openvino-int8", v) for v in ("openvino-f32", "openvino-bf16") if v in names]
         for num, den in pairs:
             if num not in self.variants or den not in self.variants:
                 continue
@@ -88,6 +92,8 @@ class BenchReport:
             "variants": self.variants,
             "rows": rows,
             "ratios": self.ratios(),
+            "auto": self.auto,
+            "saved_to": self.saved_to,
         }
 
 
@@ -128,26 +134,24 @@ def sample_files(data: Path, n: int) -> list[Path]:
     return files
 
 
-def _variant_specs(models: Sequence[Path], backends: Sequence[str] | None, device: str) -> list[tuple[Path, str, dict[str, Any]]]:
-    """(model file, backend, load options) for every available backend of every model, fp32 first."""
-    from cxrtool.infer.backends import available_backends
+def _variant_specs(models: Sequence[Path], backends: Sequence[str] | None, device: str) -> list[Candidate]:
+    """Every way to run ``models`` here (:func:`cxrtool.infer.auto.candidates`), torch fp32 first."""
+    from cxrtool.infer.auto import candidates
 
-    specs = []
+    specs: dict[str, Candidate] = {}
     for path in models:
         if not path.exists():
             raise CxrError(f"{path}: model file not found")
-        names = available_backends(path, device)
-        if not names:
+        found = candidates(path, device)
+        if not found:
             raise CxrError(f"{path}: no available backend can load it on {device}")
-        specs += [(path, n, opts) for n in names if not backends or n in backends for opts in VARIANTS.get(n, [{}])]
+        for c in found:
+            if not backends or c.backend in backends:
+                specs.setdefault(c.label, c)
     if not specs:
         raise CxrError("no backend to benchmark (check --model and --backend)")
-    return sorted(specs, key=lambda s: REFERENCE_ORDER.index(s[1]) if s[1] in REFERENCE_ORDER else len(REFERENCE_ORDER))
-
-
-def _label(engine: Backend) -> str:
-    info = engine.describe()
-    return f"{info['backend']}-{info['precision']}" if "precision" in info else info["backend"]
+    order = lambda c: REFERENCE_ORDER.index(c.backend) if c.backend in REFERENCE_ORDER else len(REFERENCE_ORDER)  # noqa: E731
+    return sorted(specs.values(), key=order)
 
 
 def _inputs(files: list[Path], cfg: PreprocessCfg, n_noise: int, step: Any) -> tuple[np.ndarray, float | None]:
@@ -188,6 +192,7 @@ def run_bench(
     min_time: float = 3.0,
     workers: int | None = None,
     device: str = "cpu",
+    save: bool = False,
     on_step: Any = None,
 ) -> BenchReport:
     """Measure every available backend variant of ``models`` at every batch size.
@@ -211,6 +216,9 @@ def run_bench(
         Decode processes of the end-to-end runs (default :func:`default_workers`).
     device:
         ``cpu`` or ``cuda``.
+    save:
+        Store the model-only speeds in the per-machine cache ``auto`` decides by
+        (:func:`cxrtool.infer.auto.save_measurements`).
     on_step:
         Called with a short text before each measurement (progress display).
 
@@ -239,19 +247,18 @@ def run_bench(
     cfg: PreprocessCfg | None = None
     inputs = np.empty(0, dtype=np.float32)
     reference: np.ndarray | None = None
+    measured: list[tuple[Path, str, int, float]] = []
     with tempfile.TemporaryDirectory(prefix="cxrtool-bench-") as tmp:
-        for path, name, opts in specs:
-            step(f"loading {name} {opts or ''}")
-            engine = load_backend(path, backend=name, device=device, **opts)  # one at a time: no idle thread pools
-            label = _label(engine)
-            if label in report.variants:  # e.g. OpenVINO "auto" falls back to f32 on a CPU without bf16
-                continue
+        for spec in specs:
+            label = spec.label
+            step(f"loading {label}")
+            engine = load_backend(spec.path, backend=spec.backend, device=device, **spec.options)  # one at a time: no idle thread pools
             if cfg is None:  # the first model decides the inputs; every other must agree
                 cfg = engine.card.preprocess
                 report.inputs["input_size"] = cfg.input_size
                 inputs, report.decode_ms = _inputs(files, cfg, max(batch_sizes), step)
             elif engine.card.preprocess != cfg:
-                raise CxrError(f"{path}: preprocessing differs from {specs[0][0]}; bench one model at a time")
+                raise CxrError(f"{spec.path}: preprocessing differs from {specs[0].path}; bench one model at a time")
             info = dict(engine.describe())
             step(f"{label}: top-1 agreement on {len(inputs)} inputs")
             logits = _logits(engine, inputs, max(batch_sizes))
@@ -269,9 +276,38 @@ def run_bench(
                     row.e2e_ips = _time_e2e(engine, files, bs, workers, Path(tmp))
                     row.ideal_e2e_ips = 1.0 / (report.decode_ms / 1e3 + 1.0 / row.model_ips)
                 report.rows.append(row)
+                measured.append((spec.path, label, bs, row.model_ips))
             del engine
+    report.auto = _auto_choice(specs, measured, device)
+    if save:
+        from cxrtool.infer.auto import save_measurements
+
+        report.saved_to = str(save_measurements(measured))
     report.machine["load_after"] = _load()
     return report
+
+
+def _auto_choice(specs: list[Candidate], measured: list[tuple[Path, str, int, float]], device: str) -> dict[str, Any]:
+    """What ``auto`` picks given this run's model-only numbers (at the deciding batch, else the largest)."""
+    from cxrtool.infer.auto import DECIDING_BATCH, _file_key, rank
+
+    sizes = {bs for _, _, bs, _ in measured}
+    bs = DECIDING_BATCH if DECIDING_BATCH in sizes else max(sizes)
+    numbers = {f"{_file_key(p)}|{label}": {"model_ips": ips, "batch_size": b} for p, label, b, ips in measured if b == bs}
+    ranked = rank(specs, device, numbers)
+    if not ranked:
+        return {}
+    chosen = ranked[0].candidate.label
+    speeds = {label: ips for _, label, b, ips in measured if b == bs}
+    fp32 = {label: ips for label, ips in speeds.items() if label not in REDUCED and not label.startswith("tensorrt")}
+    best_fp32 = max(fp32, key=fp32.get) if fp32 else None
+    return {
+        "variant": chosen,
+        "reason": ranked[0].reason,
+        "batch_size": bs,
+        "fastest_fp32": best_fp32,
+        "vs_fastest_fp32": speeds[chosen] / fp32[best_fp32] if best_fp32 else None,
+    }
 
 
 def _time_e2e(engine: Backend, files: list[Path], batch_size: int, workers: int, tmp: Path) -> float:

@@ -16,9 +16,8 @@ from typing import Any
 import numpy as np
 
 from cxrtool.errors import CxrError
-from cxrtool.export.onnx import read_onnx_card
 from cxrtool.infer.backends import Backend
-from cxrtool.models.checkpoint import ModelCard
+from cxrtool.modelfile import FEATURES_NAME, OUTPUT_NAME, ModelCard, int8_info, read_ir_card, read_onnx_card
 
 PRECISIONS = ("auto", "bf16", "f32")
 HINTS = ("latency", "throughput")
@@ -45,14 +44,21 @@ def compile_config(precision: str, hint: str, threads: int | None, *, bf16_suppo
 
 class OpenVINOBackend(Backend):
     name = "openvino"
-    suffixes = (".onnx",)
+    #: ``.xml``: the INT8 IR written by ``cxrtool export --int8`` (card and INT8 record in its rt_info)
+    suffixes = (".onnx", ".xml")
 
     def __init__(self, path: Path, card: ModelCard, device: str, compiled: Any, config: dict[str, Any]):
         super().__init__(path, card, device)
         self.compiled = compiled
         self.config = config
         self.precision = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()  # what really runs
-        self._output = compiled.output(0)
+        #: non-empty for an INT8 IR: its precision, calibration fingerprint and held-out check
+        self.int8 = int8_info(path) if path.suffix.lower() == ".xml" else {}
+        if self.int8:
+            self.precision = "int8"  # quantized layers run int8; the rest at the hint above
+        outputs = {name: port for port in compiled.outputs for name in port.get_names()}
+        self._output = outputs.get(OUTPUT_NAME, compiled.output(0))
+        self._features = outputs.get(FEATURES_NAME)
         self._request = compiled.create_infer_request()
         self._parallel = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         self._queue = None
@@ -81,7 +87,7 @@ class OpenVINOBackend(Backend):
 
         if device != "cpu":
             raise CxrError(f"the openvino backend runs on the CPU here, not {device}")
-        card = read_onnx_card(path)
+        card = read_ir_card(path) if path.suffix.lower() == ".xml" else read_onnx_card(path)
         core = ov.Core()
         config = compile_config(precision, hint, threads, bf16_supported=cpu_supports_bf16(core))
         try:
@@ -91,21 +97,32 @@ class OpenVINOBackend(Backend):
         return cls(path, card, device, compiled, config)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
+        return self._infer(batch, [self._output])[0]
+
+    def run_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        if self._features is None:
+            return self.run(batch), None
+        logits, features = self._infer(batch, [self._output, self._features])
+        return logits, features
+
+    def _infer(self, batch: np.ndarray, ports: list[Any]) -> list[np.ndarray]:
+        """The requested outputs for ``batch`` (copies: OpenVINO reuses its output buffers)."""
         x = np.ascontiguousarray(batch, dtype=np.float32)
         if self._queue is None or len(x) < 2:
-            return self._request.infer({0: x})[self._output]
+            result = self._request.infer({0: x})
+            return [np.array(result[p]) for p in ports]
         # THROUGHPUT: one slice per stream, run concurrently, reassembled in order
         parts = np.array_split(x, min(self._parallel, len(x)))
-        results: list[np.ndarray | None] = [None] * len(parts)
+        results: list[list[np.ndarray] | None] = [None] * len(parts)
 
         def done(request: Any, index: int) -> None:
-            results[index] = request.get_output_tensor(0).data.copy()
+            results[index] = [request.get_tensor(p).data.copy() for p in ports]
 
         self._queue.set_callback(done)
         for i, part in enumerate(parts):
             self._queue.start_async({0: part}, userdata=i)
         self._queue.wait_all()
-        return np.concatenate(results)
+        return [np.concatenate([r[k] for r in results]) for k in range(len(ports))]
 
     def describe(self) -> dict[str, Any]:
         hint = self.config["PERFORMANCE_HINT"].lower()

@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from cxrtool.export.onnx import read_onnx_card, ort_session
 from cxrtool.infer.backends import Backend
-from cxrtool.models.checkpoint import ModelCard
+from cxrtool.modelfile import FEATURES_NAME, OUTPUT_NAME, ModelCard, read_onnx_card
+from cxrtool.onnxrt import ort_session
 
 _PROVIDER = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
@@ -31,6 +31,9 @@ class OnnxRuntimeBackend(Backend):
         self.session = session
         self.threads = threads
         self._input = session.get_inputs()[0].name
+        names = [o.name for o in session.get_outputs()]
+        self._logits = OUTPUT_NAME if OUTPUT_NAME in names else names[0]
+        self._features = FEATURES_NAME if FEATURES_NAME in names else None
 
     @classmethod
     def is_available(cls, device: str) -> bool:
@@ -53,7 +56,14 @@ class OnnxRuntimeBackend(Backend):
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(batch, dtype=np.float32)
-        return self.session.run(None, {self._input: x})[0]
+        return self.session.run([self._logits], {self._input: x})[0]
+
+    def run_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        if self._features is None:
+            return self.run(batch), None
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        logits, features = self.session.run([self._logits, self._features], {self._input: x})
+        return logits, features
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "providers": ",".join(self.session.get_providers()), "threads": self.threads or "default"}

@@ -37,3 +37,11 @@ class TorchBackend(Backend):
     def run(self, batch: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device, non_blocking=True)
         return self.model(x).float().cpu().numpy()
+
+    @torch.inference_mode()
+    def run_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        if not hasattr(self.model, "forward_features"):
+            return self.run(batch), None
+        x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device, non_blocking=True)
+        logits, features = self.model.forward_features(x)
+        return logits.float().cpu().numpy(), features.float().cpu().numpy()

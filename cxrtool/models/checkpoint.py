@@ -1,92 +1,45 @@
-"""cxrtool checkpoints: one ``.safetensors`` file = weights + a JSON model card in its header.
+"""cxrtool checkpoints: one ``.safetensors`` file = weights + the JSON model card in its header.
 
-safetensors holds only tensors and strings, so loading can never execute code.  The card carries
-everything needed to rebuild the model and reproduce its preprocessing (timm's idea of a model
-that knows its own data config), plus provenance: training config, metrics, data fingerprint and
-the lineage of parent checkpoints for twice-transferred models.
+safetensors holds only tensors and strings, so loading can never execute code.  What the card
+carries and how it is read lives in :mod:`cxrtool.modelfile`; this module writes and loads weights.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
-import hashlib
-import json
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn as nn
 
-from cxrtool import __version__
-from cxrtool.config import PreprocessCfg
 from cxrtool.errors import CxrError
 from cxrtool.fsutil import atomic_path
-
-FORMAT = "cxrtool-checkpoint/1"
-
-
-@dataclass
-class ModelCard:
-    """What a checkpoint says about its model (serialised as JSON in the safetensors header)."""
-
-    arch: str
-    task: str  # "multiclass" | "multilabel"
-    class_names: list[str]
-    preprocess: PreprocessCfg = field(default_factory=PreprocessCfg)
-    config: dict[str, Any] = field(default_factory=dict)
-    metrics: dict[str, Any] = field(default_factory=dict)
-    dataset: dict[str, Any] = field(default_factory=dict)
-    lineage: list[dict[str, Any]] = field(default_factory=list)
-    cxrtool_version: str = __version__
-    created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-
-    def to_json(self) -> str:
-        data = asdict(self)
-        data["preprocess"] = self.preprocess.to_dict()
-        return json.dumps(data, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> ModelCard:
-        data = json.loads(text)
-        data["preprocess"] = PreprocessCfg.from_dict(data.get("preprocess") or {})
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in data.items() if k in known})
+from cxrtool.modelfile import TRUST_PREFIX, ModelCard, checkpoint_metadata, read_card
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, card: ModelCard) -> Path:
-    """Write weights and card atomically (a crash never leaves a half-written checkpoint)."""
+def save_checkpoint(path: str | Path, model: nn.Module, card: ModelCard, extra: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write weights and card atomically (a crash never leaves a half-written checkpoint).
+
+    ``extra``: tensors that are not weights (the OOD statistics, keys under ``TRUST_PREFIX``).
+    """
     from safetensors.torch import save_file
 
     path = Path(path)
     model = getattr(model, "module", model)  # unwrap DDP
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    if extra:
+        if any(not k.startswith(TRUST_PREFIX) for k in extra):
+            raise ValueError(f"extra checkpoint tensors must be named {TRUST_PREFIX}*")
+        state |= {k: v.detach().to("cpu").contiguous() for k, v in extra.items()}
     with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={"format": FORMAT, "card": card.to_json()})
+        save_file(state, str(tmp), metadata=checkpoint_metadata(card))
     return path
 
 
-def read_card(path: str | Path) -> ModelCard:
-    """Read only the card (fast: the header, not the weights)."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-    except FileNotFoundError:
-        raise CxrError(f"{path}: checkpoint not found") from None
-    except Exception as exc:
-        raise CxrError(f"{path}: not a safetensors checkpoint ({exc})") from None
-    if meta.get("format") != FORMAT or "card" not in meta:
-        raise CxrError(f"{path}: safetensors file without a cxrtool model card")
-    return ModelCard.from_json(meta["card"])
-
-
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The weights (statistics stored under ``TRUST_PREFIX`` are not weights and are left out)."""
     from safetensors.torch import load_file
 
-    return load_file(str(path), device="cpu")
+    return {k: v for k, v in load_file(str(path), device="cpu").items() if not k.startswith(TRUST_PREFIX)}
 
 
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, ModelCard]:
@@ -94,7 +47,10 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, ModelCard]:
     from cxrtool.models.registry import build_model
 
     card = read_card(path)
-    model = build_model(card.arch, num_classes=len(card.class_names), in_chans=card.preprocess.channels)
+    try:
+        model = build_model(card.arch, num_classes=len(card.class_names), in_chans=card.preprocess.channels)
+    except ValueError as exc:  # unknown architecture named by the card
+        raise CxrError(f"{path}: model card field 'arch': {exc}") from None
     load_strict(model, load_state_dict(path), source=str(path))
     model.eval()
     return model, card
@@ -114,11 +70,3 @@ def load_strict(model: nn.Module, state: dict[str, torch.Tensor], *, source: str
                 parts.append(f"{name} keys: {', '.join(keys[:3])}{more}")
         raise CxrError(f"{source}: weights do not fit the model: {'; '.join(parts)}")
     model.load_state_dict(state, strict=True)
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

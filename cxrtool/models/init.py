@@ -21,13 +21,9 @@ import torch
 import torch.nn as nn
 
 from cxrtool.errors import CxrError
-from cxrtool.models.checkpoint import ModelCard, file_sha256, load_state_dict, load_strict, read_card
-
-#: ChestX-ray14's 14 findings in the order of the NIH release (and of CheXNet's 14 outputs).
-CHESTXRAY14: tuple[str, ...] = (
-    "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
-    "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia",
-)  # fmt: skip
+from cxrtool.labels import CHESTXRAY14
+from cxrtool.models.checkpoint import load_state_dict, load_strict
+from cxrtool.modelfile import ModelCard, card_if_checkpoint, file_sha256
 
 HEAD_KEYS = ("classifier.weight", "classifier.bias")
 _STRIP_PREFIXES = ("module.", "densenet121.", "densenet201.")
@@ -186,7 +182,7 @@ def initialise(
         old_names: Sequence[str] | None = card.class_names
         report = InitReport(source="checkpoint", path=str(path))
         entry = {"source": "cxrtool", "path": str(path.resolve()), "sha256": file_sha256(path), "arch": card.arch}
-        entry |= {"task": card.task, "class_names": list(card.class_names), "created": card.created}
+        entry |= {"task": card.task.name, "class_names": list(card.class_names), "created": card.created}
         report.lineage = [entry, *card.lineage]
     else:
         state = load_foreign_state(path)
@@ -219,10 +215,7 @@ def read_parent_card(init: str) -> ModelCard | None:
 def _card_or_none(path: Path) -> ModelCard | None:
     if path.suffix != ".safetensors":
         return None
-    try:
-        return read_card(path)
-    except CxrError:
-        return None  # a plain safetensors state dict (no cxrtool card)
+    return card_if_checkpoint(path)  # None: a plain safetensors state dict; a damaged card raises
 
 
 def _load_backbone(

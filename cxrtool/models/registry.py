@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import torch.nn as nn
+if TYPE_CHECKING:  # torch is imported by the builders, not by ``--help``
+    import torch.nn as nn
+
+#: what a run without ``--arch`` and without a parent checkpoint builds
+DEFAULT_ARCH = "densenet121"
 
 _ARCHS: dict[str, Callable[..., nn.Module]] = {}
 

@@ -55,6 +55,8 @@ class TrainConfig:
     monitor: str = "auto"  # validation metric choosing the best checkpoint; auto: macro_f1 / auc_macro
     patience: int = 0  # early stopping after N epochs without improvement (0: off)
     threshold: float = 0.5  # multilabel decision threshold for F1 etc.
+    trust: bool = True  # fit OOD statistics and temperature into best.safetensors at the end (cxrtool.trust)
+    ood_quantile: float = 0.95  # share of validation films the OOD threshold lets pass
     seed: int = 0
     device: str = "auto"
     amp: str = "auto"  # auto: bf16 (or fp16) on CUDA, off on CPU

@@ -55,15 +55,6 @@ def all_gather(obj: Any, info: DistInfo) -> list[Any]:
     return out
 
 
-def broadcast(obj: Any, info: DistInfo) -> Any:
-    """Rank 0's ``obj`` on every rank."""
-    if not info.enabled:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
     """True on every rank if it is true on any (so all ranks stop at the same step)."""
     if not info.enabled:

@@ -1,8 +1,13 @@
-"""``evaluate``: a checkpoint on one manifest split -> metrics JSON, predictions CSV, confusion and ROC PNGs.
+"""``evaluate``: a checkpoint on one manifest split -> metrics JSON, predictions CSV, confusion, ROC and reliability PNGs.
 
 Preprocessing comes from the checkpoint's card, so the numbers are for exactly the input the
 model was trained on.  An unreadable image becomes an error row in the CSV and is left out of
 the metrics; the rest are still evaluated.
+
+Probabilities are the calibrated ones (the card's temperature, :mod:`cxrtool.trust`), as predict
+reports them; ``metrics.json`` has ``ece``/``brier`` of the raw model (T = 1) and
+``ece_calibrated``/``brier_calibrated`` after scaling, and, for a model with OOD statistics, the
+share of films flagged out of distribution (``ood_flagged``).
 """
 
 from __future__ import annotations
@@ -24,10 +29,14 @@ from cxrtool.data import ManifestDataset
 from cxrtool.errors import CxrError
 from cxrtool.fsutil import atomic_write_text
 from cxrtool.manifest import read_manifest
-from cxrtool.models.checkpoint import file_sha256, load_checkpoint
+from cxrtool.models.checkpoint import load_checkpoint
+from cxrtool.modelfile import file_sha256
 from cxrtool.train.metrics import bootstrap_ci, compute_metrics
-from cxrtool.train.plots import plot_confusion, plot_roc
-from cxrtool.train.runtime import predict_logits, resolve_device, resolve_runtime, to_probs
+from cxrtool.task import Task
+from cxrtool.train.plots import plot_confusion, plot_reliability, plot_roc
+from cxrtool.train.runtime import Runtime, resolve_device, resolve_runtime
+from cxrtool.trust import Assessment, load_trust
+from cxrtool.trust.calibration import calibration_metrics, reliability, scaled_probs
 
 
 @dataclass
@@ -50,17 +59,18 @@ def evaluate(
     workers: int = 0,
     bootstrap: int = 1000,
     seed: int = 0,
-    threshold: float = 0.5,
+    threshold: float | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> EvalResult:
     """Evaluate ``checkpoint`` on the ``split`` rows of ``manifest`` (``None``: all rows) into ``out_dir``."""
     model, card = load_checkpoint(checkpoint)
+    task = card.task.with_threshold(threshold)
     rows = read_manifest(manifest).select(split)
     if not rows.rows:
         raise CxrError(f"{manifest}: no rows with split {split!r}")
     preprocess = resolve_preprocess(card.preprocess)
     dataset = ManifestDataset(
-        rows, class_names=card.class_names, task=card.task, preprocess=preprocess, skip_errors=True
+        rows, class_names=card.class_names, task=task, preprocess=preprocess, skip_errors=True
     )
     runtime, _ = resolve_runtime(resolve_device(device), amp, None)
     model = runtime.prepare(model).eval()
@@ -72,53 +82,65 @@ def evaluate(
             if on_batch is not None:
                 on_batch(len(batch[2]))
 
-    logits, targets, _, errors = predict_logits(model, counted(), runtime)
-    probs = to_probs(torch.from_numpy(logits), card.task).numpy()
+    logits, features, targets, errors = _outputs(model, counted(), runtime)
+    trust = load_trust(checkpoint, card)  # the activation is the card's; the decision below uses ``task``
+    verdicts = trust.assess(logits, features if trust.has_ood else None)
+    probs = np.stack([v.probs for v in verdicts])
     ok = np.array([not e for e in errors], dtype=bool)
     failures = [(rows.rows[i]["path"], e) for i, e in enumerate(errors) if e]
     if not ok.any():
         raise CxrError(f"{manifest}: none of the {len(errors)} images could be read (first: {failures[0][1]})")
     p, t = probs[ok], targets[ok]
-    metrics = compute_metrics(card.task, p, t, card.class_names, threshold)
-    metrics["ci"] = bootstrap_ci(card.task, p, t, len(card.class_names), n=bootstrap, seed=seed, threshold=threshold)
+    metrics = compute_metrics(task, p, t, card.class_names)
+    metrics["ci"] = bootstrap_ci(task, p, t, len(card.class_names), n=bootstrap, seed=seed)
+    metrics |= calibration_metrics(task, logits[ok], t, trust.temperature)
+    if trust.has_ood:
+        flagged = [v.flagged for v, good in zip(verdicts, ok) if good]
+        metrics |= {"ood_flagged": int(sum(flagged)), "ood_flagged_share": float(np.mean(flagged)), "ood_threshold": trust.ood.threshold}
     metrics |= {"checkpoint": str(checkpoint), "checkpoint_sha256": file_sha256(checkpoint), "manifest": str(manifest)}
-    metrics |= {"split": split, "task": card.task, "class_names": card.class_names, "failed": len(failures)}
+    metrics |= {"split": split, "task": task.name, "class_names": card.class_names, "failed": len(failures)}
 
     out = Path(out_dir)
-    files = [out / "metrics.json", out / "predictions.csv", out / "roc.png"]
+    files = [out / "metrics.json", out / "predictions.csv", out / "roc.png", out / "reliability.png"]
     atomic_write_text(files[0], json.dumps(metrics, indent=2) + "\n")
-    atomic_write_text(files[1], _predictions_csv(rows.rows, probs, errors, card.class_names, card.task, threshold))
-    truth = np.eye(len(card.class_names))[t.astype(int)] if card.task == "multiclass" else t
-    plot_roc(p, truth, card.class_names, files[2], title=f"ROC, {split or 'all'} (n={int(ok.sum())})")
-    if card.task == "multiclass":
+    atomic_write_text(files[1], _predictions_csv(rows.rows, verdicts, errors, card.class_names, task))
+    truth = task.one_hot(t, len(card.class_names))
+    n_ok = f"(n={int(ok.sum())})"
+    plot_roc(p, truth, card.class_names, files[2], title=f"ROC, {split or 'all'} {n_ok}")
+    curves = [("uncalibrated (T = 1)", reliability(task, scaled_probs(task, logits[ok]), t))]
+    if trust.temperature != 1.0:
+        curves.append((f"temperature {trust.temperature:.3g}", reliability(task, p, t)))
+    plot_reliability(curves, files[3], title=f"reliability, {split or 'all'} {n_ok}")
+    if not task.multilabel:
         files.append(out / "confusion_matrix.png")
-        plot_confusion(
-            np.asarray(metrics["confusion_matrix"]),
-            card.class_names,
-            files[-1],
-            title=f"{split or 'all'} (n={int(ok.sum())})",
-        )
+        plot_confusion(np.asarray(metrics["confusion_matrix"]), card.class_names, files[-1], title=f"{split or 'all'} {n_ok}")
     return EvalResult(metrics, int(ok.sum()), failures, files)
 
 
+@torch.inference_mode()
+def _outputs(model: Any, batches: Any, runtime: Runtime) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Logits, features, targets and errors of ``(x, target, index, error)`` batches, in order."""
+    logits, features, targets, errors = [], [], [], []
+    for x, y, _, err in batches:
+        with runtime.autocast():
+            z, f = model.forward_features(runtime.inputs(x))
+        logits.append(z.float().cpu())
+        features.append(f.float().cpu())
+        targets.append(y)
+        errors.extend(err)
+    return torch.cat(logits).numpy(), torch.cat(features).numpy(), torch.cat(targets).numpy(), errors
+
+
 def _predictions_csv(
-    rows: list[dict[str, str]],
-    probs: np.ndarray,
-    errors: list[str],
-    class_names: list[str],
-    task: str,
-    threshold: float,
+    rows: list[dict[str, str]], verdicts: list[Assessment], errors: list[str], class_names: list[str], task: Task
 ) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["path", "label", "pred", *[f"p:{c}" for c in class_names], "error"])
-    for row, p, err in zip(rows, probs, errors):
+    writer.writerow(["path", "label", "pred", *[f"p:{c}" for c in class_names], "ood_score", "flag", "error"])
+    for row, v, err in zip(rows, verdicts, errors):
         if err:
-            writer.writerow([row["path"], row.get("label", ""), "", *[""] * len(class_names), err])
-            continue
-        if task == "multiclass":
-            pred = class_names[int(p.argmax())]
+            writer.writerow([row["path"], row.get("label", ""), "", *[""] * len(class_names), "", "", err])
         else:
-            pred = "|".join(c for c, v in zip(class_names, p) if v >= threshold)
-        writer.writerow([row["path"], row.get("label", ""), pred, *[f"{v:.6f}" for v in p], ""])
+            score = "" if v.ood_score is None else f"{v.ood_score:.4f}"
+            writer.writerow([row["path"], row.get("label", ""), task.decide(v.probs, class_names), *[f"{x:.6f}" for x in v.probs], score, v.flag, ""])
     return buf.getvalue()

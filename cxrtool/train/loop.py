@@ -5,16 +5,24 @@ metric), ``last.safetensors``, ``train_state.pt`` (resume), ``log.jsonl`` / ``lo
 record per epoch) and ``config.toml`` (the resolved config).  Under ``torchrun`` every rank
 trains its shard and only rank 0 writes.  SIGINT/SIGTERM finish the current step, save the
 state and return ``status="interrupted"``; a second Ctrl-C aborts at once.
+
+At the end of a finished run (unless ``trust = false``) ``best.safetensors`` gets its trust
+statistics (:mod:`cxrtool.trust`): OOD Gaussians on the training split, temperature and OOD
+threshold on the validation split.
+
+Progress is reported as typed events (:data:`Event`), one dataclass per kind, to ``on_event``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import hashlib
 import io
 import json
 import math
+import os
 import signal
 import threading
 import time
@@ -28,22 +36,118 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from cxrtool.config import resolve_preprocess
+from cxrtool.config import PreprocessCfg, resolve_preprocess
 from cxrtool.data import AugmentCfg, EpochSampler, ManifestDataset, balanced_weights
 from cxrtool.errors import CxrError
 from cxrtool.fsutil import atomic_write_text
+from cxrtool.locks import owned_output
 from cxrtool.manifest import Manifest, read_manifest
 from cxrtool.models import build_model
-from cxrtool.models.checkpoint import ModelCard, file_sha256, save_checkpoint
+from cxrtool.models.checkpoint import save_checkpoint
+from cxrtool.modelfile import ModelCard, file_sha256
 from cxrtool.models.init import InitReport, initialise, read_parent_card
+from cxrtool.task import Task
 from cxrtool.train import distributed as D
 from cxrtool.train.config import RUNTIME_KEYS, TrainConfig, dump_toml
+from cxrtool.workers import die_with
 from cxrtool.train.metrics import compute_metrics
-from cxrtool.train.runtime import grad_scaler, predict_logits, resolve_device, resolve_runtime, to_probs
+from cxrtool.train.runtime import grad_scaler, predict_logits, resolve_device, resolve_runtime
 from cxrtool.train.state import STATE_FILE, load_state, rng_state, save_state, set_rng_state
 
-EventFn = Callable[[str, dict[str, Any]], None]
 MONITORS = ("loss", "accuracy", "macro_f1", "auc_macro")
+
+
+# ---------------------------------------------------------------- events
+
+
+@dataclass(frozen=True)
+class RunWarning:
+    """Something was degraded or skipped; training goes on."""
+
+    message: str
+
+
+@dataclass(frozen=True)
+class InitDone:
+    """Where the starting weights came from (:func:`cxrtool.models.init.initialise`)."""
+
+    report: InitReport
+
+
+@dataclass(frozen=True)
+class SetupDone:
+    """Everything resolved; training starts (or resumes) at ``start_epoch``/``start_step``."""
+
+    arch: str
+    task: str
+    runtime: str
+    world_size: int
+    class_names: list[str]
+    n_train: int
+    n_val: int
+    steps_per_epoch: int
+    epochs: int
+    start_epoch: int
+    start_step: int
+    preprocess: PreprocessCfg
+    monitor: str
+
+
+@dataclass(frozen=True)
+class EpochStarted:
+    epoch: int  # 1-based
+    steps: int
+    start_step: int
+    frozen: bool
+
+
+@dataclass(frozen=True)
+class StepDone:
+    epoch: int  # 1-based
+    step: int
+    steps: int
+    loss: float
+    lr: float
+    images_per_s: float
+
+
+@dataclass(frozen=True)
+class EpochEnded:
+    """One epoch's log record (as in ``log.jsonl``) and the run status after it."""
+
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_metrics: dict[str, Any]  # accuracy, macro_f1, auc_macro, per_class, ...
+    images_per_s: float
+    best: bool
+    status: str
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """A stop request ended the run early; ``state`` resumes it."""
+
+    epoch: int  # 0-based epoch the run stopped in
+    step: int
+    state: Path
+
+
+@dataclass(frozen=True)
+class TrustFitted:
+    """``checkpoint`` got its OOD statistics and temperature (:mod:`cxrtool.trust`)."""
+
+    checkpoint: Path
+    temperature: float
+    ece: float
+    ece_calibrated: float
+    threshold: float
+    n_train: int
+    n_val: int
+
+
+Event = RunWarning | InitDone | SetupDone | EpochStarted | StepDone | EpochEnded | Stopped | TrustFitted
+EventFn = Callable[[Event], None]
 
 
 class StopRequest:
@@ -69,10 +173,10 @@ class FitResult:
     rank: int = 0  # under torchrun, only rank 0 reports
 
 
-def monitor_name(cfg: TrainConfig, task: str) -> str:
+def monitor_name(cfg: TrainConfig, task: Task) -> str:
     name = cfg.monitor
     if name == "auto":
-        name = "macro_f1" if task == "multiclass" else "auc_macro"
+        name = "auc_macro" if task.multilabel else "macro_f1"
     if name not in MONITORS:
         raise CxrError(f"monitor must be auto or one of {', '.join(MONITORS)}, not {name!r}")
     return name
@@ -120,222 +224,240 @@ def fit(
     dist_info = D.setup(use_cuda)
     stop = stop or StopRequest()
     try:
-        with _stop_on_signals(stop):
-            return _Run(cfg, dist_info, on_event, stop).run(resume)
+        owner = owned_output(cfg.out_dir) if dist_info.is_main else contextlib.nullcontext()  # one run per --out
+        with owner, _stop_on_signals(stop):
+            return _Run(cfg, dist_info, on_event, stop, resume).run()
     finally:
         D.teardown(dist_info)
 
 
-class _Run:
-    def __init__(self, cfg: TrainConfig, info: D.DistInfo, on_event: EventFn | None, stop: StopRequest):
-        self.cfg, self.info, self.stop = cfg, info, stop
-        self._on_event = on_event
-        self.out = Path(cfg.out_dir)
+@dataclass
+class _Data:
+    """The manifests a run trains and validates on (what ``_read_data`` found)."""
 
-    def emit(self, kind: str, **data: Any) -> None:
+    task: Task
+    class_names: list[str]
+    train: Manifest
+    val: Manifest
+    info: dict[str, Any]  # the card's ``dataset`` field
+
+
+@dataclass
+class _Progress:
+    """Everything that changes while training and is saved for ``--resume``."""
+
+    epoch: int = 0  # epochs finished
+    step: int = 0  # steps done in the current epoch
+    run_loss: list[float] = field(default_factory=lambda: [0.0, 0.0])  # summed loss, samples this epoch
+    best_value: float | None = None
+    best_epoch: int | None = None
+    bad_epochs: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    status: str = "running"
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "status": self.status, "epoch": self.epoch, "step": self.step, "run_loss": self.run_loss,
+            "best_value": self.best_value, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
+            "history": json.dumps(self.history),
+        }  # fmt: skip
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], *, is_main: bool) -> _Progress:
+        return cls(
+            epoch=state["epoch"], step=state["step"], run_loss=list(state["run_loss"]) if is_main else [0.0, 0.0],
+            best_value=state["best_value"], best_epoch=state["best_epoch"], bad_epochs=state["bad_epochs"],
+            history=json.loads(state["history"]),
+            status="running" if state["status"] in ("running", "interrupted") else state["status"],
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _EpochStats:
+    seconds: float
+    seen: int  # images, all ranks
+    frozen: bool
+
+
+def _read_data(cfg: TrainConfig) -> _Data:
+    full = read_manifest(cfg.manifest)
+    task, class_names = full.task.with_threshold(cfg.threshold), full.class_names
+    if not class_names:
+        raise CxrError(f"{cfg.manifest}: no class labels")
+    val_src = read_manifest(cfg.val_manifest) if cfg.val_manifest else full
+    train_m, val_m = full.select(cfg.train_split), val_src.select(cfg.val_split)
+    for m, split, src in ((train_m, cfg.train_split, cfg.manifest), (val_m, cfg.val_split, cfg.val_manifest or cfg.manifest)):
+        if not m.rows:
+            raise CxrError(f"{src}: no rows with split {split!r}")
+        missing = [str(m.resolve(r)) for r in m.rows if not m.resolve(r).is_file()]
+        if missing:
+            raise CxrError(f"{src}: {len(missing)} image file(s) not found, e.g. {missing[0]}")
+    info = {
+        "manifest": str(cfg.manifest), "manifest_sha256": file_sha256(cfg.manifest), "val_manifest": cfg.val_manifest,
+        "splits": [cfg.train_split, cfg.val_split], "n_train": len(train_m.rows), "n_val": len(val_m.rows),
+        "rows_sha256": _rows_fingerprint(train_m, val_m),
+    }  # fmt: skip
+    return _Data(task, list(class_names), train_m, val_m, info)
+
+
+def _build(cfg: TrainConfig, n_classes: int) -> tuple[str, PreprocessCfg, nn.Module]:
+    """Architecture, preprocessing (the ``--init`` checkpoint's unless overridden) and a fresh model."""
+    parent = read_parent_card(cfg.init)
+    arch = cfg.arch or (parent.arch if parent else "densenet121")
+    overrides = {"input_size": cfg.input_size, "channels": cfg.channels, "resize": cfg.resize}
+    try:
+        preprocess = resolve_preprocess(parent.preprocess if parent else None, overrides)
+    except ValueError as exc:
+        raise CxrError(f"preprocessing: {exc}") from None
+    torch.manual_seed(cfg.seed)
+    try:
+        model = build_model(arch, num_classes=n_classes, in_chans=preprocess.channels)
+    except ValueError as exc:
+        raise CxrError(f"--arch: {exc}") from None
+    return arch, preprocess, model
+
+
+class _Run:
+    """One training run.  Everything is set up in :meth:`__init__`, in this order: runtime, data,
+    model, datasets and sampler, weights (initialised or resumed), loss, optimiser; what changes
+    while training lives in ``self.progress`` (a :class:`_Progress`, saved for ``--resume``)."""
+
+    def __init__(self, cfg: TrainConfig, info: D.DistInfo, on_event: EventFn | None, stop: StopRequest, resume: bool):
+        self.cfg, self.info, self.stop, self._on_event = cfg, info, stop, on_event
+        self.out = Path(cfg.out_dir)
+        self.resume = resume
+        device = resolve_device(cfg.device, info.local_rank)
+        self.runtime, warnings = resolve_runtime(device, cfg.amp, cfg.channels_last)
+        for w in warnings:
+            self.emit(RunWarning(w))
+        self.data = _read_data(cfg)
+        self.task, self.class_names = self.data.task, self.data.class_names
+        self.arch, self.preprocess, model = _build(cfg, len(self.class_names))
+        self.train_ds, self.val_ds, self.sampler, self.steps_per_epoch = self._datasets()
+        self.monitor = monitor_name(cfg, self.task)
+        state = load_state(self.out / STATE_FILE) if resume else None
+        if state is not None:
+            model.load_state_dict(state["model"])
+            self.report = InitReport(**json.loads(state["init_report"]))
+        else:
+            self.report = initialise(
+                model, cfg.init, arch=self.arch, class_names=self.class_names, keep_neurons=cfg.keep_neurons,
+                keep_map=cfg.keep_map, init_classes=cfg.init_classes,
+            )  # fmt: skip
+            self.emit(InitDone(self.report))
+        self.model = self.runtime.prepare(model)
+        self.criterion = self._criterion()
+        self.opt, self.sched = self._optimiser()
+        self.scaler = grad_scaler(self.runtime)
+        self.progress = _Progress()
+        if state is not None:
+            self._restore(state)
+
+    def emit(self, event: Event) -> None:
         if self._on_event is not None and self.info.is_main:
-            self._on_event(kind, data)
+            self._on_event(event)
 
     # ----------------------------------------------------------------- setup
-    def _data(self) -> None:
-        cfg = self.cfg
-        full = read_manifest(cfg.manifest)
-        self.task, self.class_names = full.task, full.class_names
-        if not self.class_names:
-            raise CxrError(f"{cfg.manifest}: no class labels")
-        val_src = read_manifest(cfg.val_manifest) if cfg.val_manifest else full
-        self.train_m, self.val_m = full.select(cfg.train_split), val_src.select(cfg.val_split)
-        for m, split, src in (
-            (self.train_m, cfg.train_split, cfg.manifest),
-            (self.val_m, cfg.val_split, cfg.val_manifest or cfg.manifest),
-        ):
-            if not m.rows:
-                raise CxrError(f"{src}: no rows with split {split!r}")
-            missing = [str(m.resolve(r)) for r in m.rows if not m.resolve(r).is_file()]
-            if missing:
-                raise CxrError(f"{src}: {len(missing)} image file(s) not found, e.g. {missing[0]}")
-        self.dataset_info = {
-            "manifest": str(cfg.manifest),
-            "manifest_sha256": file_sha256(cfg.manifest),
-            "val_manifest": cfg.val_manifest,
-            "splits": [cfg.train_split, cfg.val_split],
-            "n_train": len(self.train_m.rows),
-            "n_val": len(self.val_m.rows),
-            "rows_sha256": _rows_fingerprint(self.train_m, self.val_m),
-        }
-
-    def _model(self) -> None:
-        cfg = self.cfg
-        parent = read_parent_card(cfg.init)
-        self.arch = cfg.arch or (parent.arch if parent else "densenet121")
-        overrides = {"input_size": cfg.input_size, "channels": cfg.channels, "resize": cfg.resize}
-        try:
-            self.preprocess = resolve_preprocess(parent.preprocess if parent else None, overrides)
-        except ValueError as exc:
-            raise CxrError(f"preprocessing: {exc}") from None
-        torch.manual_seed(cfg.seed)
-        try:
-            self.model = build_model(self.arch, num_classes=len(self.class_names), in_chans=self.preprocess.channels)
-        except ValueError as exc:
-            raise CxrError(f"--arch: {exc}") from None
-
-    def _initialise(self) -> None:
-        cfg = self.cfg
-        report = initialise(
-            self.model, cfg.init, arch=self.arch, class_names=self.class_names, keep_neurons=cfg.keep_neurons,
-            keep_map=cfg.keep_map, init_classes=cfg.init_classes,
-        )  # fmt: skip
-        self.report = report
-        self.emit("init", **asdict(report))
-
-    def _loaders(self) -> None:
+    def _datasets(self) -> tuple[ManifestDataset, ManifestDataset, EpochSampler, int]:
         cfg = self.cfg
         aug = None
         if cfg.augment:
-            aug = AugmentCfg(
-                cfg.aug_rotate, cfg.aug_scale, cfg.aug_translate, cfg.aug_brightness, cfg.aug_contrast, cfg.hflip
-            )
+            aug = AugmentCfg(cfg.aug_rotate, cfg.aug_scale, cfg.aug_translate, cfg.aug_brightness, cfg.aug_contrast, cfg.hflip)
         common = {"class_names": self.class_names, "task": self.task, "preprocess": self.preprocess, "seed": cfg.seed}
-        self.train_ds = ManifestDataset(self.train_m, augment_cfg=aug, **common)
-        self.val_ds = ManifestDataset(self.val_m, **common)
+        train_ds = ManifestDataset(self.data.train, augment_cfg=aug, **common)
+        val_ds = ManifestDataset(self.data.val, **common)
         weights = None
         if cfg.balance == "sampler":
-            if self.task != "multiclass":
+            if self.task.multilabel:
                 raise CxrError("--balance sampler is for multiclass manifests; use --balance loss for multilabel")
-            weights = balanced_weights(self.train_ds.targets, len(self.class_names))
-        self.sampler = EpochSampler(
-            len(self.train_ds), seed=cfg.seed, weights=weights, num_replicas=self.info.world_size, rank=self.info.rank
-        )
-        if self.sampler.per_rank < cfg.batch_size:
+            weights = balanced_weights(train_ds.targets, len(self.class_names))
+        sampler = EpochSampler(len(train_ds), seed=cfg.seed, weights=weights, num_replicas=self.info.world_size, rank=self.info.rank)
+        if sampler.per_rank < cfg.batch_size:
             raise CxrError(
-                f"{cfg.manifest}: {len(self.train_ds)} training images give {self.sampler.per_rank} per process, "
+                f"{cfg.manifest}: {len(train_ds)} training images give {sampler.per_rank} per process, "
                 f"fewer than --batch-size {cfg.batch_size}"
             )
-        self.steps_per_epoch = self.sampler.per_rank // cfg.batch_size  # drop_last: BatchNorm needs >1 sample
+        return train_ds, val_ds, sampler, sampler.per_rank // cfg.batch_size  # drop_last: BatchNorm needs >1 sample
 
     def _loader(self, dataset: ManifestDataset, sampler: Any, epoch: int, *, drop_last: bool) -> DataLoader:
         return DataLoader(
             dataset, batch_size=self.cfg.batch_size, sampler=sampler, num_workers=self.cfg.workers,
             pin_memory=self.runtime.cuda, drop_last=drop_last,
             generator=torch.Generator().manual_seed(self.cfg.seed + epoch),  # keeps the global RNG untouched
-            worker_init_fn=_ignore_sigint if self.cfg.workers else None,
+            worker_init_fn=functools.partial(_init_loader_worker, os.getpid()) if self.cfg.workers else None,
         )  # fmt: skip
 
     def _criterion(self) -> nn.Module:
+        """The task's loss; ``--balance loss`` weights classes (multiclass) or positives (multilabel)."""
         counts = np.asarray(self.train_ds.targets)
-        if self.task == "multiclass":
-            weight = None
-            if self.cfg.balance == "loss":
-                per_class = np.bincount(counts, minlength=len(self.class_names)).astype(np.float64)
-                if (per_class == 0).any():
-                    empty = [c for c, n in zip(self.class_names, per_class) if n == 0]
-                    raise CxrError(f"--balance loss: no training images for {empty}")
-                weight = torch.tensor(per_class.sum() / (len(per_class) * per_class), dtype=torch.float32)
-            return nn.CrossEntropyLoss(weight=weight).to(self.runtime.device)
-        pos_weight = None
-        if self.cfg.balance == "loss":
+        weight = pos_weight = None
+        if self.cfg.balance == "loss" and not self.task.multilabel:
+            per_class = np.bincount(counts, minlength=len(self.class_names)).astype(np.float64)
+            if (per_class == 0).any():
+                empty = [c for c, n in zip(self.class_names, per_class) if n == 0]
+                raise CxrError(f"--balance loss: no training images for {empty}")
+            weight = torch.tensor(per_class.sum() / (len(per_class) * per_class), dtype=torch.float32)
+        elif self.cfg.balance == "loss":
             pos = counts.sum(0)
-            pos_weight = torch.tensor(
-                np.where(pos > 0, (len(counts) - pos) / np.maximum(pos, 1), 1.0), dtype=torch.float32
-            )
-        return nn.BCEWithLogitsLoss(pos_weight=pos_weight).to(self.runtime.device)
+            pos_weight = torch.tensor(np.where(pos > 0, (len(counts) - pos) / np.maximum(pos, 1), 1.0), dtype=torch.float32)
+        return self.task.loss(class_weight=weight, pos_weight=pos_weight).to(self.runtime.device)
 
-    def _optim(self) -> None:
+    def _optimiser(self) -> tuple[torch.optim.Optimizer, Any]:
         cfg = self.cfg
         params = self.model.parameters()
         if cfg.optimizer == "adamw":
-            self.opt: torch.optim.Optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+            opt: torch.optim.Optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         else:
-            self.opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        self.sched = None
+            opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        sched = None
         if cfg.scheduler == "cosine":
-            self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=cfg.epochs * self.steps_per_epoch)
-        self.scaler = grad_scaler(self.runtime)
-
-    # ------------------------------------------------------------------ run
-    def run(self, resume: bool) -> FitResult:
-        cfg = self.cfg
-        device = resolve_device(cfg.device, self.info.local_rank)
-        self.runtime, warnings = resolve_runtime(device, cfg.amp, cfg.channels_last)
-        for w in warnings:
-            self.emit("warning", message=w)
-        self._data()
-        self._model()
-        self._loaders()
-        self.monitor = monitor_name(cfg, self.task)
-        self.epoch, self.step, self.history = 0, 0, []
-        self.best_value: float | None = None
-        self.best_epoch: int | None = None
-        self.bad_epochs, self.run_loss, self.status = 0, [0.0, 0.0], "running"
-        if resume:
-            state = load_state(self.out / STATE_FILE)
-            self.model.load_state_dict(state["model"])
-            self.report = InitReport(**json.loads(state["init_report"]))
-        else:
-            self._initialise()
-        self.model = self.runtime.prepare(self.model)
-        self.criterion = self._criterion()
-        self._optim()
-        if resume:
-            self._restore(state)
-        self.emit(
-            "setup", runtime=self.runtime.describe(), world_size=self.info.world_size, task=self.task,
-            class_names=self.class_names, n_train=len(self.train_ds), n_val=len(self.val_ds), arch=self.arch,
-            steps_per_epoch=self.steps_per_epoch, epochs=cfg.epochs, start_epoch=self.epoch, start_step=self.step,
-            preprocess=self.preprocess.to_dict(), monitor=self.monitor,
-        )  # fmt: skip
-        if self.info.is_main and not resume:
-            atomic_write_text(self.out / "config.toml", dump_toml(cfg))
-        while self.status == "running" and self.epoch < cfg.epochs:
-            finished = self._train_epoch()
-            if finished:
-                self._end_epoch()
-            if (
-                self.status == "running"
-                and self.epoch < cfg.epochs
-                and D.any_rank(self.stop.requested, self.info, device)
-            ):
-                self.status = "interrupted"
-                self.run_loss = D.all_sum(self.run_loss, self.info, device)  # rank 0 keeps the global partial sum
-                self._save_state()
-                self.emit("stopped", epoch=self.epoch, step=self.step, state=str(self.out / STATE_FILE))
-        if self.status == "running":
-            self.status = "completed"
-            self._save_state()
-        return FitResult(
-            self.out,
-            self.status,
-            self.epoch,
-            self.monitor,
-            self.best_value,
-            self.best_epoch,
-            self.history,
-            self.model,
-            self.info.rank,
-        )
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * self.steps_per_epoch)
+        return opt, sched
 
     def _restore(self, state: dict[str, Any]) -> None:
-        if state["dataset"]["rows_sha256"] != self.dataset_info["rows_sha256"]:
-            self.emit("warning", message="the manifest rows changed since this run started; resuming anyway")
+        if state["dataset"]["rows_sha256"] != self.data.info["rows_sha256"]:
+            self.emit(RunWarning("the manifest rows changed since this run started; resuming anyway"))
         self.opt.load_state_dict(state["optimizer"])
         if self.sched is not None:
             self.sched.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
-        self.epoch, self.step = state["epoch"], state["step"]
-        self.run_loss = list(state["run_loss"]) if self.info.is_main else [0.0, 0.0]
-        self.best_value, self.best_epoch, self.bad_epochs = (
-            state["best_value"],
-            state["best_epoch"],
-            state["bad_epochs"],
-        )
-        self.history = json.loads(state["history"])
-        self.status = "running" if state["status"] in ("running", "interrupted") else state["status"]
+        self.progress = _Progress.from_state(state, is_main=self.info.is_main)
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> FitResult:
+        cfg, p = self.cfg, self.progress
+        self.emit(
+            SetupDone(
+                arch=self.arch, task=self.task.name, runtime=self.runtime.describe(), world_size=self.info.world_size,
+                class_names=list(self.class_names), n_train=len(self.train_ds), n_val=len(self.val_ds),
+                steps_per_epoch=self.steps_per_epoch, epochs=cfg.epochs, start_epoch=p.epoch, start_step=p.step,
+                preprocess=self.preprocess, monitor=self.monitor,
+            )
+        )  # fmt: skip
+        if self.info.is_main and not self.resume:
+            atomic_write_text(self.out / "config.toml", dump_toml(cfg))
+        device = self.runtime.device
+        while p.status == "running" and p.epoch < cfg.epochs:
+            stats = self._train_epoch()
+            if stats is not None:
+                self._end_epoch(stats)
+            if p.status == "running" and p.epoch < cfg.epochs and D.any_rank(self.stop.requested, self.info, device):
+                p.status = "interrupted"
+                p.run_loss = D.all_sum(p.run_loss, self.info, device)  # rank 0 keeps the global partial sum
+                self._save_state()
+                self.emit(Stopped(p.epoch, p.step, self.out / STATE_FILE))
+        if p.status == "running":
+            p.status = "completed"
+            self._save_state()
+        if p.status != "interrupted" and cfg.trust and self.info.is_main:
+            self._fit_trust()
+        return FitResult(self.out, p.status, p.epoch, self.monitor, p.best_value, p.best_epoch, p.history, self.model, self.info.rank)
 
     def _set_frozen(self, frozen: bool) -> nn.Module:
         """Freeze or unfreeze the backbone and return the module to call (DDP-wrapped when distributed)."""
-        for p in self.model.features.parameters():
-            p.requires_grad_(not frozen)
+        for param in self.model.features.parameters():
+            param.requires_grad_(not frozen)
         self.model.train()
         if frozen:
             self.model.features.eval()  # frozen means its BatchNorm statistics too
@@ -347,15 +469,15 @@ class _Run:
         # Buffers are synced from rank 0 at wrap time and before validation, not at every forward.
         return DistributedDataParallel(self.model, device_ids=ids, forward_sync_buffers=False)
 
-    def _train_epoch(self) -> bool:
-        """Train the rest of the current epoch; False if a stop request cut it short."""
-        cfg, rt = self.cfg, self.runtime
-        frozen = self.epoch < cfg.freeze_epochs
+    def _train_epoch(self) -> _EpochStats | None:
+        """Train the rest of the current epoch; None if a stop request cut it short."""
+        cfg, rt, p = self.cfg, self.runtime, self.progress
+        frozen = p.epoch < cfg.freeze_epochs
         net = self._set_frozen(frozen)
-        self.train_ds.set_epoch(self.epoch)
-        self.sampler.set_epoch(self.epoch, start=self.step * cfg.batch_size)
-        loader = self._loader(self.train_ds, self.sampler, self.epoch, drop_last=True)
-        self.emit("epoch_start", epoch=self.epoch + 1, steps=self.steps_per_epoch, start_step=self.step, frozen=frozen)
+        self.train_ds.set_epoch(p.epoch)
+        self.sampler.set_epoch(p.epoch, start=p.step * cfg.batch_size)
+        loader = self._loader(self.train_ds, self.sampler, p.epoch, drop_last=True)
+        self.emit(EpochStarted(p.epoch + 1, self.steps_per_epoch, p.step, frozen))
         t0, seen = time.perf_counter(), 0
         for x, y, _, _ in loader:
             with rt.autocast():
@@ -368,21 +490,15 @@ class _Run:
             if self.sched is not None:
                 self.sched.step()
             value = float(loss.detach())
-            self.run_loss[0] += value * len(y)
-            self.run_loss[1] += len(y)
-            self.step += 1
+            p.run_loss[0] += value * len(y)
+            p.run_loss[1] += len(y)
+            p.step += 1
             seen += len(y) * self.info.world_size
             elapsed = time.perf_counter() - t0
-            self.emit(
-                "step", epoch=self.epoch + 1, step=self.step, steps=self.steps_per_epoch, loss=value,
-                lr=self.opt.param_groups[0]["lr"], images_per_s=seen / elapsed if elapsed > 0 else 0.0,
-            )  # fmt: skip
-            if D.any_rank(self.stop.requested, self.info, rt.device) and self.step < self.steps_per_epoch:
-                return False
-        self.train_time = time.perf_counter() - t0
-        self.train_seen = seen
-        self.frozen = frozen
-        return True
+            self.emit(StepDone(p.epoch + 1, p.step, self.steps_per_epoch, value, self.opt.param_groups[0]["lr"], seen / elapsed if elapsed > 0 else 0.0))
+            if D.any_rank(self.stop.requested, self.info, rt.device) and p.step < self.steps_per_epoch:
+                return None
+        return _EpochStats(time.perf_counter() - t0, seen, frozen)
 
     def _validate(self) -> tuple[float, dict[str, Any]]:
         if self.info.enabled:
@@ -392,66 +508,85 @@ class _Run:
         loader = self._loader(self.val_ds, shard, 0, drop_last=False)
         logits, targets, idx, _ = predict_logits(self.model, loader, self.runtime)
         parts = D.all_gather((logits, targets, idx), self.info)
-        logits = np.concatenate([p[0] for p in parts if len(p[2])])
-        targets = np.concatenate([p[1] for p in parts if len(p[2])])
-        order = np.argsort(np.concatenate([p[2] for p in parts if len(p[2])]))
+        logits = np.concatenate([part[0] for part in parts if len(part[2])])
+        targets = np.concatenate([part[1] for part in parts if len(part[2])])
+        order = np.argsort(np.concatenate([part[2] for part in parts if len(part[2])]))
         logits_t, targets_t = torch.from_numpy(logits[order]), torch.from_numpy(targets[order])
         with torch.no_grad():
             loss = float(self.criterion(logits_t.to(self.runtime.device), targets_t.to(self.runtime.device)))
-        probs = to_probs(logits_t, self.task).numpy()
-        return loss, compute_metrics(self.task, probs, targets_t.numpy(), self.class_names, self.cfg.threshold)
+        probs = self.task.probs_tensor(logits_t).numpy()
+        return loss, compute_metrics(self.task, probs, targets_t.numpy(), self.class_names)
 
-    def _end_epoch(self) -> None:
-        cfg = self.cfg
-        loss_sum, count = D.all_sum(self.run_loss, self.info, self.runtime.device)
+    def _end_epoch(self, stats: _EpochStats) -> None:
+        cfg, p = self.cfg, self.progress
+        loss_sum, count = D.all_sum(p.run_loss, self.info, self.runtime.device)
         val_loss, metrics = self._validate()
-        self.epoch += 1
-        self.step, self.run_loss = 0, [0.0, 0.0]
+        p.epoch += 1
+        p.step, p.run_loss = 0, [0.0, 0.0]
         value = val_loss if self.monitor == "loss" else metrics.get(self.monitor)
-        improved = self.best_epoch is None or (
+        improved = p.best_epoch is None or (
             value is not None
-            and (
-                self.best_value is None
-                or (value < self.best_value if self.monitor == "loss" else value > self.best_value)
-            )
+            and (p.best_value is None or (value < p.best_value if self.monitor == "loss" else value > p.best_value))
         )
         if improved:
-            self.best_value, self.best_epoch, self.bad_epochs = value, self.epoch, 0
+            p.best_value, p.best_epoch, p.bad_epochs = value, p.epoch, 0
         else:
-            self.bad_epochs += 1
+            p.bad_epochs += 1
+        train_loss = loss_sum / max(count, 1)
+        images_per_s = stats.seen / max(stats.seconds, 1e-9)
         record: dict[str, Any] = {
-            "epoch": self.epoch,
-            "lr": self.opt.param_groups[0]["lr"],
-            "frozen": self.frozen,
-            "train_loss": loss_sum / max(count, 1),
+            "epoch": p.epoch, "lr": self.opt.param_groups[0]["lr"], "frozen": stats.frozen, "train_loss": train_loss,
             "val_loss": val_loss,
-        }
+        }  # fmt: skip
         record |= {f"val_{k}": v for k, v in metrics.items() if k not in ("n", "threshold")}
-        record |= {"images_per_s": self.train_seen / max(self.train_time, 1e-9), "epoch_time_s": self.train_time}
-        record |= {"best": improved, "monitor": self.monitor}
-        self.history.append(record)
-        if cfg.patience and self.bad_epochs >= cfg.patience and self.epoch < cfg.epochs:
-            self.status = "early_stopped"
+        record |= {"images_per_s": images_per_s, "epoch_time_s": stats.seconds, "best": improved, "monitor": self.monitor}
+        p.history.append(record)
+        if cfg.patience and p.bad_epochs >= cfg.patience and p.epoch < cfg.epochs:
+            p.status = "early_stopped"
         if self.info.is_main:
-            card_metrics = {"epoch": self.epoch, "monitor": self.monitor, "val_loss": val_loss, **metrics}
+            card_metrics = {"epoch": p.epoch, "monitor": self.monitor, "val_loss": val_loss, **metrics}
             save_checkpoint(self.out / "last.safetensors", self.model, self._card(card_metrics))
             if improved:
                 save_checkpoint(self.out / "best.safetensors", self.model, self._card(card_metrics))
             self._write_logs()
         self._save_state()
-        self.emit("epoch_end", **record, status=self.status)
+        self.emit(EpochEnded(p.epoch, train_loss, val_loss, metrics, images_per_s, improved, p.status))
+
+    def _fit_trust(self) -> None:
+        """OOD statistics and temperature into ``best.safetensors`` (its weights are unchanged)."""
+        from cxrtool.models.checkpoint import load_checkpoint
+        from cxrtool.trust.fit import fit_trust
+
+        best = self.out / "best.safetensors"
+        if not best.is_file():
+            return
+        model, card = load_checkpoint(best)
+        model = model.to(self.runtime.device)
+        common = {"class_names": self.class_names, "task": self.task, "preprocess": self.preprocess, "skip_errors": True}
+        train, val = ManifestDataset(self.data.train, **common), ManifestDataset(self.data.val, **common)
+        try:
+            fitted = fit_trust(
+                model, card, train, val, splits=(self.cfg.train_split, self.cfg.val_split), quantile=self.cfg.ood_quantile,
+                device=self.runtime.device, batch_size=self.cfg.batch_size, workers=self.cfg.workers,
+            )  # fmt: skip
+        except CxrError as exc:
+            self.emit(RunWarning(f"no OOD statistics or temperature fitted ({exc}); add them later with `cxrtool calibrate {best} MANIFEST`"))
+            return
+        save_checkpoint(best, model, card, fitted.apply(card))
+        c, ood = fitted.calibration, fitted.ood
+        self.emit(TrustFitted(best, c["temperature"], c["ece"], c["ece_calibrated"], ood.threshold, ood.info["n_train"], ood.info["n_val"]))
 
     # --------------------------------------------------------------- output
     def _card(self, metrics: dict[str, Any]) -> ModelCard:
         return ModelCard(
             arch=self.arch, task=self.task, class_names=list(self.class_names), preprocess=self.preprocess,
-            config=self.cfg.to_dict(), metrics=metrics, dataset=self.dataset_info,
-            lineage=self.report.lineage,
+            config=self.cfg.to_dict(), metrics=metrics, dataset=self.data.info, lineage=self.report.lineage,
         )  # fmt: skip
 
     def _write_logs(self) -> None:
-        atomic_write_text(self.out / "log.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
-        rows = [_flatten(r) for r in self.history]
+        history = self.progress.history
+        atomic_write_text(self.out / "log.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+        rows = [_flatten(r) for r in history]
         columns = list(dict.fromkeys(k for row in rows for k in row))
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=columns)
@@ -466,27 +601,21 @@ class _Run:
             self.out / STATE_FILE,
             {
                 "config": json.dumps(self.cfg.to_dict()),
-                "status": self.status,
-                "epoch": self.epoch,
-                "step": self.step,
-                "run_loss": self.run_loss,
+                **self.progress.to_state(),
                 "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
                 "optimizer": self.opt.state_dict(),
                 "scheduler": self.sched.state_dict() if self.sched is not None else {},
                 "scaler": self.scaler.state_dict(),
                 "rng": rng_state(),
-                "best_value": self.best_value,
-                "best_epoch": self.best_epoch,
-                "bad_epochs": self.bad_epochs,
-                "history": json.dumps(self.history),
                 "init_report": json.dumps(asdict(self.report)),
-                "dataset": self.dataset_info,
+                "dataset": self.data.info,
             },
         )
 
 
-def _ignore_sigint(worker_id: int) -> None:
-    """Loader workers leave Ctrl-C to the main process, which finishes the step and saves."""
+def _init_loader_worker(owner_pid: int, worker_id: int) -> None:
+    """Loader workers leave Ctrl-C to the main process (it finishes the step and saves) and die with it."""
+    die_with(owner_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from cxrtool.task import Task
+
 
 def _div(a: float, b: float) -> float | None:
     return float(a) / float(b) if b else None
@@ -125,25 +127,26 @@ def multilabel_metrics(
 
 
 def compute_metrics(
-    task: str, probs: np.ndarray, targets: np.ndarray, class_names: Sequence[str], threshold: float = 0.5
+    task: Task, probs: np.ndarray, targets: np.ndarray, class_names: Sequence[str]
 ) -> dict[str, Any]:
-    if task == "multiclass":
-        return multiclass_metrics(probs, targets, class_names)
-    return multilabel_metrics(probs, targets, class_names, threshold)
+    """The task's metric set; multilabel decisions use the task's threshold."""
+    if task.multilabel:
+        return multilabel_metrics(probs, targets, class_names, task.threshold)
+    return multiclass_metrics(probs, targets, class_names)
 
 
-def _acc_f1(task: str, probs: np.ndarray, targets: np.ndarray, k: int, threshold: float) -> tuple:
-    if task == "multiclass":
+def _acc_f1(task: Task, probs: np.ndarray, targets: np.ndarray, k: int) -> tuple:
+    if not task.multilabel:
         cm = confusion_matrix(targets, probs.argmax(1), k)
         tp = np.diag(cm)
         return tp.sum() / cm.sum(), _macro_f1(tp, cm.sum(0) - tp, cm.sum(1) - tp)
-    truth, pred = targets > 0.5, probs >= threshold
+    truth, pred = targets > 0.5, probs >= task.threshold
     tp, fp, fn = (pred & truth).sum(0), (pred & ~truth).sum(0), (~pred & truth).sum(0)
     return (pred == truth).all(1).mean(), _macro_f1(tp, fp, fn)
 
 
 def bootstrap_ci(
-    task: str,
+    task: Task,
     probs: np.ndarray,
     targets: np.ndarray,
     num_classes: int,
@@ -151,7 +154,6 @@ def bootstrap_ci(
     n: int = 1000,
     seed: int = 0,
     level: float = 0.95,
-    threshold: float = 0.5,
 ) -> dict[str, Any]:
     """Percentile bootstrap intervals (resampling images) for accuracy and macro-F1."""
     if n <= 0 or len(targets) == 0:
@@ -160,7 +162,7 @@ def bootstrap_ci(
     accs, f1s = [], []
     for _ in range(n):
         idx = rng.integers(0, len(targets), len(targets))
-        acc, f1 = _acc_f1(task, probs[idx], targets[idx], num_classes, threshold)
+        acc, f1 = _acc_f1(task, probs[idx], targets[idx], num_classes)
         accs.append(acc)
         if f1 is not None:
             f1s.append(f1)

@@ -1,4 +1,4 @@
-"""Confusion-matrix and ROC pictures (matplotlib's Agg canvas: no display, no pyplot global state)."""
+"""Confusion-matrix, ROC and reliability pictures (matplotlib's Agg canvas: no display, no pyplot global state)."""
 
 from __future__ import annotations
 
@@ -63,4 +63,27 @@ def plot_roc(
     ax.set_ylabel("true positive rate (sensitivity)")
     ax.legend(loc="lower right", fontsize="small")
     ax.set_title(title or "ROC")
+    return _save(fig, Path(path))
+
+
+def plot_reliability(bins: Sequence[tuple[str, object]], path: str | Path, title: str = "") -> Path:
+    """Reliability diagram: observed accuracy against mean confidence per bin, one line per
+    ``(label, ReliabilityBins)`` (e.g. before and after temperature scaling), with each ECE.
+
+    Bins without films are left out; the diagonal is perfect calibration.
+    """
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 5.5))
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="perfect calibration")
+    for label, b in bins:
+        used = b.counts > 0
+        ax.plot(b.confidence[used], b.accuracy[used], marker="o", label=f"{label} (ECE {b.ece:.3f})")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel(f"mean confidence ({len(bins[0][1].counts)} equal-width bins)" if bins else "mean confidence")
+    ax.set_ylabel("observed accuracy")
+    ax.legend(loc="upper left", fontsize="small")
+    ax.set_title(title or "reliability")
     return _save(fig, Path(path))

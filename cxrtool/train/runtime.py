@@ -89,10 +89,6 @@ def grad_scaler(runtime: Runtime) -> torch.amp.GradScaler:
     return torch.amp.GradScaler(runtime.device.type, enabled=enabled)
 
 
-def to_probs(logits: torch.Tensor, task: str) -> torch.Tensor:
-    return logits.softmax(1) if task == "multiclass" else logits.sigmoid()
-
-
 @torch.inference_mode()
 def predict_logits(
     model: nn.Module, batches: Iterable, runtime: Runtime

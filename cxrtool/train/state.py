@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from cxrtool.errors import CxrError
-from cxrtool.fsutil import atomic_path
+from cxrtool.fsutil import atomic_path, remove_stale_temps
 
 STATE_FILE = "train_state.pt"
 FORMAT = "cxrtool-train-state/1"
@@ -42,6 +42,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_state(path: str | Path, state: dict[str, Any]) -> Path:
+    """Write the state atomically; temp files a killed earlier write left in the run folder go first."""
+    remove_stale_temps(Path(path).parent)
     with atomic_path(path) as tmp:
         torch.save({"format": FORMAT, **state}, tmp)
     return Path(path)
@@ -51,6 +53,7 @@ def load_state(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():
         path = path / STATE_FILE
+    remove_stale_temps(path.parent)  # a resume after kill -9: the half-written checkpoint/state temps
     if not path.is_file():
         raise CxrError(f"{path}: no training state to resume from")
     try:

@@ -31,7 +31,7 @@ def test_nih_nih1000(shared_data: Path, tmp_path: Path):
     assert res.exit_code == 0, res.output
     assert str(out) in res.stdout
     m = read_manifest(out)
-    assert len(m.rows) == 1000 and m.task == "multilabel"
+    assert len(m.rows) == 1000 and m.task.name == "multilabel"
     assert {r["split"] for r in m.rows} == {"train", "val", "test"}
 
 

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from cxrtool.datasets.nih import (
-    FINDINGS,
     NihOptions,
     parse_findings,
     parse_label_map,
@@ -17,6 +16,7 @@ from cxrtool.datasets.nih import (
     split_header,
 )
 from cxrtool.errors import CxrError
+from cxrtool.labels import CHESTXRAY14
 from cxrtool.manifest import read_manifest
 
 from nih_synth import V2017_HEADER, V2020_HEADER, nih_row
@@ -67,7 +67,7 @@ class TestPrepNih:
         out = tmp_path / "out" / "m.csv"
         rep = prep_nih(small_nih / "Data_Entry.csv", out, NihOptions(images=(small_nih / "imgs",), val_fraction=0.25), salt="s")
         m = read_manifest(out)
-        assert m.task == "multilabel" and m.class_names == list(FINDINGS)
+        assert m.task.name == "multilabel" and m.class_names == list(CHESTXRAY14)
         assert rep.missing == rep.missing_kept == 2 and not rep.ok
         statuses = {r["path"]: r["status"] for r in m.rows}
         assert statuses["00000001_000.png"] == "missing"
@@ -99,7 +99,7 @@ class TestPrepNih:
         opts = NihOptions(label_map="pneumonia=Pneumonia,effusion=Effusion,normal=No Finding")
         rep = prep_nih(small_nih / "Data_Entry.csv", tmp_path / "m.csv", opts, salt="s")
         m = read_manifest(tmp_path / "m.csv")
-        assert m.task == "multiclass" and not m.label_columns
+        assert m.task.name == "multiclass" and not m.label_columns
         assert rep.dropped["matches several --map targets"] == 4  # the Pneumonia|Effusion rows
         assert all(r["findings"] != "Effusion|Pneumonia" for r in m.rows)
         first = prep_nih(small_nih / "Data_Entry.csv", tmp_path / "f.csv", NihOptions(label_map=opts.label_map, conflict="first"), salt="s")
@@ -126,7 +126,7 @@ class TestRealData:
         assert len(records) == 112_120 and not bad
         assert len({r.patient for r in records}) == 30_805
         assert sum(1 for r in records if not r.findings) == 60_361  # No Finding, as published
-        assert {f for r in records for f in r.findings} == set(FINDINGS)
+        assert {f for r in records for f in r.findings} == set(CHESTXRAY14)
 
     def test_nih1000_stage1_manifest(self, shared_data: Path, tmp_path: Path):
         nih = shared_data / "nih"
@@ -134,7 +134,7 @@ class TestRealData:
         rep = prep_nih(nih / "Data_Entry_2017_v2020.csv", out, NihOptions(images=(nih / "nih1000_64",), drop_missing=True), salt="s")
         m = read_manifest(out)
         assert rep.ok and rep.rows_written == 1000 and rep.patients_crossing == 0
-        assert m.task == "multilabel" and len(m.class_names) == 14
+        assert m.task.name == "multilabel" and len(m.class_names) == 14
         assert all(m.resolve(r).is_file() for r in m.rows)
         test_names = set((nih / "test_list.txt").read_text().split())
         expected = list(csv.DictReader(open(nih / "images_manifest.csv", newline="")))

@@ -2,25 +2,35 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 import typer
 from typer.testing import CliRunner
 
-from cxrtool.cli import prep_dicom
-from cxrtool.dicom.pixels import WINDOW_POLICIES
+from cxrtool.cli import _options
+from cxrtool.cli.main import app as cxrtool_app
+from cxrtool.dicom.pixels import OUTPUT_BITS, WINDOW_POLICIES
 from cxrtool.manifest import read_manifest
 
 
 @pytest.fixture()
 def app(monkeypatch) -> typer.Typer:
     monkeypatch.setenv("CXRTOOL_SALT", "cli-test-salt")  # never touch ~/.config in tests
-    root, group = typer.Typer(), typer.Typer()
-    prep_dicom.register(group)
-    root.add_typer(group, name="prep")
-    return root
+    return cxrtool_app
 
 
 runner = CliRunner()
+
+
+def table_counts(text: str) -> dict[str, int]:
+    """``{first cell: last cell}`` of the rows of a Rich table whose last cell is a number."""
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip("│ ").split("│")]
+        if len(cells) >= 2 and cells[-1].isdigit():
+            rows[cells[0]] = int(cells[-1])
+    return rows
 
 
 def test_some_failed_exit_1_names_each_file(app, synthetic_dir, tmp_path):
@@ -28,8 +38,12 @@ def test_some_failed_exit_1_names_each_file(app, synthetic_dir, tmp_path):
     assert result.exit_code == 1, result.output
     assert "empty.dcm: empty file (0 bytes)" in result.stderr
     assert "truncated.dcm:" in result.stderr
-    assert "converted" in result.stdout and "11" in result.stdout
-    assert len(read_manifest(tmp_path / "out" / "manifest.csv").rows) == 15
+    rows = read_manifest(tmp_path / "out" / "manifest.csv").rows
+    assert len(rows) == 15
+    status = Counter(r["status"] for r in rows)
+    counts = table_counts(result.stdout)  # the summary table says what the manifest holds
+    assert (counts["converted"], counts["skipped"], counts["failed"]) == (status["ok"], status["skipped"], status["failed"])
+    assert counts["failed"] == 2 and counts["converted"] == 15 - 2 - counts["skipped"]
 
 
 def test_all_converted_exit_0_and_options(app, synthetic_dir, tmp_path):
@@ -48,12 +62,19 @@ def test_all_converted_exit_0_and_options(app, synthetic_dir, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "extra, message",
-    [(["--window", "auto"], "auto"), (["--bits", "12"], "12"), (["--size", "2"], "greater than or equal to 8")],
+    "extra, expected",
+    [
+        (["--window", "auto"], ["--window", *WINDOW_POLICIES]),  # names the option and every valid choice
+        (["--bits", "12"], ["--bits", *map(str, OUTPUT_BITS)]),
+        (["--size", "2"], ["--size", "greater than or equal to 8"]),
+    ],
 )
-def test_bad_options_exit_2(app, synthetic_dir, tmp_path, extra, message):
+def test_bad_options_exit_2_before_writing(app, synthetic_dir, tmp_path, extra, expected):
     result = runner.invoke(app, ["prep", "dicom", str(synthetic_dir), str(tmp_path / "o"), *extra])
-    assert result.exit_code == 2 and message in result.output
+    assert result.exit_code == 2, result.output
+    for text in expected:
+        assert text in result.output
+    assert not (tmp_path / "o").exists()
 
 
 def test_same_folder_is_a_usage_error(app, synthetic_dir):
@@ -63,4 +84,4 @@ def test_same_folder_is_a_usage_error(app, synthetic_dir):
 
 
 def test_window_choices_match_the_pipeline():
-    assert tuple(w.value for w in prep_dicom.Window) == WINDOW_POLICIES
+    assert tuple(w.value for w in _options.Window) == WINDOW_POLICIES

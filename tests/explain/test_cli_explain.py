@@ -11,7 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from cxrtool.cli.main import app
-from cxrtool.models.checkpoint import ModelCard, save_checkpoint
+from cxrtool.models.checkpoint import save_checkpoint
+from cxrtool.modelfile import ModelCard
 
 from .conftest import CLASSES
 

@@ -12,18 +12,12 @@ import torch
 
 from cxrtool.config import PreprocessCfg
 from cxrtool.errors import CxrError
-from cxrtool.export.onnx import (
-    SOURCE_SHA_KEY,
-    ParityError,
-    _spread,
-    export_onnx,
-    load_check_batch,
-    read_onnx_card,
-    read_onnx_metadata,
-)
+from cxrtool.export.onnx import export_onnx
 from cxrtool.infer.backends import available_backends, load_backend
 from cxrtool.infer.openvino_backend import compile_config
-from cxrtool.models.checkpoint import file_sha256, load_checkpoint, read_card
+from cxrtool.models.checkpoint import load_checkpoint
+from cxrtool.modelfile import SOURCE_SHA_KEY, file_sha256, read_card, read_onnx_card, read_onnx_metadata
+from cxrtool.parity import ParityError, _spread, load_check_batch
 
 from .conftest import SIZE, make_checkpoint
 

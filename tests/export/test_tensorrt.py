@@ -15,24 +15,21 @@ from PIL import Image
 
 from cxrtool.config import PreprocessCfg
 from cxrtool.errors import CxrError
-from cxrtool.export.tensorrt import (
+from cxrtool.export.tensorrt import CalibrationBatches, cuda_index, default_tolerance, engine_precision
+from cxrtool.images import load_image
+from cxrtool.infer.backends import load_backend
+from cxrtool.infer.trt_backend import TensorRTBackend, plan_chunks
+from cxrtool.modelfile import (
     BatchProfile,
-    CalibrationBatches,
     EngineSidecar,
+    ModelCard,
     check_compatible,
-    cuda_index,
     default_engine_path,
-    default_tolerance,
     engine_matches_source,
-    engine_precision,
     read_sidecar,
     sidecar_path,
     write_sidecar,
 )
-from cxrtool.images import load_image
-from cxrtool.infer.backends import load_backend
-from cxrtool.infer.trt_backend import TensorRTBackend, plan_chunks
-from cxrtool.models.checkpoint import ModelCard
 from cxrtool.preprocess import to_model_input
 
 HAS_TRT = all(importlib.util.find_spec(m) is not None for m in ("tensorrt", "pycuda"))

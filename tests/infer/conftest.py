@@ -17,7 +17,8 @@ def tiny_ckpt(tmp_path_factory) -> Path:
 
     from cxrtool.config import PreprocessCfg
     from cxrtool.models import build_model
-    from cxrtool.models.checkpoint import ModelCard, save_checkpoint
+    from cxrtool.models.checkpoint import save_checkpoint
+    from cxrtool.modelfile import ModelCard
 
     torch.manual_seed(0)
     model = build_model("densenet121", num_classes=len(CLASSES))

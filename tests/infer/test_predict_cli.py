@@ -5,12 +5,23 @@ from __future__ import annotations
 import json
 
 import pytest
-from infer_helpers import write_bad_files, write_good_images
+from infer_helpers import CLASSES, write_bad_files, write_good_images
 from typer.testing import CliRunner
 
 from cxrtool.cli.main import app
+from cxrtool.infer.backends import BACKENDS
 
 runner = CliRunner()
+
+
+def table_counts(text: str) -> dict[str, int]:
+    """``{first cell: last cell}`` of the rows of a Rich table whose last cell is a number."""
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip("│ ").split("│")]
+        if len(cells) >= 2 and cells[-1].isdigit():
+            rows[cells[0]] = int(cells[-1])
+    return rows
 
 
 def test_folder_with_broken_files_exits_1_and_names_each_failure(tiny_ckpt, tmp_path):
@@ -19,7 +30,9 @@ def test_folder_with_broken_files_exits_1_and_names_each_failure(tiny_ckpt, tmp_
     out = tmp_path / "p.csv"
     result = runner.invoke(app, ["predict", str(tmp_path / "in"), "-m", str(tiny_ckpt), "-o", str(out), "--workers", "1"])
     assert result.exit_code == 1, result.output
-    assert "failed" in result.stdout and str(len(good)) in result.stdout
+    counts = table_counts(result.stdout)
+    assert counts.pop("failed") == len(bad)
+    assert set(counts) == set(CLASSES) and sum(counts.values()) == len(good)  # every good film counted once, by class
     for path in bad:
         assert f"failed: {path}:" in result.stderr
     assert f"{len(good)} predicted" in result.stderr
@@ -39,20 +52,27 @@ def test_clean_run_exits_0_then_resume_predicts_nothing_new(tiny_ckpt, tmp_path)
 
 
 @pytest.mark.parametrize(
-    ("extra", "message"),
+    ("extra", "expected"),
     [
-        (["--shard", "3/2"], "--shard"),
-        (["--backend", "tpu"], "choose from"),
-        (["-o", "preds.txt"], ".csv or .jsonl"),
-        (["-m", "missing.safetensors"], "not found"),
+        (["--shard", "3/2"], ["--shard", "1 <= i <= n"]),
+        (["--shard", " 1/2"], ["--shard", "i/n such as 1/4"]),
+        (["--shard", "1/2 "], ["--shard", "i/n such as 1/4"]),
+        (["--shard", "+1/2"], ["--shard", "i/n such as 1/4"]),
+        (["--backend", "tpu"], ["--backend", "auto", *BACKENDS]),  # the choices come from the backend registry
+        (["--window", "bogus"], ["--window", "dicom", "minmax", "none"]),
+        (["-o", "preds.txt"], [".csv or .jsonl"]),
+        (["-m", "missing.safetensors"], ["missing.safetensors", "not found"]),
     ],
 )
-def test_usage_errors_exit_2_with_one_line(tiny_ckpt, tmp_path, extra, message):
-    args = ["predict", str(tmp_path), "-m", str(tiny_ckpt), "-o", str(tmp_path / "p.csv"), *extra]
+def test_usage_errors_exit_2_before_any_output(tiny_ckpt, tmp_path, extra, expected):
+    write_good_images(tmp_path / "in")
+    args = ["predict", str(tmp_path / "in"), "-m", str(tiny_ckpt), "-o", str(tmp_path / "p.csv"), "--workers", "0", *extra]
     result = runner.invoke(app, args)
-    assert result.exit_code == 2
-    assert message in result.output
+    assert result.exit_code == 2, result.output
+    for text in expected:
+        assert text in result.output
     assert "Traceback" not in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]  # nothing written, not even an error row
 
 
 def test_commands_have_help():

@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,16 +14,9 @@ import pytest
 from infer_helpers import CLASSES, write_bad_files, write_good_images
 
 from cxrtool.errors import CxrError
-from cxrtool.infer.predict import (
-    CRASH_REASON,
-    PredictOptions,
-    decode_file,
-    iter_decoded,
-    iter_jobs,
-    parse_shard,
-    predict_to_file,
-    shard_of,
-)
+from cxrtool.infer.decode_pool import CRASH_REASON, decode_file, iter_decoded
+from cxrtool.infer.jobs import iter_jobs, parse_shard, shard_of
+from cxrtool.infer.predict import PredictOptions, predict_to_file
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -31,11 +26,11 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 def direct_probs(ckpt: Path, paths: list[Path]) -> dict[str, np.ndarray]:
     """The same model run by hand, one file at a time: what the pipeline must reproduce."""
-    from cxrtool.infer.backends import load_backend, probabilities
+    from cxrtool.infer.backends import load_backend
 
     engine = load_backend(ckpt, backend="torch")
     return {
-        str(p): probabilities(engine.run(decode_file(str(p), engine.card.preprocess)[None]), "multiclass")[0]
+        str(p): engine.card.task.probs(engine.run(decode_file(str(p), engine.card.preprocess)[None]))[0]
         for p in paths
     }
 
@@ -177,7 +172,22 @@ def test_shard_keys_do_not_depend_on_where_the_folder_is_mounted(tmp_path):
     keys_a = [k for _, k in iter_jobs([a])]
     assert keys_a == [k for _, k in iter_jobs([b])]
     assert "sub/l.jpeg" in keys_a
-    assert [shard_of(k, 4) for k in keys_a] == [shard_of(k, 4) for k in keys_a]
+
+
+def test_shards_are_stable_across_processes(tmp_path):
+    """A fresh interpreter (new hash seed) assigns every key to the same shard as this one."""
+    keys = [f"site/{i:03d}/film.dcm" for i in range(40)] + ["sub/l.jpeg", "caf\udce9.png"]
+    here = [shard_of(k, 4) for k in keys]
+    code = (
+        "import json, sys\n"
+        "from cxrtool.infer.jobs import shard_of\n"
+        "keys = json.loads(sys.stdin.read())\n"
+        "print(json.dumps([shard_of(k, 4) for k in keys]))\n"
+    )
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}  # hash() would differ from this process's
+    done = subprocess.run([sys.executable, "-c", code], input=json.dumps(keys), capture_output=True, text=True, env=env, check=True)
+    assert json.loads(done.stdout) == here
+    assert len(set(here)) == 4  # 42 keys over 4 shards: a constant function could not pass
 
 
 @pytest.mark.parametrize("text", ["0/3", "4/3", "1/0", "a/b", "2", "1/2/3"])
@@ -236,3 +246,62 @@ def test_onnx_backends_predict_the_same_as_torch_on_real_films(tiny_ckpt, tiny_o
             assert r["predicted"] == want[r["path"]]["predicted"], name
             for c in CLASSES:
                 assert abs(float(r[f"p:{c}"]) - float(want[r["path"]][f"p:{c}"])) < 1e-4, name
+
+
+def constant_head_ckpt(tiny_ckpt: Path, dst: Path, bias: list[float], task) -> Path:
+    """The tiny model with a zeroed classifier: its logits are ``bias`` for every input."""
+    import dataclasses
+
+    import torch
+
+    from cxrtool.models.checkpoint import load_checkpoint, save_checkpoint
+
+    model, card = load_checkpoint(tiny_ckpt)
+    with torch.no_grad():
+        model.classifier.weight.zero_()
+        model.classifier.bias.copy_(torch.tensor(bias))
+    return save_checkpoint(dst, model, dataclasses.replace(card, task=task))
+
+
+@pytest.mark.parametrize("threshold, expected", [(0.6, "covid|normal"), (0.7, "covid")])
+def test_multilabel_rows_join_every_class_at_the_cards_threshold_with_a_bar(tiny_ckpt, tmp_path, threshold, expected):
+    from cxrtool.task import Multilabel
+
+    # sigmoid(2, 0.5, -3) = 0.881, 0.622, 0.047: the card's threshold decides whether "normal" is in
+    ckpt = constant_head_ckpt(tiny_ckpt, tmp_path / "ml.safetensors", [2.0, 0.5, -3.0], Multilabel(threshold=threshold))
+    folder = tmp_path / "in"
+    good = write_good_images(folder)
+    summary = predict_to_file([folder], ckpt, tmp_path / "p.csv", PredictOptions(workers=0))
+    rows = read_csv(tmp_path / "p.csv")
+    assert [r["predicted"] for r in rows] == [expected] * len(good)
+    assert float(rows[0]["p:normal"]) == pytest.approx(0.622459, abs=1e-6)
+    assert summary.per_class == {expected: len(good)}
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_model_output_that_is_not_finite_becomes_an_error_row(tiny_ckpt, tmp_path, bad):
+    ckpt = constant_head_ckpt(tiny_ckpt, tmp_path / "broken.safetensors", [bad, 0.0, 0.0], "multiclass")
+    folder = tmp_path / "in"
+    good = write_good_images(folder)
+    out = tmp_path / "p.jsonl"
+    summary = predict_to_file([folder], ckpt, out, PredictOptions(workers=0))
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert (summary.predicted, summary.failed) == (0, len(good))
+    assert len(rows) == len(good)
+    assert all(r["probabilities"] is None and r["predicted"] is None and "not finite" in r["error"] for r in rows)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_a_file_name_that_is_not_utf8_is_kept_byte_for_byte_and_resumed(tiny_ckpt, tmp_path, suffix):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    latin1 = os.fsdecode(b"caf\xe9.png")  # a Windows-share name: \xe9 is not valid UTF-8
+    write_good_images(tmp_path / "src")
+    (folder / latin1).write_bytes((tmp_path / "src" / "l.png").read_bytes())
+    (folder / "plain.png").write_bytes((tmp_path / "src" / "l.png").read_bytes())
+    out = tmp_path / f"p{suffix}"
+    summary = predict_to_file([folder], tiny_ckpt, out, PredictOptions(workers=0))
+    assert (summary.predicted, summary.failed) == (2, 0)
+    assert os.fsencode(folder) + b"/caf\xe9.png" in out.read_bytes()  # the name's own bytes, not a replacement
+    again = predict_to_file([folder], tiny_ckpt, out, PredictOptions(workers=0, resume=True))
+    assert (again.predicted, again.skipped_resume) == (0, 2)  # read back, the name matches the file on disk

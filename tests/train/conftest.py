@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cxrtool.manifest import label_column, write_manifest
-from cxrtool.models.init import CHESTXRAY14
+from cxrtool.labels import CHESTXRAY14
 
 COVID_CLASSES = ("covid", "normal", "viral_pneumonia")
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
+from tiny_arch import register_tiny_arch
 
 from cxrtool.models.checkpoint import load_state_dict
 from cxrtool.train.config import TrainConfig
@@ -22,6 +23,7 @@ def _worker(rank: int, cfg: dict, port: int, dump: str) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank)
     )
+    register_tiny_arch()  # a spawned process does not run the test session's fixtures
     result = fit(TrainConfig(**cfg))
     torch.save({k: v.detach().cpu() for k, v in result.model.state_dict().items()}, f"{dump}/rank{rank}.pt")
 

@@ -11,7 +11,8 @@ import torchvision
 
 from cxrtool.errors import CxrError
 from cxrtool.models import build_model
-from cxrtool.models.checkpoint import ModelCard, file_sha256, save_checkpoint
+from cxrtool.models.checkpoint import save_checkpoint
+from cxrtool.modelfile import ModelCard, file_sha256
 from cxrtool.models.densenet import DenseNetClassifier
 from cxrtool.models.init import (
     imagenet_weights_file,

@@ -7,6 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
+from cxrtool.task import get_task
 from cxrtool.train.metrics import auc_score, bootstrap_ci, multiclass_metrics, multilabel_metrics, roc_curve
 
 
@@ -58,7 +59,7 @@ def test_bootstrap_interval_brackets_the_estimate() -> None:
     y = rng.integers(0, 3, 200)
     probs = np.where(rng.random((200, 1)) < 0.7, np.eye(3)[y], rng.dirichlet(np.ones(3), 200))
     m = multiclass_metrics(probs, y, ["a", "b", "c"])
-    ci = bootstrap_ci("multiclass", probs, y, 3, n=300, seed=0)
+    ci = bootstrap_ci(get_task("multiclass"), probs, y, 3, n=300, seed=0)
     assert ci["accuracy"][0] < m["accuracy"] < ci["accuracy"][1]
     assert ci["macro_f1"][0] < m["macro_f1"] < ci["macro_f1"][1]
     assert ci["accuracy"][1] - ci["accuracy"][0] < 0.2

@@ -19,10 +19,12 @@ from cxrtool.cli.main import app
 from cxrtool.errors import CxrError
 from cxrtool.manifest import read_manifest, write_manifest
 from cxrtool.models import build_model
-from cxrtool.models.checkpoint import file_sha256, load_checkpoint, load_state_dict, read_card
-from cxrtool.models.init import CHESTXRAY14, initialise
+from cxrtool.models.checkpoint import load_checkpoint, load_state_dict
+from cxrtool.modelfile import file_sha256, read_card
+from cxrtool.labels import CHESTXRAY14
+from cxrtool.models.init import initialise
 from cxrtool.train.config import TrainConfig, resolve_config
-from cxrtool.train.loop import fit, resume_config
+from cxrtool.train.loop import RunWarning, SetupDone, fit, resume_config
 
 pytestmark = pytest.mark.shared_data
 COVID3 = ["covid", "normal", "viral_pneumonia"]
@@ -51,7 +53,7 @@ def test_stage1_multilabel_learns_and_logs(stage1: Path) -> None:
     assert log[1]["train_loss"] < log[0]["train_loss"]  # loss falls
     assert all(isinstance(r["val_auc_macro"], float) for r in log)  # per-finding AUC where both outcomes exist
     card = read_card(stage1 / "best.safetensors")
-    assert card.task == "multilabel" and card.class_names == list(CHESTXRAY14)
+    assert card.task.name == "multilabel" and card.class_names == list(CHESTXRAY14)
     assert card.preprocess.input_size == 32 and card.config["init"] == "none"
     with open(stage1 / "log.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -86,7 +88,7 @@ def test_stage2_cli_twice_transfer_then_evaluate(stage1: Path, covid_small: Path
     assert all(isinstance(r["val_accuracy"], float) and isinstance(r["val_macro_f1"], float) for r in log)
     assert log[1]["train_loss"] < log[0]["train_loss"]
     card = read_card(out / "best.safetensors")
-    assert card.task == "multiclass" and card.class_names == COVID3
+    assert card.task.name == "multiclass" and card.class_names == COVID3
     assert card.preprocess.input_size == 32  # inherited from the stage-1 card
     assert card.lineage[0]["sha256"] == file_sha256(s1) and card.lineage[0]["class_names"] == list(CHESTXRAY14)
     assert card.config["keep_map"] == {"viral_pneumonia": "Pneumonia"}
@@ -126,11 +128,14 @@ def test_resume_equals_uninterrupted_run(covid_small: Path, tmp_path: Path) -> N
     # that already hosts OpenVINO/ONNX Runtime thread pools (from other test files) can crash it.
     cfg_json = json.dumps(_cfg(covid_small, tmp_path / "b", **kw).to_dict())
     script = f"""
-import json, signal
+import json, signal, sys
+sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+from tiny_arch import register_tiny_arch
+register_tiny_arch()
 from cxrtool.train.config import TrainConfig
-from cxrtool.train.loop import fit
-def interrupt(kind, data):
-    if kind == "step" and data["epoch"] == 2 and data["step"] == 1:
+from cxrtool.train.loop import StepDone, fit
+def interrupt(event):
+    if isinstance(event, StepDone) and event.epoch == 2 and event.step == 1:
         signal.raise_signal(signal.SIGINT)  # the real handler: finish this step, save, stop
 cut = fit(TrainConfig.from_dict(json.loads({cfg_json!r})), on_event=interrupt)
 print(json.dumps([cut.status, cut.epochs_done, signal.getsignal(signal.SIGINT) is signal.default_int_handler]))
@@ -173,29 +178,29 @@ def test_cli_reports_missing_imagenet_weights(
 
 
 def test_cpu_amp_bf16_runs_and_fp16_degrades_with_a_warning(covid_small: Path, tmp_path: Path) -> None:
-    events: list[tuple[str, dict]] = []
+    events: list = []
     kw = {"init": "none", "arch": "densenet_tiny", "epochs": 1, "batch_size": 12, "augment": False}
-    result = fit(_cfg(covid_small, tmp_path / "bf16", amp="bf16", **kw), on_event=lambda k, d: events.append((k, d)))
-    setup = next(d for k, d in events if k == "setup")
-    assert setup["runtime"] == "cpu bf16" and result.status == "completed"
+    result = fit(_cfg(covid_small, tmp_path / "bf16", amp="bf16", **kw), on_event=events.append)
+    setup = next(e for e in events if isinstance(e, SetupDone))
+    assert setup.runtime == "cpu bf16" and result.status == "completed"
     assert all(torch.isfinite(v).all() for v in load_state_dict(tmp_path / "bf16" / "last.safetensors").values())
     events.clear()
-    fit(_cfg(covid_small, tmp_path / "fp16", amp="fp16", **kw), on_event=lambda k, d: events.append((k, d)))
-    assert any(k == "warning" and "fp16 autocast needs CUDA" in d["message"] for k, d in events)
-    assert next(d for k, d in events if k == "setup")["runtime"] == "cpu fp32"
+    fit(_cfg(covid_small, tmp_path / "fp16", amp="fp16", **kw), on_event=events.append)
+    assert any(isinstance(e, RunWarning) and "fp16 autocast needs CUDA" in e.message for e in events)
+    assert next(e for e in events if isinstance(e, SetupDone)).runtime == "cpu fp32"
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("amp", ["fp16", "bf16"])
 def test_cuda_amp_channels_last(covid_small: Path, tmp_path: Path, amp: str) -> None:
-    events: list[tuple[str, dict]] = []
+    events: list = []
     cfg = _cfg(
         covid_small, tmp_path, init="none", arch="densenet_tiny", epochs=2, batch_size=12, device="cuda", amp=amp
     )
-    result = fit(cfg, on_event=lambda k, d: events.append((k, d)))
+    result = fit(cfg, on_event=events.append)
     assert result.status == "completed"
-    assert next(d for k, d in events if k == "setup")["runtime"] == f"cuda:0 {amp} channels_last"
+    assert next(e for e in events if isinstance(e, SetupDone)).runtime == f"cuda:0 {amp} channels_last"
     state = torch.load(tmp_path / "train_state.pt", weights_only=True)
     assert bool(state["scaler"]) == (amp == "fp16")  # the grad scaler is active only for fp16
     resumed = fit(resume_config(tmp_path), resume=True)

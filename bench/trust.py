@@ -1,0 +1,236 @@
+"""Issue-11 trust targets, measured on the fixture data with a model trained for real epochs.
+
+Model: the recipe of the tests' ``trained_checkpoint`` (DenseNet121 from scratch on covid3_256 at
+64 px, 7 epochs, group-aware splits), trained here unless ``--checkpoint`` is given; a checkpoint
+without trust statistics is calibrated first (``cxrtool calibrate``'s core).  Measures:
+
+* AUROC of ``ood_score``: non-chest radiographs (../shared/data/dicom/nonchest plus the CT/MR
+  images inside the pydicom package, through the same loader, duplicates removed) vs the
+  test split  -- target >= 0.98
+* share of the in-distribution test split flagged            -- target <= 10%
+* ECE (15 bins) on the validation split before / after temperature scaling -- target <= 0.05 and lower
+* predict end-to-end time at batch 16 with the score vs the same checkpoint without statistics
+  (alternating runs, best of ``--repeats``)                      -- target <= +5%
+* for honesty: the share flagged among adult chest films the model never saw (NIH thumbnails,
+  ../shared/data/dicom/chest), which the fixture model's classes do not describe well
+
+Usage: .venv/bin/python bench/trust.py [--workdir DIR] [--checkpoint CKPT --manifest CSV] [--json OUT]
+Exit code 1 when a target is missed.  Timing needs a quiet machine (see `uptime`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+
+
+def train_fixture_model(workdir: Path, data: Path) -> tuple[Path, Path]:
+    """The tests' ``trained_checkpoint`` recipe (trust statistics fitted at the end, as ``train`` does)."""
+    from cxrtool.datasets.folder import FolderOptions, prep_folder
+    from cxrtool.train.config import TrainConfig
+    from cxrtool.train.loop import fit
+
+    manifest = workdir / "covid3.csv"
+    best = workdir / "run" / "best.safetensors"
+    if not manifest.exists():
+        prep_folder(data / "covid3_256", manifest, FolderOptions(groups=data / "covid3" / "manifest.csv", groups_path_col="file_256"), salt="tests")
+    if not best.exists():
+        cfg = TrainConfig(manifest=str(manifest), out_dir=str(workdir / "run"), init="none", input_size=64, epochs=7, batch_size=32,
+                          lr=2e-3, monitor="accuracy", seed=0, workers=0, device="cpu")  # fmt: skip
+        fit(cfg)
+    return best, manifest
+
+
+def nonchest_files(data: Path) -> list[Path]:
+    """The fixture non-chest CRs and the CT/MR images pydicom ships (any with pixel data)."""
+    import pydicom
+    import pydicom.data
+
+    files = sorted((data / "dicom" / "nonchest").glob("*.dcm"))
+    for f in pydicom.data.get_testdata_files():
+        try:
+            ds = pydicom.dcmread(f, stop_before_pixels=True, force=True)
+        except Exception:
+            continue
+        if str(ds.get("Modality", "")) in ("CT", "MR") and "Rows" in ds:
+            files.append(Path(f))
+    return files
+
+
+def features_of(backend, files: list[Path], *, dedupe: bool = False) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
+    """(names, logits, features, failures) through the shared loader; ``dedupe`` drops identical inputs."""
+    from cxrtool.errors import ImageLoadError
+    from cxrtool.preprocess import load_input
+
+    names, xs, failures, seen = [], [], [], set()
+    for f in files:
+        try:
+            x = load_input(f, backend.card.preprocess)
+        except ImageLoadError as exc:
+            failures.append(f"{f.name}: {exc.reason}")
+            continue
+        key = hashlib.sha256(x.tobytes()).hexdigest()
+        if dedupe and key in seen:
+            continue
+        seen.add(key)
+        names.append(f.name)
+        xs.append(x)
+    logits, feats = [], []
+    for i in range(0, len(xs), 32):
+        z, f = backend.run_features(np.stack(xs[i : i + 32]))
+        logits.append(z)
+        feats.append(f)
+    return names, np.concatenate(logits), np.concatenate(feats), failures
+
+
+def split_files(manifest: Path, split: str) -> list[Path]:
+    from cxrtool.manifest import read_manifest
+
+    m = read_manifest(manifest).select(split)
+    return [m.resolve(r) for r in m.rows]
+
+
+def time_predict(models: dict[str, Path], folder: Path, workdir: Path, repeats: int, backend: str) -> dict[str, float]:
+    """Best-of-``repeats`` seconds of ``predict_to_file`` (batch 16) per model, runs alternating."""
+    from cxrtool.infer.predict import PredictOptions, predict_to_file
+
+    best = dict.fromkeys(models, float("inf"))
+    for _ in range(repeats):
+        for name, model in models.items():
+            out = workdir / f"pred_{name}.csv"
+            summary = predict_to_file([folder], model, out, PredictOptions(batch_size=16, overwrite=True), backend=backend)
+            best[name] = min(best[name], summary.seconds)
+    return best
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--workdir", type=Path, default=REPO / "bench" / "out" / "trust")
+    ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--checkpoint", type=Path)
+    ap.add_argument("--manifest", type=Path)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--nih", type=int, default=1000, help="NIH thumbnails to score (all 1000 by default)")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+
+    from sklearn.metrics import roc_auc_score
+
+    from cxrtool.export.onnx import export_onnx
+    from cxrtool.infer.backends import load_backend
+    from cxrtool.modelfile import read_card
+    from cxrtool.trust import load_trust
+    from cxrtool.trust.calibration import ece, scaled_probs
+    from cxrtool.trust.fit import calibrate_checkpoint
+
+    t0 = time.perf_counter()
+    if args.checkpoint:
+        ckpt, manifest = args.checkpoint, args.manifest
+    else:
+        ckpt, manifest = train_fixture_model(args.workdir, args.data)
+    if not read_card(ckpt).ood:
+        ckpt = calibrate_checkpoint(ckpt, manifest, args.workdir / "calibrated.safetensors").out
+    train_s = time.perf_counter() - t0
+    backend = load_backend(ckpt, backend="torch")
+    trust = load_trust(ckpt, backend.card)
+    card, ood = backend.card, trust.ood
+    r: dict = {"checkpoint": str(ckpt), "train_or_calibrate_s": round(train_s, 1), "threshold": ood.threshold,
+               "temperature": trust.temperature, "depths": [d.name for d in ood.depths]}  # fmt: skip
+
+    # in distribution: test and val splits
+    _, test_logits, test_f, _ = features_of(backend, split_files(manifest, "test"))
+    test_scores = ood.score(test_f)
+    r["test_n"], r["test_flagged_share"] = len(test_scores), float(np.mean(test_scores > ood.threshold))
+    val_files = split_files(manifest, "val")
+    from cxrtool.manifest import read_manifest
+
+    val_rows = read_manifest(manifest).select("val").rows
+    val_targets = np.array([card.class_names.index(row["label"]) for row in val_rows])
+    _, val_logits, _, _ = features_of(backend, val_files)
+    r["val_ece_before"] = ece(card.task, scaled_probs(card.task, val_logits), val_targets)
+    r["val_ece_after"] = ece(card.task, scaled_probs(card.task, val_logits, trust.temperature), val_targets)
+    test_targets = np.array([card.class_names.index(row["label"]) for row in read_manifest(manifest).select("test").rows])
+    r["test_ece_before"] = ece(card.task, scaled_probs(card.task, test_logits), test_targets)
+    r["test_ece_after"] = ece(card.task, scaled_probs(card.task, test_logits, trust.temperature), test_targets)
+    r["test_accuracy"] = float((test_logits.argmax(1) == test_targets).mean())
+
+    # far out of distribution: non-chest radiographs, CT, MR
+    names, _, far_f, far_fail = features_of(backend, nonchest_files(args.data), dedupe=True)
+    far_scores = ood.score(far_f)
+    r["nonchest_n"], r["nonchest_failed"] = len(far_scores), far_fail
+    r["nonchest_auroc"] = float(roc_auc_score(np.r_[np.zeros(len(test_scores)), np.ones(len(far_scores))], np.r_[test_scores, far_scores]))
+    r["nonchest_flagged_share"] = float(np.mean(far_scores > ood.threshold))
+    r["nonchest_scores"] = {n: round(float(s), 3) for n, s in zip(names, far_scores)}
+
+    # adult chest films from other collections (the fixture's covid class is adult, normal/viral are children)
+    nih = sorted((args.data / "nih" / "nih1000_64").rglob("*.png"))[: args.nih]
+    _, nih_logits, nih_f, _ = features_of(backend, nih)
+    nih_scores = ood.score(nih_f)
+    r["nih_n"], r["nih_flagged_share"] = len(nih_scores), float(np.mean(nih_scores > ood.threshold))
+    r["nih_auroc_vs_test"] = float(roc_auc_score(np.r_[np.zeros(len(test_scores)), np.ones(len(nih_scores))], np.r_[test_scores, nih_scores]))
+    r["nih_predicted"] = {c: int((nih_logits.argmax(1) == i).sum()) for i, c in enumerate(card.class_names)}
+    chest = sorted((args.data / "dicom" / "chest").glob("*.dcm"))
+    cnames, _, chest_f, _ = features_of(backend, chest)
+    chest_scores = ood.score(chest_f)
+    r["dicom_chest_n"], r["dicom_chest_flagged_share"] = len(chest_scores), float(np.mean(chest_scores > ood.threshold))
+    r["dicom_chest_scores"] = {n: round(float(s), 3) for n, s in zip(cnames, chest_scores)}
+
+    # parity: ONNX Runtime and OpenVINO (f32 and the CPU's default) against torch on real test films
+    onnx_path = export_onnx(ckpt, args.workdir / "engines" / f"{ckpt.stem}.onnx", check_images=split_files(manifest, "test")[:16]).path
+    ref = test_scores
+    parity = {}
+    for name, opts in (("onnxruntime", {}), ("openvino_f32", {"precision": "f32"}), ("openvino_auto", {"precision": "auto"})):
+        try:
+            b = load_backend(onnx_path, backend=name.split("_")[0], **opts)
+        except Exception as exc:  # a runtime missing here: report, do not fail the bench
+            parity[name] = f"unavailable: {exc}"
+            continue
+        _, _, f, _ = features_of(b, split_files(manifest, "test"))
+        s = load_trust(onnx_path, b.card).ood.score(f)
+        parity[name] = {"max_rel_diff": float((np.abs(s - ref) / np.maximum(1.0, np.abs(ref))).max()), "precision": b.describe().get("precision", "f32")}
+    r["parity"] = parity
+
+    # overhead: predict end-to-end, batch 16, same weights with / without statistics
+    plain = args.workdir / "plain.safetensors"
+    if not plain.exists():
+        from cxrtool.models.checkpoint import load_checkpoint, save_checkpoint
+
+        model, c = load_checkpoint(ckpt)
+        c.ood, c.calibration = {}, {}
+        save_checkpoint(plain, model, c)
+    folder = args.workdir / "predict_in"
+    if not folder.exists():
+        folder.mkdir()
+        for f in split_files(manifest, "test"):
+            shutil.copy(f, folder / f"{f.parent.name}_{f.name}")
+    times = time_predict({"with_score": ckpt, "without": plain}, folder, args.workdir, args.repeats, "torch")
+    r["predict_s"] = times
+    r["predict_overhead"] = times["with_score"] / times["without"] - 1
+
+    targets = {
+        "nonchest_auroc >= 0.98": r["nonchest_auroc"] >= 0.98,
+        "test_flagged_share <= 0.10": r["test_flagged_share"] <= 0.10,
+        "val_ece_after <= 0.05 and < before": r["val_ece_after"] <= 0.05 and r["val_ece_after"] < r["val_ece_before"],
+        "predict_overhead <= 0.05": r["predict_overhead"] <= 0.05,
+    }
+    r["targets"] = targets
+    text = json.dumps(r, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+    return 0 if all(targets.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""``cxrtool listen``: a DICOM Storage SCP that answers every received film with an SR + heatmap SC (thin wrapper)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from cxrtool.cli._console import err, user_errors
+
+
+def listen(
+    model: Annotated[Path, typer.Option("--model", "-m", help="cxrtool checkpoint (.safetensors; heatmaps need one) or ONNX file.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for results/, predictions.csv, spool/, outbox/, failed/.")],
+    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port to listen on.")] = 11112,
+    ae_title: Annotated[str, typer.Option("--ae-title", help="This service's AE title.")] = "CXRTOOL",
+    bind: Annotated[str, typer.Option(help="Address to bind; the default keeps the service on this machine.")] = "127.0.0.1",
+    allow: Annotated[
+        Optional[list[str]], typer.Option("--allow", show_default="loopback peers only", help="Accept associations from AET@HOST (repeatable).")
+    ] = None,
+    send_to: Annotated[Optional[str], typer.Option("--send-to", help="C-STORE each SR + SC to AET@HOST:PORT (e.g. back to the PACS).")] = None,
+    max_queue: Annotated[int, typer.Option("--max-queue", min=1, help="Films spooled but not processed before C-STOREs are refused (A700).")] = 64,
+) -> None:
+    """Receive films over DICOM, write SR + SC for each, optionally send them on; stops cleanly on SIGTERM or Ctrl-C."""
+    import logging
+    import signal
+    import threading
+
+    from cxrtool.listen import ListenConfig, Listener, parse_destination, parse_peer
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    with user_errors():
+        config = ListenConfig(
+            model=model, out=out, port=port, ae_title=ae_title, bind=bind,
+            allow=tuple(parse_peer(a) for a in allow or ()),
+            send_to=parse_destination(send_to) if send_to else None, max_queue=max_queue,
+        )
+        listener = Listener(config).start()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    err.print(f"cxrtool listen: {ae_title} on {bind}:{listener.port}; SIGTERM or Ctrl-C stops after the current film", soft_wrap=True)
+    while not stop.wait(1.0):
+        pass
+    listener.stop()
+    err.print(f"stopped: {listener.received} received, {listener.worker.processed} processed, {listener.worker.failed} failed, "
+              f"{len(listener.spool)} left in the spool", soft_wrap=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``listen`` to the root app."""
+    app.command(no_args_is_help=True)(listen)

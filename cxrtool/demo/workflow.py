@@ -1,0 +1,166 @@
+"""The demo: prep dicom, prep nih, twice transfer, evaluate, export, predict, explain, report.
+
+Stage 2 cannot use COVID-19 films (none with a licence that allows shipping them), so it is a
+3-class task built from ChestX-ray14 labels: ``normal`` (No Finding), ``effusion`` (Effusion)
+and ``opacity`` (Pneumonia, Consolidation or Infiltration), keeping stage 1's Effusion and
+Pneumonia output neurons as the paper keeps its Pneumonia neuron for viral pneumonia.  On 64 px
+thumbnails and a few epochs this shows how the tool is used; the model diagnoses nothing.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cxrtool.errors import CxrError
+
+SAMPLE = Path(__file__).resolve().parent / "sample"
+ATTRIBUTION = Path(__file__).resolve().parent / "ATTRIBUTION.md"
+CAVEAT = (
+    "cxrtool demo: this demonstrates the workflow on 64-pixel ChestX-ray14 thumbnails with a model trained for a few "
+    "epochs on a few hundred films. It is not a diagnostic model; its predictions mean nothing clinically."
+)
+STAGE2_MAP = "normal=No Finding,effusion=Effusion,opacity=Pneumonia|Consolidation|Infiltration"
+KEEP_MAP = {"effusion": "Effusion", "opacity": "Pneumonia"}
+
+Step = Callable[[int, int, str, str], None]  # (number, total, title, what was done / written)
+
+
+@dataclass(frozen=True)
+class DemoSize:
+    """How big the demo runs; the defaults are what ``cxrtool demo`` does (the test suite runs a smaller one)."""
+
+    arch: str = "densenet121"
+    input_size: int = 64
+    stage1_epochs: int = 3
+    stage2_epochs: int = 4
+    batch_size: int = 32
+    scan_films: int = 24  # test-split films copied into scans/ for predict, explain and the report
+    bootstrap: int = 200
+
+
+
+
+@dataclass
+class DemoResult:
+    out: Path
+    report: Path
+    seconds: float
+    files: dict[str, Path] = field(default_factory=dict)
+    numbers: dict[str, Any] = field(default_factory=dict)
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and any(out.iterdir()) and not (out / "DEMO.txt").is_file():
+        raise CxrError(f"{out}: exists and is not an earlier demo folder; choose an empty or new folder")
+
+
+def run_demo(
+    out: str | Path, *, size: DemoSize = DemoSize(), on_step: Step | None = None, on_note: Callable[[str], None] | None = None, sample: Path = SAMPLE
+) -> DemoResult:
+    """Run every step into ``out`` (an earlier demo there is replaced); see the module docstring.
+
+    ``on_step`` hears of each finished step (number, total, title, what it did and wrote);
+    ``on_note`` gets progress lines inside the long steps (one per training epoch).
+    """
+    from cxrtool.datasets.nih import NihOptions, prep_nih
+    from cxrtool.dicom.prepare import PrepOptions, prepare_folder
+    from cxrtool.explain.attribution import ExplainOptions, explain_files, plan_inputs
+    from cxrtool.exporting import export_model
+    from cxrtool.infer.predict import PredictOptions, predict_to_file
+    from cxrtool.manifest import read_manifest
+    from cxrtool.models.checkpoint import load_checkpoint
+    from cxrtool.privacy import load_or_create_salt
+    from cxrtool.report.html import build_report
+    from cxrtool.train.config import TrainConfig
+    from cxrtool.train.evaluate import evaluate
+    from cxrtool.train.loop import fit
+
+    t0 = time.perf_counter()
+    out = Path(out)
+    _check_out(out)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    (out / "DEMO.txt").write_text(CAVEAT + "\n", encoding="utf-8")
+    shutil.copyfile(ATTRIBUTION, out / "ATTRIBUTION.md")
+    salt = load_or_create_salt(out / ".salt")
+    nih = sample / "nih"
+    total = 10
+    step = on_step or (lambda *_: None)
+    note = on_note or (lambda _: None)
+
+    def epochs(stage: str) -> Callable[[str, dict[str, Any]], None]:
+        def on_event(kind: str, data: dict[str, Any]) -> None:
+            if kind == "epoch_end":
+                vals = "  ".join(f"{k} {data[k]:.3f}" for k in ("train_loss", "val_loss", "val_macro_f1", "val_auc_macro") if isinstance(data.get(k), float))
+                note(f"{stage} epoch {data['epoch']}: {vals}")
+
+        return on_event
+    res = DemoResult(out, out / "report.html", 0.0)
+
+    dicom = prepare_folder(sample / "dicom", out / "dicom_png", options=PrepOptions(salt=salt, size=512))
+    res.files["dicom"] = dicom.manifest
+    step(1, total, "prep dicom", f"{len(dicom.rows) - len(dicom.failed)} of {len(dicom.rows)} public test DICOMs rendered to PNG as a viewer shows them -> {out / 'dicom_png'}")
+
+    images = (nih / "images",)
+    lists = {"train_val_list": nih / "train_val_list.txt", "test_list": nih / "test_list.txt"}
+    stage1_csv, stage2_csv = out / "nih14.csv", out / "nih3.csv"
+    r1 = prep_nih(nih / "Data_Entry_2017_v2020.csv", stage1_csv, NihOptions(images=images, drop_missing=True, **lists), salt=salt)
+    r2 = prep_nih(nih / "Data_Entry_2017_v2020.csv", stage2_csv, NihOptions(images=images, drop_missing=True, label_map=STAGE2_MAP, **lists), salt=salt)
+    step(2, total, "prep nih", f"{r1.rows_written} ChestX-ray14 thumbnails -> 14-finding manifest {stage1_csv}; "
+         f"{r2.rows_written} of them relabelled normal / effusion / opacity -> {stage2_csv} (official test split, patient-wise val)")  # fmt: skip
+
+    common = {"arch": size.arch, "input_size": size.input_size, "batch_size": size.batch_size, "device": "cpu", "workers": 0, "lr": 1e-3}
+    s1 = fit(TrainConfig(manifest=str(stage1_csv), out_dir=str(out / "runs" / "stage1"), init="none", epochs=size.stage1_epochs, **common), on_event=epochs("stage 1"))
+    stage1 = s1.out_dir / "best.safetensors"
+    res.numbers["stage1_val_auc_macro"] = s1.best_value
+    step(3, total, "train stage 1", f"{size.arch} from scratch, multilabel (14 findings), {s1.epochs_done} epochs: best val {s1.monitor} {s1.best_value:.3f} -> {stage1}")
+
+    s2 = fit(TrainConfig(manifest=str(stage2_csv), out_dir=str(out / "runs" / "stage2"), init=str(stage1), keep_neurons=True, keep_map=dict(KEEP_MAP), epochs=size.stage2_epochs, **common), on_event=epochs("stage 2"))
+    stage2 = s2.out_dir / "best.safetensors"
+    res.numbers["stage2_val_macro_f1"] = s2.best_value
+    kept = ", ".join(f"{new} <- {old}" for new, old in KEEP_MAP.items())
+    step(4, total, "train stage 2", f"3 classes from the stage-1 weights, output neurons kept ({kept}), {s2.epochs_done} epochs: best val {s2.monitor} {s2.best_value:.3f} -> {stage2}")
+
+    ev = evaluate(stage2, stage2_csv, out / "eval", split="test", device="cpu", bootstrap=size.bootstrap)
+    res.numbers.update({f"test_{k}": ev.metrics.get(k) for k in ("accuracy", "macro_f1", "auc_macro")})
+    step(5, total, "evaluate", f"test split, n={ev.n_ok}: accuracy {ev.metrics['accuracy']:.3f}, macro F1 {ev.metrics['macro_f1']:.3f}, "
+         f"macro AUC {ev.metrics['auc_macro']:.3f} -> {out / 'eval'}")  # fmt: skip
+
+    scans = out / "scans"
+    manifest3 = read_manifest(stage2_csv)
+    test_rows = manifest3.select("test").rows[: size.scan_films]
+    scans.mkdir()
+    for r in test_rows:
+        shutil.copyfile(manifest3.resolve(r), scans / Path(r["path"]).name)
+    for dcm in sorted((sample / "dicom").iterdir()):
+        shutil.copyfile(dcm, scans / dcm.name)
+    good = next(scans.glob("*.png")).read_bytes()
+    (scans / "truncated_download.png").write_bytes(good[: len(good) // 3])  # a real-world failure: shown as an error row
+    exported = export_model(stage2, onnx=True, check_images=[scans], check_count=8)
+    onnx_path = exported.onnx_path
+    parity = exported.onnx.parity if exported.onnx else None
+    detail = f"max |logit difference| vs torch {parity.max_abs_diff:.1e} on {parity.n_inputs} films" if parity else "reused"
+    step(6, total, "export --onnx", f"{detail} -> {onnx_path}")
+
+    preds = out / "predictions.csv"
+    summary = predict_to_file([scans], onnx_path, preds, PredictOptions(workers=0, batch_size=16), backend="onnxruntime", device="cpu")
+    step(7, total, "predict", f"{summary.predicted} films ({len(test_rows)} test thumbnails, {summary.predicted - len(test_rows)} DICOMs) with ONNX Runtime, "
+         f"{summary.failed} unreadable (the truncated file, on purpose) -> {preds}")  # fmt: skip
+
+    net, card = load_checkpoint(stage2)
+    explained = explain_files(plan_inputs([scans]), net, card, out / "heatmaps", ExplainOptions(batch_size=8))
+    step(8, total, "explain", f"LRP heatmaps of the predicted class for {len(explained.rows) - explained.n_failed} films -> {out / 'heatmaps'}")
+
+    page = build_report(preds, res.report, explain_dir=out / "heatmaps", model=stage2, title="cxrtool demo report", caveats=[CAVEAT])
+    step(9, total, "report", f"{page.rows} rows, {page.overlays} heatmaps embedded -> {res.report}")
+
+    res.seconds = time.perf_counter() - t0
+    res.files.update({"stage1": stage1, "stage2": stage2, "onnx": onnx_path, "predictions": preds, "heatmaps": out / "heatmaps", "report": res.report})
+    step(10, total, "done", f"in {res.seconds:.0f} s. Open {res.report} in a browser. {CAVEAT}")
+    return res

@@ -1,0 +1,233 @@
+"""Writing DICOM results: one film -> SR (+ SC), and the post-passes ``predict``/``explain`` run.
+
+Every object is written atomically under a stable name (:mod:`cxrtool.results.layout`), so a rerun
+skips the films already done and a crash never leaves half a file.  ``dicom_results.csv`` in the
+output folder lists every input with what was written or why nothing was (non-DICOM input, no
+heatmap for a non-checkpoint model, unreadable film...).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cxrtool.errors import CxrError, one_line
+from cxrtool.fsutil import atomic_open, atomic_path
+from cxrtool.results.content import FilmPrediction, Heatmap, ModelInfo
+
+INDEX_NAME = "dicom_results.csv"
+INDEX_COLUMNS = ("path", "status", "sr", "sc", "reason")
+
+
+@dataclass
+class DicomResult:
+    """One input's row in ``dicom_results.csv``: ``written``, ``exists`` (rerun) or ``skipped`` with a reason."""
+
+    path: str
+    status: str
+    sr: str = ""
+    sc: str = ""
+    reason: str = ""
+
+
+def write_dicom_results(
+    source_path: str | Path,
+    prediction: FilmPrediction,
+    heatmap: Heatmap | None,
+    out_dir: str | Path,
+    model_info: ModelInfo,
+    *,
+    overwrite: bool = False,
+) -> list[Path]:
+    """Write the SR (and, with a heatmap, the SC) for one DICOM film; return the result files.
+
+    Files that already exist are kept (reruns are resumable) unless ``overwrite``.  The source is
+    only read.
+
+    Raises
+    ------
+    CxrError
+        The input is not DICOM, or lacks the UIDs a result must reference.
+    """
+    from cxrtool.dicom import is_dicom
+    from cxrtool.dicom.read import read_dataset
+    from cxrtool.results.layout import result_ids, result_paths
+    from cxrtool.results.sc import build_sc, render_picture
+    from cxrtool.results.sr import build_sr
+    from cxrtool.results.study import study_reference
+
+    if not is_dicom(source_path):
+        raise CxrError("not a DICOM file: results go back to a DICOM study only")
+    source = read_dataset(source_path, stop_before_pixels=True)
+    study_reference(source)  # raises the one-line reason when the film cannot be referenced
+    paths = result_paths(out_dir, source_path, source, model_info.model_id)
+    if overwrite or not paths["sr"].exists():
+        _save(build_sr(source, prediction, model_info, result_ids(source, model_info.model_id, "sr")), paths["sr"])
+    written = [paths["sr"]]
+    if heatmap is not None:
+        if overwrite or not paths["sc"].exists():
+            picture = render_picture(prediction, model_info, heatmap)
+            _save(build_sc(source, picture, result_ids(source, model_info.model_id, "sc")), paths["sc"])
+        written.append(paths["sc"])
+    return written
+
+
+def _save(ds, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        ds.save_as(tmp, enforce_file_format=True)
+
+
+# ---------------------------------------------------------------- post-passes over a run's inputs
+
+
+def results_for_predictions(
+    predictions: str | Path,
+    out_dir: str | Path,
+    *,
+    model: str | Path | None,
+    composite: str | None = None,
+    on_file: Callable[[DicomResult], None] | None = None,
+) -> list[DicomResult]:
+    """``predict --dicom-out``: an SR per DICOM row of a predictions file, an SC when the model is a checkpoint.
+
+    The SR carries the row's own probabilities (the backend that ran, calibrated or not, any
+    ``ood_score``/``flag``); the heatmap explains the row's top class.
+    """
+    from cxrtool.modelfile import read_any_card
+
+    maker, no_heatmap = _heatmap_maker(model, composite)
+    card = maker.card if maker else (read_any_card(model) if model is not None else None)
+    results = []
+    for row in _read_rows(Path(predictions)):
+        names = list(card.class_names) if card else _row_classes(row)
+        info = ModelInfo(model_id=str(row.get("model_id") or ""), backend=str(row.get("backend") or ""), calibrated=_calibrated(card))
+
+        def analyse(path: str, row: dict = row, names: list[str] = names) -> tuple[FilmPrediction, Heatmap | None]:
+            prediction = FilmPrediction.from_row(row, names)
+            return prediction, maker.make(path, prediction.top[0])[0] if maker else None
+
+        results.append(_one(row["path"], out_dir, info, row.get("error"), analyse, no_heatmap, on_file))
+    write_index(out_dir, results)
+    return results
+
+
+def results_for_files(
+    files: Iterable[str | Path],
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    *,
+    composite: str | None = None,
+    on_file: Callable[[DicomResult], None] | None = None,
+) -> list[DicomResult]:
+    """``explain --dicom-out``: prediction and heatmap from the checkpoint (torch), SR + SC per DICOM file."""
+    from cxrtool.modelfile import model_id
+    from cxrtool.results.heatmap import HeatmapMaker
+
+    maker = HeatmapMaker(checkpoint, composite)
+    info = ModelInfo(model_id=model_id(checkpoint), backend="torch", calibrated=_calibrated(maker.card), extra=(("composite", maker.composite),))
+
+    def analyse(path: str) -> tuple[FilmPrediction, Heatmap]:
+        heatmap, prediction = maker.make(path)
+        return prediction, heatmap
+
+    results = [_one(str(f), out_dir, info, None, analyse, "", on_file) for f in files]
+    write_index(out_dir, results)
+    return results
+
+
+def _one(path: str, out_dir, info: ModelInfo, error, analyse, no_heatmap: str, on_file) -> DicomResult:
+    """One input: skip with a reason, keep what a previous run wrote, or analyse and write."""
+    from cxrtool.dicom import is_dicom
+
+    if error:
+        result = DicomResult(path, "skipped", reason=f"prediction failed: {error}")
+    elif not is_dicom(path):
+        result = DicomResult(path, "skipped", reason="not a DICOM file: no DICOM result")
+    else:
+        try:
+            done = _existing(out_dir, path, info)
+            wanted = ("sr",) if no_heatmap else ("sr", "sc")
+            if all(kind in done for kind in wanted):  # a rerun: nothing to compute
+                result = DicomResult(path, "exists", str(done["sr"]), str(done.get("sc", "")), reason=no_heatmap)
+            else:
+                prediction, heatmap = analyse(path)
+                files = write_dicom_results(path, prediction, heatmap, out_dir, info)
+                sc = str(files[1]) if len(files) > 1 else ""
+                result = DicomResult(path, "written", str(files[0]), sc, reason="" if sc else no_heatmap)
+        except CxrError as exc:
+            result = DicomResult(path, "skipped", reason=one_line(exc))
+        except Exception as exc:  # one bad film never stops the rest
+            result = DicomResult(path, "failed", reason=one_line(f"{type(exc).__name__}: {exc}"))
+    if on_file is not None:
+        on_file(result)
+    return result
+
+
+def _existing(out_dir, path: str, info: ModelInfo) -> dict[str, Path]:
+    """``{kind: path}`` of the objects a previous run already wrote for this film and model."""
+    from cxrtool.dicom.read import read_dataset
+    from cxrtool.results.layout import result_paths
+
+    paths = result_paths(out_dir, path, read_dataset(path, stop_before_pixels=True), info.model_id)
+    return {kind: p for kind, p in paths.items() if p.exists()}
+
+
+def _heatmap_maker(checkpoint, composite):
+    from cxrtool.results.heatmap import HeatmapMaker
+
+    if checkpoint is None or Path(checkpoint).suffix.lower() != ".safetensors":
+        return None, "no SC: heatmaps need a .safetensors checkpoint"
+    return HeatmapMaker(checkpoint, composite), ""
+
+
+def _calibrated(card) -> bool | None:
+    """Whether the card says its probabilities are temperature-scaled (unknown for cards without the field)."""
+    if card is None or not hasattr(card, "temperature"):
+        return None
+    return getattr(card, "temperature") is not None
+
+
+def _row_classes(row: dict) -> list[str]:
+    probs = row.get("probabilities")
+    if isinstance(probs, dict):
+        return list(probs)
+    return [k[2:] for k in row if k.startswith("p:")]
+
+
+def _read_rows(path: Path) -> Iterable[dict]:
+    if path.suffix.lower() == ".jsonl":
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                if line.strip():
+                    yield json.loads(line)
+    else:
+        with open(path, encoding="utf-8", newline="") as fh:
+            yield from csv.DictReader(fh)
+
+
+def write_index(out_dir: str | Path, results: Sequence[DicomResult]) -> Path:
+    """Merge ``results`` into ``dicom_results.csv`` (one row per input path, newest wins), atomically."""
+    index = Path(out_dir) / INDEX_NAME
+    rows: dict[str, dict] = {}
+    if index.exists():
+        with open(index, encoding="utf-8", newline="") as fh:
+            rows = {r["path"]: r for r in csv.DictReader(fh)}
+    for r in results:
+        rows[r.path] = {"path": r.path, "status": r.status, "sr": r.sr, "sc": r.sc, "reason": r.reason}
+    with atomic_open(index, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=INDEX_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows.values())
+    return index
+
+
+def summary_line(results: Sequence[DicomResult], out_dir: str | Path) -> str:
+    """One line for the CLI: counts by status, and where the index is."""
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    parts = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "no inputs"
+    return f"DICOM results -> {out_dir}: {parts} (reasons in {Path(out_dir) / INDEX_NAME})"

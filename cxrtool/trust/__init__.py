@@ -1,0 +1,15 @@
+"""Trust at predict time: is this film like the training films, and how sure is the model really?
+
+* :mod:`~cxrtool.trust.ood`: a feature-space out-of-distribution score (class-conditional
+  Gaussians with a shared, shrunk covariance: Mahalanobis, Lee et al. 2018).
+* :mod:`~cxrtool.trust.calibration`: temperature scaling, ECE, Brier score, reliability bins.
+* :mod:`~cxrtool.trust.gate`: the DICOM header gate (the checks ``prep dicom`` records).
+* :mod:`~cxrtool.trust.fit`: fits all of it for a model on manifest splits (train end, ``calibrate``).
+* :mod:`~cxrtool.trust.store`: where the statistics live in checkpoints and ONNX files.
+* :mod:`~cxrtool.trust.assess`: the one function every command uses, (logits, features, header)
+  -> (calibrated probabilities, ``ood_score``, ``flag``).
+"""
+
+from cxrtool.trust.assess import FLAG_OK, FLAG_OOD, Assessment, Trust, load_trust
+
+__all__ = ["FLAG_OK", "FLAG_OOD", "Assessment", "Trust", "load_trust"]

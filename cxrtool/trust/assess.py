@@ -1,0 +1,125 @@
+"""The one function every command uses: (logits, features, header) -> (calibrated probabilities, ood_score, flag).
+
+:class:`Trust` bundles what a model file says about trust (temperature, OOD statistics); it is
+loaded once per model file with :func:`load_trust` and applied per batch with :meth:`Trust.assess`.
+predict, explain, the DICOM results writer and the report all go through it, so a film gets the
+same score and flag whichever backend or command produced it.
+
+Flags, in order of precedence:
+
+* ``header:<reason>``: the DICOM header says the film is not a frontal chest radiograph
+  (:mod:`cxrtool.trust.gate`);
+* ``out_of_distribution``: ``ood_score`` is above the model's threshold;
+* ``ok``: neither (also for a model without OOD statistics: ``ood_score`` is then None).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cxrtool.errors import CxrError
+from cxrtool.modelfile import TRUST_PREFIX, ModelCard
+from cxrtool.trust.calibration import scaled_probs
+from cxrtool.trust.ood import OodModel
+
+FLAG_OK = "ok"
+FLAG_OOD = "out_of_distribution"
+HEADER_FLAG_PREFIX = "header:"
+
+#: one line for a model file made before OOD statistics existed
+NO_STATS_NOTICE = "{model}: has no out-of-distribution statistics (ood_score stays empty and no film is flagged out of distribution); add them with `cxrtool calibrate {model} MANIFEST`"
+
+
+def header_flag(reason: str) -> str:
+    return f"{HEADER_FLAG_PREFIX}{reason}"
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """One film's verdict: calibrated probabilities, OOD score (None without statistics) and flag."""
+
+    probs: np.ndarray
+    ood_score: float | None
+    flag: str
+
+    @property
+    def flagged(self) -> bool:
+        return self.flag != FLAG_OK
+
+
+@dataclass
+class Trust:
+    """A model file's temperature and OOD statistics (either may be absent)."""
+
+    card: ModelCard
+    temperature: float = 1.0
+    ood: OodModel | None = None
+
+    @classmethod
+    def from_card(cls, card: ModelCard, tensors: dict[str, np.ndarray], *, source: str | Path = "model") -> Trust:
+        temperature = float(card.calibration.get("temperature", 1.0))
+        if not temperature > 0:
+            raise CxrError(f"{source}: model card field 'calibration': temperature must be positive, not {temperature}")
+        ood = None
+        if card.ood:
+            try:
+                ood = OodModel.from_stored(card.ood, tensors, TRUST_PREFIX)
+            except (ValueError, KeyError, TypeError) as exc:
+                raise CxrError(f"{source}: damaged OOD statistics ({exc}); refit them with `cxrtool calibrate`") from None
+        return cls(card, temperature, ood)
+
+    @classmethod
+    def card_only(cls, card: ModelCard) -> Trust:
+        """The card's temperature without OOD statistics (when the tensors are not at hand)."""
+        import dataclasses
+
+        return cls.from_card(dataclasses.replace(card, ood={}), {})
+
+    @property
+    def has_ood(self) -> bool:
+        return self.ood is not None
+
+    def probs(self, logits: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities (the task's activation of ``logits / T``), float32."""
+        return scaled_probs(self.card.task, logits, self.temperature).astype(np.float32)
+
+    def scores(self, features: np.ndarray | None, n: int) -> list[float | None]:
+        if self.ood is None or features is None:
+            return [None] * n
+        return [float(s) for s in self.ood.score(features)]
+
+    def assess(
+        self, logits: np.ndarray, features: np.ndarray | None, header_reasons: Sequence[str | None] | None = None
+    ) -> list[Assessment]:
+        """Per film of the batch: calibrated probabilities, ``ood_score`` and ``flag``.
+
+        ``features`` are the backend's ``run_features`` output (None when it has none: scores stay
+        empty); ``header_reasons`` one :func:`cxrtool.trust.gate.header_reason` per film (None:
+        passes, or not a DICOM).
+        """
+        logits = np.asarray(logits)
+        probs = self.probs(logits)
+        scores = self.scores(features, len(logits))
+        reasons = list(header_reasons) if header_reasons is not None else [None] * len(logits)
+        out = []
+        for p, s, r in zip(probs, scores, reasons):
+            if r:
+                flag = header_flag(r)
+            elif s is not None and self.ood is not None and s > self.ood.threshold:
+                flag = FLAG_OOD
+            else:
+                flag = FLAG_OK
+            out.append(Assessment(p, s, flag))
+        return out
+
+
+def load_trust(path: str | Path, card: ModelCard) -> Trust:
+    """The trust statistics of a model file (checkpoint, ONNX export or TensorRT engine) with this card."""
+    from cxrtool.trust.store import stored_tensors
+
+    tensors = stored_tensors(path) if card.ood else {}
+    return Trust.from_card(card, tensors, source=path)

@@ -1,0 +1,158 @@
+"""NNCF INT8 export: the held-out split, the gate, refusal on a bad calibration set, metadata round trip."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cxrtool.config import PreprocessCfg
+from cxrtool.errors import CxrError
+from cxrtool.export.calibration import calibration_set
+from cxrtool.export.int8 import Int8CheckError, compare_int8, export_int8
+from cxrtool.modelfile import INT8_KEY, ModelCard, default_int8_path, int8_info, model_files, read_ir_card, read_ir_metadata, read_onnx_card
+
+CLASSES = ["covid", "normal", "viral_pneumonia"]
+CARD = ModelCard(arch="densenet121", task="multiclass", class_names=CLASSES, preprocess=PreprocessCfg(input_size=32))
+
+
+def write_manifest(path: Path, rows: list[tuple[Path, str, str]]) -> Path:
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "label", "split"])
+        w.writerows([(str(p), label, split) for p, label, split in rows])
+    return path
+
+
+def real_films(shared_data: Path, per_class: int, skip: int = 0) -> list[tuple[Path, str]]:
+    out = []
+    for c in CLASSES:
+        files = sorted((shared_data / "covid3_256" / c).iterdir())[skip : skip + per_class]
+        out += [(f, c) for f in files]
+    return out
+
+
+class TestSplit:
+    def test_folder_split_is_stable_disjoint_and_labelled(self, shared_data):
+        a = calibration_set(shared_data / "covid3_256", CARD)
+        b = calibration_set(shared_data / "covid3_256", CARD)
+        assert a.holdout == b.holdout and a.fingerprint == b.fingerprint
+        assert not set(a.calibration) & set(a.holdout)
+        assert len(a.calibration) + len(a.holdout) == 317 and 0.15 < len(a.holdout) / 317 < 0.35
+        assert a.labels == [CLASSES.index(p.parent.name) for p in a.holdout]
+
+    def test_manifest_train_calibrates_test_checks(self, shared_data, tmp_path):
+        films = real_films(shared_data, 4)
+        rows = [(p, c, "train" if i % 2 else "test") for i, (p, c) in enumerate(films)]
+        cs = calibration_set(write_manifest(tmp_path / "m.csv", rows), CARD)
+        assert cs.calibration == [p for p, _, s in rows if s == "train"]
+        assert cs.holdout == [p for p, _, s in rows if s == "test"]
+        assert cs.labels == [CLASSES.index(c) for _, c, s in rows if s == "test"]
+
+    def test_fingerprint_follows_content(self, tmp_path):
+        folder = tmp_path / "f"
+        folder.mkdir()
+        for i in range(8):
+            Image.fromarray(np.full((8, 8), i * 20, np.uint8)).save(folder / f"{i}.png")
+        before = calibration_set(folder, CARD)
+        Image.fromarray(np.full((8, 8), 255, np.uint8)).save(before.calibration[0])
+        assert calibration_set(folder, CARD).fingerprint != before.fingerprint
+        assert before.labels is None  # no class folders: AUC is not checked, only agreement
+
+    def test_nothing_held_out_is_an_error(self, shared_data, tmp_path):
+        rows = [(p, c, "train") for p, c in real_films(shared_data, 2)]
+        with pytest.raises(CxrError, match="no films held back"):
+            calibration_set(write_manifest(tmp_path / "m.csv", rows), CARD)
+
+
+class TestGate:
+    def test_agreement_and_auc_decide(self):
+        rng = np.random.default_rng(0)
+        labels = np.arange(200) % 3
+        ref = rng.normal(size=(200, 3)) + 3 * np.eye(3)[labels]
+        ok = compare_int8(ref, ref + 1e-3, labels.tolist(), CARD)
+        assert ok.ok and ok.top1_agreement == 1.0 and abs(ok.auc_drop) < 1e-3 and set(ok.auc_fp32) == set(CLASSES)
+        flipped = ref.copy()
+        flipped[:4] = np.roll(flipped[:4], 1, axis=1)  # 4 of 200 disagree: 98%
+        bad = compare_int8(ref, flipped, labels.tolist(), CARD)
+        assert not bad.ok and "top-1 agreement 98.0% < 99%" in bad.failures[0]
+
+    def test_auc_drop_alone_fails(self):
+        """Same argmax everywhere, but negatives' 'normal' scores rise above the positives': AUC falls."""
+        labels = np.array([0, 1, 2] * 40)
+        ref = np.where(np.eye(3)[labels] > 0, 1.0, 0.0)
+        ref[labels == 1, 1] = 0.3  # positives of 'normal' win by a small margin
+        ref[labels != 1, 1] = -3.0
+        got = ref.copy()
+        got[labels != 1, 1] = 0.99  # still below the winning logit 1.0
+        check = compare_int8(ref, got, labels.tolist(), CARD)
+        assert check.top1_agreement == 1.0
+        assert check.auc_int8["normal"] < check.auc_fp32["normal"] - 0.1
+        assert not check.ok and check.failures == [f"macro-AUC drop {check.auc_drop:.4f} > 0.005"]
+
+    def test_multilabel_uses_worst_class(self):
+        card = ModelCard(arch="densenet121", task="multilabel", class_names=["a", "b"])
+        y = np.array([[1, 0], [0, 1], [1, 1], [0, 0]] * 10, dtype=float)
+        ref = 3 * (y - 0.5)
+        got = ref.copy()
+        got[:, 1] = -got[:, 1]  # class b inverted: its AUC collapses, class a unchanged
+        check = compare_int8(ref, got, y.tolist(), card, min_agreement=0.0)
+        assert check.auc_drop == pytest.approx(check.auc_fp32["b"] - check.auc_int8["b"]) and check.auc_drop > 0.5
+
+
+def test_bad_calibration_set_refuses_to_write(onnx_file, shared_data, tmp_path):
+    """Black frames as the only calibration films: activation ranges collapse, real held-out films disagree."""
+    black = tmp_path / "black"
+    black.mkdir()
+    for i in range(8):
+        Image.fromarray(np.zeros((64, 64), np.uint8)).save(black / f"b{i}.png")
+    rows = [(p, "normal", "train") for p in sorted(black.iterdir())]
+    rows += [(p, c, "test") for p, c in real_films(shared_data, 8, skip=20)]
+    out = tmp_path / "out" / "tiny.int8.xml"
+    out.parent.mkdir()
+    with pytest.raises(Int8CheckError) as info:
+        export_int8(onnx_file, write_manifest(tmp_path / "bad.csv", rows), out)
+    assert [c.attempt for c in info.value.checks] == ["plain", "fp32 first conv + classifier"]
+    assert all(not c.ok for c in info.value.checks)
+    assert "top-1 agreement" in str(info.value) and "nothing written" in str(info.value)
+    assert list(out.parent.iterdir()) == []  # no IR, no .bin, no temp folder
+
+
+@pytest.fixture(scope="module")
+def int8_export(onnx_file, shared_data, tmp_path_factory):
+    """The tiny export quantized on 36 real films, checked on 24 others."""
+    folder = tmp_path_factory.mktemp("int8")
+    rows = [(p, c, "train") for p, c in real_films(shared_data, 12)]
+    rows += [(p, c, "test") for p, c in real_films(shared_data, 8, skip=40)]
+    manifest = write_manifest(folder / "calib.csv", rows)
+    return export_int8(onnx_file, manifest, min_agreement=0.95), manifest
+
+
+def test_written_model_round_trips_its_metadata(int8_export, onnx_file, checkpoint):
+    done, manifest = int8_export
+    assert done.path == default_int8_path(onnx_file) and done.path.with_suffix(".bin").is_file()
+    assert read_ir_card(done.path).to_dict() == read_onnx_card(onnx_file).to_dict()
+    record = int8_info(done.path)
+    assert record["precision"] == "int8" and record["format"] == "openvino"
+    assert record["calibration"]["fingerprint"] == calibration_set(manifest, CARD).fingerprint
+    assert record["calibration"]["calibration_films"] == 36 and record["check"]["films"] == 24
+    assert record["check"]["top1_agreement"] == done.check.top1_agreement >= 0.95
+    assert json.loads(read_ir_metadata(done.path)[INT8_KEY]) == record
+    assert "features" in record["outputs"] and record["check"]["features_cosine_min"] > 0.9
+    # the checkpoint now lists its current INT8 export
+    assert (done.path, True) in model_files(checkpoint)
+
+
+def test_openvino_backend_runs_the_int8_file(int8_export, onnx_file, real_batch):
+    from cxrtool.infer.backends import load_backend
+
+    done, _ = int8_export
+    backend = load_backend(done.path, backend="openvino")
+    assert backend.describe()["precision"] == "int8" and backend.int8["check"]["films"] == 24
+    fp32 = load_backend(onnx_file, backend="onnxruntime")
+    got, ref = backend.run(np.asarray(real_batch)), fp32.run(np.asarray(real_batch))
+    assert got.shape == ref.shape and np.mean(got.argmax(1) == ref.argmax(1)) >= 0.8

@@ -1,0 +1,51 @@
+"""The DICOM header gate: prep dicom's checks plus frontal view and monochrome, on built and real headers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydicom import Dataset
+
+from cxrtool.trust.gate import header_problems, header_reason
+
+
+def _header(**tags: str) -> Dataset:
+    ds = Dataset()
+    base = {"Modality": "DX", "BodyPartExamined": "CHEST", "ViewPosition": "PA", "PhotometricInterpretation": "MONOCHROME2"}
+    for key, value in (base | tags).items():
+        if value is not None:
+            setattr(ds, key, value)
+    return ds
+
+
+@pytest.mark.parametrize(
+    ("tags", "reason"),
+    [
+        ({"Modality": "CT"}, "modality CT is not CR/DX"),
+        ({"BodyPartExamined": "HAND"}, "body part HAND is not chest"),
+        ({"ViewPosition": "LL"}, "view LL is not frontal (PA/AP)"),
+        ({"ViewPosition": "XX"}, "unusual view/position XX"),
+        ({"PhotometricInterpretation": "RGB"}, "photometric interpretation RGB is not monochrome"),
+    ],
+)
+def test_each_check_names_its_reason(tags: dict, reason: str) -> None:
+    assert header_problems(_header(**tags)) == [reason]
+
+
+def test_a_frontal_chest_header_and_missing_tags_pass() -> None:
+    assert header_problems(_header()) == []
+    assert header_problems(_header(ViewPosition="AP", Modality="CR", PhotometricInterpretation="MONOCHROME1")) == []
+    assert header_problems(Dataset()) == []
+
+
+def test_real_files(shared_data: Path, gradient_image) -> None:
+    chest = shared_data / "dicom" / "chest"
+    assert header_reason(chest / "udacity_nih_test1.dcm") is None
+    assert header_reason(chest / "udacity_nih_test4.dcm") == "body part RIBCAGE is not chest"
+    assert header_reason(chest / "udacity_nih_test5.dcm") == "modality CT is not CR/DX"
+    assert header_reason(chest / "udacity_nih_test6.dcm") == "unusual view/position XX"
+    assert header_reason(chest / "CR-MONO1-10-chest.dcm") is None  # ACR-NEMA, no file meta
+    assert header_reason(shared_data / "dicom" / "nonchest" / "RG2_JPLL.dcm") == "body part HIP is not chest"
+    png = next((shared_data / "covid3_256" / "normal").glob("*.png"))
+    assert header_reason(png) is None  # raster images have no header to check
