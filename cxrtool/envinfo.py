@@ -65,8 +65,10 @@ def _dicom_rows() -> list[Row]:
     from pydicom.pixels.decoders.base import get_decoder
     from pydicom.uid import UID
 
+    from cxrtool.dicom.gdcm_fallback import register_fallback
     from cxrtool.dicom.syntaxes import TRANSFER_SYNTAXES
 
+    register_fallback()  # list cxrtool's own GDCM fallback where it serves
     rows: list[Row] = []
     for uid in TRANSFER_SYNTAXES:
         try:

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from cxrtool.cli._console import err, user_errors
+from cxrtool.cli._options import Backend
 
 
 def listen(
@@ -21,6 +22,7 @@ def listen(
     ] = None,
     send_to: Annotated[Optional[str], typer.Option("--send-to", help="C-STORE each SR + SC to AET@HOST:PORT (e.g. back to the PACS).")] = None,
     max_queue: Annotated[int, typer.Option("--max-queue", min=1, help="Films spooled but not processed before C-STOREs are refused (A700).")] = 64,
+    backend: Annotated[Backend, typer.Option(help="Runtime for the predictions (the heatmap always runs on torch).")] = Backend.auto,
 ) -> None:
     """Receive films over DICOM, write SR + SC for each, optionally send them on; stops cleanly on SIGTERM or Ctrl-C."""
     import logging
@@ -35,7 +37,7 @@ def listen(
         config = ListenConfig(
             model=model, out=out, port=port, ae_title=ae_title, bind=bind,
             allow=tuple(parse_peer(a) for a in allow or ()),
-            send_to=parse_destination(send_to) if send_to else None, max_queue=max_queue,
+            send_to=parse_destination(send_to) if send_to else None, max_queue=max_queue, backend=backend.value,
         )
         listener = Listener(config).start()
     stop = threading.Event()

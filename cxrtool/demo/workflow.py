@@ -94,13 +94,17 @@ def run_demo(
     step = on_step or (lambda *_: None)
     note = on_note or (lambda _: None)
 
-    def epochs(stage: str) -> Callable[[str, dict[str, Any]], None]:
-        def on_event(kind: str, data: dict[str, Any]) -> None:
-            if kind == "epoch_end":
-                vals = "  ".join(f"{k} {data[k]:.3f}" for k in ("train_loss", "val_loss", "val_macro_f1", "val_auc_macro") if isinstance(data.get(k), float))
-                note(f"{stage} epoch {data['epoch']}: {vals}")
+    def epochs(stage: str) -> Callable[[Any], None]:
+        from cxrtool.train.loop import EpochEnded
+
+        def on_event(event: Any) -> None:
+            if isinstance(event, EpochEnded):
+                metrics = {k: event.val_metrics.get(k) for k in ("macro_f1", "auc_macro")}
+                vals = "  ".join(f"val {k} {v:.3f}" for k, v in metrics.items() if isinstance(v, float))
+                note(f"{stage} epoch {event.epoch}: train loss {event.train_loss:.3f}  val loss {event.val_loss:.3f}  {vals}  {event.images_per_s:.0f} img/s")
 
         return on_event
+
     res = DemoResult(out, out / "report.html", 0.0)
 
     dicom = prepare_folder(sample / "dicom", out / "dicom_png", options=PrepOptions(salt=salt, size=512))
@@ -116,13 +120,19 @@ def run_demo(
          f"{r2.rows_written} of them relabelled normal / effusion / opacity -> {stage2_csv} (official test split, patient-wise val)")  # fmt: skip
 
     common = {"arch": size.arch, "input_size": size.input_size, "batch_size": size.batch_size, "device": "cpu", "workers": 0, "lr": 1e-3}
+
+    def trained(result: Any, stage: str) -> Path:
+        if result.status == "interrupted":  # Ctrl-C / SIGTERM: fit saved its state; the demo stops here
+            raise CxrError(f"interrupted during {stage} training; run the demo again to start over")
+        return result.out_dir / "best.safetensors"
+
     s1 = fit(TrainConfig(manifest=str(stage1_csv), out_dir=str(out / "runs" / "stage1"), init="none", epochs=size.stage1_epochs, **common), on_event=epochs("stage 1"))
-    stage1 = s1.out_dir / "best.safetensors"
+    stage1 = trained(s1, "stage-1")
     res.numbers["stage1_val_auc_macro"] = s1.best_value
     step(3, total, "train stage 1", f"{size.arch} from scratch, multilabel (14 findings), {s1.epochs_done} epochs: best val {s1.monitor} {s1.best_value:.3f} -> {stage1}")
 
     s2 = fit(TrainConfig(manifest=str(stage2_csv), out_dir=str(out / "runs" / "stage2"), init=str(stage1), keep_neurons=True, keep_map=dict(KEEP_MAP), epochs=size.stage2_epochs, **common), on_event=epochs("stage 2"))
-    stage2 = s2.out_dir / "best.safetensors"
+    stage2 = trained(s2, "stage-2")
     res.numbers["stage2_val_macro_f1"] = s2.best_value
     kept = ", ".join(f"{new} <- {old}" for new, old in KEEP_MAP.items())
     step(4, total, "train stage 2", f"3 classes from the stage-1 weights, output neurons kept ({kept}), {s2.epochs_done} epochs: best val {s2.monitor} {s2.best_value:.3f} -> {stage2}")

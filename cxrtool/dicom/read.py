@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import struct
 import warnings
+import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -73,6 +74,8 @@ def read_dataset(path: str | Path, *, stop_before_pixels: bool = False) -> Datas
     size = check_file(path)
     try:
         ds = _dcmread(path, stop_before_pixels=stop_before_pixels)
+    except ImageLoadError:
+        raise
     except OSError as exc:
         raise ImageLoadError(path, exc.strerror or one_line(exc)) from None
     except EOFError as exc:
@@ -105,7 +108,35 @@ def _dcmread(path: Path, *, stop_before_pixels: bool) -> Dataset:
     import pydicom
 
     data = Path(path).read_bytes()
+    _check_inflated_size(path, data)
     return pydicom.dcmread(io.BytesIO(data), force=True, stop_before_pixels=stop_before_pixels)
+
+
+def _check_inflated_size(path: Path, data: bytes) -> None:
+    """Refuse a Deflated Explicit VR data set that inflates beyond the pixel policy (a zip bomb).
+
+    pydicom inflates the whole data set in one call; a 1 MB file can hold a gigabyte of zeros.
+    The bound is 4 bytes per allowed pixel value plus 16 MiB of header, checked chunk by chunk.
+    """
+    from cxrtool.images import MAX_PIXELS_ENV, max_pixels
+
+    if data[128:132] != b"DICM" or len(data) < 144:
+        return
+    meta_end = 144 + int.from_bytes(data[140:144], "little")  # (0002,0000) group length, explicit VR LE
+    if DEFLATED_LE.encode() not in data[132:meta_end]:
+        return
+    bound = 4 * max_pixels() + 2**24
+    inflater, rest, total = zlib.decompressobj(-zlib.MAX_WBITS), data[meta_end:], 0
+    try:
+        while total <= bound:
+            out = inflater.decompress(rest, 2**20)
+            if not out:
+                break
+            total, rest = total + len(out), inflater.unconsumed_tail
+    except zlib.error:
+        return  # not valid deflate: pydicom's own error names it
+    if total > bound:
+        raise ImageLoadError(path, f"deflated data set inflates to more than {bound:,} bytes (decompression bomb; ${MAX_PIXELS_ENV})")
 
 
 def truncation(ds: Dataset, size: int) -> str | None:

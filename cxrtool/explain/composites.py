@@ -36,6 +36,7 @@ class CompositeSpec:
     conv: str | None
     description: str
     epsilon: float = STABILIZER
+    spread_dead_units: bool = True  # z+: relevance of units only a bias switched on goes flat, not lost
 
     @property
     def is_lrp(self) -> bool:
@@ -84,7 +85,7 @@ def _conv_rule(kind: str, conv: nn.Conv2d, spec: CompositeSpec, bounds: Bounds |
     from cxrtool.explain import rules
 
     if kind == "zplus":
-        return rules.ZPlus(conv, charge_bias=charge_bias)
+        return rules.ZPlus(conv, charge_bias=charge_bias, spread_dead=spec.spread_dead_units)
     if kind == "gamma":
         return rules.Gamma(conv, gamma=0.25, charge_bias=charge_bias)
     if kind == "alpha2beta1":

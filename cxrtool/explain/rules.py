@@ -167,14 +167,17 @@ class _ConvRule(Rule):
 class ZPlus(_ConvRule):
     """z+ rule (alpha=1, beta=0) for non-negative inputs: ``R_i = x_i * sum_j w+_ij R_j / z+_j``.
 
-    Books everything it does not pass down (bias share, units with ``z+ = 0``) to the ledger.
+    ``spread_dead``: relevance of units with ``z+ = 0`` goes flat to their receptive field
+    instead of being dropped (zennit drops it).  Whatever is still not passed down (a charged
+    bias's share, the stabiliser's) is booked to the ledger.
     """
 
-    def __init__(self, conv: nn.Conv2d, charge_bias: bool = True):
+    def __init__(self, conv: nn.Conv2d, charge_bias: bool = True, spread_dead: bool = True):
         super().__init__(conv, charge_bias)
         self.register_buffer("w_pos", self.weight.clamp(min=0))
         self.register_buffer("b_pos", self.rule_bias.clamp(min=0))
         self.charges_bias = bool(self.b_pos.any())
+        self.spread_dead = spread_dead
 
     def relevance(self, x: torch.Tensor, r_out: torch.Tensor) -> torch.Tensor:
         # z >= 0 here (x >= 0, W+ >= 0, b+ >= 0), where zennit's stabiliser is exactly z + eps;
@@ -183,7 +186,7 @@ class ZPlus(_ConvRule):
         r_in = self._back(x.shape, self.w_pos, r_out / z).mul_(x)
         r_sum = r_out.sum((1, 2, 3))
         lost = r_sum - r_in.sum((1, 2, 3))
-        if bool((lost.abs() > 1e-5 * r_sum.abs() + 1e-7).any()):
+        if self.spread_dead and bool((lost.abs() > 1e-5 * r_sum.abs() + 1e-7).any()):
             # units with z+ = 0 that still carry relevance: only a (merged) bias switched them on,
             # over inputs that are all zero (typically a black film border).  zennit's ZPlus drops
             # their relevance; we spread it uniformly over the unit's receptive field (the flat
@@ -226,7 +229,9 @@ class Gamma(_ConvRule):
 
     def relevance(self, x: torch.Tensor, r_out: torch.Tensor) -> torch.Tensor:
         z_up, z_down = self._conv(x, self.w_cat, self.b_cat).chunk(2, dim=1)
-        z = (z_up + z_down) / (2.0 + self.gamma)  # = W x + b, without another convolution
+        z = (z_up + z_down) / (2.0 + self.gamma)  # = W x + b_rule, without another convolution
+        if not torch.equal(self.bias, self.rule_bias):  # the sign that picks a branch is the real output's
+            z = z + (self.bias - self.rule_bias).reshape(1, -1, 1, 1)
         grad = torch.cat([r_out * (z > 0) / stabilize(z_up), r_out * (z < 0) / stabilize(z_down)], dim=1)
         return x * self._back(x.shape, self.w_cat, grad)
 

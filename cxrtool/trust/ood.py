@@ -14,8 +14,8 @@ confidence for a DenseNet.  Here:
 * each depth's squared distance is put on a common scale with the *validation* films' median and
   MAD (training films sit closer to their own means than new in-distribution films do), and the
   score is the mean over depths of that robust z-score of ``log D²``;
-* the threshold is the ``quantile`` (default 95%) of the validation films' scores: about that
-  share of in-distribution films pass.
+* the threshold is the ``quantile`` (default 95%) of the validation films' scores (the next
+  observed score up, so at least that share of them pass).
 
 Multilabel models (findings are not exclusive) use one Gaussian per depth over all films.
 The score is computed in float64 numpy from the features, so every backend that returns the same
@@ -183,5 +183,16 @@ def scale_depths(
         scale = mad if mad > 1e-9 else (float(logd.std()) or 1.0)
         scaled.append(DepthStats(d.name, d.start, d.stop, d.means, d.precision, d.shrinkage, center, scale))
     model = OodModel(scaled, 0.0, quantile, dict(info or {}))
-    model.threshold = float(np.quantile(model.score(val_features), quantile))
+    model.threshold = pass_threshold(model.score(val_features), quantile)
     return model
+
+
+def pass_threshold(scores: np.ndarray, quantile: float) -> float:
+    """A threshold that at least ``quantile`` of ``scores`` pass, half-way to the next score up.
+
+    Half-way rather than on an observed score, so a film at the boundary does not flip with the
+    last bits of another backend's arithmetic.
+    """
+    s = np.sort(np.asarray(scores, dtype=np.float64))
+    k = int(np.ceil(quantile * (len(s) - 1)))
+    return float(s[k] if k == len(s) - 1 else (s[k] + s[k + 1]) / 2)

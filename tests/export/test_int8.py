@@ -14,7 +14,7 @@ from cxrtool.config import PreprocessCfg
 from cxrtool.errors import CxrError
 from cxrtool.export.calibration import calibration_set
 from cxrtool.export.int8 import Int8CheckError, compare_int8, export_int8
-from cxrtool.modelfile import INT8_KEY, ModelCard, default_int8_path, int8_info, model_files, read_ir_card, read_ir_metadata, read_onnx_card
+from cxrtool.modelfile import INT8_KEY, ModelCard, model_id, default_int8_path, int8_info, model_files, read_ir_card, read_ir_metadata, read_onnx_card
 
 CLASSES = ["covid", "normal", "viral_pneumonia"]
 CARD = ModelCard(arch="densenet121", task="multiclass", class_names=CLASSES, preprocess=PreprocessCfg(input_size=32))
@@ -104,22 +104,72 @@ class TestGate:
         assert check.auc_drop == pytest.approx(check.auc_fp32["b"] - check.auc_int8["b"]) and check.auc_drop > 0.5
 
 
-def test_bad_calibration_set_refuses_to_write(onnx_file, shared_data, tmp_path):
-    """Black frames as the only calibration films: activation ranges collapse, real held-out films disagree."""
-    black = tmp_path / "black"
-    black.mkdir()
-    for i in range(8):
-        Image.fromarray(np.zeros((64, 64), np.uint8)).save(black / f"b{i}.png")
-    rows = [(p, "normal", "train") for p in sorted(black.iterdir())]
-    rows += [(p, c, "test") for p, c in real_films(shared_data, 8, skip=20)]
+def test_failed_check_writes_nothing(onnx_file, shared_data, tmp_path):
+    """A gate no model can pass (AUC must rise): both attempts run, both fail, the folder stays empty."""
+    rows = [(p, c, "train") for p, c in real_films(shared_data, 4)]
+    rows += [(p, c, "test") for p, c in real_films(shared_data, 4, skip=40)]
     out = tmp_path / "out" / "tiny.int8.xml"
     out.parent.mkdir()
     with pytest.raises(Int8CheckError) as info:
-        export_int8(onnx_file, write_manifest(tmp_path / "bad.csv", rows), out)
+        export_int8(onnx_file, write_manifest(tmp_path / "m.csv", rows), out, max_auc_drop=-1.0)
     assert [c.attempt for c in info.value.checks] == ["plain", "fp32 first conv + classifier"]
-    assert all(not c.ok for c in info.value.checks)
-    assert "top-1 agreement" in str(info.value) and "nothing written" in str(info.value)
+    assert all(not c.ok and c.macro_auc_fp32 is not None for c in info.value.checks)
+    assert "macro-AUC" in str(info.value) and "nothing written" in str(info.value)
     assert list(out.parent.iterdir()) == []  # no IR, no .bin, no temp folder
+
+
+@pytest.fixture(scope="module")
+def trained_onnx(trained_checkpoint, shared_data):
+    from cxrtool.export.onnx import export_onnx
+
+    return export_onnx(trained_checkpoint, check_images=[shared_data / "covid3_256"], check_count=8).path
+
+
+@pytest.mark.slow
+def test_bad_calibration_set_refuses_to_write(trained_onnx, shared_data, tmp_path):
+    """Black frames as the only calibration films of a trained model: activation ranges collapse,
+    real held-out films disagree with fp32, and nothing is written."""
+    black = tmp_path / "black"
+    black.mkdir()
+    for i in range(16):
+        Image.fromarray(np.zeros((64, 64), np.uint8)).save(black / f"b{i}.png")
+    rows = [(p, "normal", "train") for p in sorted(black.iterdir())]
+    rows += [(p, c, "test") for p, c in real_films(shared_data, 10, skip=20)]
+    out = tmp_path / "out" / "best.int8.xml"
+    out.parent.mkdir()
+    with pytest.raises(Int8CheckError) as info:
+        export_int8(trained_onnx, write_manifest(tmp_path / "bad.csv", rows), out)
+    assert all(not c.ok for c in info.value.checks) and len(info.value.checks) == 2
+    assert list(out.parent.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_predict_with_the_int8_model_on_real_films(trained_checkpoint, trained_onnx, shared_data, tmp_path):
+    """auto on this CPU picks the INT8 export, says why, and agrees with fp32 on films it was not calibrated on."""
+    from typer.testing import CliRunner
+
+    from cxrtool.cli.main import app
+    from cxrtool.infer.auto import INT8_FLAGS, cpu_flags
+
+    done = export_int8(trained_onnx, shared_data / "covid3_256")
+    holdout = calibration_set(shared_data / "covid3_256", read_onnx_card(trained_onnx)).holdout[:30]
+    films = tmp_path / "films"
+    films.mkdir()
+    for i, f in enumerate(holdout):
+        (films / f"{i:03d}_{f.name}").symlink_to(f)
+    results = {}
+    for backend in ("auto", "onnxruntime"):
+        out = tmp_path / f"{backend}.csv"
+        run = CliRunner().invoke(app, ["predict", str(films), "--model", str(trained_checkpoint), "--out", str(out), "--backend", backend, "--workers", "0"])
+        assert run.exit_code == 0, run.output
+        with open(out, newline="") as fh:
+            results[backend] = {r["path"]: r for r in csv.DictReader(fh)}
+        if backend == "auto" and set(INT8_FLAGS) & cpu_flags():
+            assert "auto: openvino-int8" in " ".join(run.output.split()), run.output
+            assert {r["model_id"] for r in results["auto"].values()} == {model_id(done.path)}
+    assert len(results["auto"]) == len(holdout) and all(not r["error"] for r in results["auto"].values())
+    agree = np.mean([results["auto"][k]["predicted"] == results["onnxruntime"][k]["predicted"] for k in results["auto"]])
+    assert agree >= 0.95
 
 
 @pytest.fixture(scope="module")

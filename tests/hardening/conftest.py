@@ -22,9 +22,9 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory, tiny_arch: str) -> Path
     import torch
 
     from cxrtool.config import PreprocessCfg
+    from cxrtool.modelfile import ModelCard
     from cxrtool.models import build_model
     from cxrtool.models.checkpoint import save_checkpoint
-    from cxrtool.modelfile import ModelCard
 
     torch.manual_seed(0)
     model = build_model(tiny_arch, num_classes=len(CLASSES))

@@ -10,7 +10,14 @@ import pytest
 from corpus import dicom_bytes, jpeg_huge_dims, nan_tiff, png_bomb, png_bytes
 
 from cxrtool.errors import CxrError, ImageLoadError
-from cxrtool.images import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, check_file, iter_input_files, load_image, max_pixels
+from cxrtool.images import (
+    DEFAULT_MAX_PIXELS,
+    MAX_PIXELS_ENV,
+    check_file,
+    iter_input_files,
+    load_image,
+    max_pixels,
+)
 
 
 def _write(path: Path, data: bytes) -> Path:
@@ -111,3 +118,50 @@ def test_folder_walk_yields_links_to_folders_and_terminates(tmp_path):
 def test_load_image_returns_finite_unit_float(tmp_path):
     img = load_image(_write(tmp_path / "ok.png", png_bytes()))
     assert img.dtype == np.float32 and np.isfinite(img).all() and 0.0 <= img.min() <= img.max() <= 1.0
+
+
+def _deflated(payload: bytes) -> bytes:
+    """A Part 10 file in Deflated Explicit VR Little Endian whose data set is ``payload`` deflated."""
+    import io
+    import zlib
+
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.filewriter import write_file_meta_info
+    from pydicom.uid import (
+        ComputedRadiographyImageStorage,
+        DeflatedExplicitVRLittleEndian,
+        generate_uid,
+    )
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ComputedRadiographyImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    buf = io.BytesIO()
+    buf.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(buf, meta)
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return buf.getvalue() + deflater.compress(payload) + deflater.flush()
+
+
+def test_deflate_bomb_is_refused_before_pydicom_inflates_it(tmp_path, monkeypatch):
+    monkeypatch.setenv(MAX_PIXELS_ENV, "1000")  # bound: 4 * 1000 + 16 MiB inflated bytes
+    bomb = _write(tmp_path / "bomb.dcm", _deflated(b"\x00" * 40 * 2**20))
+    assert bomb.stat().st_size < 100_000
+    with pytest.raises(ImageLoadError, match="inflates to more than 16,781,216 bytes"):
+        load_image(bomb)
+
+
+def test_small_deflated_file_still_reads(tmp_path):
+    """The guard only counts: a real deflated data set goes on to pydicom as before."""
+    import io
+
+    from pydicom import dcmread
+
+    from cxrtool.dicom.read import read_dataset
+
+    ds = dcmread(io.BytesIO(dicom_bytes()))
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1.99"
+    ds.save_as(tmp_path / "deflated.dcm", enforce_file_format=True)
+    assert read_dataset(tmp_path / "deflated.dcm").Rows == 32
+    assert load_image(tmp_path / "deflated.dcm").shape == (32, 40)

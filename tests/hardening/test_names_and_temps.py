@@ -11,7 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cxrtool.fsutil import NAME_ERRORS, atomic_path, display_path, remove_stale_temps, safe_text
+from cxrtool.fsutil import (
+    NAME_ERRORS,
+    atomic_path,
+    display_path,
+    remove_stale_temps,
+    safe_text,
+)
 
 LATIN1 = os.fsdecode(b"caf\xe9.png")  # how Python hands us a Latin-1 name from a Windows share
 

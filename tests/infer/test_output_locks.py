@@ -80,11 +80,17 @@ def test_a_second_holder_is_refused_with_the_owners_pid_and_a_dead_owners_lock_i
 
 
 @pytest.fixture()
-def films(shared_data) -> Path:
-    """Real 640 px films, enough that a run lasts well beyond a second run's start-up."""
-    return shared_data / "covid3"
+def films(shared_data, tmp_path) -> Path:
+    """60 real 640 px films (links into the fixture data): a run lasts several times a second run's start-up."""
+    folder = tmp_path / "films"
+    for cls in ("covid", "normal", "viral_pneumonia"):
+        (folder / cls).mkdir(parents=True)
+        for f in sorted((shared_data / "covid3" / cls).iterdir())[:20]:
+            (folder / cls / f.name).symlink_to(f)
+    return folder
 
 
+@pytest.mark.slow  # two or three full `cxrtool predict` processes: minutes on a loaded 2-core box
 def test_two_predict_runs_on_one_output_lose_tear_and_duplicate_nothing(tiny_ckpt, films, tmp_path):
     from cxrtool.infer.jobs import iter_jobs
 
@@ -105,6 +111,7 @@ def test_two_predict_runs_on_one_output_lose_tear_and_duplicate_nothing(tiny_ckp
     assert sorted(paths) == everything  # no row lost, none duplicated
 
 
+@pytest.mark.slow  # two or three full `cxrtool predict` processes: minutes on a loaded 2-core box
 def test_two_resume_runs_after_a_kill_lose_tear_and_duplicate_nothing(tiny_ckpt, films, tmp_path):
     from cxrtool.infer.jobs import iter_jobs
 

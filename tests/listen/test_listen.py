@@ -9,8 +9,7 @@ import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
-from conftest import CLASSES, StoreSCP, free_port, wait_for
-from cxrtool.dicom.read import read_dataset
+from listen_helpers import CLASSES, StoreSCP, free_port, store_all, wait_for
 from cxrtool.listen import ListenConfig, Listener, parse_destination, parse_peer
 from cxrtool.listen.peers import is_allowed
 from cxrtool.listen.spool import Spool
@@ -24,20 +23,6 @@ def _scu(contexts, ae_title: str = "SCU") -> AE:
     for c in contexts:
         ae.add_requested_context(c)
     return ae
-
-
-def _store_all(port: int, films, ae_title: str = "SCU") -> list[int]:
-    datasets = [read_dataset(f) for f in films]  # meta-less ACR-NEMA films get their transfer syntax
-    ae = AE(ae_title=ae_title)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 20
-    for ds in datasets:
-        ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
-    assoc = ae.associate("127.0.0.1", port, ae_title="CXRTOOL")
-    assert assoc.is_established
-    try:
-        return [assoc.send_c_store(ds).Status for ds in datasets]
-    finally:
-        assoc.release()
 
 
 def _listener(ckpt, out, **kw) -> Listener:
@@ -70,7 +55,7 @@ def test_echo_store_corrupt_and_results(tiny_listen_ckpt, chest_films, tmp_path)
         assert assoc.send_c_echo().Status == 0x0000
         assoc.release()
 
-        statuses = _store_all(listener.port, [*chest_films, corrupt])
+        statuses = store_all(listener.port, [*chest_films, corrupt])
         assert statuses == [0, 0, 0, 0]
         assert wait_for(lambda: listener.worker.processed + listener.worker.failed == 4)
         assert listener.worker.processed == 3 and listener.worker.failed == 1
@@ -125,7 +110,7 @@ def test_destination_down_then_back(tiny_listen_ckpt, chest_films, tmp_path):
     listener = _listener(tiny_listen_ckpt, tmp_path / "out", send_to=parse_destination(f"PACS@127.0.0.1:{dest_port}"), max_backoff=1.0)
     pacs = StoreSCP(dest_port)
     try:
-        assert _store_all(listener.port, chest_films[:2]) == [0, 0]
+        assert store_all(listener.port, chest_films[:2]) == [0, 0]
         assert wait_for(lambda: listener.worker.processed == 2)
         assert wait_for(lambda: listener.outbox.failures >= 1)
         assert len(listener.outbox.pending()) == 4 and not pacs.received
@@ -147,7 +132,7 @@ def test_full_spool_refuses_instead_of_acknowledging(tiny_listen_ckpt, chest_fil
     listener.worker.start = lambda: None  # worker never runs: the spool fills up
     listener.start()
     try:
-        assert _store_all(listener.port, chest_films[:2]) == [0x0000, 0xA700]
+        assert store_all(listener.port, chest_films[:2]) == [0x0000, 0xA700]
     finally:
         listener.stop()
     assert len(Spool(tmp_path / "out" / "spool").pending()) == 1
@@ -157,14 +142,14 @@ def test_own_results_sent_back_are_not_analysed(tiny_listen_ckpt, chest_films, t
     """A PACS that routes cxrtool's SR/SC back must not start a loop: they are acknowledged and dropped."""
     first = _listener(tiny_listen_ckpt, tmp_path / "a")
     try:
-        assert _store_all(first.port, chest_films[1:2]) == [0]
+        assert store_all(first.port, chest_films[1:2]) == [0]
         assert wait_for(lambda: first.worker.processed == 1)
     finally:
         first.stop()
     results = sorted((tmp_path / "a" / "results").glob("*.dcm"))
     second = _listener(tiny_listen_ckpt, tmp_path / "b")
     try:
-        assert _store_all(second.port, results) == [0, 0]
+        assert store_all(second.port, results) == [0, 0]
         assert wait_for(lambda: not second.spool.pending())
     finally:
         second.stop()

@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port, wait_for
+from listen_helpers import free_port, store_all, wait_for
 from cxrtool.listen import ListenConfig, Listener
 from cxrtool.listen.spool import Spool
-from test_listen import _store_all
 
 TESTS = Path(__file__).resolve().parents[1]
 #: the CLI in a fresh interpreter that also knows the test-only ``densenet_tiny`` architecture
@@ -30,8 +29,9 @@ def test_help_lists_the_security_defaults():
     from cxrtool.cli.main import app
 
     result = CliRunner().invoke(app, ["listen", "--help"])
+    text = " ".join(result.output.split())  # help is wrapped to the terminal width
     assert result.exit_code == 0
-    assert "127.0.0.1" in result.output and "loopback peers only" in result.output and "CXRTOOL" in result.output
+    assert "[default: 127.0.0.1]" in text and "[default: (loopback peers only)]" in text and "[default: CXRTOOL]" in text
 
 
 @pytest.mark.slow  # a fresh interpreter importing torch: 15-40 s on 2 busy cores
@@ -44,7 +44,7 @@ def test_sigterm_finishes_and_keeps_the_rest(tiny_listen_ckpt, chest_films, tmp_
     )
     try:
         assert wait_for(lambda: "SIGTERM or Ctrl-C stops" in (tmp_path / "listen.log").read_text(), timeout=180), (tmp_path / "listen.log").read_text()
-        assert _store_all(port, chest_films) == [0, 0, 0]  # acknowledged = on disk
+        assert store_all(port, chest_films) == [0, 0, 0]  # acknowledged = on disk
         time.sleep(0.2)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(120) == 0

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port, wait_for
+from listen_helpers import free_port, wait_for
 from cxrtool.listen import ListenConfig, Listener, parse_destination, parse_peer
 
 ORTHANC = Path("/usr/sbin/Orthanc")

@@ -142,7 +142,7 @@ def test_evaluate_reports_calibration_and_flags(trusted: Path, films: Path, tmp_
     card = read_card(trusted)
     assert m["ece"] == pytest.approx(card.calibration["ece"], abs=1e-6)  # the val split calibrate saw
     assert m["ece_calibrated"] == pytest.approx(card.calibration["ece_calibrated"], abs=1e-6)
-    assert m["ood_flagged"] == round(0.05 * 24) or m["ood_flagged"] == 1  # 95% of the val films pass
+    assert m["ood_flagged"] == 1  # at least 95% of the 24 val films pass the threshold fitted on them: 23
     assert (tmp_path / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     header = (tmp_path / "predictions.csv").read_text().splitlines()[0]
     assert header.endswith("ood_score,flag,error")

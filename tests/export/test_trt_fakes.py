@@ -1,0 +1,268 @@
+"""The TensorRT path without a GPU: fake 10.x / 11.x bindings and a fake pycuda drive the real code."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cxrtool.config import PreprocessCfg
+from cxrtool.errors import CxrError
+from cxrtool.modelfile import BatchProfile
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from trt_fakes import install  # noqa: E402
+
+CFG = PreprocessCfg(input_size=8)
+
+
+def tiny_onnx(path: Path, *, qdq: bool = False) -> Path:
+    """input (N,3,8,8) -> Conv -> Relu -> GlobalAveragePool -> Flatten -> Gemm -> logits; optionally Q/DQ on input and weight."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w"),
+        numpy_helper.from_array(rng.normal(size=(3, 4)).astype(np.float32), "fc"),
+        numpy_helper.from_array(np.zeros(3, np.float32), "fc_b"),
+    ]
+    nodes = []
+    x, w = "input", "w"
+    if qdq:
+        inits += [numpy_helper.from_array(np.array(0.05, np.float32), "s"), numpy_helper.from_array(np.array(0, np.int8), "z")]
+        nodes += [helper.make_node("QuantizeLinear", ["input", "s", "z"], ["xq"]), helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"])]
+        nodes += [helper.make_node("QuantizeLinear", ["w", "s", "z"], ["wq"]), helper.make_node("DequantizeLinear", ["wq", "s", "z"], ["wd"])]
+        x, w = "xd", "wd"
+    nodes += [
+        helper.make_node("Conv", [x, w], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("GlobalAveragePool", ["r"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"]),
+        helper.make_node("Gemm", ["f", "fc", "fc_b"], ["logits"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])], inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save_model(model, str(path))
+    return path
+
+
+@pytest.fixture(params=[10, 11], ids=["trt10", "trt11"])
+def fakes(request, monkeypatch):
+    from cxrtool.infer import trt_backend
+
+    installed = install(monkeypatch, request.param)
+    yield request.param, *installed
+    trt_backend.cuda_problem.cache_clear()
+
+
+class TestImport:
+    @pytest.mark.parametrize("major, ok", [(9, False), (10, True), (11, True), (12, False)])
+    def test_supported_majors(self, monkeypatch, major, ok):
+        from trt_fakes import fake_tensorrt
+
+        from cxrtool.trtlib import import_tensorrt
+
+        monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(major, []))
+        if ok:
+            assert import_tensorrt().__version__.startswith(f"{major}.")
+        else:
+            with pytest.raises(CxrError, match=rf"TensorRT {major}\.0\.0 is not supported; cxrtool supports TensorRT 10 and 11"):
+                import_tensorrt()
+
+
+class TestBuild:
+    @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+    def test_strongly_typed_build_with_explicit_precision(self, fakes, tmp_path, precision):
+        import onnx
+
+        from cxrtool.export.trt_build import build_serialized, precision_onnx
+
+        major, trt, _driver, calls = fakes
+        source = tiny_onnx(tmp_path / "m.onnx", qdq=precision == "int8")
+        model_bytes = precision_onnx(source, precision)
+        built = build_serialized(trt, model_bytes, source, CFG, BatchProfile(1, 4, 8), workspace_gib=1)
+        # strongly typed: the 10.x flag, nothing on 11.x (always); never a precision builder flag or a calibrator
+        assert ("create_network", 1 << 1 if major == 10 else 0) in calls
+        assert built.strongly_typed == ("flag" if major == 10 else "always")
+        assert not [c for c in calls if c[0] in ("set_flag", "set_calibration_profile")]
+        assert ("build_serialized_network", []) in calls
+        assert ("set_shape", "input", (1, 3, 8, 8), (4, 3, 8, 8), (8, 3, 8, 8)) in calls
+        parsed = onnx.load_model_from_string(model_bytes)
+        init_types = {i.data_type for i in parsed.graph.initializer}
+        io_types = {v.type.tensor_type.elem_type for v in [*parsed.graph.input, *parsed.graph.output]}
+        assert io_types == {onnx.TensorProto.FLOAT}  # the runtime's float32 buffers stay valid
+        if precision == "fp16":
+            assert {i.data_type for i in parsed.graph.initializer if i.name in ("w", "fc")} == {onnx.TensorProto.FLOAT16}
+        else:
+            assert onnx.TensorProto.FLOAT16 not in init_types
+        assert any(n.op_type == "QuantizeLinear" for n in parsed.graph.node) == (precision == "int8")
+        assert built.input_name == "input" and built.output_names == ["logits"]
+
+    def test_precision_must_match_the_onnx(self, tmp_path):
+        from cxrtool.export.trt_build import precision_onnx
+
+        with pytest.raises(CxrError, match="needs the Q/DQ ONNX"):
+            precision_onnx(tiny_onnx(tmp_path / "fp32.onnx"), "int8")
+        with pytest.raises(CxrError, match="is a Q/DQ .INT8. ONNX; build it with --int8"):
+            precision_onnx(tiny_onnx(tmp_path / "q.onnx", qdq=True), "fp16")
+
+    def test_parser_errors_are_one_line(self, fakes, tmp_path):
+        from cxrtool.export.trt_build import build_serialized
+
+        _, trt, _, _ = fakes
+        with pytest.raises(CxrError, match=r"m.onnx: TensorRT's ONNX parser failed: In node -1 \(parseGraph\)"):
+            build_serialized(trt, b"not onnx", tmp_path / "m.onnx", CFG, BatchProfile(1, 4, 8))
+
+    def test_options(self, tmp_path):
+        from cxrtool.export.trt_options import default_tolerance, engine_precision
+
+        assert [engine_precision(fp16=f, int8=i, calib=tmp_path if i else None) for f, i in ((0, 0), (1, 0), (0, 1))] == ["fp32", "fp16", "int8"]
+        assert default_tolerance("int8") > default_tolerance("fp16") > default_tolerance("fp32")
+        for kwargs, message in [
+            (dict(fp16=True, int8=True, calib=tmp_path), "choose one TensorRT precision"),
+            (dict(fp16=False, int8=True, calib=None), "--int8 needs --calib"),
+            (dict(fp16=False, int8=False, calib=tmp_path), "--calib is only used with --int8"),
+            (dict(fp16=False, int8=True, calib=tmp_path / "none"), "not found"),
+        ]:
+            with pytest.raises(CxrError, match=message):
+                engine_precision(**kwargs)
+
+
+def build_plan(trt, tmp_path, profile=BatchProfile(1, 2, 4)) -> tuple[bytes, Path]:
+    from cxrtool.export.trt_build import build_serialized, precision_onnx
+
+    source = tiny_onnx(tmp_path / "m.onnx")
+    return build_serialized(trt, precision_onnx(source, "fp32"), source, CFG, profile).plan, source
+
+
+def ort_logits(source: Path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(source), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+
+
+class TestRunner:
+    def test_every_push_has_its_pop_and_each_runner_runs_in_its_device(self, monkeypatch, tmp_path):
+        from cxrtool.infer.trt_backend import TrtRunner
+
+        trt, driver, calls = install(monkeypatch, 11, devices=("NVIDIA H200", "NVIDIA L4"))
+        plan, source = build_plan(trt, tmp_path)
+        runners = [TrtRunner(plan, 0), TrtRunner(plan, 1)]
+        assert driver.stack == [] and driver.retains == 2  # retained once per device, not left current
+        x = np.random.default_rng(0).normal(size=(7, 3, 8, 8)).astype(np.float32)
+        for _ in range(2):  # alternate devices: the fake asserts every buffer is used in its own device's context
+            for r in runners:
+                np.testing.assert_allclose(r.infer(x), ort_logits(source, x), rtol=1e-5, atol=1e-6)
+        assert [c[1] for c in calls if c[0] == "execute_async_v3"] == [4, 3] * 4  # chunks of the profile's max batch 4
+        assert driver.stack == [] and driver.pushes == driver.pops > 0
+
+    def test_empty_batch_and_padding(self, monkeypatch, tmp_path):
+        from cxrtool.infer.trt_backend import TrtRunner
+
+        trt, driver, calls = install(monkeypatch, 10)
+        plan, source = build_plan(trt, tmp_path, BatchProfile(2, 2, 4))
+        runner = TrtRunner(plan, 0)
+        assert runner.infer(np.empty((0, 3, 8, 8), np.float32)).shape == (0, 3)
+        x = np.ones((1, 3, 8, 8), np.float32)
+        np.testing.assert_allclose(runner.infer(x), ort_logits(source, x), rtol=1e-5, atol=1e-6)  # padded to min batch 2
+        assert calls[-1] == ("execute_async_v3", 2)
+        with pytest.raises(CxrError, match=r"this engine takes \(N, 3, 8, 8\)"):
+            runner.infer(np.ones((2, 3, 4, 4), np.float32))
+        assert driver.stack == []
+
+    def test_refused_shape_and_address_are_errors_and_still_pop(self, monkeypatch, tmp_path):
+        from cxrtool.infer.trt_backend import TrtRunner
+
+        trt, driver, _ = install(monkeypatch, 11)
+        plan, _ = build_plan(trt, tmp_path)
+        runner = TrtRunner(plan, 0)
+        with monkeypatch.context() as patch:
+            patch.setattr(type(runner.context), "set_input_shape", lambda self, name, shape: False)
+            with pytest.raises(CxrError, match=r"TensorRT refused input shape \(2, 3, 8, 8\)"):
+                runner.infer(np.ones((2, 3, 8, 8), np.float32))
+        monkeypatch.setattr(type(runner.context), "set_tensor_address", lambda self, name, address: False)
+        with pytest.raises(CxrError, match="refused the device address of tensor 'input'"):
+            TrtRunner(plan, 0)
+        assert driver.stack == [] and driver.pushes == driver.pops
+
+    def test_missing_device_is_a_reason_not_a_crash(self, monkeypatch):
+        from cxrtool.infer.trt_backend import TensorRTBackend, cuda_problem
+
+        install(monkeypatch, 10, devices=())
+        assert cuda_problem("cuda") == "cuda:0 does not exist (0 CUDA devices)"
+        assert not TensorRTBackend.is_available("cuda") and TensorRTBackend.unavailable_reason("cuda").startswith("cuda:0 does not exist")
+
+
+EXIT_SCRIPT = """
+import sys
+sys.path[:0] = [{here!r}, {repo!r}]
+from trt_fakes import fake_pycuda, fake_tensorrt
+import numpy as np
+calls = []
+sys.modules["tensorrt"] = trt = fake_tensorrt(11, calls)
+pycuda, driver = fake_pycuda()
+sys.modules["pycuda"], sys.modules["pycuda.driver"] = pycuda, driver
+from pathlib import Path
+from test_trt_fakes import build_plan
+from cxrtool.infer.trt_backend import TrtRunner, current_gpu
+plan, _ = build_plan(trt, Path({tmp!r}))
+runner = TrtRunner(plan, 0)
+runner.infer(np.ones((3, 3, 8, 8), np.float32))
+current_gpu(0)
+{leak}
+print("done", driver.pushes, driver.pops)
+"""
+
+
+@pytest.mark.parametrize("leak, code", [("", 0), ("driver.Device(0).retain_primary_context().push()", 134)], ids=["clean", "leaked-push"])
+def test_interpreter_exit_leaves_the_context_stack_empty(tmp_path, leak, code):
+    """pycuda aborts at exit on a non-empty context stack; the fake does too (the leaked push proves it would notice)."""
+    script = EXIT_SCRIPT.format(here=str(HERE), repo=str(HERE.parents[1]), tmp=str(tmp_path), leak=leak)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert run.returncode == code, run.stderr[-2000:]
+    assert "done" in run.stdout
+    assert ("context stack was not empty" in run.stderr) == bool(code)
+
+
+class TestFallbacks:
+    def test_explicit_tensorrt_without_pycuda_is_one_line_exit_2(self, monkeypatch, tmp_path):
+        from typer.testing import CliRunner
+
+        from cxrtool.cli.main import app
+        from cxrtool.infer import trt_backend
+
+        monkeypatch.setitem(sys.modules, "pycuda", None)  # import fails as on a machine without it
+        monkeypatch.setitem(sys.modules, "pycuda.driver", None)
+        trt_backend.cuda_problem.cache_clear()
+        engine = tmp_path / "m.engine"
+        engine.write_bytes(b"plan")
+        (tmp_path / "films").mkdir()
+        try:
+            run = CliRunner().invoke(app, ["predict", str(tmp_path / "films"), "--model", str(engine), "--out", str(tmp_path / "p.csv"), "--backend", "tensorrt", "--device", "cuda"])
+        finally:
+            trt_backend.cuda_problem.cache_clear()
+        assert run.exit_code == 2, run.output
+        message = " ".join(run.output.split())
+        assert "backend 'tensorrt' is not available on cuda here" in message
+        assert "pycuda is not installed" in message or "TensorRT is not installed" in message
+        assert "Traceback" not in run.output
+
+    def test_auto_on_cuda_says_why_tensorrt_was_not_used(self, monkeypatch, tmp_path):
+        from cxrtool.infer import trt_backend
+        from cxrtool.infer.auto import load_auto
+
+        install(monkeypatch, 10, devices=())
+        onnx_path = tiny_onnx(tmp_path / "m.onnx")
+        with pytest.raises(CxrError) as info:  # no CUDA torch / ORT here either: the error carries the TensorRT reason
+            load_auto(onnx_path, "cuda")
+        trt_backend.cuda_problem.cache_clear()
+        assert "TensorRT not used: cuda:0 does not exist" in str(info.value)

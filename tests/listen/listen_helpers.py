@@ -1,0 +1,76 @@
+"""Helpers for the listen tests: free ports, bounded waiting, a stand-in PACS and a C-STORE client."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+CLASSES = ["covid", "normal", "viral_pneumonia"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float = 60.0, step: float = 0.1) -> bool:
+    """Poll ``predicate`` until true or ``timeout`` (every loop in these tests is bounded)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(step)
+    return bool(predicate())
+
+
+class StoreSCP:
+    """A minimal Storage SCP (pynetdicom) that keeps what it receives: the stand-in destination."""
+
+    def __init__(self, port: int, ae_title: str = "PACS"):
+        self.port, self.ae_title = port, ae_title
+        self.received: list = []
+        self.server = None
+
+    def start(self) -> StoreSCP:
+        from pynetdicom import AE, StoragePresentationContexts, evt
+
+        ae = AE(ae_title=self.ae_title)
+        ae.supported_contexts = StoragePresentationContexts
+        lock = threading.Lock()
+
+        def on_store(event):
+            with lock:
+                ds = event.dataset
+                ds.file_meta = event.file_meta
+                self.received.append(ds)
+            return 0x0000
+
+        self.server = ae.start_server(("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server = None
+
+
+
+def store_all(port: int, films, ae_title: str = "SCU") -> list[int]:
+    """C-STORE ``films`` to ``port`` over one association; the status of each."""
+    from pynetdicom import AE
+
+    from cxrtool.dicom.read import read_dataset
+
+    datasets = [read_dataset(f) for f in films]  # meta-less ACR-NEMA films get their transfer syntax
+    ae = AE(ae_title=ae_title)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 20
+    for ds in datasets:
+        ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", port, ae_title="CXRTOOL")
+    assert assoc.is_established
+    try:
+        return [assoc.send_c_store(ds).Status for ds in datasets]
+    finally:
+        assoc.release()
