@@ -4,7 +4,8 @@ Usage: ``.venv/bin/python bench/explain.py [--batch 16] [--size 224] [--repeats 
 
 The baseline is the plain forward of the same DenseNet-121 under ``torch.inference_mode()``.
 Each explainer is timed per batch (compile time excluded: ``cxrtool explain`` compiles once per
-run); the median of ``--repeats`` is reported.  ``--zennit`` adds stock zennit with our canonizer
+run); the median of ``--repeats`` is reported, with each LRP composite's ``relevance_sum / logit``
+range on the benchmark batch (conservation held by the timed code itself).  ``--zennit`` adds stock zennit with our canonizer
 (the "naive" path, slow).  The CPU is shared: run it a few times and quote the quiet numbers with
 the load average printed at the top.
 """
@@ -64,9 +65,14 @@ def main() -> None:
     print(f"{'forward (inference_mode)':32s} {base / args.batch:8.4f} s/image   1.00x")
     for name in args.composites.split(","):
         explainer = Explainer(model, name, bounds)
-        explainer.explain(x)  # warm-up
+        result = explainer.attribute(x)  # warm-up, and the conservation check of this very run
         t = _median_time(lambda: explainer.explain(x), args.repeats)
-        print(f"{name:32s} {t / args.batch:8.4f} s/image {t / base:6.2f}x")
+        line = f"{name:32s} {t / args.batch:8.4f} s/image {t / base:6.2f}x"
+        if explainer.spec.is_lrp:
+            logit = result.logits.max(1).values
+            ratio = (result.relevance[0].sum((1, 2, 3)) / logit).numpy()
+            line += f"   relevance_sum/logit {ratio.min():.3f}..{ratio.max():.3f}"
+        print(line)
     if args.zennit:
         targets = torch.zeros(args.batch, dtype=torch.long)
         t = _median_time(lambda: zennit_relevance(model, x, targets, "epsilon_plus_flat", bounds), 1)

@@ -80,6 +80,8 @@ def export_model(
 
     model = Path(model)
     step = on_step or (lambda _msg: None)
+    if fp16 and not trt:
+        raise CxrError("--fp16 is a TensorRT precision; add --trt (on the CPU, --int8 or OpenVINO bf16 are the fast paths)")
     if not (onnx or trt or int8):
         raise CxrError("nothing to do: choose --onnx, --int8 --calib and/or --trt")
     if not model.is_file():
@@ -89,8 +91,6 @@ def export_model(
         raise CxrError(f"{model}: export takes a cxrtool checkpoint (.safetensors) or, for --trt/--int8, an exported .onnx")
     if suffix == ".onnx" and onnx:
         raise CxrError(f"{model}: already ONNX; --onnx needs the .safetensors checkpoint")
-    if fp16 and not trt:
-        raise CxrError("--fp16 is a TensorRT precision; add --trt (on the CPU, --int8 or OpenVINO bf16 are the fast paths)")
     precision = engine_precision(fp16=fp16, int8=int8, calib=calib)
     if trt:  # validate before the (slow) ONNX export
         from cxrtool.infer.trt_backend import cuda_problem

@@ -5,7 +5,9 @@ queue never notices (it holds both ends of the queue's pipe itself).  So every w
 :func:`die_with` first thing; it ends the worker as soon as the run's process is gone:
 
 * ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` (Linux): the kernel kills the worker when its *parent*
-  exits.  Right for workers the run forks or spawns itself (DataLoader, ``prep`` pools).
+  exits.  Right for workers the run forks or spawns itself (DataLoader, ``prep`` pools).  Strictly
+  it follows the parent *thread* that started the worker, so pools must be started from a thread
+  that outlives them (the pools here start workers from the thread that submits the work).
 * a watcher thread on a pidfd of the run (Linux >= 5.3), or polling elsewhere: a forkserver's
   workers have the forkserver as parent, not the run, so the parent-death signal alone would only
   fire when the forkserver goes.

@@ -223,6 +223,7 @@ def write_report(args, curves, runner, best_variant, best_seed, eval_dir, explai
             cells += [f"{m:.3f}", f"{m / statistics.fmean(float(r[area]) for r in sel):.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
+    lines += _shortcut_lines(args, explain_dir, ok)
     lines += ["Relevance maps of the best model on the first two test films of each true class (`cxrtool explain`, "
               "target = predicted class; red for, blue against). Only the relevance is copied here, not the films: the "
               "data's licences do not allow redistributing them; the full panels are in the run's explain folder.", ""]
@@ -242,6 +243,31 @@ def write_report(args, curves, runner, best_variant, best_seed, eval_dir, explai
             cmd = " ".join(head.split()[:3]) + f" … ({len(head.split()) - 2} test films) --model " + tail
         lines.append(f"| {label} | {sec:.0f} | `{cmd}` |")
     (report_dir / "results.md").write_text("\n".join(lines) + "\n")
+
+
+def _shortcut_lines(args, explain_dir, ok) -> list[str]:
+    """Data-side shortcut audit (``cxrtool.explain.shortcut``) of the test films: probes on true and predicted classes."""
+    import numpy as np
+
+    from cxrtool.config import PreprocessCfg
+    from cxrtool.explain.shortcut import map_comparison, probe, summary_lines, thumbnail
+    from cxrtool.preprocess import load_gray
+
+    cfg = PreprocessCfg(input_size=args.input_size)
+    truth = test_films(args.out / "covid3.csv")
+    own = [r for r in ok if r["target"] == r["predicted"]]
+    thumbs = np.stack([thumbnail(load_gray(Path(r["path"]), cfg)) for r in own])
+    labels = np.array([truth.get(Path(r["path"]).resolve(), "") for r in own])
+    lines = ["Data-side shortcut audit of the same films (`cxrtool.explain.shortcut`: cross-validated linear probes on "
+             "8x8 thumbnails, which keep no lung detail; balanced accuracy vs chance):", ""]
+    for name, y in (("true class", labels), ("adult (covid) vs child (normal, viral)", np.where(labels == "covid", "adult", "child")),
+                    ("normal vs viral (both children)", labels)):
+        keep = labels != "covid" if name.startswith("normal") else np.ones(len(labels), bool)
+        if (p := probe(thumbs[keep], y[keep], "8x8 thumbnail", name)) is not None:
+            lines.append(f"- {p.line()}")
+    audit = {"probes": [], "maps": map_comparison([np.load(r["heatmap"]) for r in own], [r["predicted"] for r in own])}
+    lines += [f"- {line}" for line in summary_lines(audit)] + [""]
+    return lines
 
 
 if __name__ == "__main__":

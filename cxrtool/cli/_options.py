@@ -6,12 +6,12 @@ Nothing here imports numpy or torch, so ``cxrtool --help`` stays fast.
 from __future__ import annotations
 
 import dataclasses
-import re
 from enum import Enum
 from typing import Any
 
 import typer
 
+from cxrtool.errors import CxrError
 from cxrtool.infer.backends import BACKENDS
 
 
@@ -38,17 +38,15 @@ Backend = Enum("Backend", {name: name for name in ("auto", *BACKENDS)}, type=str
 #: ``bench --backend``: the registry's names (bench measures each; ``auto`` is not one).
 BenchBackend = Enum("BenchBackend", {name: name for name in BACKENDS}, type=str)  # type: ignore[misc]
 
-_SHARD = re.compile(r"([0-9]+)/([0-9]+)")
 
 
 def parse_shard_option(value: str | None) -> tuple[int, int] | None:
     """``--shard i/n``: exactly digits, a slash, digits (no spaces or signs), 1 <= i <= n; a usage error otherwise."""
     if value is None:
         return None
-    match = _SHARD.fullmatch(value)
-    if not match:
-        raise typer.BadParameter(f"expected i/n such as 1/4, not {value!r}")
-    i, n = int(match[1]), int(match[2])
-    if not 1 <= i <= n:
-        raise typer.BadParameter(f"expected 1 <= i <= n, not {value!r}")
-    return i, n
+    from cxrtool.infer.jobs import parse_shard
+
+    try:
+        return parse_shard(value)
+    except CxrError as exc:
+        raise typer.BadParameter(str(exc)) from None

@@ -86,6 +86,12 @@ def explain(
         table.add_row(str(row["target"]), str(row["n"]), fmt(row["mean_share_border"]), fmt(row["ratio_border"]),
                       fmt(row["mean_share_outside_lung"]), fmt(row["ratio_outside_lung"]))
     stdout.print(table)
+    if report.shortcut:
+        from cxrtool.explain.shortcut import summary_lines
+
+        stdout.print("Shortcut audit (data side: can the classes be told apart without the lungs?)", markup=False)
+        for line in summary_lines(report.shortcut):
+            stdout.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
     stdout.print(f"results: {report.csv_path}", highlight=False, soft_wrap=True)
     if dicom_out is not None:  # post-pass over the DICOM inputs (cxrtool.results)
         from cxrtool.results.write import results_for_files, summary_line

@@ -64,7 +64,7 @@ def export(
         ),
     ] = None,
 ) -> None:
-    """Export a checkpoint to ONNX and/or TensorRT; each file is written only if it reproduces the reference logits."""
+    """Export a checkpoint to ONNX, NNCF INT8 and/or TensorRT; each file is written only if it passes its check against fp32."""
     from cxrtool.exporting import export_model
     from cxrtool.fsutil import check_writable_output
     from cxrtool.parity import ParityError

@@ -15,7 +15,7 @@ import copy
 import csv
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -126,7 +126,7 @@ def zennit_relevance(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, c
 
 RESULT_COLUMNS = (
     "path", "target", "target_index", "target_logit", "target_prob", "predicted", "predicted_prob", "ood_score", "flag",
-    "relevance_sum", *AUDIT_COLUMNS, "scale", "heatmap", "overlay", "panel", "error",
+    "relevance_sum", "bias_share", *AUDIT_COLUMNS, "scale", "heatmap", "overlay", "panel", "error",
 )
 
 
@@ -135,6 +135,7 @@ class ExplainReport:
     rows: list[dict[str, object]]
     summary: list[dict[str, object]]
     csv_path: Path
+    shortcut: dict[str, object] = field(default_factory=dict)  # :func:`~cxrtool.explain.shortcut.shortcut_audit`
 
     @property
     def n_failed(self) -> int:
@@ -193,6 +194,7 @@ def explain_files(
     works (:func:`cxrtool.locks.owned_output`): a second run on it refuses at once.
     Probabilities are calibrated and each row gets ``ood_score``/``flag`` through ``trust``
     (:func:`cxrtool.trust.load_trust` of the model file; default: the card's temperature only).
+    ``report.shortcut`` holds the data-side shortcut audit over all readable films (:mod:`.shortcut`).
     """
     with owned_output(out_dir):
         return _explain_files(plan, model, card, out_dir, options, on_file, trust or Trust.card_only(card))
@@ -207,6 +209,7 @@ def _explain_files(
     on_file: Callable[[Path, str | None], None] | None,
     trust: Trust,
 ) -> ExplainReport:
+    from cxrtool.explain.shortcut import shortcut_audit, thumbnail
     from cxrtool.preprocess import load_gray, normalize
     from cxrtool.trust.gate import header_reason
 
@@ -214,6 +217,14 @@ def _explain_files(
     cfg = card.preprocess
     targets = _targets_for(options.target, card.class_names)
     explainer = Explainer(model, options.composite, cfg.input_bounds())
+    head = getattr(explainer.net, "classifier", None)  # its inputs are the penultimate features, for free
+    captured: list[torch.Tensor] = []
+    hook = head.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach())) if head is not None else None
+    thumbs: list[np.ndarray] = []
+    feats: list[np.ndarray] = []
+    predicted_names: list[str] = []
+    folders: list[str] = []
+    own_maps: list[np.ndarray | None] = []
     out_dir = Path(out_dir)
     rows: list[dict[str, object]] = []
     for start in range(0, len(plan), max(1, options.batch_size)):
@@ -228,7 +239,11 @@ def _explain_files(
         if not good:
             continue
         x = torch.from_numpy(np.stack([normalize(g, cfg) for _, _, g in good]))
-        logits, relevances = explainer.explain(x, targets)
+        captured.clear()
+        result = explainer.attribute(x, targets)
+        logits = result.logits
+        if captured:
+            feats.append(captured[0].flatten(1).numpy())
         features = None
         if trust.has_ood:
             with torch.no_grad():
@@ -236,24 +251,43 @@ def _explain_files(
         verdicts = trust.assess(logits.numpy(), features, [header_reason(p) for p, _, _ in good])
         probs = torch.from_numpy(np.stack([v.probs for v in verdicts]))
         predicted = logits.argmax(1)
-        for target, rel in zip(targets, relevances):
+        for _, stem, gray in good:
+            thumbs.append(thumbnail(gray))
+            folders.append(stem.parent.as_posix() if stem.parent != Path(".") else "")
+        predicted_names += [card.class_names[int(k)] for k in predicted]
+        own: list[np.ndarray | None] = [None] * len(good)
+        for target, rel, booked in zip(targets, result.relevance, result.bias_share):
             maps = rel.sum(1).numpy()  # grey pixel relevance = sum over its replicated channels
             index = predicted if target is None else torch.full_like(predicted, target)
             for i, (path, stem, gray) in enumerate(good):
                 try:
-                    rows.append(_write_outputs(out_dir, path, stem, gray, maps[i], int(index[i]), int(predicted[i]), logits[i], probs[i], card.class_names, options, verdicts[i]))
+                    row = _write_outputs(out_dir, path, stem, gray, maps[i], int(index[i]), int(predicted[i]), logits[i], probs[i], card.class_names, options, verdicts[i])
+                    row["bias_share"] = float(booked[i])  # relevance_sum + bias_share = target_logit
+                    rows.append(row)
+                    if int(index[i]) == int(predicted[i]):
+                        own[i] = maps[i]
                 except OSError as exc:  # a name too long for an output file, a full disk: this film fails, the rest go on
                     rows.append({"path": str(path), "error": f"cannot write its outputs ({exc.strerror or exc})"})
+        own_maps += own
         for path, _, _ in good:
             if on_file:
                 on_file(path, None)
+    if hook is not None:
+        hook.remove()
+    shortcut: dict[str, object] = {}
+    if thumbs:
+        keep = [i for i, m in enumerate(own_maps) if m is not None]
+        shortcut = shortcut_audit(
+            np.stack(thumbs), np.concatenate(feats) if feats else None, predicted_names, folders,
+            [own_maps[i] for i in keep], [predicted_names[i] for i in keep],
+        )
     csv_path = out_dir / "explain.csv"
     with atomic_open(csv_path, "w", newline="", encoding="utf-8", errors=NAME_ERRORS) as fh:  # names stay byte-exact
         writer = csv.DictWriter(fh, fieldnames=RESULT_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
             writer.writerow({k: _fmt(v) for k, v in row.items()})
-    return ExplainReport(rows, summarize(rows), csv_path)
+    return ExplainReport(rows, summarize(rows), csv_path, shortcut)
 
 
 def _flag_title(flag: str) -> str:

@@ -257,10 +257,13 @@ class Flat(_ConvRule):
     def __init__(self, conv: nn.Conv2d, charge_bias: bool = True):
         super().__init__(conv, charge_bias)
         self.register_buffer("w_ones", torch.ones_like(self.weight))
+        self._counts: dict[tuple[int, ...], torch.Tensor] = {}  # receptive-field sizes per input shape
 
     def relevance(self, x: torch.Tensor, r_out: torch.Tensor) -> torch.Tensor:
-        z = self._conv(torch.ones_like(x), self.w_ones)
-        return self._back(x.shape, self.w_ones, r_out / stabilize(z))
+        key = tuple(x.shape[1:])
+        if key not in self._counts:  # the same for every film of a size: computed once, for one sample
+            self._counts[key] = stabilize(self._conv(torch.ones_like(x[:1]), self.w_ones))
+        return self._back(x.shape, self.w_ones, r_out / self._counts[key])
 
 
 class ZBox(_ConvRule):

@@ -13,8 +13,10 @@ calibration (:mod:`cxrtool.export.calibration`) against ONNX Runtime fp32: top-1
 >= :data:`MIN_AGREEMENT` and, when the films are labelled, macro-AUC (multiclass) or every
 per-class AUC (multilabel) within :data:`MAX_AUC_DROP` of fp32.  Plain quantization is tried
 first; when it fails, once more with the first convolution and the classifier kept in fp32 (an
-ignored scope, the usual remedy for a CNN's most range-sensitive layers).  If both fail, nothing
-is written and :class:`Int8CheckError` carries the numbers.
+ignored scope, the usual remedy for a CNN's most range-sensitive layers), then (IR only) with
+``nncf.quantize_with_accuracy_control``, which reverts the layers that cost agreement with fp32 on
+the *calibration* films.  If all fail, nothing is written and :class:`Int8CheckError` carries the
+numbers.
 
 Every output of the fp32 graph is kept, so the OOD ``features`` output (when the export has one)
 survives quantization and is computed by the INT8 graph; the check records its cosine similarity
@@ -52,6 +54,9 @@ from cxrtool.task import Task
 
 MIN_AGREEMENT = 0.99
 MAX_AUC_DROP = 0.005
+#: accuracy control's allowed agreement loss on the calibration films (the held-out gate still decides)
+MAX_AC_DROP = 0.005
+ACCURACY_CONTROL = "accuracy control"
 FEATURES_OUTPUT = "features"
 FORMATS = {"openvino": INT8_IR_SUFFIX, "qdq-onnx": INT8_ONNX_SUFFIX}
 
@@ -234,9 +239,10 @@ def export_int8(
     tried: list[Int8Check] = []
     with tempfile.TemporaryDirectory(prefix=".int8-", dir=out.parent if out.parent.is_dir() else None) as tmp:
         tmp_out = Path(tmp) / out.name
-        for attempt, scope in _attempts(onnx_path):
+        for attempt, scope in _attempts(onnx_path, fmt):
             step(f"NNCF quantization ({attempt}) on {len(cs.calibration)} calibration films")
-            _quantize_to(tmp_out, onnx_path, fmt, dataset, len(cs.calibration), scope)
+            validation = _calibration_targets(onnx_path, cs, card) if attempt == ACCURACY_CONTROL else None
+            _quantize_to(tmp_out, onnx_path, fmt, dataset, len(cs.calibration), scope, validation)
             if not samples.used:
                 raise CxrError(f"{calib}: none of the {len(cs.calibration)} calibration films loads")
             step(f"INT8 check ({attempt}) on {len(holdout)} held-out films")
@@ -264,22 +270,45 @@ def export_int8(
     raise Int8CheckError(f"{onnx_path}: INT8 model failed the held-out check, nothing written: {lines}", tried)
 
 
-def _attempts(onnx_path: Path) -> list[tuple[str, Any]]:
-    """Plain quantization, then with the first convolution and the classifier kept in fp32."""
-    import nncf
-    import onnx
+def _attempts(onnx_path: Path, fmt: str) -> list[tuple[str, Any]]:
+    """Plain quantization, then with the first convolution and the classifier kept in fp32.
 
-    graph = onnx.load_model(str(onnx_path), load_external_data=False).graph
-    convs = [n.name for n in graph.node if n.op_type == "Conv"]
-    heads = [n.name for n in graph.node if n.op_type in ("Gemm", "MatMul")]
+    The ignored scope names nodes of the graph NNCF quantizes: OpenVINO's friendly names for the
+    IR path (they differ from the ONNX node names), the ONNX node names for Q/DQ ONNX.
+    """
+    import nncf
+
+    if fmt == "openvino":
+        import openvino as ov
+
+        ops = [(op.get_type_name(), op.get_friendly_name()) for op in ov.Core().read_model(str(onnx_path)).get_ordered_ops()]
+        convs = [name for kind, name in ops if kind == "Convolution"]
+        heads = [name for kind, name in ops if kind == "MatMul"]
+    else:
+        import onnx
+
+        graph = onnx.load_model(str(onnx_path), load_external_data=False).graph
+        convs = [n.name for n in graph.node if n.op_type == "Conv"]
+        heads = [n.name for n in graph.node if n.op_type in ("Gemm", "MatMul")]
     keep = [*convs[:1], *heads[-1:]]
     attempts: list[tuple[str, Any]] = [("plain", None)]
     if keep:
-        attempts.append(("fp32 first conv + classifier", nncf.IgnoredScope(names=keep, validate=False)))
+        attempts.append(("fp32 first conv + classifier", nncf.IgnoredScope(names=keep)))
+    if fmt == "openvino":
+        attempts.append((ACCURACY_CONTROL, None))
     return attempts
 
 
-def _quantize_to(path: Path, onnx_path: Path, fmt: str, dataset: Any, n: int, scope: Any) -> None:
+def _calibration_targets(onnx_path: Path, calib: CalibrationSet, card: ModelCard) -> list[tuple[np.ndarray, int]]:
+    """(input, fp32 top-1) per calibration film: accuracy control's validation data, never the held-out films."""
+    inputs = list(iter_calibration_inputs(calib.calibration, card.preprocess, []))
+    top1 = _ort_outputs(onnx_path, np.concatenate(inputs))[OUTPUT_NAME].argmax(1)
+    return [(x, int(y)) for x, y in zip(inputs, top1)]
+
+
+def _quantize_to(path: Path, onnx_path: Path, fmt: str, dataset: Any, n: int, scope: Any, validation: list | None = None) -> None:
+    """``nncf.quantize``; with ``validation``, ``nncf.quantize_with_accuracy_control`` keeping top-1 agreement
+    with fp32 on the calibration films within :data:`MAX_AC_DROP` (it reverts the most sensitive layers to fp32)."""
     import nncf
 
     kwargs = dict(preset=nncf.QuantizationPreset.PERFORMANCE, subset_size=n, ignored_scope=scope)
@@ -287,7 +316,13 @@ def _quantize_to(path: Path, onnx_path: Path, fmt: str, dataset: Any, n: int, sc
         import openvino as ov
 
         model = ov.Core().read_model(str(onnx_path))
-        quantized = nncf.quantize(model, dataset, target_device=nncf.TargetDevice.CPU, **kwargs)
+        if validation is not None:
+            quantized = nncf.quantize_with_accuracy_control(
+                model, dataset, nncf.Dataset(validation), _agreement, max_drop=MAX_AC_DROP, target_device=nncf.TargetDevice.CPU,
+                preset=kwargs["preset"], subset_size=n,
+            )
+        else:
+            quantized = nncf.quantize(model, dataset, target_device=nncf.TargetDevice.CPU, **kwargs)
         ov.save_model(quantized, str(path), compress_to_fp16=False)
     else:
         import onnx
@@ -295,6 +330,13 @@ def _quantize_to(path: Path, onnx_path: Path, fmt: str, dataset: Any, n: int, sc
         model = onnx.load_model(str(onnx_path))
         quantized = nncf.quantize(model, dataset, **kwargs)
         onnx.save_model(quantized, str(path))
+
+
+def _agreement(compiled: Any, items: Any) -> tuple[float, list[float]]:
+    """Accuracy control's metric: top-1 agreement with the fp32 decisions, per film and overall."""
+    port = next((o for o in compiled.outputs if OUTPUT_NAME in o.get_names()), compiled.output(0))
+    hits = [float(np.argmax(compiled(x)[port]) == y) for x, y in items]
+    return float(np.mean(hits)), hits
 
 
 def _ort_outputs(onnx_path: Path, batch: np.ndarray) -> dict[str, np.ndarray]:

@@ -19,7 +19,7 @@ import numpy as np
 from cxrtool.errors import CxrError
 from cxrtool.modelfile import ModelCard, model_files
 
-# name -> "module:Class" (imported only when used); ``auto`` tries them in AUTO_ORDER.
+# name -> "module:Class" (imported only when used); ``auto`` ranks them in cxrtool.infer.auto.
 BACKENDS: dict[str, str] = {
     "tensorrt": "cxrtool.infer.trt_backend:TensorRTBackend",
     "torch": "cxrtool.infer.torch_backend:TorchBackend",

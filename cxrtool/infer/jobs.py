@@ -7,6 +7,7 @@ pipeline behind stays bounded on a 100,000-file folder.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import Counter
 from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
@@ -15,13 +16,16 @@ from cxrtool.errors import CxrError
 from cxrtool.images import iter_input_files
 
 
+_SHARD = re.compile(r"([0-9]+)/([0-9]+)")
+
+
 def parse_shard(text: str) -> tuple[int, int]:
-    """``"2/4"`` -> ``(2, 4)`` (1-based, like test sharding tools); a clear error otherwise."""
-    try:
-        i, n = (int(part) for part in text.split("/"))
-    except ValueError:
-        raise CxrError(f"--shard wants i/n such as 1/4, not {text!r}") from None
-    if not (n >= 1 and 1 <= i <= n):
+    """``"2/4"`` -> ``(2, 4)`` (1-based, like test sharding tools): exactly digits, a slash, digits."""
+    match = _SHARD.fullmatch(text)
+    if not match:
+        raise CxrError(f"--shard wants i/n such as 1/4, not {text!r}")
+    i, n = int(match[1]), int(match[2])
+    if not 1 <= i <= n:
         raise CxrError(f"--shard wants 1 <= i <= n, not {text!r}")
     return i, n
 

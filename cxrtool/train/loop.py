@@ -43,6 +43,7 @@ from cxrtool.fsutil import atomic_write_text
 from cxrtool.locks import owned_output
 from cxrtool.manifest import Manifest, read_manifest
 from cxrtool.models import build_model
+from cxrtool.models.registry import DEFAULT_ARCH
 from cxrtool.models.checkpoint import save_checkpoint
 from cxrtool.modelfile import ModelCard, file_sha256
 from cxrtool.models.init import InitReport, initialise, read_parent_card
@@ -303,7 +304,7 @@ def _read_data(cfg: TrainConfig) -> _Data:
 def _build(cfg: TrainConfig, n_classes: int) -> tuple[str, PreprocessCfg, nn.Module]:
     """Architecture, preprocessing (the ``--init`` checkpoint's unless overridden) and a fresh model."""
     parent = read_parent_card(cfg.init)
-    arch = cfg.arch or (parent.arch if parent else "densenet121")
+    arch = cfg.arch or (parent.arch if parent else DEFAULT_ARCH)
     overrides = {"input_size": cfg.input_size, "channels": cfg.channels, "resize": cfg.resize}
     try:
         preprocess = resolve_preprocess(parent.preprocess if parent else None, overrides)

@@ -48,14 +48,16 @@ class DepthStats:
     center: float = 0.0  # validation median of log D²
     scale: float = 1.0  # validation MAD of log D² (as a sigma)
     _whiten: np.ndarray | None = field(default=None, repr=False)
+    _white_means: np.ndarray | None = field(default=None, repr=False)
 
     def log_distance(self, features: np.ndarray) -> np.ndarray:
         """``log`` of the smallest squared Mahalanobis distance to a class mean, per film."""
-        if self._whiten is None:
+        if self._whiten is None or self._white_means is None:
             # P = L L^T, so (f - m) P (f - m)^T = |(f - m) L|^2: one matrix product per batch
             self._whiten = _cholesky(np.asarray(self.precision, dtype=np.float64))
+            self._white_means = np.asarray(self.means, dtype=np.float64) @ self._whiten
         f = np.asarray(features[:, self.start : self.stop], dtype=np.float64) @ self._whiten
-        m = np.asarray(self.means, dtype=np.float64) @ self._whiten
+        m = self._white_means
         d2 = (f**2).sum(1, keepdims=True) - 2 * f @ m.T + (m**2).sum(1)[None, :]
         return np.log(np.maximum(d2.min(1), 1e-12))
 

@@ -1,14 +1,14 @@
-"""Models for the explain tests: a tiny DenseNet (plumbing) and a briefly trained DenseNet-121."""
+"""Models for the explain tests: a tiny DenseNet (plumbing) and real films for the trained DenseNet-121."""
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from cxrtool.config import PreprocessCfg
 from cxrtool.models.densenet import DenseNetClassifier
 
 CLASSES = ["covid", "normal", "viral_pneumonia"]
@@ -34,30 +34,15 @@ def tiny_densenet() -> DenseNetClassifier:
 
 
 @pytest.fixture(scope="session")
-def trained(shared_data: Path) -> tuple[DenseNetClassifier, PreprocessCfg, torch.Tensor]:
-    """DenseNet-121 after a few Adam steps at 32 px on real covid3_256 films (BN statistics updated).
-
-    Returns the model, its preprocessing and a held-out batch of 6 inputs.
-    """
+def held_out_films(trained_checkpoint: Path) -> tuple[list[Path], torch.Tensor]:
+    """The trained model's validation and test films (never trained on) and their model inputs."""
     from cxrtool.images import load_image
-    from cxrtool.models import build_model
+    from cxrtool.models.checkpoint import load_checkpoint
     from cxrtool.preprocess import to_model_input
 
-    torch.manual_seed(0)
-    cfg = PreprocessCfg(input_size=32)
-    xs, ys = [], []
-    for k, name in enumerate(CLASSES):
-        for f in sorted((shared_data / "covid3_256" / name).glob("*.png"))[:6]:
-            xs.append(to_model_input(load_image(f), cfg))
-            ys.append(k)
-    x, y = torch.from_numpy(np.stack(xs)), torch.tensor(ys)
-    train = torch.arange(len(x)) % 3 != 0
-    model = build_model("densenet121", num_classes=3)
-    opt = torch.optim.Adam(model.parameters(), 1e-3)
-    model.train()
-    for _ in range(4):
-        loss = torch.nn.functional.cross_entropy(model(x[train]), y[train])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval(), cfg, x[~train]
+    _, card = load_checkpoint(trained_checkpoint)
+    manifest = trained_checkpoint.parents[1] / "covid3.csv"
+    with open(manifest, newline="", encoding="utf-8") as fh:
+        paths = [(manifest.parent / r["path"]).resolve() for r in csv.DictReader(fh) if r["split"] in ("val", "test")]
+    x = np.stack([to_model_input(load_image(p), card.preprocess) for p in paths])
+    return paths, torch.from_numpy(x)

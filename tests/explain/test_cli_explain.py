@@ -11,17 +11,13 @@ import pytest
 from typer.testing import CliRunner
 
 from cxrtool.cli.main import app
-from cxrtool.models.checkpoint import save_checkpoint
-from cxrtool.modelfile import ModelCard
 
 from .conftest import CLASSES
 
 
 @pytest.fixture(scope="module")
-def checkpoint(trained, tmp_path_factory) -> Path:
-    model, cfg, _ = trained
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    return save_checkpoint(path, model, ModelCard(arch="densenet121", task="multiclass", class_names=CLASSES, preprocess=cfg))
+def checkpoint(trained_checkpoint) -> Path:
+    return trained_checkpoint
 
 
 def _real_inputs(shared_data: Path) -> list[Path]:
@@ -54,8 +50,10 @@ def test_explain_files_and_folder_with_a_broken_file(shared_data, checkpoint, tm
     assert len(good) == len(inputs) + 1
     for row in good:
         heat = np.load(row["heatmap"])
-        assert heat.shape == (32, 32) and heat.dtype == np.float32 and np.abs(heat).sum() > 0
+        assert heat.shape == (64, 64) and heat.dtype == np.float32 and np.abs(heat).sum() > 0
         assert float(row["relevance_sum"]) == pytest.approx(float(heat.sum()), rel=1e-4)
+        logit = float(row["target_logit"])  # conservation, readable per film in the CSV
+        assert abs(float(row["relevance_sum"]) + float(row["bias_share"]) - logit) <= 0.05 * abs(logit) + 1e-3
         assert row["target"] == row["predicted"] in CLASSES
         assert Path(row["overlay"]).stat().st_size > 0 and Path(row["panel"]).stat().st_size > 0
         assert 0 <= float(row["pos_share_border"]) <= 1
@@ -80,3 +78,16 @@ def test_explain_usage_errors(shared_data, checkpoint, tmp_path):
     missing = CliRunner().invoke(app, ["explain", film, "-m", str(tmp_path / "nope.safetensors"), "-o", str(tmp_path)])
     assert missing.exit_code == 2 and "not found" in missing.output
     assert not (tmp_path / "explain.csv").exists()
+
+
+def test_explain_folder_reports_the_data_side_shortcut_audit(shared_data, checkpoint, tmp_path):
+    """Class folders of real films: thumbnail and feature probes and map comparison in the summary."""
+    for cls in CLASSES:
+        (tmp_path / "in" / cls).mkdir(parents=True)
+        for f in sorted((shared_data / "covid3_256" / cls).glob("*.png"))[-8:]:
+            (tmp_path / "in" / cls / f.name).symlink_to(f)
+    result = CliRunner().invoke(app, ["explain", str(tmp_path / "in"), "-m", str(checkpoint), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "8x8 thumbnail -> input folder: balanced accuracy" in result.output
+    assert "penultimate features -> input folder" in result.output
+    assert "correlation of class-mean relevance maps" in result.output

@@ -26,8 +26,11 @@ def test_help_lists_the_trt_options():
 @pytest.mark.parametrize(
     "args, message",
     [
-        ([], "nothing to do: choose --onnx and/or --trt"),
+        ([], "nothing to do: choose --onnx, --int8 --calib and/or --trt"),
         (["--onnx", "--trt", "--int8"], "--int8 needs --calib"),
+        (["--int8"], "--int8 needs --calib"),
+        (["--fp16"], "--fp16 is a TensorRT precision; add --trt"),
+        (["--trt", "--fp16", "--int8", "--calib", "."], "choose one TensorRT precision"),
         (["--trt", "--min-batch", "8", "--opt-batch", "4"], "1 <= min <= opt <= max"),
         (["--trt", "--device", "cpu"], "TensorRT needs a CUDA device"),
     ],

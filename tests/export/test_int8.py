@@ -112,7 +112,7 @@ def test_failed_check_writes_nothing(onnx_file, shared_data, tmp_path):
     out.parent.mkdir()
     with pytest.raises(Int8CheckError) as info:
         export_int8(onnx_file, write_manifest(tmp_path / "m.csv", rows), out, max_auc_drop=-1.0)
-    assert [c.attempt for c in info.value.checks] == ["plain", "fp32 first conv + classifier"]
+    assert [c.attempt for c in info.value.checks] == ["plain", "fp32 first conv + classifier", "accuracy control"]
     assert all(not c.ok and c.macro_auc_fp32 is not None for c in info.value.checks)
     assert "macro-AUC" in str(info.value) and "nothing written" in str(info.value)
     assert list(out.parent.iterdir()) == []  # no IR, no .bin, no temp folder
@@ -139,7 +139,7 @@ def test_bad_calibration_set_refuses_to_write(trained_onnx, shared_data, tmp_pat
     out.parent.mkdir()
     with pytest.raises(Int8CheckError) as info:
         export_int8(trained_onnx, write_manifest(tmp_path / "bad.csv", rows), out)
-    assert all(not c.ok for c in info.value.checks) and len(info.value.checks) == 2
+    assert all(not c.ok for c in info.value.checks) and len(info.value.checks) == 3
     assert list(out.parent.iterdir()) == []
 
 

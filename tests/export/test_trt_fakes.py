@@ -266,3 +266,31 @@ class TestFallbacks:
             load_auto(onnx_path, "cuda")
         trt_backend.cuda_problem.cache_clear()
         assert "TensorRT not used: cuda:0 does not exist" in str(info.value)
+
+
+def test_build_engine_checks_then_writes_engine_and_sidecar(fakes, tmp_path):
+    """exporting.build_engine end to end on the fakes: build, run in the runtime, compare with ONNX Runtime, write."""
+    import onnx
+
+    from cxrtool.export.onnx import _set_metadata
+    from cxrtool.exporting import build_engine
+    from cxrtool.infer.trt_backend import TensorRTBackend
+    from cxrtool.modelfile import ModelCard, onnx_metadata, read_sidecar
+
+    major, _trt, driver, _ = fakes
+    ckpt = tmp_path / "m.safetensors"
+    ckpt.write_bytes(b"weights")
+    source = tiny_onnx(tmp_path / "m.onnx")
+    proto = onnx.load_model(str(source))
+    card = ModelCard(arch="densenet121", task="multiclass", class_names=["a", "b", "c"], preprocess=CFG)
+    _set_metadata(proto, onnx_metadata(card, ckpt))
+    onnx.save_model(proto, str(source))
+
+    built = build_engine(source, tmp_path / "m.engine", precision="fp32", profile=BatchProfile(1, 2, 4), device="cuda")
+    sidecar = read_sidecar(built.path)
+    assert built.parity.ok and built.parity.max_abs_diff < 1e-5 and sidecar.precision == "fp32"
+    assert sidecar.tensorrt_version.startswith(f"{major}.") and sidecar.gpu_name == "NVIDIA H200" and sidecar.output_name == "logits"
+    backend = TensorRTBackend.load(built.path, device="cuda")
+    x = np.random.default_rng(1).normal(size=(5, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(backend.run(x), ort_logits(source, x), rtol=1e-5, atol=1e-6)
+    assert driver.stack == [] and driver.pushes == driver.pops

@@ -75,5 +75,5 @@ def write_bad_files(folder: Path) -> dict[Path, str]:
     bad[folder / "nopixels.dcm"] = "no pixel data"
 
     (folder / "gone.png").symlink_to(folder / "does-not-exist.png")  # unreadable, even as root
-    bad[folder / "gone.png"] = "No such file"
+    bad[folder / "gone.png"] = "dangling symbolic link"
     return bad

@@ -34,8 +34,10 @@ def hold_in_another_process(path: Path) -> subprocess.Popen:
     return proc
 
 
-def cxrtool(*args: object, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "cxrtool", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+def cxrtool(*args: object) -> subprocess.Popen:
+    """``cxrtool ARGS`` as a real process of its own."""
+    argv = [sys.executable, "-m", "cxrtool", *map(str, args)]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def wait_for_owner(path: Path, pid: int, timeout: float = 120) -> None:

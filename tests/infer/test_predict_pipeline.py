@@ -190,7 +190,7 @@ def test_shards_are_stable_across_processes(tmp_path):
     assert len(set(here)) == 4  # 42 keys over 4 shards: a constant function could not pass
 
 
-@pytest.mark.parametrize("text", ["0/3", "4/3", "1/0", "a/b", "2", "1/2/3"])
+@pytest.mark.parametrize("text", ["0/3", "4/3", "1/0", "a/b", "2", "1/2/3", " 1/2", "+1/2", "1/2 "])
 def test_bad_shards_are_usage_errors(text):
     with pytest.raises(CxrError, match="--shard"):
         parse_shard(text)
