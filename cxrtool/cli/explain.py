@@ -23,7 +23,7 @@ def register(app: typer.Typer) -> None:
 
 
 def explain(
-    paths: Annotated[list[Path], typer.Argument(help="Films (PNG/JPEG/DICOM...) or folders of them.", exists=True)],
+    paths: Annotated[list[Path], typer.Argument(help="Films (PNG/JPEG/DICOM...) or folders of them.")],
     model: Annotated[Path, typer.Option("--model", "-m", help="cxrtool checkpoint (.safetensors).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (created; inputs are never modified).")],
     target: Annotated[str, typer.Option("--target", "-t", help="'predicted', 'all', or a class name.")] = default_of(ExplainOptions, "target"),
@@ -48,6 +48,7 @@ def explain(
     from cxrtool.cli._console import EXIT_SOME_FAILED, err, failed, out as stdout, progress, user_errors
     from cxrtool.explain.attribution import explain_files, plan_inputs
     from cxrtool.fsutil import check_writable_output
+    from cxrtool.images import max_pixels
     from cxrtool.models.checkpoint import load_checkpoint
     from cxrtool.trust import load_trust
     from cxrtool.trust.assess import NO_STATS_NOTICE
@@ -58,6 +59,7 @@ def explain(
             check_writable_output(dicom_out, "dir")
         if html is not None:
             check_writable_output(html, "file")
+        max_pixels()  # a bad $CXRTOOL_MAX_PIXELS is a usage error before the model is loaded
         net, card = load_checkpoint(model)
         trust = load_trust(model, card)
         if not trust.has_ood:

@@ -28,6 +28,7 @@ from cxrtool.infer.decode_pool import DecodeFn, decode_file, default_workers
 from cxrtool.infer.jobs import select_paths
 from cxrtool.infer.rows import Prediction, RowFormat
 from cxrtool.infer.writers import drop_torn_tail, writer_class
+from cxrtool.images import max_pixels
 from cxrtool.locks import owned_output
 from cxrtool.modelfile import model_id
 from cxrtool.trust import load_trust
@@ -161,6 +162,7 @@ def predict_to_file(
         another run is writing (:class:`~cxrtool.locks.OutputBusy`, naming its pid).
     """
     options = options or PredictOptions()
+    max_pixels()  # a bad $CXRTOOL_MAX_PIXELS is a usage error before any file is read, not an error per file
     out = Path(out)
     writer_cls = writer_class(out)
     with owned_output(out):  # held from the existence check to the last row: no second writer, no stale resume set

@@ -184,10 +184,10 @@ def _heatmap_maker(checkpoint, composite):
 
 
 def _calibrated(card) -> bool | None:
-    """Whether the card says its probabilities are temperature-scaled (unknown for cards without the field)."""
-    if card is None or not hasattr(card, "temperature"):
+    """Whether the card's probabilities are temperature-scaled (``calibration`` fitted by train/calibrate)."""
+    if card is None:
         return None
-    return getattr(card, "temperature") is not None
+    return "temperature" in card.calibration
 
 
 def _row_classes(row: dict) -> list[str]:

@@ -12,6 +12,7 @@ from cxrtool.config import PreprocessCfg
 from cxrtool.data import AugmentCfg, EpochSampler, ManifestDataset, augment, balanced_weights
 from cxrtool.errors import CxrError
 from cxrtool.manifest import label_column, read_manifest, write_manifest
+from cxrtool.task import Multiclass, Multilabel
 
 
 def test_augment_is_a_function_of_the_generator(gradient_image: np.ndarray) -> None:
@@ -70,11 +71,11 @@ def test_multilabel_targets_matched_by_column_name(tmp_path: Path) -> None:
     rows = [{"path": _png(tmp_path / "a.png", 10), "label": "B", label_column("B"): 1, label_column("A"): 0}]
     m = read_manifest(write_manifest(tmp_path / "m.csv", rows, [label_column("B"), label_column("A")]))
     cfg = PreprocessCfg.from_dict({"input_size": 16, "channels": 1})
-    ds = ManifestDataset(m, class_names=["A", "B"], task="multilabel", preprocess=cfg)
+    ds = ManifestDataset(m, class_names=["A", "B"], task=Multilabel(), preprocess=cfg)
     x, y, idx, err = ds[0]
     assert y.tolist() == [0.0, 1.0] and x.shape == (1, 16, 16) and (idx, err) == (0, "")
     with pytest.raises(CxrError, match="lacks columns for \\['C'\\]"):
-        ManifestDataset(m, class_names=["A", "C"], task="multilabel", preprocess=cfg)
+        ManifestDataset(m, class_names=["A", "C"], task=Multilabel(), preprocess=cfg)
 
 
 def test_unreadable_file_raises_or_becomes_an_error_row(tmp_path: Path) -> None:
@@ -84,6 +85,6 @@ def test_unreadable_file_raises_or_becomes_an_error_row(tmp_path: Path) -> None:
     m = read_manifest(write_manifest(tmp_path / "m.csv", rows))
     cfg = PreprocessCfg(input_size=16)
     with pytest.raises(CxrError, match="bad.png"):
-        ManifestDataset(m, class_names=["x", "y"], task="multiclass", preprocess=cfg)[0]
-    ds = ManifestDataset(m, class_names=["x", "y"], task="multiclass", preprocess=cfg, skip_errors=True)
+        ManifestDataset(m, class_names=["x", "y"], task=Multiclass(), preprocess=cfg)[0]
+    ds = ManifestDataset(m, class_names=["x", "y"], task=Multiclass(), preprocess=cfg, skip_errors=True)
     assert ds[0][3] and ds[1][3] == "" and ds[1][1].item() == 1
