@@ -29,6 +29,8 @@ bench: install
 	$(BIN)/python bench/train_throughput.py --size 64 --batch 16
 	$(BIN)/python bench/explain.py
 	$(BIN)/python bench/predict_pipeline.py --images 64
+	$(BIN)/python bench/int8.py
+	$(BIN)/python bench/trust.py
 
 reproduce: install
 	$(BIN)/python examples/reproduce.py --data ../shared/data

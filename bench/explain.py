@@ -5,7 +5,7 @@ Usage: ``.venv/bin/python bench/explain.py [--batch 16] [--size 224] [--repeats 
 The baseline is the plain forward of the same DenseNet-121 under ``torch.inference_mode()``.
 Each explainer is timed per batch (compile time excluded: ``cxrtool explain`` compiles once per
 run); the median of ``--repeats`` is reported, with each LRP composite's ``relevance_sum / logit``
-range on the benchmark batch (conservation held by the timed code itself).  ``--zennit`` adds stock zennit with our canonizer
+range on the benchmark batch, alone and with ``bias_share`` (conservation held by the timed code itself).  ``--zennit`` adds stock zennit with our canonizer
 (the "naive" path, slow).  The CPU is shared: run it a few times and quote the quiet numbers with
 the load average printed at the top.
 """
@@ -70,8 +70,10 @@ def main() -> None:
         line = f"{name:32s} {t / args.batch:8.4f} s/image {t / base:6.2f}x"
         if explainer.spec.is_lrp:
             logit = result.logits.max(1).values
-            ratio = (result.relevance[0].sum((1, 2, 3)) / logit).numpy()
+            total = result.relevance[0].sum((1, 2, 3))
+            ratio, closed = (total / logit).numpy(), ((total + result.bias_share[0]) / logit).numpy()
             line += f"   relevance_sum/logit {ratio.min():.3f}..{ratio.max():.3f}"
+            line += f"   (+bias_share) {closed.min():.3f}..{closed.max():.3f}"
         print(line)
     if args.zennit:
         targets = torch.zeros(args.batch, dtype=torch.long)

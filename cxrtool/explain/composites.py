@@ -87,7 +87,7 @@ def _conv_rule(kind: str, conv: nn.Conv2d, spec: CompositeSpec, bounds: Bounds |
     if kind == "zplus":
         return rules.ZPlus(conv, charge_bias=charge_bias, spread_dead=spec.spread_dead_units)
     if kind == "gamma":
-        return rules.Gamma(conv, gamma=0.25, charge_bias=charge_bias)
+        return rules.Gamma(conv, gamma=0.25)  # charges every bias: stable only with it (rules.Gamma)
     if kind == "alpha2beta1":
         return rules.AlphaBeta(conv, alpha=2.0, beta=1.0, charge_bias=charge_bias)
     if kind == "epsilon":
@@ -177,7 +177,7 @@ def zennit_composite(model: nn.Module, spec: CompositeSpec, bounds: Bounds | Non
         if kind == "zplus":
             return zr.ZPlus(**zero)
         if kind == "gamma":
-            return zr.Gamma(gamma=0.25, **zero)
+            return zr.Gamma(gamma=0.25)  # keeps the merged shifts, like rules.Gamma
         if kind == "alpha2beta1":
             return zr.AlphaBeta(alpha=2.0, beta=1.0, **zero)
         if kind == "epsilon":

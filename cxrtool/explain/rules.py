@@ -11,8 +11,8 @@ concatenated along the output channels, and the whole batch goes through one bac
 Every rule matches the zennit rule of the same name (``zennit.rules``) up to float rounding; the
 tests compare them on a DenseNet.  A convolution built with ``charge_bias=False`` (its bias is a
 merged batch-norm shift) leaves the bias out of the rule, like zennit's ``zero_params=['bias']``;
-a bias that is charged (the classifier's) has its relevance added to the net's :class:`BiasLedger`,
-so ``cxrtool explain`` can report what the rules left out next to what reached the pixels.  Conv rules other than the first layer's assume non-negative
+a bias that is charged (the classifier's, and every bias under :class:`Gamma`) has its relevance
+added to the net's :class:`BiasLedger`, so ``cxrtool explain`` can report what the rules left out next to what reached the pixels.  Conv rules other than the first layer's assume non-negative
 inputs, which holds in DenseNet because every such convolution (and the classifier) follows a
 ReLU; zennit's versions add terms for negative inputs that are zero there.
 
@@ -218,22 +218,30 @@ class AlphaBeta(_ConvRule):
 
 
 class Gamma(_ConvRule):
-    """Generalised gamma rule for non-negative inputs (one convolution with both gamma weights stacked)."""
+    """Generalised gamma rule for non-negative inputs (one convolution with both gamma weights stacked).
 
-    def __init__(self, conv: nn.Conv2d, gamma: float = 0.25, charge_bias: bool = True):
-        super().__init__(conv, charge_bias)
+    Always charges the layer's bias, merged batch-norm shifts included, and books its share: the
+    branch is picked by the sign of the real output ``z = Wx + b`` (as zennit's ``Gamma`` does), and
+    only a denominator ``z + gamma * z+`` built from that same ``z`` keeps that sign and stays away
+    from zero.  Leaving the bias out (``zero_params=['bias']``) gives denominators near zero where
+    ``b`` decides the sign, and relevance explodes on trained models.
+    """
+
+    def __init__(self, conv: nn.Conv2d, gamma: float = 0.25):
+        super().__init__(conv)
         self.gamma = gamma
-        w, b = self.weight, self.rule_bias
+        w, b = self.weight, self.bias
         self.register_buffer("w_cat", torch.cat([w + gamma * w.clamp(min=0), w + gamma * w.clamp(max=0)]))
         self.register_buffer("b_cat", torch.cat([b + gamma * b.clamp(min=0), b + gamma * b.clamp(max=0)]))
 
     def relevance(self, x: torch.Tensor, r_out: torch.Tensor) -> torch.Tensor:
         z_up, z_down = self._conv(x, self.w_cat, self.b_cat).chunk(2, dim=1)
-        z = (z_up + z_down) / (2.0 + self.gamma)  # = W x + b_rule, without another convolution
-        if not torch.equal(self.bias, self.rule_bias):  # the sign that picks a branch is the real output's
-            z = z + (self.bias - self.rule_bias).reshape(1, -1, 1, 1)
+        z = (z_up + z_down) / (2.0 + self.gamma)  # = W x + b, without another convolution
         grad = torch.cat([r_out * (z > 0) / stabilize(z_up), r_out * (z < 0) / stabilize(z_down)], dim=1)
-        return x * self._back(x.shape, self.w_cat, grad)
+        r_in = x * self._back(x.shape, self.w_cat, grad)
+        if self.ledger is not None:  # the bias's share, the stabiliser's and that of outputs exactly 0
+            self._charge(r_out.sum((1, 2, 3)) - r_in.sum((1, 2, 3)))
+        return r_in
 
 
 class Epsilon(_ConvRule):

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cxrtool.errors import CxrError
+from cxrtool.fsutil import NAME_ERRORS
 
 PROB_PREFIX = "p:"
 PREDICT_COLUMNS = ("path", "predicted", "model_id", "error")  # what every predict CSV has
@@ -92,14 +93,19 @@ def read_predictions(path: str | Path) -> tuple[list[ReportRow], list[str]]:
     return rows, classes
 
 
-def read_explain_rows(explain_dir: str | Path) -> tuple[list[ReportRow], list[str]]:
-    """Rows from ``explain.csv`` alone (``explain --html``): the predicted class and its probability per film."""
+def _explain_records(explain_dir: str | Path) -> tuple[Path, list[dict[str, str]]]:
+    """``explain.csv`` of an explain output folder and its rows."""
     csv_path = Path(explain_dir) / "explain.csv"
     try:
-        with open(csv_path, newline="", encoding="utf-8") as fh:
-            records = list(csv.DictReader(fh))
+        with open(csv_path, newline="", encoding="utf-8", errors=NAME_ERRORS) as fh:
+            return csv_path, list(csv.DictReader(fh))
     except OSError as exc:
         raise CxrError(f"{csv_path}: cannot read explain results ({exc.strerror or exc})") from None
+
+
+def read_explain_rows(explain_dir: str | Path) -> tuple[list[ReportRow], list[str]]:
+    """Rows from ``explain.csv`` alone (``explain --html``): the predicted class and its probability per film."""
+    csv_path, records = _explain_records(explain_dir)
     rows: dict[str, ReportRow] = {}
     for rec in records:
         path = rec.get("path") or ""
@@ -118,12 +124,7 @@ def read_explain_rows(explain_dir: str | Path) -> tuple[list[ReportRow], list[st
 
 def read_overlays(explain_dir: str | Path) -> dict[str, Path]:
     """Input path -> overlay PNG from ``explain.csv`` (the first explained target of each film)."""
-    csv_path = Path(explain_dir) / "explain.csv"
-    try:
-        with open(csv_path, newline="", encoding="utf-8") as fh:
-            records = list(csv.DictReader(fh))
-    except OSError as exc:
-        raise CxrError(f"{csv_path}: cannot read explain results ({exc.strerror or exc})") from None
+    csv_path, records = _explain_records(explain_dir)
     overlays: dict[str, Path] = {}
     for rec in records:
         overlay = rec.get("overlay") or ""

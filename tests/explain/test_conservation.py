@@ -71,8 +71,8 @@ def test_classifier_bias_moves_only_the_bias_share(model_and_bounds, held_out_fi
         shifted.classifier.bias[0] -= zeroing  # mean logit 0: some films positive, some negative, near zero
     moved = Explainer(shifted, "epsilon_plus_flat", bounds).attribute(x, [0])
     assert (moved.logits[:, 0] < 0).any() and (moved.logits[:, 0] > 0).any()
-    # equal up to the epsilon rule's f / (f + 1e-6) on the logits now next to zero
-    torch.testing.assert_close(moved.relevance[0], base.relevance[0], rtol=1e-2, atol=1e-3 * base.relevance[0].abs().max().item())
+    # equal up to float32 rounding through the network (measured: 3e-5 x the map's largest value)
+    torch.testing.assert_close(moved.relevance[0], base.relevance[0], rtol=1e-3, atol=1e-4 * base.relevance[0].abs().max().item())
     torch.testing.assert_close(moved.bias_share[0], base.bias_share[0] - zeroing, rtol=1e-3, atol=1e-4)
 
 
