@@ -1,7 +1,7 @@
 """Issue-11 trust targets, measured on the fixture data with a model trained for real epochs.
 
 Model: the recipe of the tests' ``trained_checkpoint`` (DenseNet121 from scratch on covid3_256 at
-64 px, 7 epochs, group-aware splits), trained here unless ``--checkpoint`` is given; a checkpoint
+64 px, 7 epochs, group-aware splits; ``--size``/``--epochs`` change it), trained here unless ``--checkpoint`` is given; a checkpoint
 without trust statistics is calibrated first (``cxrtool calibrate``'s core).  Measures:
 
 * AUROC of ``ood_score``: non-chest radiographs (../shared/data/dicom/nonchest plus the CT/MR
@@ -35,18 +35,19 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 
 
-def train_fixture_model(workdir: Path, data: Path) -> tuple[Path, Path]:
-    """The tests' ``trained_checkpoint`` recipe (trust statistics fitted at the end, as ``train`` does)."""
+def train_fixture_model(workdir: Path, data: Path, size: int = 64, epochs: int = 7) -> tuple[Path, Path]:
+    """The tests' ``trained_checkpoint`` recipe by default (trust statistics fitted at the end, as ``train`` does)."""
     from cxrtool.datasets.folder import FolderOptions, prep_folder
     from cxrtool.train.config import TrainConfig
     from cxrtool.train.loop import fit
 
     manifest = workdir / "covid3.csv"
-    best = workdir / "run" / "best.safetensors"
+    run = workdir / f"run_{size}px_{epochs}ep"
+    best = run / "best.safetensors"
     if not manifest.exists():
         prep_folder(data / "covid3_256", manifest, FolderOptions(groups=data / "covid3" / "manifest.csv", groups_path_col="file_256"), salt="tests")
     if not best.exists():
-        cfg = TrainConfig(manifest=str(manifest), out_dir=str(workdir / "run"), init="none", input_size=64, epochs=7, batch_size=32,
+        cfg = TrainConfig(manifest=str(manifest), out_dir=str(run), init="none", input_size=size, epochs=epochs, batch_size=32,
                           lr=2e-3, monitor="accuracy", seed=0, workers=0, device="cpu")  # fmt: skip
         fit(cfg)
     return best, manifest
@@ -139,6 +140,8 @@ def main() -> int:
     ap.add_argument("--checkpoint", type=Path)
     ap.add_argument("--manifest", type=Path)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--size", type=int, default=64, help="input size of the trained model (the tests' recipe: 64)")
+    ap.add_argument("--epochs", type=int, default=7, help="epochs of the trained model (the tests' recipe: 7)")
     ap.add_argument("--nih", type=int, default=1000, help="NIH thumbnails to score (all 1000 by default)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
@@ -157,7 +160,7 @@ def main() -> int:
     if args.checkpoint:
         ckpt, manifest = args.checkpoint, args.manifest
     else:
-        ckpt, manifest = train_fixture_model(args.workdir, args.data)
+        ckpt, manifest = train_fixture_model(args.workdir, args.data, args.size, args.epochs)
     if not read_card(ckpt).ood:
         ckpt = calibrate_checkpoint(ckpt, manifest, args.workdir / "calibrated.safetensors").out
     train_s = time.perf_counter() - t0
@@ -207,7 +210,7 @@ def main() -> int:
     r["dicom_chest_scores"] = {n: round(float(s), 3) for n, s in zip(cnames, chest_scores)}
 
     # parity: ONNX Runtime and OpenVINO (f32 and the CPU's default) against torch on real test films
-    onnx_path = export_onnx(ckpt, args.workdir / "engines" / f"{ckpt.stem}.onnx", check_images=split_files(manifest, "test")[:16]).path
+    onnx_path = export_onnx(ckpt, ckpt.parent / "engines" / f"{ckpt.stem}.onnx", check_images=split_files(manifest, "test")[:16]).path
     ref = test_scores
     parity = {}
     for name, opts in (("onnxruntime", {}), ("openvino_f32", {"precision": "f32"}), ("openvino_auto", {"precision": "auto"})):
@@ -222,7 +225,7 @@ def main() -> int:
     r["parity"] = parity
 
     # overhead: predict end-to-end, batch 16, same weights with / without statistics
-    plain = args.workdir / "plain.safetensors"
+    plain = ckpt.with_name(f"{ckpt.stem}.plain.safetensors")  # same weights, no statistics
     if not plain.exists():
         from cxrtool.models.checkpoint import load_checkpoint, save_checkpoint
 

@@ -56,6 +56,9 @@ class Explainer:
             self.net = copy.deepcopy(model).eval()
             for p in self.net.parameters():
                 p.requires_grad_(False)
+        # channels-last: oneDNN's convolutions (and their transposes) skip the layout reorders they
+        # do on every NCHW call; on the 2-core dev CPU forward and LRP both run ~1.6x faster
+        self.net.to(memory_format=torch.channels_last)
 
     def explain(self, x: torch.Tensor, targets: Sequence[Target | torch.Tensor] = (None,)) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Logits ``(B, K)`` and one relevance tensor ``(B, C, H, W)`` per entry of ``targets``.
@@ -68,7 +71,7 @@ class Explainer:
 
     def attribute(self, x: torch.Tensor, targets: Sequence[Target | torch.Tensor] = (None,)) -> Attribution:
         """Like :meth:`explain`, plus per target the ``(B,)`` relevance the rules handed to biases."""
-        x = x.detach().clone().requires_grad_(True)
+        x = x.detach().clone(memory_format=torch.channels_last if x.dim() == 4 else torch.preserve_format).requires_grad_(True)
         ledger = getattr(self.net, "bias_ledger", None)
         with torch.enable_grad():
             logits = self.net(x)
@@ -81,7 +84,7 @@ class Explainer:
                 if ledger is not None:
                     ledger.reset()
                 (grad,) = torch.autograd.grad(logits, x, seed, retain_graph=i < len(targets) - 1)
-                out.append(grad if self.spec.is_lrp else grad * x.detach())
+                out.append((grad if self.spec.is_lrp else grad * x.detach()).contiguous())
                 total = ledger.total if ledger is not None else None
                 if not self.spec.is_lrp:  # gradient x input books nothing: its gap is not a bias share
                     total = torch.full((len(index),), float("nan"))

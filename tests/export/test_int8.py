@@ -174,12 +174,17 @@ def test_predict_with_the_int8_model_on_real_films(trained_checkpoint, trained_o
 
 @pytest.fixture(scope="module")
 def int8_export(onnx_file, shared_data, tmp_path_factory):
-    """The tiny export quantized on 36 real films, checked on 24 others."""
+    """The tiny export quantized on 36 real films, checked on 24 others.
+
+    The tiny untrained model's macro-AUC on 24 films is near chance (~0.65) and moves by a few
+    hundredths under any perturbation (seen: a 0.018 drop on one machine, under 0.005 on another),
+    so this fixture, which tests what is written, widens the AUC bound; the gate itself is tested
+    by ``test_failed_check_writes_nothing`` and on the trained model."""
     folder = tmp_path_factory.mktemp("int8")
     rows = [(p, c, "train") for p, c in real_films(shared_data, 12)]
     rows += [(p, c, "test") for p, c in real_films(shared_data, 8, skip=40)]
     manifest = write_manifest(folder / "calib.csv", rows)
-    return export_int8(onnx_file, manifest, min_agreement=0.95), manifest
+    return export_int8(onnx_file, manifest, min_agreement=0.95, max_auc_drop=0.05), manifest
 
 
 def test_written_model_round_trips_its_metadata(int8_export, onnx_file, checkpoint):
