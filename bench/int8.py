@@ -56,6 +56,7 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=64, help="held-out films used by the bench (0 = all)")
     parser.add_argument("--min-time", type=float, default=3.0)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/cxrtool-bench-int8"))
+    parser.add_argument("--workers", type=int, default=None, help="decode processes of the end-to-end runs (default: predict's)")
     args = parser.parse_args()
 
     from cxrtool.export.calibration import calibration_set
@@ -90,7 +91,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="holdout-") as tmp:
         for i, f in enumerate(holdout):  # the bench reads a folder: the held-out films, linked
             (Path(tmp) / f"{i:04d}_{f.name}").symlink_to(f)
-        report = run_bench([ckpt], data=Path(tmp), batch_sizes=(16,), images=args.images, min_time=args.min_time, on_step=log)
+        report = run_bench([ckpt], data=Path(tmp), batch_sizes=(16,), images=args.images, min_time=args.min_time,
+                            workers=args.workers, on_step=log)
     (args.workdir / "bench_int8.json").write_text(json.dumps(report.to_dict(), indent=2))
 
     m = report.machine

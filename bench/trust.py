@@ -47,10 +47,14 @@ def train_fixture_model(workdir: Path, data: Path, size: int = 64, epochs: int =
     best = run / "best.safetensors"
     if not manifest.exists():
         prep_folder(data / "covid3_256", manifest, FolderOptions(groups=data / "covid3" / "manifest.csv", groups_path_col="file_256"), salt="tests")
-    if not best.exists():
+    done = run / "bench-trained"  # an interrupted run leaves a best.safetensors of its early epochs
+    if not done.exists():
+        shutil.rmtree(run, ignore_errors=True)
         cfg = TrainConfig(manifest=str(manifest), out_dir=str(run), init="none", input_size=size, epochs=epochs, batch_size=32,
                           lr=2e-3, monitor="accuracy", seed=0, workers=0, device="cpu")  # fmt: skip
-        fit(cfg)
+        if fit(cfg).status != "completed":
+            raise SystemExit(f"training in {run} did not complete")
+        done.touch()
     return best, manifest
 
 

@@ -15,6 +15,7 @@ package imports the other.  Nothing here imports torch, onnx runtimes or TensorR
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
@@ -222,10 +223,21 @@ def read_ir_metadata(path: str | Path) -> dict[str, str]:
 
     :func:`cxrtool.export.int8` writes them with ``Model.set_rt_info(value, ["cxrtool", key])``,
     which OpenVINO serialises as ``<rt_info><cxrtool><key value="..."/></cxrtool></rt_info>``.
+    Parsing the XML (some 16 MB, most of it the trust statistics' blob) takes most of a second, and
+    a run reads it for the card and again for the statistics: kept per file version.
     """
+    path = Path(path)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise CxrError(f"{path}: OpenVINO model not found") from None
+    return dict(_ir_metadata(str(path.resolve()), st.st_mtime_ns, st.st_size))
+
+
+@functools.lru_cache(maxsize=8)
+def _ir_metadata(path: str, mtime_ns: int, size: int) -> dict[str, str]:
     import xml.etree.ElementTree as ET
 
-    path = Path(path)
     try:
         root = ET.parse(path).getroot()
     except FileNotFoundError:

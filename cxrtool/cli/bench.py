@@ -27,7 +27,7 @@ def bench(
     ] = None,
     images: Annotated[int, typer.Option(min=0, help="Films sampled evenly from --data (0 = all).")] = _DEFAULTS["images"],
     min_time: Annotated[float, typer.Option(min=0.0, help="Seconds of timed model-only runs per row.")] = _DEFAULTS["min_time"],
-    workers: Annotated[Optional[int], typer.Option(min=0, show_default="cores - 1", help="Decode processes for end-to-end runs.")] = None,
+    workers: Annotated[Optional[int], typer.Option(min=0, show_default="predict's choice per backend", help="Decode processes for end-to-end runs.")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda[:N].")] = _DEFAULTS["device"],
     as_json: Annotated[bool, typer.Option("--json", help="Print the full report as JSON on stdout instead of tables.")] = False,
     save: Annotated[bool, typer.Option("--save", help="Store the model-only speeds for this machine; `--backend auto` then picks by them.")] = False,

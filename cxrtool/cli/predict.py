@@ -21,7 +21,8 @@ def predict(
     device: Annotated[str, typer.Option(help="cpu or cuda[:N].")] = "cpu",
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per model call.")] = default_of(PredictOptions, "batch_size"),
     workers: Annotated[
-        Optional[int], typer.Option(min=0, show_default="cores - 1", help="Decode processes (0 = decode inline).")
+        Optional[int],
+        typer.Option(min=0, show_default="cores - 1; inline for ONNX Runtime / OpenVINO on <= 2 cores", help="Decode processes (0 = decode inline)."),
     ] = None,
     shard: Annotated[
         Optional[str], typer.Option(callback=parse_shard_option, help="Predict only shard i of n (1-based, e.g. 2/4), stable across machines.")
@@ -47,7 +48,7 @@ def predict(
     with user_errors():
         options = PredictOptions(
             batch_size=batch_size,
-            workers=default_of(PredictOptions, "workers") if workers is None else workers,
+            workers=workers,
             shard=shard,  # type: ignore[arg-type]  (parse_shard_option made it a tuple)
             resume=resume,
             overwrite=overwrite,

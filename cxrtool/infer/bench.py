@@ -27,7 +27,7 @@ import numpy as np
 from cxrtool.config import PreprocessCfg
 from cxrtool.errors import CxrError
 from cxrtool.images import iter_input_files
-from cxrtool.infer.predict import PredictOptions, decode_file, default_workers, predict_to_file
+from cxrtool.infer.predict import PredictOptions, decode_file, predict_to_file
 
 if TYPE_CHECKING:
     from cxrtool.infer.auto import Candidate
@@ -211,9 +211,10 @@ def run_bench(
     images:
         Films sampled evenly from ``data`` (0 = all).
     min_time:
-        Seconds of timed model-only runs per row (at least 3 runs).
+        Seconds of timed model-only runs per row (at least 3 runs); each end-to-end run repeats the
+        films to last about as long.
     workers:
-        Decode processes of the end-to-end runs (default :func:`default_workers`).
+        Decode processes of the end-to-end runs (default: predict's choice per backend, :func:`default_workers`).
     device:
         ``cpu`` or ``cuda``.
     save:
@@ -231,7 +232,6 @@ def run_bench(
 
     models = [Path(m) for m in models]
     step = on_step or (lambda text: None)
-    workers = default_workers() if workers is None else workers
     specs = _variant_specs(models, backends, device)
     files = sample_files(Path(data), images) if data else []
     report = BenchReport(
@@ -240,7 +240,7 @@ def run_bench(
             "data": str(data) if data else None,
             "images": len(files),
             "batch_sizes": list(batch_sizes),
-            "workers": workers,
+            "workers": "per backend (predict's default)" if workers is None else workers,
             "device": device,
         },
     )
@@ -273,7 +273,8 @@ def run_bench(
                 row = BenchRow(label, bs, _time_model(engine, batch, min_time))
                 if files:
                     step(f"{label}: end-to-end predict, batch {bs}, {len(files)} films")
-                    row.e2e_ips = _time_e2e(engine, files, bs, workers, Path(tmp))
+                    # enough films for about min_time seconds at the model-only speed
+                    row.e2e_ips = _time_e2e(engine, files, bs, workers, Path(tmp), int(min_time * row.model_ips))
                     row.ideal_e2e_ips = 1.0 / (report.decode_ms / 1e3 + 1.0 / row.model_ips)
                 report.rows.append(row)
                 measured.append((spec.path, label, bs, row.model_ips))
@@ -310,12 +311,24 @@ def _auto_choice(specs: list[Candidate], measured: list[tuple[Path, str, int, fl
     }
 
 
-def _time_e2e(engine: Backend, files: list[Path], batch_size: int, workers: int, tmp: Path) -> float:
-    """Images/s of a full predict run over ``files`` (after an untimed warm-up on one batch)."""
+def _time_e2e(engine: Backend, files: list[Path], batch_size: int, workers: int | None, tmp: Path, min_images: int) -> float:
+    """Images/s of a full predict run over ``files``, repeated (as links) to at least ``min_images``.
+
+    A run has fixed costs (reading the model's statistics, hashing the model file for its id): on
+    64 films of a fast model they were a third of the time, so the films are repeated until the run
+    is long enough to measure throughput; an untimed warm-up run on one batch comes first.
+    """
     out = tmp / "e2e.csv"
     options = PredictOptions(batch_size=batch_size, workers=workers, overwrite=True)
     predict_to_file(files[:batch_size], engine, out, options)
-    summary = predict_to_file(files, engine, out, options)
+    count = max(len(files), min_images)
+    links = tmp / f"e2e-films-{count}"
+    if not links.exists():
+        links.mkdir()
+        for i in range(count):
+            f = files[i % len(files)]
+            (links / f"{i:06d}{''.join(f.suffixes)}").symlink_to(f.resolve())
+    summary = predict_to_file([links], engine, out, options)
     if summary.failed:
         raise CxrError(f"{summary.failed} bench films failed to decode, e.g. {summary.failures[0]}")
     return summary.images_per_s

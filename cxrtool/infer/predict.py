@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -51,7 +51,8 @@ class PredictOptions:
     batch_size:
         Inputs per backend call.
     workers:
-        Decode processes; 0 decodes in the calling process (no pipelining, for debugging).
+        Decode processes; 0 decodes in the calling process; None (default) chooses for the backend
+        (:func:`~cxrtool.infer.decode_pool.default_workers`).
     shard:
         ``(i, n)`` with 1 <= i <= n: predict only the files whose stable key hashes to shard i.
     resume:
@@ -67,7 +68,7 @@ class PredictOptions:
     """
 
     batch_size: int = 16
-    workers: int = field(default_factory=default_workers)
+    workers: int | None = None
     shard: tuple[int, int] | None = None
     resume: bool = False
     overwrite: bool = False
@@ -78,7 +79,7 @@ class PredictOptions:
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise CxrError(f"batch size must be at least 1, not {self.batch_size}")
-        if self.workers < 0:
+        if self.workers is not None and self.workers < 0:
             raise CxrError(f"workers must be 0 or more, not {self.workers}")
         if self.shard is not None:
             i, n = self.shard
@@ -89,7 +90,7 @@ class PredictOptions:
 
     @property
     def pending_limit(self) -> int:
-        return self.max_pending or 2 * self.batch_size + 2 * self.workers
+        return self.max_pending or 2 * self.batch_size + 2 * (self.workers or 0)
 
 
 @dataclass
@@ -176,6 +177,8 @@ def predict_to_file(
         else:
             engine = model
         card = engine.card
+        if options.workers is None:
+            options = replace(options, workers=default_workers(engine.name, engine.device))
         cfg = resolve_preprocess(card.preprocess, {"window": options.window})
         described = engine.describe()
         meta = {"model_id": model_id(engine.path), "backend": described["backend"], "device": described["device"]}

@@ -18,10 +18,10 @@ confidence for a DenseNet.  Here:
   observed score up, so at least that share of them pass).
 
 Multilabel models (findings are not exclusive) use one Gaussian per depth over all films.
-The score is computed in float64 numpy from the features, so every backend that returns the same
-features gets the same score, on one BLAS thread: the products are small, and OpenBLAS's worker
-threads keep spinning after each call, taking the cores from the model's next batch (measured: +28%
-on predict's end-to-end time at 128 px with them, bench/trust.py).
+The score is computed in float64 from the features, so every backend that returns the same
+features gets the same score.  The linear algebra runs in torch, on the thread pool the model
+already uses: numpy's OpenBLAS keeps a second pool whose threads spin after every call and took
+the cores from the model's next batch (measured: +28% on predict's end-to-end time at 128 px).
 """
 
 from __future__ import annotations
@@ -31,12 +31,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from threadpoolctl import ThreadpoolController
+import torch
 
 METHOD = "mahalanobis-ledoit-wolf/1"
 DEFAULT_QUANTILE = 0.95
 _MAD_TO_SIGMA = 1.4826
-_BLAS = ThreadpoolController()  # finds the loaded BLAS libraries once, not per batch
 
 
 @dataclass
@@ -51,28 +50,28 @@ class DepthStats:
     shrinkage: float = 0.0
     center: float = 0.0  # validation median of log D²
     scale: float = 1.0  # validation MAD of log D² (as a sigma)
-    _whiten: np.ndarray | None = field(default=None, repr=False)
-    _white_means: np.ndarray | None = field(default=None, repr=False)
+    _whiten: torch.Tensor | None = field(default=None, repr=False)
+    _white_means: torch.Tensor | None = field(default=None, repr=False)
 
     def log_distance(self, features: np.ndarray) -> np.ndarray:
         """``log`` of the smallest squared Mahalanobis distance to a class mean, per film."""
         if self._whiten is None or self._white_means is None:
             # P = L L^T, so (f - m) P (f - m)^T = |(f - m) L|^2: one matrix product per batch
-            self._whiten = _cholesky(np.asarray(self.precision, dtype=np.float64))
-            self._white_means = np.asarray(self.means, dtype=np.float64) @ self._whiten
-        f = np.asarray(features[:, self.start : self.stop], dtype=np.float64) @ self._whiten
+            self._whiten = _cholesky(torch.as_tensor(np.asarray(self.precision, dtype=np.float64)))
+            self._white_means = torch.as_tensor(np.asarray(self.means, dtype=np.float64)) @ self._whiten
+        f = torch.as_tensor(np.asarray(features[:, self.start : self.stop], dtype=np.float64)) @ self._whiten
         m = self._white_means
-        d2 = (f**2).sum(1, keepdims=True) - 2 * f @ m.T + (m**2).sum(1)[None, :]
-        return np.log(np.maximum(d2.min(1), 1e-12))
+        d2 = (f**2).sum(1, keepdim=True) - 2 * f @ m.T + (m**2).sum(1)[None, :]
+        return np.log(np.maximum(d2.min(1).values.numpy(), 1e-12))
 
 
-def _cholesky(precision: np.ndarray) -> np.ndarray:
+def _cholesky(precision: torch.Tensor) -> torch.Tensor:
     sym = (precision + precision.T) / 2
-    try:
-        return np.linalg.cholesky(sym)
-    except np.linalg.LinAlgError:  # numerically not positive definite: clip the eigenvalues
-        w, v = np.linalg.eigh(sym)
-        return v * np.sqrt(np.maximum(w, w.max() * 1e-12))
+    factor, info = torch.linalg.cholesky_ex(sym)
+    if not info:
+        return factor
+    w, v = torch.linalg.eigh(sym)  # numerically not positive definite: clip the eigenvalues
+    return v * torch.sqrt(torch.clamp(w, min=float(w.max()) * 1e-12))
 
 
 @dataclass
@@ -93,7 +92,7 @@ class OodModel:
         features = np.asarray(features)
         if features.ndim != 2 or features.shape[1] < self.width:
             raise ValueError(f"features of shape {features.shape}; this model's statistics need (N, {self.width})")
-        with _BLAS.limit(limits=1, user_api="blas"):
+        with torch.inference_mode():
             z = [(d.log_distance(features) - d.center) / d.scale for d in self.depths]
         return np.mean(z, axis=0)
 

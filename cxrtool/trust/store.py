@@ -5,6 +5,7 @@
   weights (:data:`~cxrtool.modelfile.TRUST_PREFIX`; never loaded as weights);
 * ONNX export: the same card in its metadata plus :data:`~cxrtool.modelfile.TRUST_TENSORS_KEY`,
   the same tensors as a base64 safetensors blob (ONNX metadata holds strings only);
+* INT8 OpenVINO IR: the ONNX export's metadata, blob included, copied into its ``rt_info``;
 * TensorRT engine: read from the ONNX file it was built from (its sidecar names it and its hash).
 """
 
@@ -16,7 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from cxrtool.errors import CxrError, one_line
-from cxrtool.modelfile import ENGINE_SUFFIX, ONNX_SUFFIX, TRUST_PREFIX, TRUST_TENSORS_KEY, file_sha256, read_onnx_metadata
+from cxrtool.modelfile import ENGINE_SUFFIX, ONNX_SUFFIX, TRUST_PREFIX, TRUST_TENSORS_KEY, file_sha256, read_ir_metadata, read_onnx_metadata
+
+IR_SUFFIX = ".xml"  # OpenVINO IR (cxrtool writes them only for INT8: ``.int8.xml``)
 
 
 def encode_tensors(tensors: dict[str, np.ndarray]) -> str:
@@ -45,8 +48,9 @@ def stored_tensors(path: str | Path) -> dict[str, np.ndarray]:
     path = Path(path)
     suffix = path.suffix.lower()
     try:
-        if suffix == ONNX_SUFFIX:
-            text = read_onnx_metadata(path).get(TRUST_TENSORS_KEY)
+        if suffix in (ONNX_SUFFIX, IR_SUFFIX):  # an INT8 IR carries its ONNX export's metadata in rt_info
+            read = read_ir_metadata if suffix == IR_SUFFIX else read_onnx_metadata
+            text = read(path).get(TRUST_TENSORS_KEY)
             return decode_tensors(text) if text else {}
         if suffix == ENGINE_SUFFIX:
             from cxrtool.modelfile import read_sidecar

@@ -126,24 +126,6 @@ def trained_onnx(trained_checkpoint, shared_data):
 
 
 @pytest.mark.slow
-def test_bad_calibration_set_refuses_to_write(trained_onnx, shared_data, tmp_path):
-    """Black frames as the only calibration films of a trained model: activation ranges collapse,
-    real held-out films disagree with fp32, and nothing is written."""
-    black = tmp_path / "black"
-    black.mkdir()
-    for i in range(16):
-        Image.fromarray(np.zeros((64, 64), np.uint8)).save(black / f"b{i}.png")
-    rows = [(p, "normal", "train") for p in sorted(black.iterdir())]
-    rows += [(p, c, "test") for p, c in real_films(shared_data, 10, skip=20)]
-    out = tmp_path / "out" / "best.int8.xml"
-    out.parent.mkdir()
-    with pytest.raises(Int8CheckError) as info:
-        export_int8(trained_onnx, write_manifest(tmp_path / "bad.csv", rows), out)
-    assert all(not c.ok for c in info.value.checks) and len(info.value.checks) == 3
-    assert list(out.parent.iterdir()) == []
-
-
-@pytest.mark.slow
 def test_predict_with_the_int8_model_on_real_films(trained_checkpoint, trained_onnx, shared_data, tmp_path):
     """auto on this CPU picks the INT8 export, says why, and agrees with fp32 on films it was not calibrated on."""
     from typer.testing import CliRunner
@@ -168,6 +150,8 @@ def test_predict_with_the_int8_model_on_real_films(trained_checkpoint, trained_o
             assert "auto: openvino-int8" in " ".join(run.output.split()), run.output
             assert {r["model_id"] for r in results["auto"].values()} == {model_id(done.path)}
     assert len(results["auto"]) == len(holdout) and all(not r["error"] for r in results["auto"].values())
+    # the INT8 IR carries the checkpoint's OOD statistics (its rt_info holds the ONNX export's metadata)
+    assert all(r["ood_score"] and np.isfinite(float(r["ood_score"])) for r in results["auto"].values())
     agree = np.mean([results["auto"][k]["predicted"] == results["onnxruntime"][k]["predicted"] for k in results["auto"]])
     assert agree >= 0.95
 

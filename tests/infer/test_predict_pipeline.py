@@ -305,3 +305,40 @@ def test_a_file_name_that_is_not_utf8_is_kept_byte_for_byte_and_resumed(tiny_ckp
     assert os.fsencode(folder) + b"/caf\xe9.png" in out.read_bytes()  # the name's own bytes, not a replacement
     again = predict_to_file([folder], tiny_ckpt, out, PredictOptions(workers=0, resume=True))
     assert (again.predicted, again.skipped_resume) == (0, 2)  # read back, the name matches the file on disk
+
+
+@pytest.mark.parametrize(
+    ("cores", "backend", "device", "expected"),
+    [
+        (2, "onnxruntime", "cpu", 0),  # a graph runtime keeps both cores busy: a decoder would only preempt it
+        (2, "openvino", "cpu", 0),
+        (2, "torch", "cpu", 1),  # torch eager leaves gaps a niced worker fills
+        (2, "onnxruntime", "cuda", 1),  # the model is on the GPU: the CPU is the decoders'
+        (1, "torch", "cpu", 1),
+        (4, "openvino", "cpu", 3),
+        (32, "onnxruntime", "cpu", 8),
+    ],
+)
+def test_default_decode_workers_follow_the_backend_and_the_cores(monkeypatch, cores, backend, device, expected):
+    from cxrtool.infer import decode_pool
+
+    monkeypatch.setattr(decode_pool.os, "cpu_count", lambda: cores)
+    assert decode_pool.default_workers(backend, device) == expected
+
+
+def test_predict_resolves_unset_workers_for_its_backend(tiny_ckpt, good_folder, tmp_path, monkeypatch):
+    """``workers=None`` is decided once the backend is known (torch here: one worker on 2 cores)."""
+    from cxrtool.infer import decode_pool, predict as predict_mod
+
+    seen = []
+    real = predict_mod.iter_predictions
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["workers"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(decode_pool.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(predict_mod, "iter_predictions", spy)
+    folder, _ = good_folder
+    predict_to_file([folder], tiny_ckpt, tmp_path / "p.csv", PredictOptions(), backend="torch")
+    assert seen == [1]
