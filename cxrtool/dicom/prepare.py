@@ -46,7 +46,7 @@ EMPTY_ROW: dict[str, str] = dict.fromkeys(CORE_COLUMNS + EXTRA_COLUMNS, "")
 OK, SKIPPED, FAILED = "ok", "skipped", "failed"
 CHECKPOINT_S = 30.0  # how often a long run rewrites its manifest (what a killed run can resume from)
 
-CHEST_MODALITIES = frozenset({"CR", "DX"})
+CHEST_MODALITIES = frozenset({"CR", "DX", "DR"})  # DR: not a DICOM term, but what some DR vendors write
 CHEST_BODY_PARTS = ("CHEST", "THORAX", "LUNG")
 CHEST_VIEWS = frozenset({"PA", "AP", "LL", "RL", "LATERAL", "LAT", "LLD", "RLD", "AP SUPINE", "PA LATERAL"})
 
@@ -113,17 +113,17 @@ def header_checks(ds) -> list[str]:
     problems = []
     modality = tag_text(ds, "Modality").strip().upper()
     if modality and modality not in CHEST_MODALITIES:
-        problems.append(f"modality {modality} is not CR/DX")
+        problems.append(f"modality {modality} is not CR/DX/DR")
     body = tag_text(ds, "BodyPartExamined").strip().upper()
     if body and not any(part in body for part in CHEST_BODY_PARTS):
         problems.append(f"body part {body} is not chest")
-    view = _view(ds)
+    view = view_position(ds)
     if view and view not in CHEST_VIEWS:
         problems.append(f"unusual view/position {view}")
     return problems
 
 
-def _view(ds) -> str:
+def view_position(ds) -> str:
     """View Position, else Patient Position (NIH's Google conversions put PA/AP there)."""
     for key in ("ViewPosition", "PatientPosition"):
         value = tag_text(ds, key).strip().upper()
@@ -189,7 +189,7 @@ def _convert(src: Path, png: Path, options: PrepOptions, base: Row, out_root: Pa
         "checks": "; ".join(checks),
         "modality": tag_text(ds, "Modality"),
         "body_part": tag_text(ds, "BodyPartExamined"),
-        "view": _view(ds),
+        "view": view_position(ds),
         "photometric": tag_text(ds, "PhotometricInterpretation"),
         "transfer_syntax": str(ds.file_meta.get("TransferSyntaxUID", "")),
     }

@@ -1,7 +1,7 @@
 """The DICOM header gate: refuse to vouch for a film whose header says it is not a frontal chest radiograph.
 
 The checks are the ones ``prep dicom`` records in its manifest's ``checks`` column
-(:func:`cxrtool.dicom.prepare.header_checks`: modality CR/DX, body part chest, a chest view), plus
+(:func:`cxrtool.dicom.prepare.header_checks`: modality CR/DX/DR, body part chest, a chest view), plus
 what a classifier of frontal films needs beyond them: a frontal view (PA/AP, as the training
 films) and a monochrome photometric interpretation.  Missing tags pass (many valid files lack
 them); present, unexpected values give the reason.  Raster images (PNG, JPEG) have no header and
@@ -24,10 +24,10 @@ MONOCHROME = frozenset({"MONOCHROME1", "MONOCHROME2"})
 
 def header_problems(ds: Dataset) -> list[str]:
     """Every reason this header is not a frontal chest radiograph's (empty: it passes)."""
-    from cxrtool.dicom.prepare import _view, header_checks
+    from cxrtool.dicom.prepare import header_checks, view_position
 
     problems = header_checks(ds)
-    view = _view(ds)
+    view = view_position(ds)
     if view and not any("view" in p for p in problems) and view not in FRONTAL_VIEWS:
         problems.append(f"view {view} is not frontal (PA/AP)")
     photometric = str(ds.get("PhotometricInterpretation", "") or "").strip().upper()

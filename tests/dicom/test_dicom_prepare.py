@@ -103,7 +103,7 @@ def test_all_frames_16_bit_and_size(synthetic_dir, tmp_path):
 def test_strict_skips_wrong_headers(synthetic_dir, tmp_path):
     rows = by_input(prepare_folder(synthetic_dir, tmp_path / "out", options=opts(strict=True)).rows)
     assert rows["ct_head.dcm"]["status"] == "skipped"
-    assert rows["ct_head.dcm"]["error"] == "header checks failed (--strict): modality CT is not CR/DX; body part HEAD is not chest"
+    assert rows["ct_head.dcm"]["error"] == "header checks failed (--strict): modality CT is not CR/DX/DR; body part HEAD is not chest"
     assert rows["window12.dcm"]["status"] == "ok" and rows["window12.dcm"]["checks"] == ""
 
 
@@ -148,6 +148,6 @@ def test_header_checks_on_nih_files(shared_data):
     assert checks == {
         1: [],
         4: ["body part RIBCAGE is not chest"],
-        5: ["modality CT is not CR/DX"],
+        5: ["modality CT is not CR/DX/DR"],
         6: ["unusual view/position XX"],
     }

@@ -22,7 +22,7 @@ def _header(**tags: str) -> Dataset:
 @pytest.mark.parametrize(
     ("tags", "reason"),
     [
-        ({"Modality": "CT"}, "modality CT is not CR/DX"),
+        ({"Modality": "CT"}, "modality CT is not CR/DX/DR"),
         ({"BodyPartExamined": "HAND"}, "body part HAND is not chest"),
         ({"ViewPosition": "LL"}, "view LL is not frontal (PA/AP)"),
         ({"ViewPosition": "XX"}, "unusual view/position XX"),
@@ -36,6 +36,7 @@ def test_each_check_names_its_reason(tags: dict, reason: str) -> None:
 def test_a_frontal_chest_header_and_missing_tags_pass() -> None:
     assert header_problems(_header()) == []
     assert header_problems(_header(ViewPosition="AP", Modality="CR", PhotometricInterpretation="MONOCHROME1")) == []
+    assert header_problems(_header(Modality="DR")) == []
     assert header_problems(Dataset()) == []
 
 
@@ -43,7 +44,7 @@ def test_real_files(shared_data: Path, gradient_image) -> None:
     chest = shared_data / "dicom" / "chest"
     assert header_reason(chest / "udacity_nih_test1.dcm") is None
     assert header_reason(chest / "udacity_nih_test4.dcm") == "body part RIBCAGE is not chest"
-    assert header_reason(chest / "udacity_nih_test5.dcm") == "modality CT is not CR/DX"
+    assert header_reason(chest / "udacity_nih_test5.dcm") == "modality CT is not CR/DX/DR"
     assert header_reason(chest / "udacity_nih_test6.dcm") == "unusual view/position XX"
     assert header_reason(chest / "CR-MONO1-10-chest.dcm") is None  # ACR-NEMA, no file meta
     assert header_reason(shared_data / "dicom" / "nonchest" / "RG2_JPLL.dcm") == "body part HIP is not chest"

@@ -102,10 +102,10 @@ def test_predict_rows_carry_score_flag_and_calibrated_probabilities(trusted: Pat
     result = RUN.invoke(app, ["predict", str(folder), "-m", str(trusted), "-o", str(out), "--backend", "torch", "--workers", "0"])
     assert result.exit_code == 0, result.output
     rows = {Path(r["path"]).name: r for r in csv.DictReader(open(out, newline=""))}
-    assert rows["ct_header.dcm"]["flag"] == "header:modality CT is not CR/DX"
+    assert rows["ct_header.dcm"]["flag"] == "header:modality CT is not CR/DX/DR"
     assert all(r["flag"] in (FLAG_OK, FLAG_OOD) for n, r in rows.items() if n != "ct_header.dcm")
     assert all(r["ood_score"] != "" for r in rows.values())
-    assert "flagged: header:modality CT is not CR/DX" in result.output
+    assert "flagged: header:modality CT is not CR/DX/DR" in result.output
     # calibrated: the card's temperature applied to the model's logits
     model, card = load_checkpoint(trusted)
     from cxrtool.preprocess import load_input
@@ -132,7 +132,7 @@ def test_an_old_checkpoint_still_predicts_with_a_notice(old_checkpoint: Path, sh
     assert "has no out-of-distribution statistics" in result.output and "cxrtool calibrate" in result.output
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert all(r["ood_score"] is None for r in rows)
-    assert {r["flag"] for r in rows} == {FLAG_OK, "header:modality CT is not CR/DX"}  # the header gate still works
+    assert {r["flag"] for r in rows} == {FLAG_OK, "header:modality CT is not CR/DX/DR"}  # the header gate still works
 
 
 def test_evaluate_reports_calibration_and_flags(trusted: Path, films: Path, tmp_path: Path) -> None:
@@ -155,6 +155,6 @@ def test_explain_rows_and_titles_say_out_of_distribution(trusted: Path, shared_d
     result = RUN.invoke(app, ["explain", str(folder), "-m", str(trusted), "-o", str(tmp_path / "ex")])
     assert result.exit_code == 0, result.output
     rows = {Path(r["path"]).name: r for r in csv.DictReader(open(tmp_path / "ex" / "explain.csv", newline=""))}
-    assert rows["ct_header.dcm"]["flag"] == "header:modality CT is not CR/DX" and rows["ct_header.dcm"]["ood_score"] != ""
-    assert "out of distribution" in _flag_title(FLAG_OOD) and "out of distribution" in _flag_title("header:modality CT is not CR/DX")
+    assert rows["ct_header.dcm"]["flag"] == "header:modality CT is not CR/DX/DR" and rows["ct_header.dcm"]["ood_score"] != ""
+    assert "out of distribution" in _flag_title(FLAG_OOD) and "out of distribution" in _flag_title("header:modality CT is not CR/DX/DR")
     assert _flag_title(FLAG_OK) == ""
