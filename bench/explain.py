@@ -5,7 +5,8 @@ Usage: ``.venv/bin/python bench/explain.py [--batch 16] [--size 224] [--repeats 
 The baseline is the plain forward of the same DenseNet-121 under ``torch.inference_mode()``, in
 NCHW and in channels-last (the layout explain runs in), whichever is faster.
 Each explainer is timed per batch (compile time excluded: ``cxrtool explain`` compiles once per
-run); the median of ``--repeats`` is reported, with each LRP composite's ``relevance_sum / logit``
+run), each call right after a baseline forward; the ratio is the median over ``--repeats`` of
+those neighbouring pairs' ratios (s/image: the median explain time), with each LRP composite's ``relevance_sum / logit``
 range on the benchmark batch, alone and with ``bias_share`` (conservation held by the timed code itself).  ``--zennit`` adds stock zennit with our canonizer
 (the "naive" path, slow).  The CPU is shared: run it a few times and quote the quiet numbers with
 the load average printed at the top.
@@ -60,7 +61,7 @@ def main() -> None:
 
     fast_model = copy.deepcopy(model).to(memory_format=torch.channels_last)
     x_cl = x.contiguous(memory_format=torch.channels_last)
-    forwards = {}
+    forwards, forwards_fn = {}, {}
     for label, net, inp in (("NCHW", model, x), ("channels_last", fast_model, x_cl)):
 
         def forward(net=net, inp=inp) -> None:  # noqa: ANN001
@@ -69,6 +70,7 @@ def main() -> None:
 
         forward()  # warm-up
         forwards[label] = _median_time(forward, args.repeats)
+        forwards_fn[label] = forward
     # the baseline is the faster forward: explain runs channels-last, so the ratio must not gain from the layout
     label, base = min(forwards.items(), key=lambda kv: kv[1])
     for name, t in forwards.items():
@@ -76,8 +78,16 @@ def main() -> None:
     for name in args.composites.split(","):
         explainer = Explainer(model, name, bounds)
         result = explainer.attribute(x)  # warm-up, and the conservation check of this very run
-        t = _median_time(lambda: explainer.explain(x), args.repeats)
-        line = f"{name:32s} {t / args.batch:8.4f} s/image {t / base:6.2f}x"
+        # each explain call is paired with a baseline forward right before it, and the ratio is the median of the
+        # pairs' ratios: on a VM whose speed drifts by tens of percent within a minute, only neighbours compare
+        fwd = forwards_fn[label]
+        pairs = []
+        for _ in range(args.repeats):
+            t_fwd = _median_time(fwd, 1)
+            pairs.append((_median_time(lambda: explainer.explain(x), 1), t_fwd))
+        t = statistics.median(t_exp for t_exp, _ in pairs)
+        ratio_x = statistics.median(t_exp / t_fwd for t_exp, t_fwd in pairs)
+        line = f"{name:32s} {t / args.batch:8.4f} s/image {ratio_x:6.2f}x"
         if explainer.spec.is_lrp:
             logit = result.logits.max(1).values
             total = result.relevance[0].sum((1, 2, 3))

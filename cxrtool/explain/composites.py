@@ -125,10 +125,13 @@ def compile_lrp(model: nn.Module, spec: CompositeSpec, bounds: Bounds | None = N
         shift_biases = merged_convs(lrp)
         DenseNetCanonizer().apply(lrp)  # permanent on the copy
     first_conv = next((n for n, m in lrp.named_modules() if isinstance(m, nn.Conv2d)), None)
+    fused = _norm_relu_pairs(lrp, merged) if merged else {}
     ledger = rules.BiasLedger()
     for name, module in list(lrp.named_modules()):
         new: nn.Module | None = None
-        if isinstance(module, nn.Conv2d):
+        if name in fused.values():
+            new = nn.Identity()  # runs inside the batch norm's Pass, below
+        elif isinstance(module, nn.Conv2d):
             kind = spec.first if name == first_conv and spec.first else spec.conv
             new = _conv_rule(kind, module, spec, bounds, charge_bias=name not in shift_biases)
         elif isinstance(module, nn.Linear):
@@ -136,7 +139,12 @@ def compile_lrp(model: nn.Module, spec: CompositeSpec, bounds: Bounds | None = N
         elif isinstance(module, nn.modules.batchnorm._BatchNorm):
             if not merged:
                 raise TypeError(f"cannot canonize batch norm {name!r} of a non-DenseNet model")
-            new = nn.Identity() if name in merged else rules.Pass(module)
+            if name in merged:
+                new = nn.Identity()
+            elif name in fused:  # both are Pass: one step, the ReLU in place on the norm's fresh output
+                new = rules.Pass(nn.Sequential(module, nn.ReLU(inplace=True)))
+            else:
+                new = rules.Pass(module)
         elif isinstance(module, (nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
             new = rules.Norm(module)
         elif isinstance(module, nn.ReLU):
@@ -147,6 +155,27 @@ def compile_lrp(model: nn.Module, spec: CompositeSpec, bounds: Bounds | None = N
             _set_submodule(lrp, name, new)
     lrp.bias_ledger = ledger
     return lrp
+
+
+def _norm_relu_pairs(model: nn.Module, merged: set[str]) -> dict[str, str]:
+    """``{batch norm: the ReLU applied to its output and nothing else}`` for DenseNet's kept norms.
+
+    ``norm1 -> relu1`` in dense layers, ``norm -> relu`` in transitions, ``features.norm5`` -> the
+    classifier's ``relu``.  Fusing each pair into one :class:`~cxrtool.explain.rules.Pass` lets the
+    ReLU run in place; an out-of-place ReLU per layer was a fifth of the LRP forward (profiled).
+    """
+    import torch.nn as nn
+
+    names = dict(model.named_modules())
+    pairs = {}
+    for name, module in names.items():
+        if not isinstance(module, nn.modules.batchnorm._BatchNorm) or name in merged:
+            continue
+        parent, _, leaf = name.rpartition(".")
+        relu = "relu" if name == "features.norm5" else f"{parent}.{leaf.replace('norm', 'relu')}"
+        if isinstance(names.get(relu), nn.ReLU):
+            pairs[name] = relu
+    return pairs
 
 
 def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
