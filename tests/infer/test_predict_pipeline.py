@@ -232,20 +232,23 @@ def test_output_suffix_and_options_are_checked_before_any_work(tiny_ckpt, tmp_pa
 
 @pytest.mark.slow
 def test_onnx_backends_predict_the_same_as_torch_on_real_films(tiny_ckpt, tiny_onnx, real_dicoms, shared_data, tmp_path):
-    from cxrtool.infer.backends import available_backends
+    from cxrtool.infer.backends import available_backends, load_backend
 
     films = sorted((shared_data / "covid3" / "covid").iterdir())[:8] + real_dicoms
     ref = predict_to_file(films, tiny_ckpt, tmp_path / "torch.csv", PredictOptions(workers=1))
     assert ref.failed == 0
     want = {r["path"]: r for r in read_csv(tmp_path / "torch.csv")}
     for name in available_backends(tiny_onnx):
+        engine = load_backend(tiny_onnx, backend=name)
+        # OpenVINO's default precision is bf16 on CPUs that list BF16 (8 mantissa bits): ~1e-3 on a probability
+        tol = 1e-2 if getattr(engine, "precision", "f32") == "bf16" else 1e-4
         out = tmp_path / f"{name}.csv"
-        predict_to_file(films, tiny_onnx, out, PredictOptions(workers=1), backend=name)
+        predict_to_file(films, engine, out, PredictOptions(workers=1))
         for r in read_csv(out):
             assert r["backend"] == name and r["model_id"].startswith("tiny@")
             assert r["predicted"] == want[r["path"]]["predicted"], name
             for c in CLASSES:
-                assert abs(float(r[f"p:{c}"]) - float(want[r["path"]][f"p:{c}"])) < 1e-4, name
+                assert abs(float(r[f"p:{c}"]) - float(want[r["path"]][f"p:{c}"])) < tol, name
 
 
 def constant_head_ckpt(tiny_ckpt: Path, dst: Path, bias: list[float], task) -> Path:
