@@ -36,6 +36,7 @@ ONNX_SUFFIX = ".onnx"
 ENGINE_SUFFIX = ".engine"
 #: NNCF INT8 exports: an OpenVINO IR pair (``.int8.xml`` + ``.int8.bin``) and, for TensorRT, a Q/DQ ONNX
 INT8_IR_SUFFIX = ".int8.xml"
+IR_SUFFIX = ".xml"  # any OpenVINO IR (cxrtool writes them only for INT8)
 INT8_ONNX_SUFFIX = ".int8.onnx"
 
 #: ONNX graph input/output names every backend relies on
@@ -256,10 +257,14 @@ def read_ir_card(path: str | Path, metadata: dict[str, str] | None = None) -> Mo
     return parse_card(meta[CARD_KEY], source=path, where="the OpenVINO rt_info")
 
 
+def read_export_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata of an export: an OpenVINO IR's ``rt_info`` (``.xml``) or an ONNX file's ``metadata_props``."""
+    return read_ir_metadata(path) if Path(path).suffix.lower() == IR_SUFFIX else read_onnx_metadata(path)
+
+
 def int8_info(path: str | Path) -> dict[str, Any]:
     """The INT8 record (precision, calibration fingerprint, check numbers) of an INT8 export, ``{}`` if none."""
-    path = Path(path)
-    meta = read_ir_metadata(path) if path.suffix.lower() == ".xml" else read_onnx_metadata(path)
+    meta = read_export_metadata(path)
     return json.loads(meta[INT8_KEY]) if INT8_KEY in meta else {}
 
 
@@ -309,8 +314,7 @@ def exported_from(onnx_path: str | Path, source_sha256: str) -> bool:
     if not Path(onnx_path).is_file():
         return False
     try:
-        read = read_ir_metadata if Path(onnx_path).suffix.lower() == ".xml" else read_onnx_metadata
-        return read(onnx_path).get(SOURCE_SHA_KEY) == source_sha256
+        return read_export_metadata(onnx_path).get(SOURCE_SHA_KEY) == source_sha256
     except CxrError:
         return False
 
@@ -460,6 +464,6 @@ def read_any_card(path: str | Path) -> ModelCard:
         return read_onnx_card(path)
     if suffix == ENGINE_SUFFIX:
         return read_sidecar(path).card
-    if suffix == ".xml":
+    if suffix == IR_SUFFIX:
         return read_ir_card(path)
     return read_card(path)

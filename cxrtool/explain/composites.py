@@ -126,10 +126,11 @@ def compile_lrp(model: nn.Module, spec: CompositeSpec, bounds: Bounds | None = N
         DenseNetCanonizer().apply(lrp)  # permanent on the copy
     first_conv = next((n for n, m in lrp.named_modules() if isinstance(m, nn.Conv2d)), None)
     fused = _norm_relu_pairs(lrp, merged) if merged else {}
+    fused_relus = set(fused.values())
     ledger = rules.BiasLedger()
     for name, module in list(lrp.named_modules()):
         new: nn.Module | None = None
-        if name in fused.values():
+        if name in fused_relus:
             new = nn.Identity()  # runs inside the batch norm's Pass, below
         elif isinstance(module, nn.Conv2d):
             kind = spec.first if name == first_conv and spec.first else spec.conv

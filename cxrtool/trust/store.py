@@ -17,9 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from cxrtool.errors import CxrError, one_line
-from cxrtool.modelfile import ENGINE_SUFFIX, ONNX_SUFFIX, TRUST_PREFIX, TRUST_TENSORS_KEY, file_sha256, read_ir_metadata, read_onnx_metadata
-
-IR_SUFFIX = ".xml"  # OpenVINO IR (cxrtool writes them only for INT8: ``.int8.xml``)
+from cxrtool.modelfile import ENGINE_SUFFIX, IR_SUFFIX, ONNX_SUFFIX, TRUST_PREFIX, TRUST_TENSORS_KEY, file_sha256, read_export_metadata
 
 
 def encode_tensors(tensors: dict[str, np.ndarray]) -> str:
@@ -49,8 +47,7 @@ def stored_tensors(path: str | Path) -> dict[str, np.ndarray]:
     suffix = path.suffix.lower()
     try:
         if suffix in (ONNX_SUFFIX, IR_SUFFIX):  # an INT8 IR carries its ONNX export's metadata in rt_info
-            read = read_ir_metadata if suffix == IR_SUFFIX else read_onnx_metadata
-            text = read(path).get(TRUST_TENSORS_KEY)
+            text = read_export_metadata(path).get(TRUST_TENSORS_KEY)
             return decode_tensors(text) if text else {}
         if suffix == ENGINE_SUFFIX:
             from cxrtool.modelfile import read_sidecar
