@@ -59,6 +59,7 @@ class Explainer:
         # channels-last: oneDNN's convolutions (and their transposes) skip the layout reorders they
         # do on every NCHW call; on the 2-core dev CPU forward and LRP both run ~1.6x faster
         self.net.to(memory_format=torch.channels_last)
+        self._taps = _FeatureTaps(self.net, model.feature_layout()) if hasattr(model, "feature_layout") else None
 
     def explain(self, x: torch.Tensor, targets: Sequence[Target | torch.Tensor] = (None,)) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Logits ``(B, K)`` and one relevance tensor ``(B, C, H, W)`` per entry of ``targets``.
@@ -75,6 +76,7 @@ class Explainer:
         ledger = getattr(self.net, "bias_ledger", None)
         with torch.enable_grad():
             logits = self.net(x)
+            features = self._taps.collect() if self._taps is not None else None
             out, biases = [], []
             for i, target in enumerate(targets):
                 index = _target_index(target, logits)
@@ -89,16 +91,45 @@ class Explainer:
                 if not self.spec.is_lrp:  # gradient x input books nothing: its gap is not a bias share
                     total = torch.full((len(index),), float("nan"))
                 biases.append(total if total is not None else torch.zeros(len(index)))
-        return Attribution(logits.detach(), out, biases)
+        return Attribution(logits.detach(), out, biases, features)
 
 
 @dataclass
 class Attribution:
-    """Logits, one relevance map per target, and per target the relevance booked to biases."""
+    """Logits, one relevance map per target, per target the relevance booked to biases, and the
+    pooled features of ``forward_features`` (the OOD score's input) from the same forward pass."""
 
     logits: torch.Tensor
     relevance: list[torch.Tensor]
     bias_share: list[torch.Tensor]
+    features: torch.Tensor | None = None
+
+
+class _FeatureTaps:
+    """Hooks that read ``forward_features``' pooled features off the explainer's own forward pass.
+
+    ``layout`` is the model's :meth:`~cxrtool.models.densenet.DenseNetClassifier.feature_layout`:
+    each transition's output, pooled, then the classifier's input.  The canonized copy computes the
+    same values (to float rounding), so explain needs no second forward for the OOD score.
+    """
+
+    def __init__(self, net: nn.Module, layout: Sequence[tuple[str, int]]):
+        self._seen: dict[str, torch.Tensor] = {}
+        self._order = [name for name, _ in layout]
+        for name in self._order[:-1]:
+            net.features.get_submodule(name).register_forward_hook(self._pooled(name))
+        net.classifier.register_forward_pre_hook(lambda _m, args: self._seen.__setitem__(self._order[-1], args[0].detach().flatten(1)))
+
+    def _pooled(self, name: str) -> Callable[..., None]:
+        def hook(_module: nn.Module, _args: object, out: torch.Tensor) -> None:
+            self._seen[name] = out.detach().mean((2, 3))
+
+        return hook
+
+    def collect(self) -> torch.Tensor:
+        """``(B, width)`` features of the last forward pass, in layout order."""
+        features, self._seen = torch.cat([self._seen[name] for name in self._order], 1), {}
+        return features
 
 
 def _target_index(target: Target | torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
@@ -220,9 +251,6 @@ def _explain_files(
     cfg = card.preprocess
     targets = _targets_for(options.target, card.class_names)
     explainer = Explainer(model, options.composite, cfg.input_bounds())
-    head = getattr(explainer.net, "classifier", None)  # its inputs are the penultimate features, for free
-    captured: list[torch.Tensor] = []
-    hook = head.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach())) if head is not None else None
     thumbs: list[np.ndarray] = []
     feats: list[np.ndarray] = []
     predicted_names: list[str] = []
@@ -242,15 +270,11 @@ def _explain_files(
         if not good:
             continue
         x = torch.from_numpy(np.stack([normalize(g, cfg) for _, _, g in good]))
-        captured.clear()
         result = explainer.attribute(x, targets)
         logits = result.logits
-        if captured:
-            feats.append(captured[0].flatten(1).numpy())
-        features = None
-        if trust.has_ood:
-            with torch.no_grad():
-                features = model.forward_features(x)[1].numpy()
+        features = result.features.numpy() if result.features is not None else None
+        if features is not None:  # the penultimate features, for the shortcut audit
+            feats.append(features[:, -model.classifier.in_features :])
         verdicts = trust.assess(logits.numpy(), features, [header_reason(p) for p, _, _ in good])
         probs = torch.from_numpy(np.stack([v.probs for v in verdicts]))
         predicted = logits.argmax(1)
@@ -275,8 +299,6 @@ def _explain_files(
         for path, _, _ in good:
             if on_file:
                 on_file(path, None)
-    if hook is not None:
-        hook.remove()
     shortcut: dict[str, object] = {}
     if thumbs:
         keep = [i for i, m in enumerate(own_maps) if m is not None]

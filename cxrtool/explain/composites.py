@@ -125,8 +125,10 @@ def compile_lrp(model: nn.Module, spec: CompositeSpec, bounds: Bounds | None = N
         shift_biases = merged_convs(lrp)
         DenseNetCanonizer().apply(lrp)  # permanent on the copy
     first_conv = next((n for n, m in lrp.named_modules() if isinstance(m, nn.Conv2d)), None)
+    dense_inputs = _list_input_dense_layers(lrp) if merged else set()
     fused = _norm_relu_pairs(lrp, merged) if merged else {}
-    fused_relus = set(fused.values())
+    conv_relus = _conv_relu_pairs(lrp) if merged else {}
+    fused_relus = set(fused.values()) | set(conv_relus.values())
     ledger = rules.BiasLedger()
     for name, module in list(lrp.named_modules()):
         new: nn.Module | None = None
@@ -135,6 +137,7 @@ def compile_lrp(model: nn.Module, spec: CompositeSpec, bounds: Bounds | None = N
         elif isinstance(module, nn.Conv2d):
             kind = spec.first if name == first_conv and spec.first else spec.conv
             new = _conv_rule(kind, module, spec, bounds, charge_bias=name not in shift_biases)
+            new.relu = name in conv_relus  # the ReLU after it runs inside it, in place
         elif isinstance(module, nn.Linear):
             new = rules.EpsilonLinear(module, epsilon=spec.epsilon)
         elif isinstance(module, nn.modules.batchnorm._BatchNorm):
@@ -142,6 +145,8 @@ def compile_lrp(model: nn.Module, spec: CompositeSpec, bounds: Bounds | None = N
                 raise TypeError(f"cannot canonize batch norm {name!r} of a non-DenseNet model")
             if name in merged:
                 new = nn.Identity()
+            elif name in dense_inputs:  # cat, norm and ReLU in one pass, Pass relevance
+                new = rules.ConcatNormReLU(module)
             elif name in fused:  # both are Pass: one step, the ReLU in place on the norm's fresh output
                 new = rules.Pass(nn.Sequential(module, nn.ReLU(inplace=True)))
             else:
@@ -176,6 +181,45 @@ def _norm_relu_pairs(model: nn.Module, merged: set[str]) -> dict[str, str]:
         relu = "relu" if name == "features.norm5" else f"{parent}.{leaf.replace('norm', 'relu')}"
         if isinstance(names.get(relu), nn.ReLU):
             pairs[name] = relu
+    return pairs
+
+
+def _list_input_dense_layers(model: nn.Module) -> set[str]:
+    """Switch every torchvision dense layer of ``model`` to :class:`~cxrtool.explain.rules.ListInputDenseLayer`.
+
+    Returns their ``norm1`` names: the caller gives each :class:`~cxrtool.explain.rules.ConcatNormReLU`,
+    which takes the list of earlier features itself.
+    """
+    from torchvision.models.densenet import _DenseLayer
+
+    from cxrtool.explain.rules import ListInputDenseLayer
+
+    norms = set()
+    for name, module in model.named_modules():
+        if type(module) is _DenseLayer:
+            module.__class__ = ListInputDenseLayer  # same state, one method differs (on the LRP copy only)
+            norms.add(f"{name}.norm1")
+    return norms
+
+
+def _conv_relu_pairs(model: nn.Module) -> dict[str, str]:
+    """``{convolution: the ReLU applied to its output and nothing else}``, once its batch norm is merged.
+
+    ``features.conv0 -> relu0`` and every dense layer's ``conv1 -> relu2`` (``norm0``/``norm2`` are
+    merged into those convolutions).  The ReLU's rule is the identity, so running it inside the
+    convolution's rule, in place, changes no relevance and saves a pass over the output.
+    """
+    import torch.nn as nn
+
+    from cxrtool.explain.canonizers import densenet_merge_pairs
+
+    names = dict(model.named_modules())
+    pairs = {}
+    for (conv,), norm in densenet_merge_pairs(model):
+        parent, _, leaf = norm.rpartition(".")
+        relu = f"{parent}.{leaf.replace('norm', 'relu')}"
+        if isinstance(names.get(relu), nn.ReLU):
+            pairs[conv] = relu
     return pairs
 
 

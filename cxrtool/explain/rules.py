@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torchvision.models.densenet import _DenseLayer
 
 from cxrtool.explain.composites import STABILIZER
 
@@ -109,6 +110,62 @@ class Pass(Rule):
         return r_out
 
 
+class ConcatNormReLU(nn.Module):
+    """DenseNet's ``relu(norm(cat(features)))`` written straight from the pieces, with ``Pass`` relevance.
+
+    The forward writes each piece's normalised, rectified channels into one output buffer: no
+    concatenated copy and no separate ReLU pass (a third of the LRP forward's memory traffic in
+    the dense layers, bench/explain.py).  Like ``Pass`` on the norm and the ReLU, the relevance is
+    the identity, handed back to each piece as its slice of the channels.
+    """
+
+    def __init__(self, norm: nn.modules.batchnorm._BatchNorm):
+        super().__init__()
+        scale = torch.rsqrt(norm.running_var + norm.eps)
+        shift = -norm.running_mean * scale
+        if norm.affine:
+            scale, shift = scale * norm.weight, shift * norm.weight + norm.bias
+        self.register_buffer("scale", scale.detach().view(1, -1, 1, 1))
+        self.register_buffer("shift", shift.detach().view(1, -1, 1, 1))
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        if not any(f.requires_grad for f in features):
+            return _concat_norm_relu(features, self.scale, self.shift)
+        return _ConcatPassFn.apply(self.scale, self.shift, *features)
+
+
+def _concat_norm_relu(features: list[torch.Tensor], scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    first = features[0]
+    shape = (first.shape[0], sum(f.shape[1] for f in features), *first.shape[2:])
+    out = torch.empty(shape, dtype=first.dtype, device=first.device, memory_format=_format_of(first))
+    c = 0
+    for f in features:
+        n = f.shape[1]
+        torch.addcmul(shift[:, c : c + n], f, scale[:, c : c + n], out=out[:, c : c + n])
+        c += n
+    return out.clamp_min_(0)
+
+
+class ListInputDenseLayer(_DenseLayer):
+    """torchvision's dense layer, except that ``norm1`` (a :class:`ConcatNormReLU`) gets the list of earlier features."""
+
+    def bn_function(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        return self.conv1(self.relu1(self.norm1(inputs)))
+
+
+class _ConcatPassFn(torch.autograd.Function):
+    """Forward: :func:`_concat_norm_relu`; backward: the upper relevance, split back to the pieces."""
+
+    @staticmethod
+    def forward(ctx, scale: torch.Tensor, shift: torch.Tensor, *features: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.sizes = [f.shape[1] for f in features]
+        return _concat_norm_relu(list(features), scale, shift)
+
+    @staticmethod
+    def backward(ctx, relevance: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        return (None, None, *relevance.split(ctx.sizes, 1))
+
+
 class Norm(Rule):
     """zennit's ``Norm`` for average pooling: relevance shared in proportion to each input's share."""
 
@@ -144,6 +201,8 @@ def _pair(v: int | tuple[int, int]) -> list[int]:
 class _ConvRule(Rule):
     """Shared plumbing for rules on ``nn.Conv2d``: frozen copies of weight, bias and geometry."""
 
+    relu = False  # set by compile_lrp when a ReLU (identity relevance) follows and nothing else reads the output
+
     def __init__(self, conv: nn.Conv2d, charge_bias: bool = True):
         super().__init__()
         self.register_buffer("weight", conv.weight.detach().clone())
@@ -155,7 +214,8 @@ class _ConvRule(Rule):
         self._counts: dict[tuple[int, ...], torch.Tensor] = {}  # receptive-field sizes per input shape (flat rule)
 
     def plain(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.weight, self.bias, **self.geometry)
+        out = F.conv2d(x, self.weight, self.bias, **self.geometry)
+        return out.clamp_min_(0) if self.relu else out  # in place on the fresh output
 
     def _conv(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         return F.conv2d(x, weight, bias, **self.geometry)
@@ -207,19 +267,20 @@ class ZPlus(_ConvRule):
     def __init__(self, conv: nn.Conv2d, charge_bias: bool = True, spread_dead: bool = True):
         super().__init__(conv, charge_bias)
         self.register_buffer("w_pos", self.weight.clamp(min=0))
-        self.register_buffer("b_pos", self.rule_bias.clamp(min=0))
-        self.charges_bias = bool(self.b_pos.any())
+        b_pos = self.rule_bias.clamp(min=0)
+        self.charges_bias = bool(b_pos.any())
+        # z >= 0 here (x >= 0, W+ >= 0, b+ >= 0), where zennit's stabiliser is exactly z + eps: the
+        # convolution adds it with the bias, so no separate pass over z
+        self.register_buffer("kept", b_pos + STABILIZER)
         self.spread_dead = spread_dead
 
     def relevance(self, x: torch.Tensor, r_out: torch.Tensor) -> torch.Tensor:
-        # z >= 0 here (x >= 0, W+ >= 0, b+ >= 0), where zennit's stabiliser is exactly z + eps;
-        # in-place steps on our own temporaries keep the backward pass memory-bound work small
-        z = self._conv(x, self.w_pos, self.b_pos if self.charges_bias else None).add_(STABILIZER)
+        kept = self.kept
+        z = self._conv(x, self.w_pos, kept)
         grad = r_out / z
-        r_in = self._back(x.shape, self.w_pos, grad).mul_(x)
+        r_in = self._back(x.shape, self.w_pos, grad).mul_(x)  # in place on our own temporary
         # what is not passed down, per output unit, is r_out * (b+ + eps) / z, since
         # sum_i x_i w+_ij = z_j - b+_j - eps: booked per output channel, without another full-size tensor
-        kept = self.b_pos + STABILIZER if self.charges_bias else torch.full_like(self.b_pos, STABILIZER)
         left = grad.sum((2, 3)) @ kept
         if self.spread_dead and bool(z.amin() <= 2 * STABILIZER):
             # units with z+ = 0 that still carry relevance: only a (merged) bias switched them on,

@@ -151,9 +151,11 @@ def candidates(path: Path, device: str) -> list[Candidate]:
 
 
 def _variants(backend: str, path: Path) -> list[Candidate]:
+    from cxrtool.modelfile import IR_SUFFIX
+
     if backend != "openvino":
         return [Candidate(backend, backend, path)]
-    if path.suffix.lower() == ".xml":
+    if path.suffix.lower() == IR_SUFFIX:
         return [Candidate("openvino-int8", backend, path)]
     variants = [Candidate("openvino-f32", backend, path, {"precision": "f32"})]
     if _openvino_bf16():

@@ -17,7 +17,7 @@ import numpy as np
 
 from cxrtool.errors import CxrError
 from cxrtool.infer.backends import Backend
-from cxrtool.modelfile import FEATURES_NAME, OUTPUT_NAME, ModelCard, int8_info, read_ir_card, read_onnx_card
+from cxrtool.modelfile import FEATURES_NAME, IR_SUFFIX, ONNX_SUFFIX, OUTPUT_NAME, ModelCard, int8_info, read_any_card
 
 PRECISIONS = ("auto", "bf16", "f32")
 HINTS = ("latency", "throughput")
@@ -45,7 +45,7 @@ def compile_config(precision: str, hint: str, threads: int | None, *, bf16_suppo
 class OpenVINOBackend(Backend):
     name = "openvino"
     #: ``.xml``: the INT8 IR written by ``cxrtool export --int8`` (card and INT8 record in its rt_info)
-    suffixes = (".onnx", ".xml")
+    suffixes = (ONNX_SUFFIX, IR_SUFFIX)
 
     def __init__(self, path: Path, card: ModelCard, device: str, compiled: Any, config: dict[str, Any]):
         super().__init__(path, card, device)
@@ -53,7 +53,7 @@ class OpenVINOBackend(Backend):
         self.config = config
         self.precision = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()  # what really runs
         #: non-empty for an INT8 IR: its precision, calibration fingerprint and held-out check
-        self.int8 = int8_info(path) if path.suffix.lower() == ".xml" else {}
+        self.int8 = int8_info(path) if path.suffix.lower() == IR_SUFFIX else {}
         if self.int8:
             self.precision = "int8"  # quantized layers run int8; the rest at the hint above
         outputs = {name: port for port in compiled.outputs for name in port.get_names()}
@@ -87,7 +87,7 @@ class OpenVINOBackend(Backend):
 
         if device != "cpu":
             raise CxrError(f"the openvino backend runs on the CPU here, not {device}")
-        card = read_ir_card(path) if path.suffix.lower() == ".xml" else read_onnx_card(path)
+        card = read_any_card(path)
         core = ov.Core()
         config = compile_config(precision, hint, threads, bf16_supported=cpu_supports_bf16(core))
         try:

@@ -30,18 +30,22 @@ class TorchBackend(Backend):
         model, card = load_checkpoint(path)
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise CxrError("CUDA requested but no CUDA device is available")
-        model = model.to(device).eval()
+        # channels-last: oneDNN (and cuDNN) convolutions skip a layout reorder per call; DenseNet-121's
+        # forward ran 1.25-1.6x faster on the 2-core dev CPUs (bench/explain.py prints both layouts)
+        model = model.to(device).eval().to(memory_format=torch.channels_last)
         return cls(path, card, device, model)
+
+    def _tensor(self, batch: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
 
     @torch.inference_mode()
     def run(self, batch: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device, non_blocking=True)
-        return self.model(x).float().cpu().numpy()
+        return self.model(self._tensor(batch)).float().cpu().numpy()
 
     @torch.inference_mode()
     def run_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         if not hasattr(self.model, "forward_features"):
             return self.run(batch), None
-        x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device, non_blocking=True)
-        logits, features = self.model.forward_features(x)
+        logits, features = self.model.forward_features(self._tensor(batch))
         return logits.float().cpu().numpy(), features.float().cpu().numpy()

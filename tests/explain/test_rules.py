@@ -99,3 +99,15 @@ def test_several_targets_share_one_forward(tiny_densenet):
         torch.testing.assert_close(many.relevance[k], one.relevance[0])
         torch.testing.assert_close(many.bias_share[k], one.bias_share[0])
     assert not torch.allclose(many.relevance[0], many.relevance[1])
+
+
+@pytest.mark.parametrize("name", [*LRP, "gradient"])
+def test_explainer_returns_the_models_logits_and_features(tiny_densenet, name):
+    """The OOD score's features come off the explainer's own forward: the same numbers as ``forward_features``."""
+    x = torch.randn(3, 3, 40, 40)
+    with torch.no_grad():
+        logits, features = tiny_densenet.forward_features(x)
+    result = Explainer(tiny_densenet, name, BOUNDS).attribute(x, [None])
+    torch.testing.assert_close(result.logits, logits, rtol=1e-5, atol=1e-5)
+    assert result.features is not None and result.features.shape == features.shape
+    torch.testing.assert_close(result.features, features, rtol=1e-5, atol=1e-5)

@@ -156,5 +156,12 @@ def test_explain_rows_and_titles_say_out_of_distribution(trusted: Path, shared_d
     assert result.exit_code == 0, result.output
     rows = {Path(r["path"]).name: r for r in csv.DictReader(open(tmp_path / "ex" / "explain.csv", newline=""))}
     assert rows["ct_header.dcm"]["flag"] == "header:modality CT is not CR/DX/DR" and rows["ct_header.dcm"]["ood_score"] != ""
+    # explain reads the score's features off its own (canonized) forward: the same scores as predict's
+    out = tmp_path / "p.csv"
+    assert RUN.invoke(app, ["predict", str(folder), "-m", str(trusted), "-o", str(out), "--backend", "torch", "--workers", "0"]).exit_code == 0
+    for r in csv.DictReader(open(out, newline="")):
+        mine = rows[Path(r["path"]).name]
+        assert abs(float(mine["ood_score"]) - float(r["ood_score"])) <= 1e-4 * max(1.0, abs(float(r["ood_score"])))
+        assert (mine["flag"], mine["predicted"]) == (r["flag"], r["predicted"])
     assert "out of distribution" in _flag_title(FLAG_OOD) and "out of distribution" in _flag_title("header:modality CT is not CR/DX/DR")
     assert _flag_title(FLAG_OK) == ""
