@@ -177,11 +177,22 @@ def _norm_relu_pairs(model: nn.Module, merged: set[str]) -> dict[str, str]:
     for name, module in names.items():
         if not isinstance(module, nn.modules.batchnorm._BatchNorm) or name in merged:
             continue
-        parent, _, leaf = name.rpartition(".")
-        relu = "relu" if name == "features.norm5" else f"{parent}.{leaf.replace('norm', 'relu')}"
+        relu = _relu_after(name)
         if isinstance(names.get(relu), nn.ReLU):
             pairs[name] = relu
     return pairs
+
+
+def _relu_after(norm: str) -> str:
+    """The name of the ReLU torchvision's DenseNet applies to batch norm ``norm``'s output.
+
+    ``normK -> reluK`` beside it (dense layers, transitions, ``features.norm0``), except
+    ``features.norm5``, whose ReLU is the classifier's top-level ``relu``.
+    """
+    if norm == "features.norm5":
+        return "relu"
+    parent, _, leaf = norm.rpartition(".")
+    return f"{parent}.{leaf.replace('norm', 'relu')}"
 
 
 def _list_input_dense_layers(model: nn.Module) -> set[str]:
@@ -216,8 +227,7 @@ def _conv_relu_pairs(model: nn.Module) -> dict[str, str]:
     names = dict(model.named_modules())
     pairs = {}
     for (conv,), norm in densenet_merge_pairs(model):
-        parent, _, leaf = norm.rpartition(".")
-        relu = f"{parent}.{leaf.replace('norm', 'relu')}"
+        relu = _relu_after(norm)
         if isinstance(names.get(relu), nn.ReLU):
             pairs[conv] = relu
     return pairs
