@@ -5,7 +5,7 @@
 Without ``--checkpoint`` a DenseNet121 (seeded random weights) at ``--size`` is made; pass a
 trained checkpoint for agreement numbers that mean something.  Steps: ONNX export (if there is no
 current one), ``export_int8`` calibrated on ``--data`` with a quarter of the films held back (the
-gate's numbers are printed), then :func:`cxrtool.infer.bench.run_bench` on the *held-out* films
+gate's numbers are printed), then :func:`cxrtool.infer.measure.run_bench` on the *held-out* films
 only (top-1 agreement against torch fp32 on films the quantizer never saw).  Targets, each a ratio
 within this run:
 
@@ -59,11 +59,11 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=None, help="decode processes of the end-to-end runs (default: predict's)")
     args = parser.parse_args()
 
-    from cxrtool.export.calibration import calibration_set
+    from cxrtool.export.calib_films import calibration_set
     from cxrtool.export.int8 import Int8CheckError, export_int8
     from cxrtool.export.onnx import export_onnx
     from cxrtool.infer.auto import cpu_flags
-    from cxrtool.infer.bench import run_bench
+    from cxrtool.infer.measure import run_bench
     from cxrtool.modelfile import default_int8_path, default_onnx_path, exported_from, file_sha256, read_card
 
     def log(text: str) -> None:

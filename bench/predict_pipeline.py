@@ -1,4 +1,4 @@
-"""Issue-6 speed targets for predict, measured in one run by `cxrtool.infer.bench.run_bench`.
+"""Issue-6 speed targets for predict, measured in one run by `cxrtool.infer.measure.run_bench`.
 
 DenseNet121 at 224 px with seeded random weights (no trained weights exist offline), real 640 px
 films from ../shared/data/covid3.  Checks, each against a baseline measured in the same run:
@@ -77,7 +77,7 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/cxrtool-bench"))
     args = parser.parse_args()
 
-    from cxrtool.infer.bench import run_bench
+    from cxrtool.infer.measure import run_bench
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     models = make_models(args.workdir, args.data)

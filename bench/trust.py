@@ -38,7 +38,7 @@ DATA = REPO.parent / "shared" / "data"
 
 def train_fixture_model(workdir: Path, data: Path, size: int = 64, epochs: int = 7, val_fraction: float = 0.15) -> tuple[Path, Path]:
     """The tests' ``trained_checkpoint`` recipe by default (trust statistics fitted at the end, as ``train`` does)."""
-    from cxrtool.datasets.folder import FolderOptions, prep_folder
+    from cxrtool.prep.folder import FolderOptions, prep_folder
     from cxrtool.train.config import TrainConfig
     from cxrtool.train.loop import fit
 
@@ -162,7 +162,7 @@ def main() -> int:
     from cxrtool.infer.backends import load_backend
     from cxrtool.modelfile import read_card
     from cxrtool.trust import load_trust
-    from cxrtool.trust.calibration import ece, scaled_probs
+    from cxrtool.trust.temperature import ece, scaled_probs
     from cxrtool.trust.fit import calibrate_checkpoint
 
     t0 = time.perf_counter()

@@ -46,7 +46,7 @@ def trained_checkpoint(shared_data: Path, tmp_path_factory: pytest.TempPathFacto
     2 idle cores, once per test session.  Asserts a clearly-better-than-chance validation accuracy,
     so a broken trainer cannot hand the tests a random model.
     """
-    from cxrtool.datasets.folder import FolderOptions, prep_folder
+    from cxrtool.prep.folder import FolderOptions, prep_folder
     from cxrtool.train.config import TrainConfig
     from cxrtool.train.loop import fit
 

@@ -151,12 +151,12 @@ def test_explain_does_not_import_train():
 
 
 def test_core_does_not_import_the_cli():
-    for package in ("export", "infer", "explain", "train", "dicom", "datasets", "models", "data"):
+    for package in ("export", "infer", "explain", "train", "dicom", "prep", "models", "data"):
         assert not {m for m in _imports(package) if m.startswith(("cxrtool.cli", "typer", "rich"))}, package
 
 
 def test_train_init_with_a_damaged_card_is_an_error_not_a_foreign_state_dict(tmp_path):
-    from cxrtool.models.init import read_parent_card
+    from cxrtool.models.pretrained import read_parent_card
 
     path = write_raw_checkpoint(tmp_path / "s1.safetensors", '{"arch": "densenet121"')
     with pytest.raises(CxrError, match=r"s1\.safetensors: damaged cxrtool model card .*not valid JSON"):

@@ -12,7 +12,7 @@ from rich.text import Text
 
 from cxrtool.cli._console import err, out, user_errors
 from cxrtool.cli._options import BenchBackend
-from cxrtool.infer.bench import run_bench
+from cxrtool.infer.measure import run_bench
 
 _DEFAULTS = {name: p.default for name, p in inspect.signature(run_bench).parameters.items()}
 

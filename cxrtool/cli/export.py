@@ -13,10 +13,10 @@ from cxrtool.cli._options import default_of
 from cxrtool.export import onnx as onnx_export
 from cxrtool.export.trt_options import DEFAULT_TOLERANCE as TRT_TOLERANCE
 from cxrtool.modelfile import BatchProfile
-from cxrtool.parity import DEFAULT_CHECK_COUNT
+from cxrtool.export.parity import DEFAULT_CHECK_COUNT
 
 if TYPE_CHECKING:
-    from cxrtool.exporting import ExportResult
+    from cxrtool.export.pipeline import ExportResult
 
 
 def register(app: typer.Typer) -> None:
@@ -65,9 +65,9 @@ def export(
     ] = None,
 ) -> None:
     """Export a checkpoint to ONNX, NNCF INT8 and/or TensorRT; each file is written only if it passes its check against fp32."""
-    from cxrtool.exporting import export_model
+    from cxrtool.export.pipeline import export_model
     from cxrtool.fsutil import check_writable_output
-    from cxrtool.parity import ParityError
+    from cxrtool.export.parity import ParityError
 
     with user_errors():
         if out_dir is not None:

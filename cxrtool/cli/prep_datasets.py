@@ -11,8 +11,8 @@ from rich.text import Text
 
 from cxrtool.cli._console import EXIT_OK, EXIT_SOME_FAILED, err, failed, out, progress, styled, user_errors
 from cxrtool.cli._options import default_of
-from cxrtool.datasets.folder import FolderOptions
-from cxrtool.datasets.nih import NihOptions
+from cxrtool.prep.folder import FolderOptions
+from cxrtool.prep.nih import NihOptions
 from cxrtool.fsutil import check_writable_output
 
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Manifest CSV to write (atomically).", dir_okay=False)]
@@ -71,7 +71,7 @@ def nih(
     salt_file: SaltOpt = None,
 ) -> None:
     """ChestX-ray14 Data_Entry CSV -> manifest (14 multi-hot findings, or relabelled with --map), official split + patient-wise val."""
-    from cxrtool.datasets.nih import prep_nih
+    from cxrtool.prep.nih import prep_nih
 
     with user_errors():
         if conflict not in ("drop", "first"):
@@ -149,7 +149,7 @@ def folder(
     workers: Annotated[int, typer.Option(help="Processes for hashing.", min=1)] = default_of(FolderOptions, "workers"),
 ) -> None:
     """Class-per-subfolder dataset -> manifest with stratified splits that keep patients and near-duplicates together."""
-    from cxrtool.datasets.folder import prep_folder
+    from cxrtool.prep.folder import prep_folder
     from cxrtool.locks import owned_output
 
     with user_errors():

@@ -23,7 +23,7 @@ WorkersOpt = Annotated[int, typer.Option(help="Processes for hashing.", min=1)]
 
 
 def _options(label_map, exclude, val_fraction, test_fraction, seed, dedup, keep_phi, workers):
-    from cxrtool.datasets.layouts import LayoutOptions
+    from cxrtool.prep.layouts import LayoutOptions
 
     return LayoutOptions(
         label_map=label_map, exclude=tuple(exclude or ()), val_fraction=val_fraction, test_fraction=test_fraction,
@@ -91,7 +91,7 @@ def radiography(
     Labels covid, normal, viral_pneumonia; Lung_Opacity only with --map Lung_Opacity=NAME; masks ignored.
     No patient ids exist, so splits keep near-duplicate groups together.
     """
-    from cxrtool.datasets.radiography import prep_radiography
+    from cxrtool.prep.radiography import prep_radiography
 
     with user_errors():
         options = _options(label_map, exclude, val_fraction, test_fraction, seed, dedup, keep_phi, workers)
@@ -110,7 +110,7 @@ def covidx(
 
     Official splits kept (checked patient-wise); a patient-wise val is carved from train when no val file exists.
     """
-    from cxrtool.datasets.covidx import prep_covidx
+    from cxrtool.prep.covidx import prep_covidx
 
     files = {s: p for s, p in (("train", train_file), ("val", val_file), ("test", test_file)) if p is not None}
     with user_errors():
@@ -126,7 +126,7 @@ def kermany(
 
     normal, viral_pneumonia (the _virus_ files) and bacterial_pneumonia (--exclude bacteria to drop it).
     """
-    from cxrtool.datasets.kermany import prep_kermany
+    from cxrtool.prep.kermany import prep_kermany
 
     with user_errors():
         options = _options(label_map, exclude, val_fraction, 0.0, seed, dedup, keep_phi, workers)

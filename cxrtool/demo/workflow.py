@@ -67,10 +67,10 @@ def run_demo(
     ``on_step`` hears of each finished step (number, total, title, what it did and wrote);
     ``on_note`` gets progress lines inside the long steps (one per training epoch).
     """
-    from cxrtool.datasets.nih import NihOptions, prep_nih
+    from cxrtool.prep.nih import NihOptions, prep_nih
     from cxrtool.dicom.prepare import PrepOptions, prepare_folder
     from cxrtool.explain.attribution import ExplainOptions, explain_files, plan_inputs
-    from cxrtool.exporting import export_model
+    from cxrtool.export.pipeline import export_model
     from cxrtool.infer.predict import PredictOptions, predict_to_file
     from cxrtool.manifest import read_manifest
     from cxrtool.models.checkpoint import load_checkpoint

@@ -9,7 +9,7 @@ calibration film as one sample):
   explicit-quantization input TensorRT 10/11 build INT8 engines from (no implicit calibrator).
 
 The gate (:func:`compare_int8`) runs the quantized model *as written* on films held back from
-calibration (:mod:`cxrtool.export.calibration`) against ONNX Runtime fp32: top-1 agreement
+calibration (:mod:`cxrtool.export.calib_films`) against ONNX Runtime fp32: top-1 agreement
 >= :data:`MIN_AGREEMENT` and, when the films are labelled, macro-AUC (multiclass) or every
 per-class AUC (multilabel) within :data:`MAX_AUC_DROP` of fp32.  Plain quantization is tried
 first; when it fails, once more with the first convolution and the classifier kept in fp32 (an
@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from cxrtool.errors import CxrError
-from cxrtool.export.calibration import DEFAULT_CALIB_COUNT, CalibrationSet, calibration_set, iter_calibration_inputs, load_films
+from cxrtool.export.calib_films import DEFAULT_CALIB_COUNT, CalibrationSet, calibration_set, iter_calibration_inputs, load_films
 from cxrtool.modelfile import (
     INT8_IR_SUFFIX,
     INT8_KEY,
@@ -49,7 +49,7 @@ from cxrtool.modelfile import (
     read_onnx_card,
     read_onnx_metadata,
 )
-from cxrtool.parity import ParityError
+from cxrtool.export.parity import ParityError
 from cxrtool.task import Task
 
 MIN_AGREEMENT = 0.99
@@ -340,7 +340,7 @@ def _agreement(compiled: Any, items: Any) -> tuple[float, list[float]]:
 
 
 def _ort_outputs(onnx_path: Path, batch: np.ndarray) -> dict[str, np.ndarray]:
-    from cxrtool.onnxrt import ort_session
+    from cxrtool.runtimes.onnxrt import ort_session
 
     session = ort_session(onnx_path)
     names = [o.name for o in session.get_outputs()]

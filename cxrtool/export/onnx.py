@@ -25,8 +25,8 @@ from typing import Any
 
 from cxrtool.config import PreprocessCfg
 from cxrtool.modelfile import FEATURES_NAME, INPUT_NAME, OUTPUT_NAME, TRUST_TENSORS_KEY, default_onnx_path, onnx_metadata
-from cxrtool.onnxrt import ort_session, run_ort_in_two_batches
-from cxrtool.parity import DEFAULT_CHECK_COUNT, ParityError, ParityReport, check_batch, compare_logits
+from cxrtool.runtimes.onnxrt import ort_session, run_ort_in_two_batches
+from cxrtool.export.parity import DEFAULT_CHECK_COUNT, ParityError, ParityReport, check_batch, compare_logits
 
 DEFAULT_OPSET = 18
 #: Max abs logit difference allowed between torch and ONNX Runtime, both fp32.  Kernels that only

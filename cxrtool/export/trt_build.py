@@ -1,7 +1,7 @@
 """ONNX -> serialised TensorRT engine, one design for TensorRT 10 and 11: explicit precision.
 
 The ONNX file decides every tensor's type and the network is strongly typed
-(:func:`cxrtool.trtlib.network_flags`):
+(:func:`cxrtool.runtimes.trtlib.network_flags`):
 
 * ``fp32``: the export as it is;
 * ``fp16``: the export converted with onnxconverter-common's ``convert_float_to_float16``
@@ -24,7 +24,7 @@ from typing import Any
 from cxrtool.config import PreprocessCfg
 from cxrtool.errors import CxrError
 from cxrtool.modelfile import BatchProfile
-from cxrtool.trtlib import network_flags
+from cxrtool.runtimes.trtlib import network_flags
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 

@@ -225,7 +225,7 @@ def load_auto(path: Path, device: str, **options: Any) -> Any:
     found = candidates(path, device)
     notes: list[str] = []
     if device.startswith("cuda") and not any(c.backend == "tensorrt" for c in found):
-        from cxrtool.infer.trt_backend import cuda_problem
+        from cxrtool.runtimes.trt_runner import cuda_problem
 
         problem = cuda_problem(device)
         notes.append(f"TensorRT not used: {problem}" if problem else "TensorRT not used: no current engine for this model")

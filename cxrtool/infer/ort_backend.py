@@ -13,7 +13,7 @@ import numpy as np
 
 from cxrtool.infer.backends import Backend
 from cxrtool.modelfile import FEATURES_NAME, OUTPUT_NAME, ModelCard, read_onnx_card
-from cxrtool.onnxrt import ort_session
+from cxrtool.runtimes.onnxrt import ort_session
 
 _PROVIDER = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 

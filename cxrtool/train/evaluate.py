@@ -36,7 +36,7 @@ from cxrtool.task import Task
 from cxrtool.train.plots import plot_confusion, plot_reliability, plot_roc
 from cxrtool.train.runtime import Runtime, resolve_device, resolve_runtime
 from cxrtool.trust import Assessment, load_trust
-from cxrtool.trust.calibration import calibration_metrics, reliability, scaled_probs
+from cxrtool.trust.temperature import calibration_metrics, reliability, scaled_probs
 
 
 @dataclass

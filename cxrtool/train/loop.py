@@ -46,7 +46,7 @@ from cxrtool.models import build_model
 from cxrtool.models.registry import DEFAULT_ARCH
 from cxrtool.models.checkpoint import save_checkpoint
 from cxrtool.modelfile import ModelCard, file_sha256
-from cxrtool.models.init import InitReport, initialise, read_parent_card
+from cxrtool.models.pretrained import InitReport, initialise, read_parent_card
 from cxrtool.task import Task
 from cxrtool.train import distributed as D
 from cxrtool.train.config import RUNTIME_KEYS, TrainConfig, dump_toml
@@ -70,7 +70,7 @@ class RunWarning:
 
 @dataclass(frozen=True)
 class InitDone:
-    """Where the starting weights came from (:func:`cxrtool.models.init.initialise`)."""
+    """Where the starting weights came from (:func:`cxrtool.models.pretrained.initialise`)."""
 
     report: InitReport
 

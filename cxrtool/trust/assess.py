@@ -23,7 +23,7 @@ import numpy as np
 
 from cxrtool.errors import CxrError
 from cxrtool.modelfile import TRUST_PREFIX, ModelCard
-from cxrtool.trust.calibration import scaled_probs
+from cxrtool.trust.temperature import scaled_probs
 from cxrtool.trust.ood import OodModel
 
 FLAG_OK = "ok"

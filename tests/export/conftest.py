@@ -57,7 +57,7 @@ def onnx_file(cli_export, checkpoint: Path) -> Path:
 @pytest.fixture(scope="package")
 def real_batch(shared_data: Path) -> torch.Tensor:
     """Five real films (one per covid3 class folder and more), preprocessed like inference."""
-    from cxrtool.parity import load_check_batch
+    from cxrtool.export.parity import load_check_batch
 
     batch, skipped = load_check_batch([shared_data / "covid3"], PreprocessCfg(input_size=SIZE), limit=5)
     assert not skipped

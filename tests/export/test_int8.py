@@ -12,7 +12,7 @@ from PIL import Image
 
 from cxrtool.config import PreprocessCfg
 from cxrtool.errors import CxrError
-from cxrtool.export.calibration import calibration_set
+from cxrtool.export.calib_films import calibration_set
 from cxrtool.export.int8 import Int8CheckError, compare_int8, export_int8
 from cxrtool.modelfile import INT8_KEY, ModelCard, model_id, default_int8_path, int8_info, model_files, read_ir_card, read_ir_metadata, read_onnx_card
 

@@ -17,7 +17,7 @@ from cxrtool.infer.backends import available_backends, load_backend
 from cxrtool.infer.openvino_backend import compile_config
 from cxrtool.models.checkpoint import load_checkpoint
 from cxrtool.modelfile import SOURCE_SHA_KEY, file_sha256, read_card, read_onnx_card, read_onnx_metadata
-from cxrtool.parity import ParityError, _spread, load_check_batch
+from cxrtool.export.parity import ParityError, _spread, load_check_batch
 
 from .conftest import SIZE, make_checkpoint
 

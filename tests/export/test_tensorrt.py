@@ -14,9 +14,10 @@ import pytest
 
 from cxrtool.config import PreprocessCfg
 from cxrtool.errors import CxrError
-from cxrtool.trtlib import cuda_index
+from cxrtool.runtimes.trtlib import cuda_index
 from cxrtool.infer.backends import load_backend
-from cxrtool.infer.trt_backend import TensorRTBackend, plan_chunks
+from cxrtool.infer.trt_backend import TensorRTBackend
+from cxrtool.runtimes.trt_runner import plan_chunks
 from cxrtool.modelfile import (
     BatchProfile,
     EngineSidecar,
@@ -152,7 +153,7 @@ def test_backend_unavailable_without_tensorrt(tmp_path):
 @pytest.mark.skipif(not HAS_TRT, reason="TensorRT/pycuda not installed (pip install 'cxrtool[trt]' on a CUDA machine)")
 @pytest.mark.parametrize("fp16", [False, True])
 def test_build_and_run_engine(onnx_file, real_batch, tmp_path, fp16):
-    from cxrtool.exporting import build_engine
+    from cxrtool.export.pipeline import build_engine
 
     built = build_engine(onnx_file, tmp_path / "tiny.engine", precision="fp16" if fp16 else "fp32", profile=BatchProfile(1, 4, 8))
     assert built.parity.ok and read_sidecar(built.path).precision == ("fp16" if fp16 else "fp32")

@@ -57,11 +57,11 @@ def tiny_onnx(path: Path, *, qdq: bool = False) -> Path:
 
 @pytest.fixture(params=[10, 11], ids=["trt10", "trt11"])
 def fakes(request, monkeypatch):
-    from cxrtool.infer import trt_backend
+    from cxrtool.runtimes import trt_runner
 
     installed = install(monkeypatch, request.param)
     yield request.param, *installed
-    trt_backend.cuda_problem.cache_clear()
+    trt_runner.cuda_problem.cache_clear()
 
 
 class TestImport:
@@ -69,7 +69,7 @@ class TestImport:
     def test_supported_majors(self, monkeypatch, major, ok):
         from trt_fakes import fake_tensorrt
 
-        from cxrtool.trtlib import import_tensorrt
+        from cxrtool.runtimes.trtlib import import_tensorrt
 
         monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(major, []))
         if ok:
@@ -152,7 +152,7 @@ def ort_logits(source: Path, x: np.ndarray) -> np.ndarray:
 
 class TestRunner:
     def test_every_push_has_its_pop_and_each_runner_runs_in_its_device(self, monkeypatch, tmp_path):
-        from cxrtool.infer.trt_backend import TrtRunner
+        from cxrtool.runtimes.trt_runner import TrtRunner
 
         trt, driver, calls = install(monkeypatch, 11, devices=("NVIDIA H200", "NVIDIA L4"))
         plan, source = build_plan(trt, tmp_path)
@@ -166,7 +166,7 @@ class TestRunner:
         assert driver.stack == [] and driver.pushes == driver.pops > 0
 
     def test_empty_batch_and_padding(self, monkeypatch, tmp_path):
-        from cxrtool.infer.trt_backend import TrtRunner
+        from cxrtool.runtimes.trt_runner import TrtRunner
 
         trt, driver, calls = install(monkeypatch, 10)
         plan, source = build_plan(trt, tmp_path, BatchProfile(2, 2, 4))
@@ -180,7 +180,7 @@ class TestRunner:
         assert driver.stack == []
 
     def test_refused_shape_and_address_are_errors_and_still_pop(self, monkeypatch, tmp_path):
-        from cxrtool.infer.trt_backend import TrtRunner
+        from cxrtool.runtimes.trt_runner import TrtRunner
 
         trt, driver, _ = install(monkeypatch, 11)
         plan, _ = build_plan(trt, tmp_path)
@@ -195,7 +195,8 @@ class TestRunner:
         assert driver.stack == [] and driver.pushes == driver.pops
 
     def test_missing_device_is_a_reason_not_a_crash(self, monkeypatch):
-        from cxrtool.infer.trt_backend import TensorRTBackend, cuda_problem
+        from cxrtool.infer.trt_backend import TensorRTBackend
+        from cxrtool.runtimes.trt_runner import cuda_problem
 
         install(monkeypatch, 10, devices=())
         assert cuda_problem("cuda") == "cuda:0 does not exist (0 CUDA devices)"
@@ -213,7 +214,7 @@ pycuda, driver = fake_pycuda()
 sys.modules["pycuda"], sys.modules["pycuda.driver"] = pycuda, driver
 from pathlib import Path
 from test_trt_fakes import build_plan
-from cxrtool.infer.trt_backend import TrtRunner, current_gpu
+from cxrtool.runtimes.trt_runner import TrtRunner, current_gpu
 plan, _ = build_plan(trt, Path({tmp!r}))
 runner = TrtRunner(plan, 0)
 runner.infer(np.ones((3, 3, 8, 8), np.float32))
@@ -238,18 +239,18 @@ class TestFallbacks:
         from typer.testing import CliRunner
 
         from cxrtool.cli.main import app
-        from cxrtool.infer import trt_backend
+        from cxrtool.runtimes import trt_runner
 
         monkeypatch.setitem(sys.modules, "pycuda", None)  # import fails as on a machine without it
         monkeypatch.setitem(sys.modules, "pycuda.driver", None)
-        trt_backend.cuda_problem.cache_clear()
+        trt_runner.cuda_problem.cache_clear()
         engine = tmp_path / "m.engine"
         engine.write_bytes(b"plan")
         (tmp_path / "films").mkdir()
         try:
             run = CliRunner().invoke(app, ["predict", str(tmp_path / "films"), "--model", str(engine), "--out", str(tmp_path / "p.csv"), "--backend", "tensorrt", "--device", "cuda"])
         finally:
-            trt_backend.cuda_problem.cache_clear()
+            trt_runner.cuda_problem.cache_clear()
         assert run.exit_code == 2, run.output
         message = " ".join(run.output.split())
         assert "backend 'tensorrt' is not available on cuda here" in message
@@ -257,14 +258,14 @@ class TestFallbacks:
         assert "Traceback" not in run.output
 
     def test_auto_on_cuda_says_why_tensorrt_was_not_used(self, monkeypatch, tmp_path):
-        from cxrtool.infer import trt_backend
+        from cxrtool.runtimes import trt_runner
         from cxrtool.infer.auto import load_auto
 
         install(monkeypatch, 10, devices=())
         onnx_path = tiny_onnx(tmp_path / "m.onnx")
         with pytest.raises(CxrError) as info:  # no CUDA torch / ORT here either: the error carries the TensorRT reason
             load_auto(onnx_path, "cuda")
-        trt_backend.cuda_problem.cache_clear()
+        trt_runner.cuda_problem.cache_clear()
         assert "TensorRT not used: cuda:0 does not exist" in str(info.value)
 
 
@@ -273,7 +274,7 @@ def test_build_engine_checks_then_writes_engine_and_sidecar(fakes, tmp_path):
     import onnx
 
     from cxrtool.export.onnx import _set_metadata
-    from cxrtool.exporting import build_engine
+    from cxrtool.export.pipeline import build_engine
     from cxrtool.infer.trt_backend import TensorRTBackend
     from cxrtool.modelfile import ModelCard, onnx_metadata, read_sidecar
 

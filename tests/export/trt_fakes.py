@@ -344,7 +344,7 @@ def fake_pycuda(devices: tuple[str, ...] = ("NVIDIA H200",), *, abort_at_exit: b
 
 def install(monkeypatch, major: int, devices: tuple[str, ...] = ("NVIDIA H200",)) -> tuple[types.ModuleType, types.ModuleType, list]:
     """Put both fakes in ``sys.modules`` for one test and clear cxrtool's per-process CUDA caches."""
-    from cxrtool.infer import trt_backend
+    from cxrtool.runtimes import trt_runner
 
     calls: list = []
     trt = fake_tensorrt(major, calls)
@@ -352,6 +352,6 @@ def install(monkeypatch, major: int, devices: tuple[str, ...] = ("NVIDIA H200",)
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
     monkeypatch.setitem(sys.modules, "pycuda", pycuda)
     monkeypatch.setitem(sys.modules, "pycuda.driver", driver)
-    monkeypatch.setattr(trt_backend, "_PRIMARY", {})
-    trt_backend.cuda_problem.cache_clear()
+    monkeypatch.setattr(trt_runner, "_PRIMARY", {})
+    trt_runner.cuda_problem.cache_clear()
     return trt, driver, calls

@@ -125,7 +125,7 @@ def test_load_auto_follows_the_cache_and_says_why(small_onnx, cache):
 
 
 def test_bench_save_feeds_auto(small_onnx, tmp_path):
-    from cxrtool.infer.bench import run_bench
+    from cxrtool.infer.measure import run_bench
 
     report = run_bench([small_onnx], batch_sizes=(16,), min_time=0, save=True)
     assert Path(report.saved_to).is_file()

@@ -9,7 +9,7 @@ import pytest
 from infer_helpers import write_good_images
 
 from cxrtool.errors import CxrError
-from cxrtool.infer.bench import BenchReport, BenchRow, run_bench, sample_files
+from cxrtool.infer.measure import BenchReport, BenchRow, run_bench, sample_files
 
 
 def test_bench_on_real_files_fills_every_row_consistently(tiny_ckpt, tmp_path):

@@ -14,7 +14,7 @@ from cxrtool.models import build_model
 from cxrtool.models.checkpoint import save_checkpoint
 from cxrtool.modelfile import ModelCard, file_sha256
 from cxrtool.models.densenet import DenseNetClassifier
-from cxrtool.models.init import (
+from cxrtool.models.pretrained import (
     imagenet_weights_file,
     initialise,
     keep_output_neurons,

@@ -22,7 +22,7 @@ from cxrtool.models import build_model
 from cxrtool.models.checkpoint import load_checkpoint, load_state_dict
 from cxrtool.modelfile import file_sha256, read_card
 from cxrtool.labels import CHESTXRAY14
-from cxrtool.models.init import initialise
+from cxrtool.models.pretrained import initialise
 from cxrtool.train.config import TrainConfig, resolve_config
 from cxrtool.train.loop import RunWarning, SetupDone, fit, resume_config
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cxrtool.task import get_task
-from cxrtool.trust.calibration import brier, calibration_metrics, ece, fit_temperature, reliability, scaled_probs
+from cxrtool.trust.temperature import brier, calibration_metrics, ece, fit_temperature, reliability, scaled_probs
 
 MULTICLASS, MULTILABEL = get_task("multiclass"), get_task("multilabel")
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from cxrtool.modelfile import read_card
-from cxrtool.parity import load_check_batch
+from cxrtool.export.parity import load_check_batch
 from cxrtool.trust import load_trust
 
 

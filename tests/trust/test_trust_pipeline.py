@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from cxrtool.cli.main import app
 from cxrtool.modelfile import TRUST_PREFIX, file_sha256, read_card
 from cxrtool.models.checkpoint import load_checkpoint
-from cxrtool.parity import load_check_batch
+from cxrtool.export.parity import load_check_batch
 from cxrtool.trust import FLAG_OK, FLAG_OOD, load_trust
 from cxrtool.trust.store import checkpoint_tensors
 

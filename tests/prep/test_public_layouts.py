@@ -10,11 +10,11 @@ import pytest
 from typer.testing import CliRunner
 
 from cxrtool.cli.main import app
-from cxrtool.datasets.covidx import parse_line, prep_covidx
-from cxrtool.datasets.kermany import parse_name, prep_kermany
-from cxrtool.datasets.layouts import LayoutOptions
-from cxrtool.datasets.radiography import prep_radiography
-from cxrtool.datasets.splits import crossing_groups
+from cxrtool.prep.covidx import parse_line, prep_covidx
+from cxrtool.prep.kermany import parse_name, prep_kermany
+from cxrtool.prep.layouts import LayoutOptions
+from cxrtool.prep.radiography import prep_radiography
+from cxrtool.prep.splits import crossing_groups
 from cxrtool.errors import CxrError
 from cxrtool.manifest import read_manifest
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cxrtool.datasets.phash import (
+from cxrtool.prep.phash import (
     DEFAULT_THRESHOLD,
     from_hex,
     group_pairs,

@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from cxrtool.datasets.splits import assign_splits, connected_units, crossing_groups
+from cxrtool.prep.splits import assign_splits, connected_units, crossing_groups
 
 
 class TestConnectedUnits:

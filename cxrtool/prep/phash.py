@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cxrtool.datasets.splits import connected_units
+from cxrtool.prep.splits import connected_units
 from cxrtool.images import load_image
 
 HASH_SIZE = 16  # 16x16 low-frequency DCT coefficients -> 256-bit hash

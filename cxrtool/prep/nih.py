@@ -31,8 +31,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from cxrtool.datasets.common import GroupNamer, manifest_path
-from cxrtool.datasets.splits import assign_splits, connected_units, crossing_groups
+from cxrtool.prep.common import GroupNamer, manifest_path
+from cxrtool.prep.splits import assign_splits, connected_units, crossing_groups
 from cxrtool.errors import CxrError
 from cxrtool.manifest import label_column, write_manifest
 from cxrtool.labels import CHESTXRAY14, NO_FINDING

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from cxrtool.datasets.layouts import ClassMap, Item, LayoutOptions, LayoutReport, Progress, build_manifest, find_root
+from cxrtool.prep.layouts import ClassMap, Item, LayoutOptions, LayoutReport, Progress, build_manifest, find_root
 from cxrtool.images import iter_input_files
 
 NAME = "kermany-pneumonia"

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cxrtool.datasets.common import GroupNamer, manifest_path
-from cxrtool.datasets.phash import DEFAULT_THRESHOLD, from_hex, group_pairs, near_duplicate_pairs
-from cxrtool.datasets.splits import assign_splits, connected_units, crossing_groups
+from cxrtool.prep.common import GroupNamer, manifest_path
+from cxrtool.prep.phash import DEFAULT_THRESHOLD, from_hex, group_pairs, near_duplicate_pairs
+from cxrtool.prep.splits import assign_splits, connected_units, crossing_groups
 from cxrtool.errors import CxrError
 from cxrtool.manifest import write_manifest
 
@@ -134,7 +134,7 @@ class LayoutReport:
 
 
 def _hash_all(paths: Sequence[Path], options: LayoutOptions, progress: Progress | None) -> list[tuple[str, str]]:
-    from cxrtool.datasets.folder import hash_files
+    from cxrtool.prep.folder import hash_files
 
     return hash_files(paths, workers=options.workers, progress=progress)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cxrtool.datasets.folder import FolderOptions, PatientLookup, hash_files, prep_folder
+from cxrtool.prep.folder import FolderOptions, PatientLookup, hash_files, prep_folder
 from cxrtool.errors import CxrError
 from cxrtool.manifest import read_manifest
 

@@ -32,7 +32,7 @@ from cxrtool.modelfile import (
     read_onnx_metadata,
     write_sidecar,
 )
-from cxrtool.parity import ParityError, ParityReport, check_batch, compare_logits
+from cxrtool.export.parity import ParityError, ParityReport, check_batch, compare_logits
 
 
 @dataclass
@@ -93,8 +93,8 @@ def export_model(
         raise CxrError(f"{model}: already ONNX; --onnx needs the .safetensors checkpoint")
     precision = engine_precision(fp16=fp16, int8=int8, calib=calib)
     if trt:  # validate before the (slow) ONNX export
-        from cxrtool.infer.trt_backend import cuda_problem
-        from cxrtool.trtlib import cuda_index
+        from cxrtool.runtimes.trt_runner import cuda_problem
+        from cxrtool.runtimes.trtlib import cuda_index
 
         cuda_index(device)
         problem = cuda_problem(device)
@@ -187,9 +187,9 @@ def build_engine(
     from cxrtool.export.trt_build import build_serialized, precision_onnx
     from cxrtool.export.trt_options import default_tolerance
     from cxrtool.fsutil import atomic_path
-    from cxrtool.infer.trt_backend import TrtRunner, current_gpu
-    from cxrtool.onnxrt import ort_session, run_ort_in_two_batches
-    from cxrtool.trtlib import cuda_index, import_tensorrt
+    from cxrtool.runtimes.trt_runner import TrtRunner, current_gpu
+    from cxrtool.runtimes.onnxrt import ort_session, run_ort_in_two_batches
+    from cxrtool.runtimes.trtlib import cuda_index, import_tensorrt
 
     start = time.perf_counter()
     onnx_path = Path(onnx_path)

@@ -81,7 +81,7 @@ class ModelCard:
     metrics: dict[str, Any] = field(default_factory=dict)
     dataset: dict[str, Any] = field(default_factory=dict)
     lineage: list[dict[str, Any]] = field(default_factory=list)
-    #: temperature scaling (:mod:`cxrtool.trust.calibration`); empty: not calibrated (T = 1)
+    #: temperature scaling (:mod:`cxrtool.trust.temperature`); empty: not calibrated (T = 1)
     calibration: dict[str, Any] = field(default_factory=dict)
     #: out-of-distribution score parameters (:mod:`cxrtool.trust.ood`); tensors under :data:`TRUST_PREFIX`
     ood: dict[str, Any] = field(default_factory=dict)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cxrtool.datasets.layouts import ClassMap, Item, LayoutOptions, LayoutReport, Progress, build_manifest, find_root, norm_class
+from cxrtool.prep.layouts import ClassMap, Item, LayoutOptions, LayoutReport, Progress, build_manifest, find_root, norm_class
 from cxrtool.images import iter_input_files
 
 NAME = "covid19-radiography"

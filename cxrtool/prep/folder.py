@@ -3,7 +3,7 @@
 The usual public COVID-19 collections come as one folder per class, without patient ids and
 with the same film re-posted under several names. Splits are therefore made on *units*:
 images linked by a patient id (optional ``groups`` CSV) or by a near-identical perceptual hash
-are kept together, and units are split stratified by class (:mod:`cxrtool.datasets.splits`).
+are kept together, and units are split stratified by class (:mod:`cxrtool.prep.splits`).
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from cxrtool.datasets.common import GroupNamer, manifest_path
-from cxrtool.datasets.phash import DEFAULT_THRESHOLD, from_hex, group_pairs, near_duplicate_pairs, phash_file, to_hex
-from cxrtool.datasets.splits import assign_splits, connected_units, crossing_groups
+from cxrtool.prep.common import GroupNamer, manifest_path
+from cxrtool.prep.phash import DEFAULT_THRESHOLD, from_hex, group_pairs, near_duplicate_pairs, phash_file, to_hex
+from cxrtool.prep.splits import assign_splits, connected_units, crossing_groups
 from cxrtool.errors import CxrError, ImageLoadError
 from cxrtool.images import iter_input_files
 from cxrtool.manifest import write_manifest

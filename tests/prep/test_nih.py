@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cxrtool.datasets.nih import (
+from cxrtool.prep.nih import (
     NihOptions,
     parse_findings,
     parse_label_map,

@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from cxrtool.datasets.layouts import ClassMap, Item, LayoutOptions, LayoutReport, Progress, build_manifest, norm_class
+from cxrtool.prep.layouts import ClassMap, Item, LayoutOptions, LayoutReport, Progress, build_manifest, norm_class
 from cxrtool.errors import CxrError
 
 NAME = "covidx-cxr"
@@ -61,7 +61,7 @@ def find_split_files(root: Path) -> dict[str, Path]:
 
 
 def list_items(root: Path, files: dict[str, Path], report: LayoutReport) -> list[Item]:
-    from cxrtool.datasets.nih import index_images
+    from cxrtool.prep.nih import index_images
 
     index: dict[str, Path] | None = None
     items: list[Item] = []

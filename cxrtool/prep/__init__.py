@@ -1,5 +1,5 @@
 """Dataset preparation: ChestX-ray14 relabelling (:mod:`.nih`), class folders (:mod:`.folder`),
 leak-free splitting (:mod:`.splits`) and near-duplicate detection (:mod:`.phash`).
 
-Nothing is imported here so that ``import cxrtool.datasets.splits`` stays light.
+Nothing is imported here so that ``import cxrtool.prep.splits`` stays light.
 """
