@@ -30,9 +30,9 @@ def make_checkpoint(folder: Path, size: int) -> Path:
     import torch
 
     from cxrtool.config import PreprocessCfg
+    from cxrtool.modelfile import ModelCard
     from cxrtool.models import build_model
     from cxrtool.models.checkpoint import save_checkpoint
-    from cxrtool.modelfile import ModelCard
 
     torch.manual_seed(0)
     model = build_model("densenet121", num_classes=3)
@@ -72,9 +72,9 @@ def main() -> None:
     import torch
 
     from cxrtool.export.onnx import export_onnx
-    from cxrtool.modelfile import default_onnx_path
-    from cxrtool.images import iter_input_files
     from cxrtool.infer.backends import load_backend
+    from cxrtool.inputs import iter_input_files
+    from cxrtool.modelfile import default_onnx_path
     from cxrtool.preprocess import load_input
 
     print("uptime before:", subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())

@@ -36,9 +36,9 @@ def random_checkpoint(workdir: Path, size: int) -> Path:
     import torch
 
     from cxrtool.config import PreprocessCfg
+    from cxrtool.modelfile import ModelCard
     from cxrtool.models import build_model
     from cxrtool.models.checkpoint import save_checkpoint
-    from cxrtool.modelfile import ModelCard
 
     ckpt = workdir / f"densenet121_random_{size}.safetensors"
     if not ckpt.exists():
@@ -59,12 +59,18 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=None, help="decode processes of the end-to-end runs (default: predict's)")
     args = parser.parse_args()
 
+    from cxrtool.cpu import cpu_flags
     from cxrtool.export.calib_films import calibration_set
     from cxrtool.export.int8 import Int8CheckError, export_int8
     from cxrtool.export.onnx import export_onnx
-    from cxrtool.infer.auto import cpu_flags
     from cxrtool.infer.measure import run_bench
-    from cxrtool.modelfile import default_int8_path, default_onnx_path, exported_from, file_sha256, read_card
+    from cxrtool.modelfile import (
+        default_int8_path,
+        default_onnx_path,
+        exported_from,
+        file_sha256,
+        read_card,
+    )
 
     def log(text: str) -> None:
         print(f"  {text}", file=sys.stderr, flush=True)

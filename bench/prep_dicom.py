@@ -58,7 +58,7 @@ def agreement(root: Path, synthetic: bool) -> None:
             except RuntimeError:
                 cells.append("DCMTK cannot read")
                 continue
-            a = compare(render(ds, window=window), theirs, file=name, window=window)
+            a = compare(render(ds, window=window)[0], theirs, file=name, window=window)
             worst = max(worst, a.max_diff)
             cells.append(a.error or f"{a.max_diff} / {a.pct_differing:.1f}%")
         print(f"| {name} | {ds.file_meta.TransferSyntaxUID.name} | {' | '.join(cells)} |")
@@ -124,7 +124,7 @@ def throughput(root: Path, copies: int, workers: int, repeats: int) -> None:
             f"cxrtool prep dicom -j {workers}": _timed(ours(workers), repeats),
         }  # fmt: skip
         base = n / results["dcmj2pnm, one process per file, sequential"][0]
-        print(f"| setting | best s | median s | images/s (best) | ratio vs dcmj2pnm sequential |\n|---|---|---|---|---|")
+        print("| setting | best s | median s | images/s (best) | ratio vs dcmj2pnm sequential |\n|---|---|---|---|---|")
         for name, (best, med) in results.items():
             print(f"| {name} | {best:.2f} | {med:.2f} | {n / best:.1f} | {n / best / base:.2f}x |")
         print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")

@@ -9,11 +9,12 @@ from PIL import Image
 
 from cxrtool.config import PreprocessCfg, resolve_preprocess
 from cxrtool.errors import CxrError, ImageLoadError
-from cxrtool.images import iter_input_files, load_image
+from cxrtool.images import load_image
+from cxrtool.inputs import iter_input_files
 from cxrtool.manifest import read_manifest, write_manifest
+from cxrtool.modelfile import ModelCard, read_card
 from cxrtool.models import build_model
 from cxrtool.models.checkpoint import load_checkpoint, save_checkpoint
-from cxrtool.modelfile import ModelCard, read_card
 from cxrtool.preprocess import normalize, resize_gray, to_model_input
 
 

@@ -48,7 +48,7 @@ def explain(
     from cxrtool.cli._console import EXIT_SOME_FAILED, err, failed, out as stdout, progress, user_errors
     from cxrtool.explain.attribution import explain_files, plan_inputs
     from cxrtool.fsutil import check_writable_output
-    from cxrtool.images import max_pixels
+    from cxrtool.inputs import max_pixels
     from cxrtool.models.checkpoint import load_checkpoint
     from cxrtool.trust import load_trust
     from cxrtool.trust.assess import NO_STATS_NOTICE

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from cxrtool.errors import CxrError, ImageLoadError
 from cxrtool.fsutil import atomic_path, display_path, remove_stale_temps
-from cxrtool.images import check_file, iter_input_files, max_pixels
+from cxrtool.inputs import check_file, iter_input_files, max_pixels
 from cxrtool.manifest import CORE_COLUMNS, read_manifest, write_manifest
 from cxrtool.workers import die_with
 
@@ -173,7 +173,8 @@ def prepare_file(src: str | Path, png: str | Path, *, options: PrepOptions, inpu
 
 
 def _convert(src: Path, png: Path, options: PrepOptions, base: Row, out_root: Path) -> list[Row]:
-    from cxrtool.dicom.pixels import frame_count, render_unit, resize_long_side, to_uint
+    from cxrtool.dicom.decode import frame_count
+    from cxrtool.dicom.pixels import render
     from cxrtool.dicom.read import is_dicom, pixel_error_reason, read_dataset
     from cxrtool.privacy import pseudonymise
 
@@ -204,8 +205,7 @@ def _convert(src: Path, png: Path, options: PrepOptions, base: Row, out_root: Pa
         if _real(dst) == _real(src):
             raise ImageLoadError(src, "output would overwrite the input")
         try:
-            arr, voi = render_unit(ds, window=options.window, frame=frame)
-            img = to_uint(resize_long_side(arr, options.size), options.bits)
+            img, voi = render(ds, window=options.window, frame=frame, bits=options.bits, size=options.size)
         except Exception as exc:
             raise ImageLoadError(src, pixel_error_reason(exc)) from None
         try:

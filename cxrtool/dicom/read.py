@@ -68,7 +68,7 @@ def read_dataset(path: str | Path, *, stop_before_pixels: bool = False) -> Datas
     """
     import pydicom
 
-    from cxrtool.images import check_file
+    from cxrtool.inputs import check_file
 
     path = Path(path)
     size = check_file(path)
@@ -118,7 +118,7 @@ def _check_inflated_size(path: Path, data: bytes) -> None:
     pydicom inflates the whole data set in one call; a 1 MB file can hold a gigabyte of zeros.
     The bound is 4 bytes per allowed pixel value plus 16 MiB of header, checked chunk by chunk.
     """
-    from cxrtool.images import MAX_PIXELS_ENV, max_pixels
+    from cxrtool.inputs import MAX_PIXELS_ENV, max_pixels
 
     if data[128:132] != b"DICM" or len(data) < 144:
         return
@@ -187,7 +187,7 @@ def _empty_reason(path: Path, ds: Dataset, size: int, stop_before_pixels: bool) 
 def load_dicom_gray(path: str | Path, *, window: str = "dicom", frame: int = 0, limit: int | None = None) -> np.ndarray:
     """A DICOM frame as float32 HxW in [0, 1], rendered like ``prep dicom`` does (before quantising).
 
-    ``limit``: the pixel limit (None: :func:`cxrtool.images.max_pixels`), checked before decoding.
+    ``limit``: the pixel limit (None: :func:`cxrtool.inputs.max_pixels`), checked before decoding.
 
     Raises
     ------
@@ -206,7 +206,7 @@ def load_dicom_gray(path: str | Path, *, window: str = "dicom", frame: int = 0, 
 
 def pixel_error_reason(exc: BaseException) -> str:
     """One line for a failed decode: our own reasons as they are, others with the codec's words."""
-    from cxrtool.dicom.pixels import PixelError
+    from cxrtool.dicom.decode import PixelError
 
     if isinstance(exc, PixelError):
         return str(exc)

@@ -182,7 +182,7 @@ def plan_inputs(paths: Iterable[str | Path]) -> list[tuple[Path, Path]]:
     Files found in a folder keep their sub-path (no name clashes between class folders); files
     given directly keep their name.
     """
-    from cxrtool.images import iter_input_files
+    from cxrtool.inputs import iter_input_files
 
     plan, seen = [], set()
     for root in (Path(p) for p in paths):

@@ -12,31 +12,39 @@ tested against, and the "naive" baseline of ``bench/explain.py``).
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from cxrtool.explain.rule_specs import (
+    AlphaBetaRule,
+    Bounds,
+    EpsilonRule,
+    FlatRule,
+    GammaRule,
+    RuleSpec,
+    ZBoxRule,
+    ZPlusRule,
+)
+
 if TYPE_CHECKING:  # the registry stays torch-free so ``cxrtool --help`` can list the names fast
-    import torch
     import torch.nn as nn
 
-    from cxrtool.explain import rules
-
-Bounds = tuple[Sequence[float], Sequence[float]]
-STABILIZER = 1e-6  # zennit's default epsilon / stabiliser
+__all__ = ["COMPOSITES", "DEFAULT_COMPOSITE", "Bounds", "CompositeSpec", "compile_lrp", "get_composite", "zennit_composite"]
 
 
 @dataclass(frozen=True)
 class CompositeSpec:
-    """A named LRP composite.  ``first=None`` uses the ``conv`` rule for the first layer too;
-    ``conv=None`` means no LRP at all: plain gradient x input."""
+    """A named LRP composite: a rule for the first convolution, one for every other, one for the classifier.
+
+    ``first=None`` uses the ``conv`` rule for the first layer too; ``conv=None`` means no LRP at
+    all: plain gradient x input.
+    """
 
     name: str
-    first: str | None
-    conv: str | None
+    first: RuleSpec | None
+    conv: RuleSpec | None
     description: str
-    epsilon: float = STABILIZER
-    spread_dead_units: bool = True  # z+: relevance of units only a bias switched on goes flat, not lost
+    classifier: RuleSpec = field(default_factory=EpsilonRule)
 
     @property
     def is_lrp(self) -> bool:
@@ -51,9 +59,23 @@ def register_composite(spec: CompositeSpec) -> CompositeSpec:
     return spec
 
 
-register_composite(CompositeSpec("epsilon_plus_flat", "flat", "zplus", "flat first layer, z+ convolutions, epsilon classifier (default)"))
-register_composite(CompositeSpec("epsilon_gamma_box", "zbox", "gamma", "ZBox first layer (bounds from the preprocessing), gamma=0.25 convolutions, epsilon classifier"))
-register_composite(CompositeSpec("epsilon_alpha2_beta1_flat", "flat", "alpha2beta1", "flat first layer, alpha2-beta1 convolutions, epsilon classifier"))
+register_composite(CompositeSpec("epsilon_plus_flat", FlatRule(), ZPlusRule(), "flat first layer, z+ convolutions, epsilon classifier (default)"))
+register_composite(
+    CompositeSpec(
+        "epsilon_gamma_box",
+        ZBoxRule(),
+        GammaRule(gamma=0.25),
+        "ZBox first layer (bounds from the preprocessing), gamma=0.25 convolutions, epsilon classifier",
+    )
+)
+register_composite(
+    CompositeSpec(
+        "epsilon_alpha2_beta1_flat",
+        FlatRule(),
+        AlphaBetaRule(alpha=2.0, beta=1.0),
+        "flat first layer, alpha2-beta1 convolutions, epsilon classifier",
+    )
+)
 register_composite(CompositeSpec("gradient", None, None, "gradient x input (baseline, not LRP)"))
 
 DEFAULT_COMPOSITE = "epsilon_plus_flat"
@@ -72,33 +94,6 @@ def _is_densenet(model: nn.Module) -> bool:
     return "features.conv0" in names and "features.norm0" in names
 
 
-def _bounds_tensors(bounds: Bounds | None) -> tuple[torch.Tensor, torch.Tensor]:
-    import torch
-
-    if bounds is None:
-        raise ValueError("this composite needs the input bounds (low, high) from the preprocessing config")
-    low, high = (torch.tensor([float(v) for v in b]) for b in bounds)
-    return low, high
-
-
-def _conv_rule(kind: str, conv: nn.Conv2d, spec: CompositeSpec, bounds: Bounds | None, charge_bias: bool) -> rules.Rule:
-    from cxrtool.explain import rules
-
-    if kind == "zplus":
-        return rules.ZPlus(conv, charge_bias=charge_bias, spread_dead=spec.spread_dead_units)
-    if kind == "gamma":
-        return rules.Gamma(conv, gamma=0.25)  # charges every bias: stable only with it (rules.Gamma)
-    if kind == "alpha2beta1":
-        return rules.AlphaBeta(conv, alpha=2.0, beta=1.0, charge_bias=charge_bias)
-    if kind == "epsilon":
-        return rules.Epsilon(conv, epsilon=spec.epsilon, charge_bias=charge_bias)
-    if kind == "flat":
-        return rules.Flat(conv, charge_bias=charge_bias)
-    if kind == "zbox":
-        return rules.ZBox(conv, *_bounds_tensors(bounds), charge_bias=charge_bias)
-    raise ValueError(f"unknown conv rule {kind!r}")
-
-
 def compile_lrp(model: nn.Module, spec: CompositeSpec, bounds: Bounds | None = None) -> nn.Module:
     """A canonized deep copy of ``model`` whose backward pass propagates relevance by ``spec``.
 
@@ -111,7 +106,11 @@ def compile_lrp(model: nn.Module, spec: CompositeSpec, bounds: Bounds | None = N
     import torch.nn as nn
 
     from cxrtool.explain import rules
-    from cxrtool.explain.canonizers import DenseNetCanonizer, densenet_merge_pairs, merged_convs
+    from cxrtool.explain.canonizers import (
+        DenseNetCanonizer,
+        densenet_merge_pairs,
+        merged_convs,
+    )
 
     if not spec.is_lrp:
         raise ValueError(f"composite {spec.name!r} is not an LRP composite")
@@ -135,11 +134,11 @@ def compile_lrp(model: nn.Module, spec: CompositeSpec, bounds: Bounds | None = N
         if name in fused_relus:
             new = nn.Identity()  # runs inside the batch norm's Pass, below
         elif isinstance(module, nn.Conv2d):
-            kind = spec.first if name == first_conv and spec.first else spec.conv
-            new = _conv_rule(kind, module, spec, bounds, charge_bias=name not in shift_biases)
+            rule = spec.first if name == first_conv and spec.first else spec.conv
+            new = rule.fast(module, charge_bias=name not in shift_biases, bounds=bounds)
             new.relu = name in conv_relus  # the ReLU after it runs inside it, in place
         elif isinstance(module, nn.Linear):
-            new = rules.EpsilonLinear(module, epsilon=spec.epsilon)
+            new = spec.classifier.fast(module, charge_bias=True, bounds=bounds)
         elif isinstance(module, nn.modules.batchnorm._BatchNorm):
             if not merged:
                 raise TypeError(f"cannot canonize batch norm {name!r} of a non-DenseNet model")
@@ -246,7 +245,6 @@ def zennit_composite(model: nn.Module, spec: CompositeSpec, bounds: Bounds | Non
     """
     import torch.nn as nn
     from zennit import composites as zc
-    from zennit import rules as zr
     from zennit.types import Convolution
 
     from cxrtool.explain.canonizers import DenseNetCanonizer
@@ -257,23 +255,9 @@ def zennit_composite(model: nn.Module, spec: CompositeSpec, bounds: Bounds | Non
     densenet = _is_densenet(model)
     zero = {"zero_params": ["bias"]} if densenet else {}  # DenseNet conv biases are merged BN shifts
 
-    def zrule(kind: str):  # noqa: ANN202
-        if kind == "zplus":
-            return zr.ZPlus(**zero)
-        if kind == "gamma":
-            return zr.Gamma(gamma=0.25)  # keeps the merged shifts, like rules.Gamma
-        if kind == "alpha2beta1":
-            return zr.AlphaBeta(alpha=2.0, beta=1.0, **zero)
-        if kind == "epsilon":
-            return zr.Epsilon(epsilon=spec.epsilon, **zero)
-        if kind == "flat":
-            return zr.Flat(**zero)
-        if kind == "zbox":
-            low, high = _bounds_tensors(bounds)
-            return zr.ZBox(low=low.reshape(1, -1, 1, 1), high=high.reshape(1, -1, 1, 1), **zero)
-        raise ValueError(f"unknown rule {kind!r}")
-
-    layer_map = zc.layer_map_base() + [(Convolution, zrule(spec.conv)), (nn.Linear, zr.Epsilon(epsilon=spec.epsilon))]
-    first_map = [(Convolution, zrule(spec.first))] if spec.first else []
+    conv = spec.conv.reference(zero=zero, bounds=bounds)
+    classifier = spec.classifier.reference(zero={}, bounds=bounds)
+    layer_map = zc.layer_map_base() + [(Convolution, conv), (nn.Linear, classifier)]
+    first_map = [(Convolution, spec.first.reference(zero=zero, bounds=bounds))] if spec.first else []
     canonizers = [DenseNetCanonizer()] if densenet else []
     return zc.SpecialFirstLayerMapComposite(layer_map=layer_map, first_map=first_map, canonizers=canonizers)

@@ -28,7 +28,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.models.densenet import _DenseLayer
 
-from cxrtool.explain.composites import STABILIZER
+#: zennit's default epsilon / stabiliser
+STABILIZER = 1e-6
 
 
 def stabilize(z: torch.Tensor, eps: float = STABILIZER) -> torch.Tensor:

@@ -25,7 +25,7 @@ import numpy as np
 
 from cxrtool.config import PreprocessCfg
 from cxrtool.errors import CxrError, ImageLoadError
-from cxrtool.images import iter_input_files
+from cxrtool.inputs import iter_input_files
 from cxrtool.modelfile import ModelCard, file_sha256
 from cxrtool.preprocess import load_input
 

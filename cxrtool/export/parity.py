@@ -15,7 +15,7 @@ import numpy as np
 
 from cxrtool.config import PreprocessCfg
 from cxrtool.errors import CxrError, ImageLoadError
-from cxrtool.images import iter_input_files
+from cxrtool.inputs import iter_input_files
 from cxrtool.preprocess import load_input
 
 DEFAULT_CHECK_COUNT = 16

@@ -22,11 +22,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cxrtool.cpu import cpu_flags, cpu_name
 from cxrtool.errors import CxrError
 
 CACHE_ENV = "CXRTOOL_CACHE_DIR"
@@ -53,26 +53,6 @@ class Choice:
     reason: str
 
 
-def cpu_flags() -> set[str]:
-    """Instruction-set flags of this CPU (empty where /proc/cpuinfo does not exist)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            return next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), platform.processor())
-    except OSError:
-        return platform.processor()
-
-
 def _version(module: str) -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -85,7 +65,7 @@ def _version(module: str) -> str:
 def machine_key() -> str:
     """Stable id of "this machine" for speed purposes: CPU model, speed flags, cores, runtime versions."""
     flags = sorted(cpu_flags() & set(SPEED_FLAGS))
-    parts = [_cpu_name(), ",".join(flags), str(os.cpu_count()), *(f"{m}={_version(m)}" for m in ("onnxruntime", "openvino", "torch"))]
+    parts = [cpu_name(), ",".join(flags), str(os.cpu_count()), *(f"{m}={_version(m)}" for m in ("onnxruntime", "openvino", "torch"))]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
@@ -127,7 +107,7 @@ def save_measurements(rows: list[tuple[Path, str, int, float]]) -> Path:
             stored[key] = {"model_ips": float(ips), "batch_size": int(batch_size), "file": Path(path).name}
     target = _cache_file()
     target.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(target, json.dumps({"machine": _cpu_name(), "measurements": stored}, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(target, json.dumps({"machine": cpu_name(), "measurements": stored}, indent=2, sort_keys=True) + "\n")
     return target
 
 

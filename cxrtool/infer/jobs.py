@@ -13,7 +13,7 @@ from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
 
 from cxrtool.errors import CxrError
-from cxrtool.images import iter_input_files
+from cxrtool.inputs import iter_input_files
 
 
 _SHARD = re.compile(r"([0-9]+)/([0-9]+)")

@@ -26,8 +26,8 @@ import numpy as np
 
 from cxrtool.config import PreprocessCfg
 from cxrtool.errors import CxrError
-from cxrtool.images import iter_input_files
 from cxrtool.infer.predict import PredictOptions, decode_file, predict_to_file
+from cxrtool.inputs import iter_input_files
 
 if TYPE_CHECKING:
     from cxrtool.infer.auto import Candidate
@@ -101,14 +101,10 @@ def machine_info() -> dict[str, Any]:
     """CPU, cores, threads and load: what a reader needs to judge absolute numbers."""
     import torch
 
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
-    except OSError:
-        pass
+    from cxrtool.cpu import cpu_name
+
     return {
-        "cpu": cpu,
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),

@@ -28,7 +28,7 @@ from cxrtool.infer.decode_pool import DecodeFn, decode_file, default_workers
 from cxrtool.infer.jobs import select_paths
 from cxrtool.infer.rows import Prediction, RowFormat
 from cxrtool.infer.writers import drop_torn_tail, writer_class
-from cxrtool.images import max_pixels
+from cxrtool.inputs import max_pixels
 from cxrtool.locks import owned_output
 from cxrtool.modelfile import model_id
 from cxrtool.trust import load_trust

@@ -20,8 +20,6 @@ import torch.nn as nn
 from torchvision.models import densenet121 as tv_densenet121
 from torchvision.models import densenet201 as tv_densenet201
 
-from cxrtool.models.registry import register_arch
-
 
 class DenseNetClassifier(nn.Sequential):
     """``features`` (torchvision's) followed by a module-form head ending in ``classifier``."""
@@ -70,11 +68,9 @@ def _wrap(tv_model: nn.Module, num_classes: int, in_chans: int) -> DenseNetClass
     return DenseNetClassifier(features, tv_model.classifier.in_features, num_classes)
 
 
-@register_arch("densenet121")
 def densenet121(*, num_classes: int, in_chans: int = 3) -> DenseNetClassifier:
     return _wrap(tv_densenet121(weights=None), num_classes, in_chans)
 
 
-@register_arch("densenet201")
 def densenet201(*, num_classes: int, in_chans: int = 3) -> DenseNetClassifier:
     return _wrap(tv_densenet201(weights=None), num_classes, in_chans)

@@ -19,12 +19,19 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from cxrtool.prep.common import GroupNamer, manifest_path
-from cxrtool.prep.phash import DEFAULT_THRESHOLD, from_hex, group_pairs, near_duplicate_pairs, phash_file, to_hex
-from cxrtool.prep.splits import assign_splits, connected_units, crossing_groups
 from cxrtool.errors import CxrError, ImageLoadError
-from cxrtool.images import iter_input_files
+from cxrtool.inputs import iter_input_files
 from cxrtool.manifest import write_manifest
+from cxrtool.prep.common import GroupNamer, manifest_path
+from cxrtool.prep.phash import (
+    DEFAULT_THRESHOLD,
+    from_hex,
+    group_pairs,
+    near_duplicate_pairs,
+    phash_file,
+    to_hex,
+)
+from cxrtool.prep.splits import assign_splits, connected_units, crossing_groups
 from cxrtool.workers import die_with
 
 Progress = Callable[[int, int], None]

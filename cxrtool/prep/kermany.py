@@ -17,8 +17,16 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from cxrtool.prep.layouts import ClassMap, Item, LayoutOptions, LayoutReport, Progress, build_manifest, find_root
-from cxrtool.images import iter_input_files
+from cxrtool.inputs import iter_input_files
+from cxrtool.prep.layouts import (
+    ClassMap,
+    Item,
+    LayoutOptions,
+    LayoutReport,
+    Progress,
+    build_manifest,
+    find_root,
+)
 
 NAME = "kermany-pneumonia"
 DEFAULT_MAP: dict[str, str | None] = {"normal": "normal", "virus": "viral_pneumonia", "bacteria": "bacterial_pneumonia"}

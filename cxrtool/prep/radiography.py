@@ -23,8 +23,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cxrtool.prep.layouts import ClassMap, Item, LayoutOptions, LayoutReport, Progress, build_manifest, find_root, norm_class
-from cxrtool.images import iter_input_files
+from cxrtool.inputs import iter_input_files
+from cxrtool.prep.layouts import (
+    ClassMap,
+    Item,
+    LayoutOptions,
+    LayoutReport,
+    Progress,
+    build_manifest,
+    find_root,
+    norm_class,
+)
 
 NAME = "covid19-radiography"
 DEFAULT_MAP: dict[str, str | None] = {

@@ -44,7 +44,7 @@ def assert_agrees(path, *, frame: int = 0) -> None:
             if str(ds.file_meta.TransferSyntaxUID) in JPEG2000:
                 pytest.skip(f"this DCMTK build has no JPEG 2000 decoder ({exc})")
             raise
-        result = compare(render(ds, window=window, frame=frame), theirs, file=path.name, window=window)
+        result = compare(render(ds, window=window, frame=frame)[0], theirs, file=path.name, window=window)
         assert result.ok, result
 
 

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from cxrtool.dicom.dcmtk import compare, dcmj2pnm_path, dcmtk_render
-from cxrtool.dicom.pixels import LUMA, render
+from cxrtool.dicom.decode import LUMA
+from cxrtool.dicom.pixels import render
 from cxrtool.dicom.read import load_dicom_gray, read_dataset
 
 needs_dcmtk = pytest.mark.skipif(dcmj2pnm_path() is None, reason="DCMTK's dcmj2pnm is not installed (apt-get install dcmtk)")
@@ -59,7 +60,7 @@ class TestGdcmFallback:
         pytest.importorskip("gdcm")
         path = pydicom_test_file("JPEG-lossy.dcm")
         for window in ("dicom", "none"):
-            result = compare(render(read_dataset(path), window=window), dcmtk_render(path, window=window), file=path, window=window)
+            result = compare(render(read_dataset(path), window=window)[0], dcmtk_render(path, window=window), file=path, window=window)
             assert result.ok, result
 
 
@@ -82,5 +83,5 @@ class TestPaletteColor:
         theirs = dcmtk_render(path, window="dicom")
         assert theirs.ndim == 3  # DCMTK writes the colours; reduce them the same way
         theirs_grey = np.rint(theirs.astype(np.float64) @ LUMA).astype(np.uint8)
-        result = compare(render(read_dataset(path)), theirs_grey, file=path, window="dicom")
+        result = compare(render(read_dataset(path))[0], theirs_grey, file=path, window="dicom")
         assert result.ok, result

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from dicom_synth import lut_item, make_image, ramp
 from pydicom import Dataset
 from pydicom.sequence import Sequence
 
@@ -19,8 +20,6 @@ from cxrtool.dicom.pixels import (
     select_voi,
     to_uint,
 )
-
-from dicom_synth import lut_item, make_image, ramp
 
 
 def plain(**tags: object) -> Dataset:
@@ -157,24 +156,24 @@ class TestRender:
         arr = np.array([[-2000, -1000, 0, 3000]], dtype=np.int16)
         ds = make_image(arr, bits_stored=16, RescaleSlope=1, RescaleIntercept=-1024, WindowCenter=-1024, WindowWidth=2001)
         # modality values -3024, -2024, -1024, 1976 -> window [-2024.5, -24.5]
-        assert render(ds).tolist() == [[0, 0, 128, 255]]
+        assert render(ds)[0].tolist() == [[0, 0, 128, 255]]
 
     def test_order_modality_then_voi_then_invert(self):
         arr = np.array([[0, 50, 100]], dtype=np.uint16)
         ds = make_image(arr, bits_stored=12, photometric="MONOCHROME1", RescaleSlope=2, RescaleIntercept=0)
         ds.WindowCenter, ds.WindowWidth = 100.5, 200  # applies to modality values 0, 100, 200
-        assert render(ds).tolist() == [[255, 128, 0]]
+        assert render(ds)[0].tolist() == [[255, 128, 0]]
 
     def test_multiframe_selects_frame(self):
         frames = np.stack([np.full((4, 4), v, dtype=np.uint8) for v in (10, 20, 30)])
         ds = make_image(frames, bits_stored=8)
-        assert render(ds, window="none", frame=2)[0, 0] == 30
+        assert render(ds, window="none", frame=2)[0][0, 0] == 30
         with pytest.raises(ValueError, match="out of range"):
-            render(ds, frame=3)
+            render(ds, frame=3)[0]
 
     def test_16_bit_output_and_size(self):
         ds = make_image(ramp(), bits_stored=12, WindowCenter=2048, WindowWidth=4096)
-        out = render(ds, bits=16, size=24)
+        out = render(ds, bits=16, size=24)[0]
         assert out.dtype == np.uint16 and out.shape == (16, 24) and out.max() > 60000
 
     def test_render_unit_reports_voi(self):

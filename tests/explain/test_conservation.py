@@ -16,6 +16,7 @@ import torch
 
 from cxrtool.explain.attribution import Explainer
 from cxrtool.explain.composites import COMPOSITES
+from cxrtool.explain.rule_specs import ZPlusRule
 from cxrtool.models.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.shared_data
@@ -80,7 +81,7 @@ def test_dead_units_are_spread_not_dropped(model_and_bounds, held_out_films):
     """Units only a merged bias switched on (black borders): zennit's z+ drops their relevance, ours spreads it."""
     net, bounds = model_and_bounds
     _, x = held_out_films
-    spec = dataclasses.replace(COMPOSITES["epsilon_plus_flat"], spread_dead_units=False)
+    spec = dataclasses.replace(COMPOSITES["epsilon_plus_flat"], conv=ZPlusRule(spread_dead=False))
     dropped = Explainer(net, spec, bounds).attribute(x)
     logit = dropped.logits.max(1).values
     ratio = dropped.relevance[0].sum((1, 2, 3)) / logit

@@ -11,6 +11,7 @@ import torch.nn as nn
 from cxrtool.config import PreprocessCfg
 from cxrtool.explain.attribution import Explainer, zennit_relevance
 from cxrtool.explain.composites import COMPOSITES, CompositeSpec, compile_lrp
+from cxrtool.explain.rule_specs import EpsilonRule, ZPlusRule
 
 LRP = [name for name, spec in COMPOSITES.items() if spec.is_lrp]
 BOUNDS = PreprocessCfg().input_bounds()
@@ -19,7 +20,9 @@ BOUNDS = PreprocessCfg().input_bounds()
 @pytest.mark.parametrize("name", LRP)
 def test_fast_rules_equal_zennit(tiny_densenet, name):
     # zennit's ZPlus drops the relevance of units with z+ = 0; compare with that behaviour
-    spec = dataclasses.replace(COMPOSITES[name], spread_dead_units=False)
+    spec = COMPOSITES[name]
+    if isinstance(spec.conv, ZPlusRule):
+        spec = dataclasses.replace(spec, conv=ZPlusRule(spread_dead=False))
     x = torch.randn(4, 3, 40, 40, generator=torch.Generator().manual_seed(1))
     logits, (rel,) = Explainer(tiny_densenet, spec, BOUNDS).explain(x)
     with torch.no_grad():
@@ -40,7 +43,7 @@ def _bias_free_relu_net() -> nn.Module:
 def test_lrp0_equals_gradient_times_input():
     net = _bias_free_relu_net()
     x = torch.randn(5, 3, 16, 16)
-    lrp0 = CompositeSpec("lrp0", first=None, conv="epsilon", description="LRP-0", epsilon=1e-12)
+    lrp0 = CompositeSpec("lrp0", first=None, conv=EpsilonRule(1e-12), description="LRP-0", classifier=EpsilonRule(1e-12))
     targets = torch.tensor([0, 1, 2, 3, 0])
     _, (rel,) = Explainer(net, lrp0).explain(x, [targets])
     logits, (gxi,) = Explainer(net, "gradient").explain(x, [targets])
@@ -61,7 +64,7 @@ def test_charged_biases_are_booked():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 m.bias.uniform_(0.1, 0.5)
     x = torch.rand(3, 3, 12, 12)
-    result = Explainer(net, CompositeSpec("zp", first=None, conv="zplus", description="z+")).attribute(x, [0])
+    result = Explainer(net, CompositeSpec("zp", first=None, conv=ZPlusRule(), description="z+")).attribute(x, [0])
     rel, booked = result.relevance[0].sum((1, 2, 3)), result.bias_share[0]
     assert torch.all(booked > 0.01 * result.logits[:, 0].abs())  # positive biases take a real share
     torch.testing.assert_close(rel + booked, result.logits[:, 0], rtol=1e-4, atol=1e-6)

@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cxrtool.explain.shortcut import map_comparison, probe, summary_lines, shortcut_audit, thumbnail
+from cxrtool.explain.shortcut import (
+    map_comparison,
+    probe,
+    shortcut_audit,
+    summary_lines,
+    thumbnail,
+)
 
 pytestmark = pytest.mark.shared_data
 
@@ -44,7 +50,13 @@ def test_map_comparison_spread_and_correlation():
     maps = [focal, focal * 2, wide, wide * 3]
     out = map_comparison(maps, ["a", "a", "b", "b"])
     assert out["spread"]["a"] <= 0.04 and out["spread"]["b"] >= 0.79
-    assert np.isnan(out["correlation"]["a|b"]) or abs(out["correlation"]["a|b"]) < 1
+    assert np.isnan(out["correlation"]["a|b"])  # b's mean map is constant: no correlation, not a made-up number
+    corner = np.zeros((10, 10))
+    corner[0:2, 0:2] = 1.0
+    out = map_comparison([focal, focal * 2, focal, corner], ["a", "a", "b", "c"])
+    assert out["correlation"]["a|b"] == pytest.approx(1.0)  # same normalised map, whatever the scale
+    # two disjoint 4-pixel spots on 100 pixels: r = (100*0 - 4*4) / (100*4 - 4*4) = -1/24
+    assert out["correlation"]["a|c"] == pytest.approx(-1 / 24)
 
 
 def test_audit_lines_cover_pairs_folders_and_maps(films):

@@ -131,7 +131,8 @@ def test_predict_with_the_int8_model_on_real_films(trained_checkpoint, trained_o
     from typer.testing import CliRunner
 
     from cxrtool.cli.main import app
-    from cxrtool.infer.auto import INT8_FLAGS, cpu_flags
+    from cxrtool.cpu import cpu_flags
+    from cxrtool.infer.auto import INT8_FLAGS
 
     done = export_int8(trained_onnx, shared_data / "covid3_256")
     holdout = calibration_set(shared_data / "covid3_256", read_onnx_card(trained_onnx)).holdout[:30]

@@ -95,7 +95,8 @@ class TestOpenVINOConfig:
 
 class TestAuto:
     def test_checkpoint_with_current_export_runs_an_export_on_cpu(self, onnx_file, checkpoint, tmp_path, monkeypatch):
-        from cxrtool.infer.auto import CACHE_ENV, cpu_flags
+        from cxrtool.cpu import cpu_flags
+        from cxrtool.infer.auto import CACHE_ENV
         from cxrtool.modelfile import default_int8_path
 
         monkeypatch.setenv(CACHE_ENV, str(tmp_path))  # no speed measurement here: CPU flags decide

@@ -10,12 +10,12 @@ import pytest
 from corpus import dicom_bytes, jpeg_huge_dims, nan_tiff, png_bomb, png_bytes
 
 from cxrtool.errors import CxrError, ImageLoadError
-from cxrtool.images import (
+from cxrtool.images import load_image
+from cxrtool.inputs import (
     DEFAULT_MAX_PIXELS,
     MAX_PIXELS_ENV,
     check_file,
     iter_input_files,
-    load_image,
     max_pixels,
 )
 
