@@ -142,7 +142,8 @@ class DimseSender:
                 status = assoc.send_c_store(ds)
                 code = getattr(status, "Status", None)
                 if code is None or not (code == 0x0000 or 0xB000 <= code <= 0xBFFF):
-                    LOG.warning("destination refused %s (status %s)", f.name, "none" if code is None else f"0x{code:04X}")
+                    shown = "none" if code is None else f"0x{code:04X}"
+                    LOG.warning("destination refused %s (status %s)", f.name, shown)
                     break
                 outcomes[f] = True
         finally:

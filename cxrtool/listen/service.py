@@ -20,9 +20,7 @@ from pathlib import Path
 from cxrtool.listen.logs import quiet_library_loggers
 from cxrtool.listen.outbox import DimseSender, Outbox
 from cxrtool.listen.peers import Destination, Peer
-from cxrtool.listen.scp import (
-    IMAGE_SOP_CLASSES, TlsFiles, build_ae, reject_unless_allowed, server_ssl_context,
-)
+from cxrtool.listen.scp import IMAGE_SOP_CLASSES, TlsFiles, build_ae, reject_unless_allowed, server_ssl_context
 from cxrtool.listen.spool import Spool, uid_key
 from cxrtool.listen.worker import Worker
 from cxrtool.locks import owned_output
@@ -61,17 +59,16 @@ class Listener:
 
     def __init__(self, config: ListenConfig):
         self.config = config
-        self._ssl = server_ssl_context(config.tls) if config.tls else None  # a bad file is a usage error before any work
+        # a bad TLS file is a usage error before any work
+        self._ssl = server_ssl_context(config.tls) if config.tls else None
         self._owned = contextlib.ExitStack()
         self._owned.enter_context(owned_output(config.out))  # two listeners on one folder would analyse films twice
         try:
             self.spool = Spool(config.out / "spool")
             self.stale_removed = len(self.spool.remove_stale())  # temp files of a run that died mid-write
             self.retried = self.spool.retry_failed() if config.retry_failed else 0
-            self.outbox = (
-                Outbox(config.out / "outbox", DimseSender(config.send_to, config.ae_title), max_backoff=config.max_backoff)
-                if config.send_to else None
-            )
+            sender = DimseSender(config.send_to, config.ae_title) if config.send_to else None
+            self.outbox = Outbox(config.out / "outbox", sender, max_backoff=config.max_backoff) if sender else None
             self.worker = Worker(config.model, config.out, self.spool, self.outbox, backend=config.backend,
                                  composite=config.composite, max_retry=config.max_retry)
         except BaseException:
@@ -94,13 +91,16 @@ class Listener:
         c = self.config
         ae = build_ae(c.ae_title, c.allow, max_associations=c.max_associations, check_called_aet=c.check_called_aet,
                       accept_non_image=c.accept_non_image)
-        handlers = [(evt.EVT_REQUESTED, self._on_requested), (evt.EVT_C_ECHO, self._on_echo), (evt.EVT_C_STORE, self._on_store)]
+        handlers = [
+            (evt.EVT_REQUESTED, self._on_requested), (evt.EVT_C_ECHO, self._on_echo), (evt.EVT_C_STORE, self._on_store),
+        ]
         if self.outbox is not None:
             self.outbox.start()
         self.worker.start()  # films left from a previous run are processed first
         self._server = ae.start_server((c.bind, c.port), block=False, evt_handlers=handlers, ssl_context=self._ssl)
-        LOG.info("listening as %s on %s:%d%s (%d film(s) in the spool; %d moved back from failed/; %d stale temp file(s) removed)",
-                 c.ae_title, c.bind, self.port, " with TLS" if self._ssl else "", len(self.spool), self.retried, self.stale_removed)
+        LOG.info("listening as %s on %s:%d%s (%d film(s) in the spool; %d moved back from failed/; "
+                 "%d stale temp file(s) removed)", c.ae_title, c.bind, self.port, " with TLS" if self._ssl else "",
+                 len(self.spool), self.retried, self.stale_removed)
         return self
 
     def stop(self) -> None:
@@ -131,7 +131,8 @@ class Listener:
         sop_class = str(event.request.AffectedSOPClassUID or "")
         if sop_class not in IMAGE_SOP_CLASSES:  # only reachable with accept_non_image
             self.ignored += 1
-            LOG.info("object %s: %s is not an image the model reads; acknowledged and ignored", uid_key(uid), UID(sop_class).name)
+            LOG.info("object %s: %s is not an image the model reads; acknowledged and ignored",
+                     uid_key(uid), UID(sop_class).name)
             return SUCCESS
         with self._lock:
             if len(self.spool) >= self.config.max_queue:

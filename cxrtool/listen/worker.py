@@ -137,7 +137,10 @@ class Worker:
         return None, due
 
     def process(self, path: Path) -> list[Path]:
-        """One film: row, SR (+ SC), outbox.  Transient failures leave it spooled; permanent ones move it to ``failed/``."""
+        """One film: row, SR (+ SC), outbox.
+
+        Transient failures leave it spooled (retried later); permanent ones move it to ``failed/``.
+        """
         LOG.info("film %s: processing", path.name)
         if self._is_own_result(path):
             LOG.info("film %s: a cxrtool result sent back to us; not analysed", path.name)
@@ -239,7 +242,8 @@ class Worker:
         if stale:
             if self.outbox is not None:
                 self.outbox.withdraw([p.name for p in stale])
-            LOG.info("film %s: new content for an instance analysed before; %d earlier result(s) replaced", path.name, len(stale))
+            LOG.info("film %s: new content for an instance analysed before; %d earlier result(s) replaced",
+                     path.name, len(stale))
 
     @staticmethod
     def _is_own_result(path: Path) -> bool:

@@ -54,7 +54,7 @@ def result_ids(source: Dataset, model_id: str, kind: str, content_key: str = "")
     instance = source.get("InstanceNumber")
     return ResultIds(
         series_uid=stable_uid("series", kind, study, model_id),
-        sop_uid=stable_uid("instance", kind, str(source.SOPInstanceUID), model_id, *([content_key] if content_key else [])),
+        sop_uid=stable_uid("instance", kind, str(source.SOPInstanceUID), model_id, *filter(None, [content_key])),
         series_number=SERIES_NUMBER[kind],
         instance_number=int(instance) if instance not in (None, "") else 1,
         series_description=SERIES_DESCRIPTION[kind],
@@ -64,7 +64,7 @@ def result_ids(source: Dataset, model_id: str, kind: str, content_key: str = "")
 def result_paths(
     out_dir: str | Path, source_path: str | Path, source: Dataset, model_id: str, content_key: str = ""
 ) -> dict[str, Path]:
-    """``{kind: path}``: ``<source stem>.<digest>.<kind>.dcm``, digest from SOP Instance UID, model (and ``content_key``).
+    """``{kind: path}``: ``<source stem>.<digest>.<kind>.dcm``, digest from SOP UID, model (and ``content_key``).
 
     The digest keeps two films with the same file name apart and identifies the film without putting
     its UID (or anything else from the header) into a file name.

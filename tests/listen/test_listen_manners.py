@@ -50,9 +50,11 @@ def test_refusals_are_real_rejects_with_the_reason(tiny_listen_ckpt, tmp_path):
     try:
         port = listener.port
         # unknown calling AE title: rejected-permanent, service-user, "calling AE title not recognised"
-        assert _rejection(_scu([Verification], "STRANGER").associate("127.0.0.1", port, ae_title="CXRTOOL")) == (1, 1, 3)
+        stranger = _scu([Verification], "STRANGER").associate("127.0.0.1", port, ae_title="CXRTOOL")
+        assert _rejection(stranger) == (1, 1, 3)
         # a known title from another host: the same reject (sent by our handler, not an abort)
-        other_host = _scu([Verification], "ORTHANC").associate("127.0.0.1", port, ae_title="CXRTOOL", bind_address=("127.0.0.2", 0))
+        other_host = _scu([Verification], "ORTHANC").associate("127.0.0.1", port, ae_title="CXRTOOL",
+                                                              bind_address=("127.0.0.2", 0))
         assert _rejection(other_host) == (1, 1, 3)
         # the called AE title is not ours: "called AE title not recognised"
         assert _rejection(_scu([Verification], "ORTHANC").associate("127.0.0.1", port, ae_title="OTHER")) == (1, 1, 7)
@@ -101,7 +103,8 @@ def _sr_object() -> Dataset:
 def test_non_image_objects_are_refused_in_negotiation(tiny_listen_ckpt, tmp_path):
     listener = _listener(tiny_listen_ckpt, tmp_path / "out")
     try:
-        assoc = _scu([ComputedRadiographyImageStorage, ComprehensiveSRStorage, GSPS]).associate("127.0.0.1", listener.port, ae_title="CXRTOOL")
+        scu = _scu([ComputedRadiographyImageStorage, ComprehensiveSRStorage, GSPS])
+        assoc = scu.associate("127.0.0.1", listener.port, ae_title="CXRTOOL")
         assert assoc.is_established
         assert {c.abstract_syntax for c in assoc.accepted_contexts} == {ComputedRadiographyImageStorage}
         assoc.release()
@@ -151,14 +154,17 @@ def test_no_header_value_in_the_log(tiny_listen_ckpt, chest_films, tmp_path, cap
         sr = _sr_object()
         assert store_all(listener.port, [*chest_films, sr]) == [0] * (len(chest_films) + 1)
         assert wait_for(lambda: listener.worker.processed == len(chest_films), timeout=60)
-        client = subprocess.run([sys.executable, "-c", LONG_UID_CLIENT, str(listener.port), str(chest_films[2]), long_uid],
-                                capture_output=True, text=True, timeout=60)
+        client = subprocess.run(
+            [sys.executable, "-c", LONG_UID_CLIENT, str(listener.port), str(chest_films[2]), long_uid],
+            capture_output=True, text=True, timeout=60, check=False,
+        )
         assert "established" in client.stdout, client.stderr[-2000:]
     finally:
         listener.stop()
     text = caplog.text
     secrets = [long_uid, sr.SOPInstanceUID] + [str(h.SOPInstanceUID) for h in headers]
-    secrets += [str(h.StudyInstanceUID) for h in headers] + [str(h.PatientName) for h in headers if str(h.get("PatientName", ""))]
+    secrets += [str(h.StudyInstanceUID) for h in headers]
+    secrets += [str(h.PatientName) for h in headers if str(h.get("PatientName", ""))]
     assert [s for s in secrets if s in text] == []
     assert "Traceback" not in text and all(r.exc_info is None for r in caplog.records)
     assert "processing" in text  # the log does say what happened, by hash
@@ -178,7 +184,8 @@ def pki(tmp_path_factory) -> Path:
         pytest.skip("the openssl command is not installed")
     d = tmp_path_factory.mktemp("pki")
     ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
-    _openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=cxrtool test CA", cwd=d)
+    _openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=cxrtool test CA",
+             cwd=d)
     (d / "server.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
     for name in ("server", "client"):
         _openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=d)
@@ -213,7 +220,8 @@ def test_tls_with_client_certificates(tiny_listen_ckpt, chest_films, pki, tmp_pa
 def test_tls_without_ca_accepts_any_client(tiny_listen_ckpt, pki, tmp_path):
     listener = _listener(tiny_listen_ckpt, tmp_path / "out", tls=TlsFiles(pki / "server.pem", pki / "server.key"))
     try:
-        assoc = _scu([Verification]).associate("127.0.0.1", listener.port, ae_title="CXRTOOL", tls_args=_client_tls(pki, with_cert=False))
+        assoc = _scu([Verification]).associate("127.0.0.1", listener.port, ae_title="CXRTOOL",
+                                               tls_args=_client_tls(pki, with_cert=False))
         assert assoc.is_established and assoc.send_c_echo().Status == 0
         assoc.release()
     finally:
