@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from cxrtool.errors import one_line
+from cxrtool.listen.logs import redact
 from cxrtool.listen.outbox import Outbox
 from cxrtool.listen.spool import Spool, content_key
 from cxrtool.locks import OutputBusy, owned_output
@@ -154,7 +155,7 @@ class Worker:
             if is_transient(exc):
                 self._later(path, exc)
                 return []
-            reason = one_line(exc) if isinstance(exc, FilmError) else one_line(f"{type(exc).__name__}: {exc}")
+            reason = redact(one_line(exc) if isinstance(exc, FilmError) else one_line(f"{type(exc).__name__}: {exc}"))
             try:
                 kept = self.spool.fail(path, reason)
             except OSError as move_error:  # even failed/ cannot be written (a full disk): keep it spooled
@@ -211,14 +212,15 @@ class Worker:
 
         with owned_output(self.predictions):
             drop_torn_tail(self.predictions)  # a write cut by a full disk leaves at most one partial line
-            self.writer.open(append=True)
             try:
+                self.writer.open(append=True)
                 self.writer.write([row])
                 self.writer.sync()
-            finally:
+            finally:  # closed even when the disk is full (the error that matters is the one raised above)
                 fh, self.writer.fh = self.writer.fh, None
-                with contextlib.suppress(OSError):
-                    fh.close()
+                if fh is not None:
+                    with contextlib.suppress(OSError):
+                        fh.close()
         self._recorded.add(row.path)
 
     def _existing_results(self, path: Path, key: str) -> list[Path]:
@@ -234,7 +236,10 @@ class Worker:
         return wanted if all(p.exists() for p in wanted) else []
 
     def _drop_superseded(self, path: Path, files: list[Path]) -> None:
-        """Results of earlier content under the same SOP Instance UID are replaced: removed here and from the outbox."""
+        """Results of earlier content under the same SOP Instance UID are replaced: removed here and from the outbox.
+
+        Result names begin with the spool name (layout keeps the source's stem), so its UID hash finds them.
+        """
         keep = {f.name for f in files}
         stale = [p for p in self.results.glob("*.dcm") if p.name not in keep and self.spool.same_instance(p, path)]
         for p in stale:
