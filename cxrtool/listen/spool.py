@@ -18,13 +18,17 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import shutil
 from pathlib import Path
 
 from cxrtool.fsutil import atomic_path, atomic_write_text, remove_stale_temps
+from cxrtool.workers import pid_alive
 
 SUFFIX = ".dcm"
 REASON_SUFFIX = ".reason.txt"
+#: the temp names the spool used before it wrote through ``atomic_path`` (``.NAME.dcm.PID.tmp``)
+_OLD_TEMP = re.compile(r"^\.[0-9a-f]+\.dcm\.(?P<pid>\d+)\.tmp$")
 
 
 def uid_key(sop_instance_uid: str) -> str:
@@ -90,7 +94,13 @@ class Spool:
 
     def remove_stale(self) -> list[Path]:
         """Delete temp files left by a run that died mid-write (their pid is gone): at start."""
-        return remove_stale_temps(self.folder)
+        removed = remove_stale_temps(self.folder)
+        for path in self.folder.iterdir():
+            match = _OLD_TEMP.match(path.name)
+            if match and not pid_alive(int(match["pid"])):
+                path.unlink(missing_ok=True)
+                removed.append(path)
+        return removed
 
     def retry_failed(self) -> int:
         """Move every film in ``failed/`` back into the spool (and drop its reason); how many."""

@@ -195,11 +195,12 @@ def test_stale_temp_files_are_removed_at_start(tiny_listen_ckpt, tmp_path):
     gone.wait()
     stale = spool.folder / f".abc.{gone.pid}-k3j2h1g0.tmp.dcm"  # atomic_path's name, of a writer that died
     live = spool.folder / f".def.{os.getpid()}-k3j2h1g0.tmp.dcm"  # a write in progress: left alone
-    stale.write_bytes(b"\0" * 4096)
-    live.write_bytes(b"\0" * 4096)
+    older = spool.folder / f".3d628341b66b34030c29.dcm.{gone.pid}.tmp"  # what earlier versions' spool wrote
+    for f in (stale, live, older):
+        f.write_bytes(b"\0" * 4096)
     listener = Listener(_config(tiny_listen_ckpt, out))
     listener.stop()
-    assert not stale.exists() and live.exists() and listener.stale_removed == 1
+    assert not stale.exists() and not older.exists() and live.exists() and listener.stale_removed == 2
 
 
 def test_retry_failed_moves_failed_films_back(tiny_listen_ckpt, film, tmp_path):
