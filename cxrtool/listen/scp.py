@@ -76,7 +76,7 @@ def _reason(exc: BaseException) -> str:
 def build_ae(ae_title: str, allow: Sequence[Peer], *, max_associations: int, check_called_aet: bool,
              accept_non_image: bool) -> Any:
     """The pynetdicom AE for ``listen``: contexts, AE title checks and the association limit set."""
-    from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts
+    from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
     from pynetdicom.sop_class import Verification
 
     ae = AE(ae_title=ae_title)

@@ -20,7 +20,13 @@ from pathlib import Path
 from cxrtool.listen.logs import quiet_library_loggers
 from cxrtool.listen.outbox import DimseSender, Outbox
 from cxrtool.listen.peers import Destination, Peer
-from cxrtool.listen.scp import IMAGE_SOP_CLASSES, TlsFiles, build_ae, reject_unless_allowed, server_ssl_context
+from cxrtool.listen.scp import (
+    IMAGE_SOP_CLASSES,
+    TlsFiles,
+    build_ae,
+    reject_unless_allowed,
+    server_ssl_context,
+)
 from cxrtool.listen.spool import Spool, uid_key
 from cxrtool.listen.worker import Worker
 from cxrtool.locks import owned_output

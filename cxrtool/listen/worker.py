@@ -20,12 +20,16 @@ import logging
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cxrtool.errors import one_line
 from cxrtool.listen.logs import redact
 from cxrtool.listen.outbox import Outbox
 from cxrtool.listen.spool import Spool, content_key
 from cxrtool.locks import OutputBusy, owned_output
+
+if TYPE_CHECKING:
+    from cxrtool.infer.rows import Prediction
 
 LOG = logging.getLogger("cxrtool.listen")
 
@@ -175,7 +179,7 @@ class Worker:
         delay = min(self._retry.get(path.name, (0.0, self.first_retry / 2))[1] * 2, self.max_retry)
         self._retry[path.name] = (time.monotonic() + delay, delay)
         self.retries += 1
-        LOG.warning("film %s: %s; kept in the spool, retrying in %.0f s", path.name, one_line(exc), delay)
+        LOG.warning("film %s: %s; kept in the spool, retrying in %.0f s", path.name, redact(one_line(exc)), delay)
 
     def _analyse(self, path: Path) -> list[Path]:
         """The film's results: found when this content was already analysed, else predicted and written."""
@@ -198,7 +202,7 @@ class Worker:
         self._drop_superseded(path, files)
         return files
 
-    def _predict(self, path: Path):
+    def _predict(self, path: Path) -> Prediction:
         """The film's row, from predict's own batching with the loaded backend (no file is re-read for it)."""
         from cxrtool.infer.batching import iter_predictions
 
@@ -206,7 +210,7 @@ class Worker:
                                                 cfg=self.cfg, trust=self.trust) for r in batch]
         return rows[0]
 
-    def _append(self, row) -> None:
+    def _append(self, row: Prediction) -> None:
         """Append the row with predict's writer, fsync'd; the file is held like predict holds it."""
         from cxrtool.infer.writers import drop_torn_tail
 
