@@ -263,3 +263,17 @@ def test_real_full_disk(tiny_listen_ckpt, film, tmp_path):
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
 
+
+
+def test_result_uids_follow_the_content(film, tmp_path):
+    """``content_key`` changes the result UIDs and names; without one they are what predict/explain always wrote."""
+    from cxrtool.results.layout import result_ids, result_paths, stable_uid
+
+    plain = result_ids(film, "m@1", "sr")
+    assert plain.sop_uid == stable_uid("instance", "sr", film.SOPInstanceUID, "m@1")  # unchanged for predict/explain
+    assert result_ids(film, "m@1", "sr", "aaaa") == result_ids(film, "m@1", "sr", "aaaa")
+    other = result_ids(film, "m@1", "sr", "bbbb").sop_uid
+    assert result_ids(film, "m@1", "sr", "aaaa").sop_uid not in {plain.sop_uid, other}
+    assert result_ids(film, "m@1", "sr", "aaaa").series_uid == plain.series_uid  # one results series per study
+    paths = [result_paths(tmp_path, "f.dcm", film, "m@1", key)["sr"] for key in ("", "aaaa", "bbbb")]
+    assert len(set(paths)) == 3 and paths[0] == result_paths(tmp_path, "f.dcm", film, "m@1")["sr"]
