@@ -34,7 +34,7 @@ from cxrtool.locks import owned_output
 LOG = logging.getLogger("cxrtool.listen")
 
 #: C-STORE statuses (PS3.4 B.2.3)
-SUCCESS, OUT_OF_RESOURCES, CANNOT_UNDERSTAND, NOT_AUTHORISED = 0x0000, 0xA700, 0xC210, 0x0124
+SUCCESS, OUT_OF_RESOURCES, CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xC210
 
 
 @dataclass(frozen=True)
