@@ -23,21 +23,45 @@ def listen(
     send_to: Annotated[Optional[str], typer.Option("--send-to", help="C-STORE each SR + SC to AET@HOST:PORT (e.g. back to the PACS).")] = None,
     max_queue: Annotated[int, typer.Option("--max-queue", min=1, help="Films spooled but not processed before C-STOREs are refused (A700).")] = 64,
     backend: Annotated[Backend, typer.Option(help="Runtime for the predictions (the heatmap always runs on torch).")] = Backend.auto,
+    max_associations: Annotated[int, typer.Option(
+        "--max-associations", min=1, help="Associations open at once; more are rejected (local limit exceeded).",
+    )] = 10,
+    any_called_ae: Annotated[bool, typer.Option(
+        "--any-called-ae", help="Accept any called AE title (default: it must be --ae-title, else rejected).",
+    )] = False,
+    accept_non_image: Annotated[bool, typer.Option(
+        "--accept-non-image", help="Accept SR, presentation states and other non-image objects and ignore them "
+        "(default: refused at association).",
+    )] = False,
+    tls_cert: Annotated[Optional[Path], typer.Option(
+        "--tls-cert", help="PEM certificate: DICOM over TLS (needs --tls-key).",
+    )] = None,
+    tls_key: Annotated[Optional[Path], typer.Option("--tls-key", help="PEM private key of --tls-cert.")] = None,
+    tls_ca: Annotated[Optional[Path], typer.Option(
+        "--tls-ca", help="PEM CA bundle: require client certificates signed by it.",
+    )] = None,
+    retry_failed: Annotated[bool, typer.Option(
+        "--retry-failed", help="At start, move the films in failed/ back into the spool (after fixing the cause).",
+    )] = False,
 ) -> None:
     """Receive films over DICOM, write SR + SC for each, optionally send them on; stops cleanly on SIGTERM or Ctrl-C."""
     import logging
     import signal
     import threading
 
-    from cxrtool.listen import ListenConfig, Listener, parse_destination, parse_peer
+    from cxrtool.errors import CxrError
+    from cxrtool.listen import ListenConfig, Listener, TlsFiles, parse_destination, parse_peer
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     with user_errors():
+        if (tls_cert is None) != (tls_key is None) or (tls_ca is not None and tls_cert is None):
+            raise CxrError("--tls-cert and --tls-key go together (and --tls-ca needs them)")
         config = ListenConfig(
             model=model, out=out, port=port, ae_title=ae_title, bind=bind,
             allow=tuple(parse_peer(a) for a in allow or ()),
             send_to=parse_destination(send_to) if send_to else None, max_queue=max_queue, backend=backend.value,
+            max_associations=max_associations, check_called_aet=not any_called_ae, accept_non_image=accept_non_image,
+            tls=TlsFiles(tls_cert, tls_key, tls_ca) if tls_cert and tls_key else None, retry_failed=retry_failed,
         )
         listener = Listener(config).start()
     stop = threading.Event()
@@ -47,8 +71,9 @@ def listen(
     while not stop.wait(1.0):
         pass
     listener.stop()
-    err.print(f"stopped: {listener.received} received, {listener.worker.processed} processed, {listener.worker.failed} failed, "
-              f"{len(listener.spool)} left in the spool", soft_wrap=True)
+    worker = listener.worker
+    err.print(f"stopped: {listener.received} received, {worker.processed} processed, {worker.failed} failed, "
+              f"{listener.ignored} non-image ignored, {len(listener.spool)} left in the spool", soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

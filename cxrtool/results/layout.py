@@ -4,7 +4,9 @@ UIDs use the ``2.25`` root (a UUID-derived UID, PS3.5 B.2) from a name-based UUI
 version 5) of fixed inputs: the source's SOP Instance UID (or Study UID for a series), the model id
 and the object kind.  (pydicom's ``generate_uid(prefix=None)`` ignores its entropy and is random.)  A rerun with the same model therefore writes the
 same objects under the same UIDs, so a PACS that receives them twice replaces instead of duplicating,
-and the file names (derived from the same inputs) let reruns skip what is done.
+and the file names (derived from the same inputs) let reruns skip what is done.  ``listen`` also
+passes a ``content_key`` (a hash of the received film): a film re-sent with the same SOP Instance UID
+but new content gets new result UIDs and names, the same content the same ones.
 """
 
 from __future__ import annotations
@@ -43,26 +45,32 @@ class ResultIds:
     series_description: str
 
 
-def result_ids(source: Dataset, model_id: str, kind: str) -> ResultIds:
-    """Stable UIDs and numbers for the ``kind`` object (``sr``/``sc``) made from ``source`` by ``model_id``."""
+def result_ids(source: Dataset, model_id: str, kind: str, content_key: str = "") -> ResultIds:
+    """Stable UIDs and numbers for the ``kind`` object (``sr``/``sc``) made from ``source`` by ``model_id``.
+
+    A non-empty ``content_key`` enters the instance UID (the series stays the study's + model's).
+    """
     study = str(source.StudyInstanceUID)
     instance = source.get("InstanceNumber")
     return ResultIds(
         series_uid=stable_uid("series", kind, study, model_id),
-        sop_uid=stable_uid("instance", kind, str(source.SOPInstanceUID), model_id),
+        sop_uid=stable_uid("instance", kind, str(source.SOPInstanceUID), model_id, *filter(None, [content_key])),
         series_number=SERIES_NUMBER[kind],
         instance_number=int(instance) if instance not in (None, "") else 1,
         series_description=SERIES_DESCRIPTION[kind],
     )
 
 
-def result_paths(out_dir: str | Path, source_path: str | Path, source: Dataset, model_id: str) -> dict[str, Path]:
-    """``{kind: path}``: ``<source stem>.<digest>.<kind>.dcm``, digest from SOP Instance UID and model.
+def result_paths(
+    out_dir: str | Path, source_path: str | Path, source: Dataset, model_id: str, content_key: str = ""
+) -> dict[str, Path]:
+    """``{kind: path}``: ``<source stem>.<digest>.<kind>.dcm``, digest from SOP UID, model (and ``content_key``).
 
     The digest keeps two films with the same file name apart and identifies the film without putting
     its UID (or anything else from the header) into a file name.
     """
-    digest = hashlib.sha256(f"{source.get('SOPInstanceUID', '')}\0{model_id}".encode()).hexdigest()[:12]
+    key = f"{source.get('SOPInstanceUID', '')}\0{model_id}" + (f"\0{content_key}" if content_key else "")
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(source_path).stem)[:80] or "film"
     return {kind: Path(out_dir) / f"{stem}.{digest}.{kind}.dcm" for kind in KINDS}
 

@@ -41,11 +41,13 @@ def write_dicom_results(
     model_info: ModelInfo,
     *,
     overwrite: bool = False,
+    content_key: str = "",
 ) -> list[Path]:
     """Write the SR (and, with a heatmap, the SC) for one DICOM film; return the result files.
 
     Files that already exist are kept (reruns are resumable) unless ``overwrite``.  The source is
-    only read.
+    only read.  ``content_key`` (``listen``: a hash of the received film) enters the result UIDs
+    and names (:mod:`cxrtool.results.layout`).
 
     Raises
     ------
@@ -63,14 +65,14 @@ def write_dicom_results(
         raise CxrError("not a DICOM file: results go back to a DICOM study only")
     source = read_dataset(source_path, stop_before_pixels=True)
     study_reference(source)  # raises the one-line reason when the film cannot be referenced
-    paths = result_paths(out_dir, source_path, source, model_info.model_id)
+    paths = result_paths(out_dir, source_path, source, model_info.model_id, content_key)
     if overwrite or not paths["sr"].exists():
-        _save(build_sr(source, prediction, model_info, result_ids(source, model_info.model_id, "sr")), paths["sr"])
+        _save(build_sr(source, prediction, model_info, result_ids(source, model_info.model_id, "sr", content_key)), paths["sr"])
     written = [paths["sr"]]
     if heatmap is not None:
         if overwrite or not paths["sc"].exists():
             picture = render_picture(prediction, model_info, heatmap)
-            _save(build_sc(source, picture, result_ids(source, model_info.model_id, "sc")), paths["sc"])
+            _save(build_sc(source, picture, result_ids(source, model_info.model_id, "sc", content_key)), paths["sc"])
         written.append(paths["sc"])
     return written
 

@@ -57,18 +57,19 @@ class StoreSCP:
 
 
 
-def store_all(port: int, films, ae_title: str = "SCU") -> list[int]:
-    """C-STORE ``films`` to ``port`` over one association; the status of each."""
+def store_all(port: int, films, ae_title: str = "SCU", tls_args=None) -> list[int]:
+    """C-STORE ``films`` (paths or datasets) to ``port`` over one association; the status of each."""
+    from pydicom import Dataset
     from pynetdicom import AE
 
     from cxrtool.dicom.read import read_dataset
 
-    datasets = [read_dataset(f) for f in films]  # meta-less ACR-NEMA films get their transfer syntax
+    datasets = [f if isinstance(f, Dataset) else read_dataset(f) for f in films]  # meta-less ACR-NEMA films get their syntax
     ae = AE(ae_title=ae_title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 20
     for ds in datasets:
         ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
-    assoc = ae.associate("127.0.0.1", port, ae_title="CXRTOOL")
+    assoc = ae.associate("127.0.0.1", port, ae_title="CXRTOOL", tls_args=tls_args)
     assert assoc.is_established
     try:
         return [assoc.send_c_store(ds).Status for ds in datasets]

@@ -32,6 +32,23 @@ def test_help_lists_the_security_defaults():
     text = " ".join(result.output.split())  # help is wrapped to the terminal width
     assert result.exit_code == 0
     assert "[default: 127.0.0.1]" in text and "[default: (loopback peers only)]" in text and "[default: CXRTOOL]" in text
+    for option in ("--max-associations", "--any-called-ae", "--accept-non-image", "--tls-cert", "--tls-key", "--tls-ca", "--retry-failed"):
+        assert option in text
+
+
+@pytest.mark.parametrize("args, named", [
+    (["--tls-cert", "server.pem"], "--tls-cert and --tls-key go together"),
+    (["--tls-ca", "ca.pem"], "--tls-cert and --tls-key go together"),
+    (["--tls-cert", "missing.pem", "--tls-key", "missing.key"], "missing.pem"),
+])
+def test_tls_misuse_is_a_usage_error_before_any_work(tmp_path, args, named):
+    from typer.testing import CliRunner
+
+    from cxrtool.cli.main import app
+
+    result = CliRunner().invoke(app, ["listen", "-m", str(tmp_path / "no-model.safetensors"), "-o", str(tmp_path / "out"), *args])
+    assert result.exit_code == 2 and named in " ".join(result.output.split())
+    assert not (tmp_path / "out").exists()  # refused before the model or the output folder is touched
 
 
 @pytest.mark.slow  # a fresh interpreter importing torch: 15-40 s on 2 busy cores
