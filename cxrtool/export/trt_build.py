@@ -26,9 +26,8 @@ from typing import Any
 from cxrtool.config import PreprocessCfg
 from cxrtool.errors import CxrError
 from cxrtool.modelfile import BatchProfile
+from cxrtool.export.qdq import QDQ_OPS, qdq_zero_point_types
 from cxrtool.runtimes.trtlib import network_flags
-
-QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 
 
 @dataclass
@@ -49,6 +48,9 @@ def precision_onnx(onnx_path: Path, precision: str) -> bytes:
     if precision == "int8":
         if not has_qdq:
             raise CxrError(f"{onnx_path}: no QuantizeLinear/DequantizeLinear nodes; an INT8 engine needs the Q/DQ ONNX from `export --int8`")
+        unsigned = sorted({kind for kind in qdq_zero_point_types(model) if kind != "INT8"})
+        if unsigned:  # a Q/DQ ONNX written before cxrtool re-encoded NNCF's UINT8 quantizers
+            raise CxrError(f"{onnx_path}: has {'/'.join(unsigned)} Q/DQ nodes; TensorRT takes INT8 only: run `export --trt --int8` again")
         return model.SerializeToString()
     if has_qdq:
         raise CxrError(f"{onnx_path}: is a Q/DQ (INT8) ONNX; build it with --int8, or give the fp32 export for {precision}")

@@ -147,8 +147,10 @@ class TestBuild:
 
         _, trt, _, _ = fakes
         source = tiny_onnx(tmp_path / "u8.onnx", qdq=True, zero_point=np.uint8)
+        with pytest.raises(CxrError, match=r"u8.onnx: has UINT8 Q/DQ nodes; TensorRT takes INT8 only"):
+            precision_onnx(source, "int8")  # an old Q/DQ file is refused before the build
         with pytest.raises(CxrError, match=r"u8.onnx: TensorRT's ONNX parser failed: .*UINT8 QuantizeLinear is not supported") as info:
-            build_serialized(trt, precision_onnx(source, "int8"), source, CFG, BatchProfile(1, 4, 8))
+            build_serialized(trt, source.read_bytes(), source, CFG, BatchProfile(1, 4, 8))
         assert "\n" not in str(info.value)
         proto = onnx.load_model(str(tiny_onnx(tmp_path / "default.onnx", qdq=True)))
         for node in proto.graph.node:  # no zero point at all: UINT8 by the ONNX spec
@@ -415,3 +417,38 @@ def test_tensorrt_rows_carry_the_same_ood_score_and_flag_as_onnx_runtime(fakes, 
     np.testing.assert_allclose([r.ood_score for r in got], [r.ood_score for r in want], rtol=1e-5)
     assert [r.flag for r in got] == [r.flag for r in want]
     assert {r.flag for r in want} == {FLAG_OK, FLAG_OOD}  # both verdicts occur, so the comparison can tell
+
+
+class TestSignedQdq:
+    def test_uint8_symmetric_quantizers_become_int8_with_the_same_range(self, tmp_path):
+        """The re-encoding keeps each quantizer's range: UINT8 levels 0..255 of s -> INT8 0..127 of s*255/127."""
+        import onnx
+        import onnxruntime as ort
+
+        from cxrtool.export.qdq import qdq_zero_point_types, to_signed_int8
+
+        model = onnx.load_model(str(tiny_onnx(tmp_path / "u8.onnx", qdq=True, zero_point=np.uint8)))
+        model.graph.output.append(onnx.helper.make_tensor_value_info("xd", onnx.TensorProto.FLOAT, None))  # the dequantized input
+        x = np.abs(np.random.default_rng(0).normal(size=(4, 3, 8, 8))).astype(np.float32)  # non-negative, like a ReLU output
+        before = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(["xd"], {"input": x})
+        assert set(qdq_zero_point_types(model)) == {"UINT8"}
+        assert to_signed_int8(model, "u8.onnx") == 4
+        assert set(qdq_zero_point_types(model)) == {"INT8"}
+        scale = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}["s"]
+        assert scale == pytest.approx(0.05 * 255 / 127)
+        after = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(["xd"], {"input": x})
+        # the same range (255 * 0.05 == 127 * new scale); every value within half a new step of the input
+        assert 127 * float(scale) == pytest.approx(255 * 0.05) and x.max() < 255 * 0.05
+        assert np.abs(before[0] - x).max() <= 0.05 / 2 + 1e-6 and np.abs(after[0] - x).max() <= float(scale) / 2 + 1e-6
+
+    def test_asymmetric_uint8_is_refused(self, tmp_path):
+        import onnx
+        from onnx import numpy_helper
+
+        from cxrtool.export.qdq import to_signed_int8
+
+        model = onnx.load_model(str(tiny_onnx(tmp_path / "u8.onnx", qdq=True, zero_point=np.uint8)))
+        z = next(i for i in model.graph.initializer if i.name == "z")
+        z.CopyFrom(numpy_helper.from_array(np.array(3, np.uint8), "z"))
+        with pytest.raises(CxrError, match="u8.onnx: QuantizeLinear .* is asymmetric"):
+            to_signed_int8(model, "u8.onnx")
