@@ -21,8 +21,8 @@ from torch.utils.data import DataLoader, Subset
 from cxrtool.data import ManifestDataset
 from cxrtool.errors import CxrError
 from cxrtool.modelfile import TRUST_PREFIX, ModelCard
-from cxrtool.trust.temperature import calibration_metrics, fit_temperature
 from cxrtool.trust.ood import DEFAULT_QUANTILE, OodModel, fit_ood, scale_depths
+from cxrtool.trust.temperature import calibration_metrics, fit_temperature
 
 
 @dataclass

@@ -17,9 +17,9 @@ HAS_CUDA = torch.cuda.is_available()
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tiny_arch, tmp_path_factory) -> Path:
     from cxrtool.config import PreprocessCfg
+    from cxrtool.modelfile import ModelCard
     from cxrtool.models import build_model
     from cxrtool.models.checkpoint import save_checkpoint
-    from cxrtool.modelfile import ModelCard
 
     torch.manual_seed(0)
     card = ModelCard(arch=tiny_arch, task="multiclass", class_names=["covid", "normal", "viral_pneumonia"], preprocess=PreprocessCfg(input_size=32))

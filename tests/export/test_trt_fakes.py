@@ -410,7 +410,7 @@ def test_tensorrt_rows_carry_the_same_ood_score_and_flag_as_onnx_runtime(fakes, 
     trust = Trust(ort_backend.card, 1.0, fit_ood(train_f, None, val_f, [("pool", 4)], quantile=0.5))
     films = np.concatenate([rng.normal(size=(6, 3, 8, 8)), 4 * rng.normal(size=(5, 3, 8, 8))]).astype(np.float32)
     paths = [f"film{i}.png" for i in range(len(films))]
-    logits, features = trt_backend.run_features(films)
+    _, features = trt_backend.run_features(films)
     np.testing.assert_allclose(features, ort_backend.run_features(films)[1], rtol=1e-5, atol=1e-6)
     got, want = predict_batch(trt_backend, paths, films, trust), predict_batch(ort_backend, paths, films, trust)
     assert all(r.ood_score is not None for r in got)

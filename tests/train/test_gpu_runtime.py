@@ -11,8 +11,8 @@ import torch
 import torch.distributed as dist
 
 from cxrtool.train import distributed as D
-from cxrtool.train.runtime import resolve_runtime, restore_scaler
 from cxrtool.train import state as state_mod
+from cxrtool.train.runtime import resolve_runtime, restore_scaler
 from cxrtool.train.state import rng_state
 
 
