@@ -2,7 +2,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test test-slow test-gpu bench reproduce clean
+.PHONY: install test test-slow test-gpu gpu-check bench reproduce clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -20,6 +20,11 @@ test-slow: install
 
 test-gpu: install
 	$(BIN)/python -m pytest -q -m gpu
+
+# one NVIDIA GPU: installs the [trt] extra if absent, runs test-gpu, then a short benchmark (< 8 min);
+# writes runs/gpu-check/gpu_check.json + .txt; on a machine without CUDA it stops at once ("no CUDA device")
+gpu-check: install
+	$(BIN)/python bench/gpu_check.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

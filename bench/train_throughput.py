@@ -19,7 +19,7 @@ import time
 import torch
 
 from cxrtool.models import build_model
-from cxrtool.train.runtime import Runtime, grad_scaler, resolve_device
+from cxrtool.train.runtime import Runtime, grad_scaler, resolve_device, resolve_runtime
 
 
 def measure(arch: str, runtime: Runtime, *, size: int, batch: int, steps: int, warmup: int, repeats: int) -> float:
@@ -68,9 +68,8 @@ def main() -> None:
     args = p.parse_args()
     device = resolve_device(args.device)
     if device.type == "cuda":
-        low = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        configs = {"fp32": Runtime(device), "amp+channels_last": Runtime(device, low, True)}
-        torch.backends.cudnn.benchmark = True
+        amp, _ = resolve_runtime(device, "auto", True)  # also turns on cudnn.benchmark, as training does
+        configs = {"fp32": Runtime(device), "amp+channels_last": amp}
         name = torch.cuda.get_device_name(device)
     else:
         configs = {"fp32": Runtime(device), "bf16-autocast": Runtime(device, torch.bfloat16, False)}

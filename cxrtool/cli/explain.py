@@ -38,6 +38,7 @@ def explain(
         Path | None, typer.Option("--dicom-out", help="Also write a DICOM SR + heatmap SC per DICOM input here.")
     ] = None,
     html: Annotated[Path | None, typer.Option("--html", help="Also write a self-contained HTML report (films, heatmaps, predicted class) here.", dir_okay=False)] = None,
+    device: Annotated[str, typer.Option("--device", help="Where LRP runs: auto (CUDA when present), cpu, cuda or cuda:N.")] = "auto",
 ) -> None:
     """Explain predictions with LRP: heatmap .npy, overlay and panel PNGs, explain.csv, shortcut-audit table.
 
@@ -50,6 +51,7 @@ def explain(
     from cxrtool.fsutil import check_writable_output
     from cxrtool.inputs import max_pixels
     from cxrtool.models.checkpoint import load_checkpoint
+    from cxrtool.train.runtime import resolve_device
     from cxrtool.trust import load_trust
     from cxrtool.trust.assess import NO_STATS_NOTICE
 
@@ -60,12 +62,13 @@ def explain(
         if html is not None:
             check_writable_output(html, "file")
         max_pixels()  # a bad $CXRTOOL_MAX_PIXELS is a usage error before the model is loaded
+        run_on = str(resolve_device(device))  # cuda without a GPU: a usage error before any work
         net, card = load_checkpoint(model)
         trust = load_trust(model, card)
         if not trust.has_ood:
             err.print(NO_STATS_NOTICE.format(model=model), soft_wrap=True)
         try:
-            options = ExplainOptions(composite=composite.value, target=target, batch_size=batch_size, audit=AuditCfg(border=border))
+            options = ExplainOptions(composite=composite.value, target=target, batch_size=batch_size, audit=AuditCfg(border=border), device=run_on)
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from None
         plan = plan_inputs(paths)

@@ -46,9 +46,14 @@ class Explainer:
         A name from :data:`~cxrtool.explain.composites.COMPOSITES` or a spec.
     bounds:
         ``(low, high)`` per input channel, from ``PreprocessCfg.input_bounds()``; needed by ZBox.
+    device:
+        Where the LRP forward and backward run (``cpu``, ``cuda``, ``cuda:N``): the explainer's
+        copy of the model lives there, inputs are moved there and every result comes back on the CPU.
     """
 
-    def __init__(self, model: nn.Module, composite: str | CompositeSpec = DEFAULT_COMPOSITE, bounds: Bounds | None = None):
+    def __init__(
+        self, model: nn.Module, composite: str | CompositeSpec = DEFAULT_COMPOSITE, bounds: Bounds | None = None, device: str | torch.device = "cpu"
+    ):
         self.spec = get_composite(composite) if isinstance(composite, str) else composite
         if self.spec.is_lrp:
             self.net = compile_lrp(model, self.spec, bounds)
@@ -58,7 +63,8 @@ class Explainer:
                 p.requires_grad_(False)
         # channels-last: oneDNN's convolutions (and their transposes) skip the layout reorders they
         # do on every NCHW call; on the 2-core dev CPU forward and LRP both run ~1.6x faster
-        self.net.to(memory_format=torch.channels_last)
+        self.device = torch.device(device)
+        self.net.to(self.device, memory_format=torch.channels_last)
         self._taps = _FeatureTaps(self.net, model.feature_layout()) if hasattr(model, "feature_layout") else None
 
     def explain(self, x: torch.Tensor, targets: Sequence[Target | torch.Tensor] = (None,)) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -72,26 +78,27 @@ class Explainer:
 
     def attribute(self, x: torch.Tensor, targets: Sequence[Target | torch.Tensor] = (None,)) -> Attribution:
         """Like :meth:`explain`, plus per target the ``(B,)`` relevance the rules handed to biases."""
-        x = x.detach().clone(memory_format=torch.channels_last if x.dim() == 4 else torch.preserve_format).requires_grad_(True)
+        fmt = torch.channels_last if x.dim() == 4 else torch.preserve_format
+        x = x.detach().to(self.device).clone(memory_format=fmt).requires_grad_(True)
         ledger = getattr(self.net, "bias_ledger", None)
         with torch.enable_grad():
             logits = self.net(x)
             features = self._taps.collect() if self._taps is not None else None
             out, biases = [], []
             for i, target in enumerate(targets):
-                index = _target_index(target, logits)
+                index = _target_index(target, logits).to(logits.device)
                 seed = torch.zeros_like(logits)
-                rows = torch.arange(len(index))
+                rows = torch.arange(len(index), device=logits.device)
                 seed[rows, index] = logits.detach()[rows, index] if self.spec.is_lrp else 1.0
                 if ledger is not None:
                     ledger.reset()
                 (grad,) = torch.autograd.grad(logits, x, seed, retain_graph=i < len(targets) - 1)
-                out.append((grad if self.spec.is_lrp else grad * x.detach()).contiguous())
+                out.append((grad if self.spec.is_lrp else grad * x.detach()).contiguous().cpu())
                 total = ledger.total if ledger is not None else None
                 if not self.spec.is_lrp:  # gradient x input books nothing: its gap is not a bias share
                     total = torch.full((len(index),), float("nan"))
-                biases.append(total if total is not None else torch.zeros(len(index)))
-        return Attribution(logits.detach(), out, biases, features)
+                biases.append(total.cpu() if total is not None else torch.zeros(len(index)))
+        return Attribution(logits.detach().cpu(), out, biases, features.cpu() if features is not None else None)
 
 
 @dataclass
@@ -250,7 +257,7 @@ def _explain_files(
     options = options or ExplainOptions()
     cfg = card.preprocess
     targets = _targets_for(options.target, card.class_names)
-    explainer = Explainer(model, options.composite, cfg.input_bounds())
+    explainer = Explainer(model, options.composite, cfg.input_bounds(), device=options.device)
     thumbs: list[np.ndarray] = []
     feats: list[np.ndarray] = []
     predicted_names: list[str] = []

@@ -6,7 +6,8 @@ calibration film as one sample):
 * ``fmt="openvino"``: NNCF on the OpenVINO model read from the ONNX file -> an IR pair
   ``engines/<stem>.int8.xml/.bin`` for the ``openvino`` backend (the fast CPU path);
 * ``fmt="qdq-onnx"``: NNCF on the ONNX model -> a Q/DQ ONNX ``engines/<stem>.int8.onnx``, the
-  explicit-quantization input TensorRT 10/11 build INT8 engines from (no implicit calibrator).
+  explicit-quantization input TensorRT 10/11 build INT8 engines from (no implicit calibrator),
+  with NNCF's UINT8 activation Q/DQ re-encoded as signed INT8 (:mod:`cxrtool.export.qdq`: TensorRT refuses UINT8).
 
 The gate (:func:`compare_int8`) runs the quantized model *as written* on films held back from
 calibration (:mod:`cxrtool.export.calib_films`) against ONNX Runtime fp32: top-1 agreement
@@ -327,8 +328,11 @@ def _quantize_to(path: Path, onnx_path: Path, fmt: str, dataset: Any, n: int, sc
     else:
         import onnx
 
+        from cxrtool.export.qdq import to_signed_int8
+
         model = onnx.load_model(str(onnx_path))
         quantized = nncf.quantize(model, dataset, **kwargs)
+        to_signed_int8(quantized, onnx_path)  # TensorRT parses INT8 Q/DQ only; the gate checks the file as re-encoded
         onnx.save_model(quantized, str(path))
 
 

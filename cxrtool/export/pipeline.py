@@ -187,7 +187,7 @@ def build_engine(
     from cxrtool.export.trt_build import build_serialized, precision_onnx
     from cxrtool.export.trt_options import default_tolerance
     from cxrtool.fsutil import atomic_path
-    from cxrtool.runtimes.trt_runner import TrtRunner, current_gpu
+    from cxrtool.runtimes.trt_runner import TrtRunner, current_gpu, device_context
     from cxrtool.runtimes.onnxrt import ort_session, run_ort_in_two_batches
     from cxrtool.runtimes.trtlib import cuda_index, import_tensorrt
 
@@ -203,7 +203,9 @@ def build_engine(
 
     trt = import_tensorrt()
     gpu_name, capability = current_gpu(index)
-    built = build_serialized(trt, precision_onnx(onnx_path, precision), onnx_path, card.preprocess, profile, workspace_gib=workspace_gib)
+    model_bytes = precision_onnx(onnx_path, precision)
+    with device_context(index):  # the builder builds for the current device: cuda:N's, not device 0's
+        built = build_serialized(trt, model_bytes, onnx_path, card.preprocess, profile, workspace_gib=workspace_gib)
     runner = TrtRunner(built.plan, index)
     got = runner.infer(batch)
     reference = run_ort_in_two_batches(ort_session(reference_onnx), batch)

@@ -12,7 +12,9 @@ The ONNX file decides every tensor's type and the network is strongly typed
 
 No builder precision flag and no calibrator is used: ``BuilderFlag.FP16``/``INT8``,
 ``int8_calibrator`` and ``set_calibration_profile`` are gone in TensorRT 11.  This module needs
-``tensorrt`` only (no pycuda, no CUDA context of ours: the builder uses the primary context).
+``tensorrt`` only; the caller makes the target device's context current around
+:func:`build_serialized` (the builder builds for whichever device is current, as ``trtexec
+--device=N`` selects it first).
 """
 
 from __future__ import annotations
@@ -24,9 +26,8 @@ from typing import Any
 from cxrtool.config import PreprocessCfg
 from cxrtool.errors import CxrError
 from cxrtool.modelfile import BatchProfile
+from cxrtool.export.qdq import QDQ_OPS, qdq_zero_point_types
 from cxrtool.runtimes.trtlib import network_flags
-
-QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 
 
 @dataclass
@@ -47,6 +48,9 @@ def precision_onnx(onnx_path: Path, precision: str) -> bytes:
     if precision == "int8":
         if not has_qdq:
             raise CxrError(f"{onnx_path}: no QuantizeLinear/DequantizeLinear nodes; an INT8 engine needs the Q/DQ ONNX from `export --int8`")
+        unsigned = sorted({kind for kind in qdq_zero_point_types(model) if kind != "INT8"})
+        if unsigned:  # a Q/DQ ONNX written before cxrtool re-encoded NNCF's UINT8 quantizers
+            raise CxrError(f"{onnx_path}: has {'/'.join(unsigned)} Q/DQ nodes; TensorRT takes INT8 only: run `export --trt --int8` again")
         return model.SerializeToString()
     if has_qdq:
         raise CxrError(f"{onnx_path}: is a Q/DQ (INT8) ONNX; build it with --int8, or give the fp32 export for {precision}")
@@ -84,7 +88,10 @@ def build_serialized(
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
     sample = (cfg.channels, cfg.input_size, cfg.input_size)
     shapes = builder.create_optimization_profile()
-    shapes.set_shape(input_name, (profile.min, *sample), (profile.opt, *sample), (profile.max, *sample))
+    try:
+        shapes.set_shape(input_name, (profile.min, *sample), (profile.opt, *sample), (profile.max, *sample))
+    except RuntimeError as exc:  # the bindings raise when min/opt/max do not nest
+        raise CxrError(f"{source}: TensorRT refused the optimisation profile {profile}: {exc}") from None
     if config.add_optimization_profile(shapes) < 0:
         raise CxrError(f"{source}: TensorRT refused the optimisation profile {profile}")
     plan = builder.build_serialized_network(network, config)

@@ -50,5 +50,11 @@ class TensorRTBackend(Backend):
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self.runner.infer(np.ascontiguousarray(batch, dtype=np.float32))
 
+    def run_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Logits and the engine's ``features`` output from the same execution (the OOD score's input)."""
+        outputs = self.runner.infer_outputs(np.ascontiguousarray(batch, dtype=np.float32))
+        features = outputs[self.runner.features] if self.runner.features is not None else None
+        return outputs[self.runner.logits], features
+
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "precision": self.sidecar.precision, "tensorrt": self.sidecar.tensorrt_version}

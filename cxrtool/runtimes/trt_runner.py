@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from cxrtool.errors import CxrError, one_line
-from cxrtool.modelfile import OUTPUT_NAME
+from cxrtool.modelfile import FEATURES_NAME, OUTPUT_NAME
 from cxrtool.runtimes.trtlib import cuda_index, import_tensorrt
 
 _PRIMARY: dict[int, Any] = {}
@@ -120,6 +120,8 @@ class TrtRunner:
                 raise CxrError(f"engine has inputs {inputs} and outputs {self.outputs}; expected one input and the logits")
             self.input = inputs[0]
             self.logits = OUTPUT_NAME if OUTPUT_NAME in self.outputs else self.outputs[0]
+            #: the pooled features the OOD score is computed on; None for an engine built before they existed
+            self.features = FEATURES_NAME if FEATURES_NAME in self.outputs else None
             low, _, high = self.engine.get_tensor_profile_shape(self.input, 0)
             self.min_batch, self.max_batch = int(low[0]), int(high[0])
             self.sample_shape = tuple(int(d) for d in high[1:])

@@ -5,10 +5,11 @@ Neutral ground shared by the engine build (:mod:`cxrtool.export.trt_build`) and 
 
 Supported: TensorRT 10 and 11 (``pip install tensorrt`` from PyPI gives the newest).  Both are
 driven the same way, with explicit precision: the ONNX file carries the types (fp16 by conversion,
-int8 as Q/DQ nodes) and the network is strongly typed.  10.x needs
-``NetworkDefinitionCreationFlag.STRONGLY_TYPED`` for that; 11.x networks are always strongly typed
-and its builder no longer has ``BuilderFlag.FP16``/``INT8`` or the calibrator API.  Features are
-detected with ``hasattr``, never by parsing version strings; an unknown major is refused.
+int8 as Q/DQ nodes) and the network is strongly typed.  10.x still builds weakly typed networks by
+default and needs ``NetworkDefinitionCreationFlag.STRONGLY_TYPED``; 11.x networks are always
+strongly typed: the flag is still there but deprecated and ignored, and its builder no longer has
+``BuilderFlag.FP16``/``INT8`` or the calibrator API.  Features are detected with ``hasattr``, never
+by parsing version strings; an unknown major is refused.
 """
 
 from __future__ import annotations
@@ -45,7 +46,20 @@ def cuda_index(device: str) -> int:
     return int(index or 0)
 
 
+def weakly_typed_default(trt: Any) -> bool:
+    """True where the builder still has weak typing (10.x: ``BuilderFlag.FP16`` exists), so strong typing must be asked for."""
+    return hasattr(getattr(trt, "BuilderFlag", None), "FP16")
+
+
 def network_flags(trt: Any) -> int:
-    """``create_network`` flags for a strongly typed network: the 10.x flag where it exists, else 0 (11.x: always)."""
+    """``create_network`` flags for a strongly typed network.
+
+    10.x: ``1 << STRONGLY_TYPED``.  11.x: 0 -- every network is strongly typed and the flag, though
+    still defined, is deprecated and ignored (TensorRT 11.0 Python API, ``NetworkDefinitionCreationFlag``).
+    """
+    if not weakly_typed_default(trt):
+        return 0
     flag = getattr(getattr(trt, "NetworkDefinitionCreationFlag", None), "STRONGLY_TYPED", None)
-    return 0 if flag is None else 1 << int(flag)
+    if flag is None:
+        raise CxrError(f"TensorRT {getattr(trt, '__version__', '?')} has weak typing but no STRONGLY_TYPED network flag; use TensorRT >= 10.1")
+    return 1 << int(flag)

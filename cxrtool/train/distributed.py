@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,12 +28,22 @@ class DistInfo:
 
 
 def setup(use_cuda: bool) -> DistInfo:
-    """Join the process group that ``torchrun`` describes in the environment (single process otherwise)."""
+    """Join the process group that ``torchrun`` describes in the environment (single process otherwise).
+
+    On CUDA each process first makes its local rank's GPU current and binds the group to it
+    (``device_id``): without that every rank's NCCL collectives, ``all_gather_object`` and
+    ``barrier()`` run on GPU 0 (pytorch/pytorch#75619).
+    """
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return DistInfo()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+        if use_cuda:
+            torch.cuda.set_device(local_rank)
+            dist.init_process_group(backend="nccl", device_id=torch.device("cuda", local_rank))
+        else:
+            dist.init_process_group(backend="gloo")
+    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank)
 
 
 def teardown(info: DistInfo) -> None:
@@ -48,6 +59,7 @@ def sync_buffers(model: nn.Module) -> None:
 
 
 def all_gather(obj: Any, info: DistInfo) -> list[Any]:
+    """Every rank's ``obj``, in rank order, on every rank (``all_gather_object``)."""
     if not info.enabled:
         return [obj]
     out: list[Any] = [None] * info.world_size
@@ -70,3 +82,11 @@ def all_sum(values: list[float], info: DistInfo, device: torch.device) -> list[f
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return t.tolist()
+
+
+def broadcast_file(path: Path, info: DistInfo) -> bytes | None:
+    """Rank 0's bytes of ``path`` on every rank (the others need not see its filesystem); None if rank 0 has no such file."""
+    box = [path.read_bytes() if info.is_main and path.is_file() else None]
+    if info.enabled:
+        dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -52,10 +52,12 @@ from cxrtool.train import distributed as D
 from cxrtool.train.config import RUNTIME_KEYS, TrainConfig, dump_toml
 from cxrtool.workers import die_with
 from cxrtool.train.metrics import compute_metrics
-from cxrtool.train.runtime import grad_scaler, predict_logits, resolve_device, resolve_runtime
+from cxrtool.train.runtime import grad_scaler, predict_logits, resolve_device, resolve_runtime, restore_scaler
 from cxrtool.train.state import STATE_FILE, load_state, rng_state, save_state, set_rng_state
 
 MONITORS = ("loss", "accuracy", "macro_f1", "auc_macro")
+#: on a GPU or under DDP, steps between reads of the loss (a host sync) and stop checks (an all_reduce)
+HOST_SYNC_EVERY = 20
 
 
 # ---------------------------------------------------------------- events
@@ -421,7 +423,7 @@ class _Run:
         self.opt.load_state_dict(state["optimizer"])
         if self.sched is not None:
             self.sched.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+        restore_scaler(self.scaler, state["scaler"])
         set_rng_state(state["rng"])
         self.progress = _Progress.from_state(state, is_main=self.info.is_main)
 
@@ -451,8 +453,8 @@ class _Run:
         if p.status == "running":
             p.status = "completed"
             self._save_state()
-        if p.status != "interrupted" and cfg.trust and self.info.is_main:
-            self._fit_trust()
+        if p.status != "interrupted" and cfg.trust:
+            self._fit_trust()  # every rank extracts features for its shard (no rank waits out a barrier)
         return FitResult(self.out, p.status, p.epoch, self.monitor, p.best_value, p.best_epoch, p.history, self.model, self.info.rank)
 
     def _set_frozen(self, frozen: bool) -> nn.Module:
@@ -480,6 +482,10 @@ class _Run:
         loader = self._loader(self.train_ds, self.sampler, p.epoch, drop_last=True)
         self.emit(EpochStarted(p.epoch + 1, self.steps_per_epoch, p.step, frozen))
         t0, seen = time.perf_counter(), 0
+        # on a GPU or under DDP, reading the loss (a host sync) and agreeing on a stop (an all_reduce)
+        # happen every HOST_SYNC_EVERY steps and at the epoch's last step, not after every step
+        every = HOST_SYNC_EVERY if rt.cuda or self.info.enabled else 1
+        pending = torch.zeros((), dtype=torch.float64, device=rt.device)  # summed loss not yet read
         for x, y, _, _ in loader:
             with rt.autocast():
                 logits = net(rt.inputs(x))
@@ -490,13 +496,16 @@ class _Run:
             self.scaler.update()
             if self.sched is not None:
                 self.sched.step()
-            value = float(loss.detach())
-            p.run_loss[0] += value * len(y)
+            pending += loss.detach().double() * len(y)
             p.run_loss[1] += len(y)
             p.step += 1
             seen += len(y) * self.info.world_size
+            if p.step % every and p.step < self.steps_per_epoch:
+                continue
+            p.run_loss[0] += float(pending)
+            pending.zero_()
             elapsed = time.perf_counter() - t0
-            self.emit(StepDone(p.epoch + 1, p.step, self.steps_per_epoch, value, self.opt.param_groups[0]["lr"], seen / elapsed if elapsed > 0 else 0.0))
+            self.emit(StepDone(p.epoch + 1, p.step, self.steps_per_epoch, float(loss.detach()), self.opt.param_groups[0]["lr"], seen / elapsed if elapsed > 0 else 0.0))
             if D.any_rank(self.stop.requested, self.info, rt.device) and p.step < self.steps_per_epoch:
                 return None
         return _EpochStats(time.perf_counter() - t0, seen, frozen)
@@ -554,14 +563,24 @@ class _Run:
         self.emit(EpochEnded(p.epoch, train_loss, val_loss, metrics, images_per_s, improved, p.status))
 
     def _fit_trust(self) -> None:
-        """OOD statistics and temperature into ``best.safetensors`` (its weights are unchanged)."""
+        """OOD statistics and temperature into ``best.safetensors`` (its weights are unchanged).
+
+        Under DDP every rank runs its shard of the films and the outputs are gathered
+        (``all_gather_object``), so no rank idles in a collective while one extracts features for
+        the whole validation set (NCCL's 10-minute timeout); rank 0 writes.
+        """
+        import tempfile
+
         from cxrtool.models.checkpoint import load_checkpoint
         from cxrtool.trust.fit import fit_trust
 
         best = self.out / "best.safetensors"
-        if not best.is_file():
+        data = D.broadcast_file(best, self.info)  # rank 0's checkpoint on every rank; None when it wrote none
+        if data is None:
             return
-        model, card = load_checkpoint(best)
+        with tempfile.TemporaryDirectory(prefix="cxrtool-trust-") as tmp:
+            (Path(tmp) / best.name).write_bytes(data)
+            model, card = load_checkpoint(Path(tmp) / best.name)
         model = model.to(self.runtime.device)
         common = {"class_names": self.class_names, "task": self.task, "preprocess": self.preprocess, "skip_errors": True}
         train, val = ManifestDataset(self.data.train, **common), ManifestDataset(self.data.val, **common)
@@ -569,9 +588,12 @@ class _Run:
             fitted = fit_trust(
                 model, card, train, val, splits=(self.cfg.train_split, self.cfg.val_split), quantile=self.cfg.ood_quantile,
                 device=self.runtime.device, batch_size=self.cfg.batch_size, workers=self.cfg.workers,
+                shard=(self.info.rank, self.info.world_size), gather=functools.partial(D.all_gather, info=self.info),
             )  # fmt: skip
         except CxrError as exc:
             self.emit(RunWarning(f"no OOD statistics or temperature fitted ({exc}); add them later with `cxrtool calibrate {best} MANIFEST`"))
+            return
+        if not self.info.is_main:
             return
         save_checkpoint(best, model, card, fitted.apply(card))
         c, ood = fitted.calibration, fitted.ood

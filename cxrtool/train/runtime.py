@@ -61,18 +61,30 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
-def resolve_runtime(device: torch.device, amp: str, channels_last: bool | None) -> tuple[Runtime, list[str]]:
-    """Pick the autocast dtype (``auto``: bf16 where supported, fp16 otherwise on CUDA; off on CPU).
+def native_bf16(device: torch.device) -> bool:
+    """True on GPUs with bf16 tensor cores (compute capability >= 8.0, Ampere on).
 
-    Returns the runtime and warnings for requests that had to be degraded (fp16 on CPU).
+    Not ``torch.cuda.is_bf16_supported()``: it also says True on V100/T4, where bf16 is emulated
+    and slower than fp16 with a grad scaler.
+    """
+    return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
+def resolve_runtime(device: torch.device, amp: str, channels_last: bool | None) -> tuple[Runtime, list[str]]:
+    """Pick the autocast dtype (``auto``: bf16 on GPUs with native bf16, fp16 otherwise on CUDA; off on CPU).
+
+    Returns the runtime and warnings for requests that had to be degraded (fp16 on CPU).  On CUDA
+    it also turns on ``cudnn.benchmark`` (training and evaluation run fixed input shapes).
     """
     warnings: list[str] = []
     dtype: torch.dtype | None = None
     if device.type == "cuda":
+        # cuDNN picks the fastest convolution algorithms for the (fixed) input shapes once per shape
+        torch.backends.cudnn.benchmark = True
         if amp == "auto" or amp == "bf16":
-            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            dtype = torch.bfloat16 if native_bf16(device) else torch.float16
             if amp == "bf16" and dtype is torch.float16:
-                warnings.append("this GPU has no bf16; using fp16 autocast with a grad scaler")
+                warnings.append("this GPU has no native bf16 (compute capability < 8.0); using fp16 autocast with a grad scaler")
         elif amp == "fp16":
             dtype = torch.float16
     elif amp == "bf16":
@@ -87,6 +99,16 @@ def grad_scaler(runtime: Runtime) -> torch.amp.GradScaler:
     """A scaler that is active only for fp16 on CUDA (bf16 and fp32 do not underflow like fp16)."""
     enabled = runtime.cuda and runtime.amp_dtype is torch.float16
     return torch.amp.GradScaler(runtime.device.type, enabled=enabled)
+
+
+def restore_scaler(scaler: torch.amp.GradScaler, saved: dict) -> None:
+    """Load a saved GradScaler state; an empty one (saved while the scaler was off: CPU, bf16, fp32) starts fresh.
+
+    ``GradScaler.load_state_dict({})`` raises, so a run started on the CPU with ``--amp fp16`` could
+    not be resumed on a GPU.
+    """
+    if saved:
+        scaler.load_state_dict(saved)
 
 
 @torch.inference_mode()

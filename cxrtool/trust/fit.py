@@ -16,13 +16,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from cxrtool.data import ManifestDataset
 from cxrtool.errors import CxrError
 from cxrtool.modelfile import TRUST_PREFIX, ModelCard
-from cxrtool.trust.temperature import calibration_metrics, fit_temperature
 from cxrtool.trust.ood import DEFAULT_QUANTILE, OodModel, fit_ood, scale_depths
+from cxrtool.trust.temperature import calibration_metrics, fit_temperature
 
 
 @dataclass
@@ -35,16 +35,26 @@ class Outputs:
     failed: int
 
 
+Gather = Callable[[Any], list[Any]]
+
+
 @torch.inference_mode()
 def collect(model: nn.Module, dataset: ManifestDataset, *, device: torch.device | str = "cpu", batch_size: int = 64, workers: int = 0,
-            on_batch: Callable[[int], None] | None = None) -> Outputs:  # fmt: skip
-    """Logits and features (``model.forward_features``) of every readable film of ``dataset``."""
+            on_batch: Callable[[int], None] | None = None, shard: tuple[int, int] = (0, 1), gather: Gather | None = None) -> Outputs:  # fmt: skip
+    """Logits and features (``model.forward_features``) of every readable film of ``dataset``.
+
+    ``shard=(rank, world)`` runs films ``rank, rank + world, ...`` only; ``gather`` (every rank's
+    object, in rank order: ``all_gather_object``) then puts all shards together in dataset order,
+    so every rank returns what one process would have.
+    """
     if not hasattr(model, "forward_features"):
         raise CxrError(f"{type(model).__name__} has no features path; OOD statistics need a cxrtool DenseNet")
     model = getattr(model, "module", model).eval()
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
-    logits, feats, targets, failed = [], [], [], 0
-    for x, y, _, errors in loader:
+    rank, world = shard
+    part = dataset if world == 1 else Subset(dataset, range(rank, len(dataset), world))
+    loader = DataLoader(part, batch_size=batch_size, num_workers=workers)
+    logits, feats, targets, order, failed = [], [], [], [], 0
+    for x, y, index, errors in loader:
         ok = torch.tensor([not e for e in errors], dtype=torch.bool)
         failed += int((~ok).sum())
         if ok.any():
@@ -52,11 +62,17 @@ def collect(model: nn.Module, dataset: ManifestDataset, *, device: torch.device 
             logits.append(z.float().cpu().numpy())
             feats.append(f.float().cpu().numpy())
             targets.append(y[ok].numpy())
+            order.append(index[ok].numpy())
         if on_batch is not None:
             on_batch(len(errors))
-    if not logits:
+    mine = [np.concatenate(a) if a else None for a in (logits, feats, targets, order)]
+    parts = gather((mine, failed)) if gather is not None else [(mine, failed)]
+    kept = [arrays for arrays, _ in parts if arrays[0] is not None]
+    if not kept:
         raise CxrError(f"none of the {len(dataset)} films could be read")
-    return Outputs(np.concatenate(logits), np.concatenate(feats), np.concatenate(targets), failed)
+    z, f, y, index = (np.concatenate([k[i] for k in kept]) for i in range(4))
+    sort = np.argsort(index, kind="stable")
+    return Outputs(z[sort], f[sort], y[sort], sum(n for _, n in parts))
 
 
 @dataclass
@@ -87,15 +103,18 @@ def fit_trust(
     batch_size: int = 64,
     workers: int = 0,
     on_batch: Callable[[int], None] | None = None,
+    shard: tuple[int, int] = (0, 1),
+    gather: Gather | None = None,
 ) -> TrustFit:
     """Temperature (val NLL), OOD Gaussians (``train``) and threshold (val ``quantile``) for ``model``.
 
     With ``train=None`` the Gaussians of ``keep`` are reused and only their scaling, the threshold
     and the temperature are refitted.  Datasets must be built without augmentation and with the
-    card's preprocessing.
+    card's preprocessing.  Under DDP each rank passes its ``shard`` and a ``gather`` (see
+    :func:`collect`); every rank then fits the same statistics from the same gathered outputs.
     """
     layout = getattr(model, "module", model).feature_layout()
-    kw = {"device": device, "batch_size": batch_size, "workers": workers, "on_batch": on_batch}
+    kw = {"device": device, "batch_size": batch_size, "workers": workers, "on_batch": on_batch, "shard": shard, "gather": gather}
     va = collect(model, val, **kw)
     task = card.task
     if len(va.logits) < 2:

@@ -14,7 +14,7 @@ from cxrtool.config import PreprocessCfg
 from cxrtool.errors import CxrError
 from cxrtool.export.calib_films import calibration_set
 from cxrtool.export.int8 import Int8CheckError, compare_int8, export_int8
-from cxrtool.modelfile import INT8_KEY, ModelCard, model_id, default_int8_path, int8_info, model_files, read_ir_card, read_ir_metadata, read_onnx_card
+from cxrtool.modelfile import INT8_KEY, BatchProfile, ModelCard, model_id, default_int8_path, int8_info, model_files, read_ir_card, read_ir_metadata, read_onnx_card
 
 CLASSES = ["covid", "normal", "viral_pneumonia"]
 CARD = ModelCard(arch="densenet121", task="multiclass", class_names=CLASSES, preprocess=PreprocessCfg(input_size=32))
@@ -196,3 +196,32 @@ def test_openvino_backend_runs_the_int8_file(int8_export, onnx_file, real_batch)
     fp32 = load_backend(onnx_file, backend="onnxruntime")
     got, ref = backend.run(np.asarray(real_batch)), fp32.run(np.asarray(real_batch))
     assert got.shape == ref.shape and np.mean(got.argmax(1) == ref.argmax(1)) >= 0.8
+
+
+def test_qdq_onnx_for_tensorrt_has_only_signed_int8_q_dq(onnx_file, shared_data, tmp_path, monkeypatch):
+    """Every QuantizeLinear/DequantizeLinear of the TensorRT INT8 ONNX has an INT8 zero point, and the parser takes it.
+
+    The gate is relaxed here (the untrained tiny model's agreement is not what is tested; the gate
+    has its own tests); what is checked is the file TensorRT will parse.
+    """
+    import sys
+
+    import onnx
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from trt_fakes import install
+
+    from cxrtool.export.trt_build import build_serialized, precision_onnx
+
+    rows = [(p, c, "train") for p, c in real_films(shared_data, 4)] + [(p, c, "test") for p, c in real_films(shared_data, 3, skip=40)]
+    manifest = write_manifest(tmp_path / "calib.csv", rows)
+    done = export_int8(onnx_file, manifest, tmp_path / "tiny.int8.onnx", fmt="qdq-onnx", min_agreement=0.0, max_auc_drop=1.0)
+    graph = onnx.load_model(str(done.path)).graph
+    zero_points = {i.name: i.data_type for i in graph.initializer}
+    qdq = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert len(qdq) > 100  # a DenseNet121: every conv input and weight
+    kinds = {onnx.TensorProto.DataType.Name(zero_points[n.input[2]]) if len(n.input) > 2 and n.input[2] else "none (UINT8)" for n in qdq}
+    assert kinds == {"INT8"}
+    trt, _, _ = install(monkeypatch, 11)
+    built = build_serialized(trt, precision_onnx(done.path, "int8"), done.path, CARD.preprocess, BatchProfile(1, 2, 4))
+    assert built.output_names == ["logits", "features"]

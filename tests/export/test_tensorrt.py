@@ -160,3 +160,40 @@ def test_build_and_run_engine(onnx_file, real_batch, tmp_path, fp16):
     backend = load_backend(built.path, backend="tensorrt", device="cuda")
     onnx_backend = load_backend(onnx_file, backend="onnxruntime")
     np.testing.assert_allclose(backend.run(real_batch), onnx_backend.run(real_batch), atol=0.1 if fp16 else 1e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_TRT, reason="TensorRT/pycuda not installed (pip install 'cxrtool[trt]' on a CUDA machine)")
+def test_real_engine_gives_the_ood_features_of_onnx_runtime(onnx_file, real_batch, tmp_path):
+    """A real fp32 engine: same features as ONNX Runtime, so the same OOD score and flag per film."""
+    from cxrtool.export.pipeline import build_engine
+    from cxrtool.infer.batching import predict_batch
+    from cxrtool.trust import Trust
+    from cxrtool.trust.ood import fit_ood
+
+    built = build_engine(onnx_file, tmp_path / "tiny.engine", profile=BatchProfile(1, 4, 8))
+    trt_backend = load_backend(built.path, backend="tensorrt", device="cuda")
+    ort_backend = load_backend(onnx_file, backend="onnxruntime")
+    x = np.asarray(real_batch, dtype=np.float32)
+    noise = np.random.default_rng(0).normal(size=(12, *x.shape[1:])).astype(np.float32)
+    _, ref_features = ort_backend.run_features(np.concatenate([x, noise]))
+    _, features = trt_backend.run_features(np.concatenate([x, noise]))
+    np.testing.assert_allclose(features, ref_features, rtol=1e-2, atol=1e-2)
+    width = ref_features.shape[1]
+    trust = Trust(ort_backend.card, 1.0, fit_ood(ref_features[5:11], None, ref_features[11:], [("all", width)], quantile=0.5))
+    paths = [f"film{i}" for i in range(len(x))]
+    got, want = predict_batch(trt_backend, paths, x, trust), predict_batch(ort_backend, paths, x, trust)
+    assert all(r.ood_score is not None for r in got)
+    np.testing.assert_allclose([r.ood_score for r in got], [r.ood_score for r in want], rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_TRT, reason="TensorRT/pycuda not installed (pip install 'cxrtool[trt]' on a CUDA machine)")
+def test_real_int8_engine_from_the_signed_qdq_onnx(onnx_file, real_batch, shared_data, tmp_path):
+    """TensorRT's real parser takes cxrtool's Q/DQ ONNX (signed INT8) and the engine passes its parity bound."""
+    from cxrtool.export.int8 import export_int8
+    from cxrtool.export.pipeline import build_engine
+
+    done = export_int8(onnx_file, shared_data / "covid3_256", tmp_path / "tiny.int8.onnx", fmt="qdq-onnx", min_agreement=0.0, max_auc_drop=1.0)
+    built = build_engine(done.path, tmp_path / "tiny.int8.engine", precision="int8", profile=BatchProfile(1, 4, 8), reference_onnx=onnx_file)
+    assert built.parity.ok and read_sidecar(built.path).precision == "int8"

@@ -20,8 +20,12 @@ from trt_fakes import install  # noqa: E402
 CFG = PreprocessCfg(input_size=8)
 
 
-def tiny_onnx(path: Path, *, qdq: bool = False) -> Path:
-    """input (N,3,8,8) -> Conv -> Relu -> GlobalAveragePool -> Flatten -> Gemm -> logits; optionally Q/DQ on input and weight."""
+def tiny_onnx(path: Path, *, qdq: bool = False, zero_point=np.int8) -> Path:
+    """input (N,3,8,8) -> Conv -> Relu -> GlobalAveragePool -> Flatten -> ``features`` (N,4) -> Gemm -> ``logits``.
+
+    The two outputs of a cxrtool export.  ``qdq``: Q/DQ on the input and the weight with zero
+    points of type ``zero_point``.
+    """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -34,7 +38,7 @@ def tiny_onnx(path: Path, *, qdq: bool = False) -> Path:
     nodes = []
     x, w = "input", "w"
     if qdq:
-        inits += [numpy_helper.from_array(np.array(0.05, np.float32), "s"), numpy_helper.from_array(np.array(0, np.int8), "z")]
+        inits += [numpy_helper.from_array(np.array(0.05, np.float32), "s"), numpy_helper.from_array(np.array(0, zero_point), "z")]
         nodes += [helper.make_node("QuantizeLinear", ["input", "s", "z"], ["xq"]), helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"])]
         nodes += [helper.make_node("QuantizeLinear", ["w", "s", "z"], ["wq"]), helper.make_node("DequantizeLinear", ["wq", "s", "z"], ["wd"])]
         x, w = "xd", "wd"
@@ -42,17 +46,35 @@ def tiny_onnx(path: Path, *, qdq: bool = False) -> Path:
         helper.make_node("Conv", [x, w], ["c"], pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["c"], ["r"]),
         helper.make_node("GlobalAveragePool", ["r"], ["g"]),
-        helper.make_node("Flatten", ["g"], ["f"]),
-        helper.make_node("Gemm", ["f", "fc", "fc_b"], ["logits"], transB=1),
+        helper.make_node("Flatten", ["g"], ["features"]),
+        helper.make_node("Gemm", ["features", "fc", "fc_b"], ["logits"], transB=1),
     ]
+    io = TensorProto.FLOAT
     graph = helper.make_graph(
-        nodes, "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 8, 8])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])], inits,
+        nodes, "tiny", [helper.make_tensor_value_info("input", io, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", io, ["N", 3]), helper.make_tensor_value_info("features", io, ["N", 4])], inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save_model(model, str(path))
     return path
+
+
+def carded_onnx(tmp_path: Path) -> Path:
+    """:func:`tiny_onnx` with a model card in its metadata, as ``cxrtool export`` writes it."""
+    import onnx
+
+    from cxrtool.export.onnx import _set_metadata
+    from cxrtool.modelfile import ModelCard, onnx_metadata
+
+    ckpt = tmp_path / "m.safetensors"
+    ckpt.write_bytes(b"weights")
+    source = tiny_onnx(tmp_path / "m.onnx")
+    proto = onnx.load_model(str(source))
+    card = ModelCard(arch="densenet121", task="multiclass", class_names=["a", "b", "c"], preprocess=CFG)
+    _set_metadata(proto, onnx_metadata(card, ckpt))
+    onnx.save_model(proto, str(source))
+    return source
 
 
 @pytest.fixture(params=[10, 11], ids=["trt10", "trt11"])
@@ -90,8 +112,10 @@ class TestBuild:
         source = tiny_onnx(tmp_path / "m.onnx", qdq=precision == "int8")
         model_bytes = precision_onnx(source, precision)
         built = build_serialized(trt, model_bytes, source, CFG, BatchProfile(1, 4, 8), workspace_gib=1)
-        # strongly typed: the 10.x flag, nothing on 11.x (always); never a precision builder flag or a calibrator
+        # strongly typed: the 10.x flag; 0 on 11.x, where STRONGLY_TYPED still exists but is deprecated and ignored
+        assert hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
         assert ("create_network", 1 << 1 if major == 10 else 0) in calls
+        assert not [c for c in calls if c[0] == "deprecated"]
         assert built.strongly_typed == ("flag" if major == 10 else "always")
         assert not [c for c in calls if c[0] in ("set_flag", "set_calibration_profile")]
         assert ("build_serialized_network", []) in calls
@@ -105,7 +129,7 @@ class TestBuild:
         else:
             assert onnx.TensorProto.FLOAT16 not in init_types
         assert any(n.op_type == "QuantizeLinear" for n in parsed.graph.node) == (precision == "int8")
-        assert built.input_name == "input" and built.output_names == ["logits"]
+        assert built.input_name == "input" and built.output_names == ["logits", "features"]
 
     def test_precision_must_match_the_onnx(self, tmp_path):
         from cxrtool.export.trt_build import precision_onnx
@@ -114,6 +138,52 @@ class TestBuild:
             precision_onnx(tiny_onnx(tmp_path / "fp32.onnx"), "int8")
         with pytest.raises(CxrError, match="is a Q/DQ .INT8. ONNX; build it with --int8"):
             precision_onnx(tiny_onnx(tmp_path / "q.onnx", qdq=True), "fp16")
+
+    def test_uint8_qdq_is_refused_by_the_parser(self, fakes, tmp_path):
+        """onnx-tensorrt accepts INT8 (and FP8) Q/DQ only; UINT8 -- explicit or the ONNX default -- fails to parse."""
+        import onnx
+
+        from cxrtool.export.trt_build import build_serialized, precision_onnx
+
+        _, trt, _, _ = fakes
+        source = tiny_onnx(tmp_path / "u8.onnx", qdq=True, zero_point=np.uint8)
+        with pytest.raises(CxrError, match=r"u8.onnx: has UINT8 Q/DQ nodes; TensorRT takes INT8 only"):
+            precision_onnx(source, "int8")  # an old Q/DQ file is refused before the build
+        with pytest.raises(CxrError, match=r"u8.onnx: TensorRT's ONNX parser failed: .*UINT8 QuantizeLinear is not supported") as info:
+            build_serialized(trt, source.read_bytes(), source, CFG, BatchProfile(1, 4, 8))
+        assert "\n" not in str(info.value)
+        proto = onnx.load_model(str(tiny_onnx(tmp_path / "default.onnx", qdq=True)))
+        for node in proto.graph.node:  # no zero point at all: UINT8 by the ONNX spec
+            if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+                del node.input[2]
+        with pytest.raises(CxrError, match="UINT8"):
+            build_serialized(trt, proto.SerializeToString(), source, CFG, BatchProfile(1, 4, 8))
+
+    def test_flag_sets_match_the_real_bindings(self, fakes):
+        from cxrtool.runtimes.trtlib import network_flags, weakly_typed_default
+
+        major, trt, _, _ = fakes
+        network = set(trt.NetworkDefinitionCreationFlag.__members__)
+        builder = set(trt.BuilderFlag.__members__)
+        assert {"STRONGLY_TYPED", "PREFER_AOT_PYTHON_PLUGINS", "PREFER_JIT_PYTHON_PLUGINS"} <= network
+        assert ("EXPLICIT_BATCH" in network) == (major == 10)
+        assert ({"FP16", "INT8", "BF16", "FP8"} <= builder) == (major == 10) and not ({"FP16", "INT8"} & builder and major == 11)
+        assert weakly_typed_default(trt) == (major == 10)
+        assert network_flags(trt) == (1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if major == 10 else 0)
+
+    def test_profile_shapes_that_do_not_nest_raise_like_the_bindings(self, fakes, tmp_path):
+        import types
+
+        from cxrtool.export.trt_build import build_serialized, precision_onnx
+
+        _, trt, _, _ = fakes
+        profile = trt.Builder(trt.Logger()).create_optimization_profile()
+        with pytest.raises(RuntimeError, match="Shape provided for opt is inconsistent"):
+            profile.set_shape("input", (4, 3, 8, 8), (2, 3, 8, 8), (8, 3, 8, 8))
+        source = tiny_onnx(tmp_path / "m.onnx")
+        unchecked = types.SimpleNamespace(min=1, opt=8, max=4)  # BatchProfile itself refuses this; the build must not crash either
+        with pytest.raises(CxrError, match="TensorRT refused the optimisation profile .*Shape provided for max"):
+            build_serialized(trt, precision_onnx(source, "fp32"), source, CFG, unchecked)
 
     def test_parser_errors_are_one_line(self, fakes, tmp_path):
         from cxrtool.export.trt_build import build_serialized
@@ -194,6 +264,25 @@ class TestRunner:
             TrtRunner(plan, 0)
         assert driver.stack == [] and driver.pushes == driver.pops
 
+    def test_tensor_dtypes_are_the_engines(self, monkeypatch, tmp_path):
+        """``get_tensor_dtype`` reports the ONNX's I/O types; the runner sizes its host buffers from them."""
+        import onnx
+
+        from cxrtool.export.trt_build import build_serialized
+        from cxrtool.runtimes.trt_runner import TrtRunner
+
+        from onnxconverter_common import float16
+
+        trt, _, _ = install(monkeypatch, 10)
+        half = float16.convert_float_to_float16(onnx.load_model(str(tiny_onnx(tmp_path / "m.onnx"))), keep_io_types=False)
+        plan = build_serialized(trt, half.SerializeToString(), tmp_path / "h.onnx", CFG, BatchProfile(1, 2, 4)).plan
+        engine = trt.Runtime(trt.Logger()).deserialize_cuda_engine(plan)
+        assert {n: engine.get_tensor_dtype(n) for n in ("input", "logits", "features")} == dict.fromkeys(("input", "logits", "features"), trt.DataType.HALF)
+        plan32, _ = build_plan(trt, tmp_path)
+        runner = TrtRunner(plan32, 0)
+        assert {name: a.dtype for name, a in runner.host.items()} == dict.fromkeys(("input", "logits", "features"), np.dtype(np.float32))
+        assert runner.features == "features" and runner.logits == "logits"
+
     def test_missing_device_is_a_reason_not_a_crash(self, monkeypatch):
         from cxrtool.infer.trt_backend import TensorRTBackend
         from cxrtool.runtimes.trt_runner import cuda_problem
@@ -271,21 +360,12 @@ class TestFallbacks:
 
 def test_build_engine_checks_then_writes_engine_and_sidecar(fakes, tmp_path):
     """exporting.build_engine end to end on the fakes: build, run in the runtime, compare with ONNX Runtime, write."""
-    import onnx
-
-    from cxrtool.export.onnx import _set_metadata
     from cxrtool.export.pipeline import build_engine
     from cxrtool.infer.trt_backend import TensorRTBackend
-    from cxrtool.modelfile import ModelCard, onnx_metadata, read_sidecar
+    from cxrtool.modelfile import read_sidecar
 
     major, _trt, driver, _ = fakes
-    ckpt = tmp_path / "m.safetensors"
-    ckpt.write_bytes(b"weights")
-    source = tiny_onnx(tmp_path / "m.onnx")
-    proto = onnx.load_model(str(source))
-    card = ModelCard(arch="densenet121", task="multiclass", class_names=["a", "b", "c"], preprocess=CFG)
-    _set_metadata(proto, onnx_metadata(card, ckpt))
-    onnx.save_model(proto, str(source))
+    source = carded_onnx(tmp_path)
 
     built = build_engine(source, tmp_path / "m.engine", precision="fp32", profile=BatchProfile(1, 2, 4), device="cuda")
     sidecar = read_sidecar(built.path)
@@ -295,3 +375,80 @@ def test_build_engine_checks_then_writes_engine_and_sidecar(fakes, tmp_path):
     x = np.random.default_rng(1).normal(size=(5, 3, 8, 8)).astype(np.float32)
     np.testing.assert_allclose(backend.run(x), ort_logits(source, x), rtol=1e-5, atol=1e-6)
     assert driver.stack == [] and driver.pushes == driver.pops
+
+
+def test_build_runs_in_the_target_devices_context(monkeypatch, tmp_path):
+    """``--device cuda:1`` builds on device 1 (the builder builds for the current device), and the sidecar says so."""
+    from cxrtool.export.pipeline import build_engine
+    from cxrtool.modelfile import read_sidecar
+
+    _trt, driver, calls = install(monkeypatch, 10, devices=("NVIDIA H200", "NVIDIA L4"))
+    built = build_engine(carded_onnx(tmp_path), tmp_path / "m.engine", profile=BatchProfile(1, 2, 4), device="cuda:1")
+    assert [c[1] for c in calls if c[0] == "build_device"] == [1]
+    assert read_sidecar(built.path).gpu_name == "NVIDIA L4"
+    assert driver.stack == [] and driver.pushes == driver.pops
+
+
+def test_tensorrt_rows_carry_the_same_ood_score_and_flag_as_onnx_runtime(fakes, tmp_path):
+    """The trust gate on TensorRT: same features output, same ``ood_score`` and ``flag`` per film as ONNX Runtime."""
+    from cxrtool.export.pipeline import build_engine
+    from cxrtool.infer.backends import load_backend
+    from cxrtool.infer.batching import predict_batch
+    from cxrtool.infer.trt_backend import TensorRTBackend
+    from cxrtool.trust import Trust
+    from cxrtool.trust.assess import FLAG_OK, FLAG_OOD
+    from cxrtool.trust.ood import fit_ood
+
+    source = carded_onnx(tmp_path)
+    built = build_engine(source, tmp_path / "m.engine", profile=BatchProfile(1, 2, 4), device="cuda")
+    ort_backend = load_backend(source, backend="onnxruntime", device="cpu")
+    trt_backend = TensorRTBackend.load(built.path, device="cuda")
+    rng = np.random.default_rng(3)
+    train, val = (rng.normal(size=(n, 3, 8, 8)).astype(np.float32) for n in (40, 20))
+    _, train_f = ort_backend.run_features(train)
+    _, val_f = ort_backend.run_features(val)
+    trust = Trust(ort_backend.card, 1.0, fit_ood(train_f, None, val_f, [("pool", 4)], quantile=0.5))
+    films = np.concatenate([rng.normal(size=(6, 3, 8, 8)), 4 * rng.normal(size=(5, 3, 8, 8))]).astype(np.float32)
+    paths = [f"film{i}.png" for i in range(len(films))]
+    _, features = trt_backend.run_features(films)
+    np.testing.assert_allclose(features, ort_backend.run_features(films)[1], rtol=1e-5, atol=1e-6)
+    got, want = predict_batch(trt_backend, paths, films, trust), predict_batch(ort_backend, paths, films, trust)
+    assert all(r.ood_score is not None for r in got)
+    np.testing.assert_allclose([r.ood_score for r in got], [r.ood_score for r in want], rtol=1e-5)
+    assert [r.flag for r in got] == [r.flag for r in want]
+    assert {r.flag for r in want} == {FLAG_OK, FLAG_OOD}  # both verdicts occur, so the comparison can tell
+
+
+class TestSignedQdq:
+    def test_uint8_symmetric_quantizers_become_int8_with_the_same_range(self, tmp_path):
+        """The re-encoding keeps each quantizer's range: UINT8 levels 0..255 of s -> INT8 0..127 of s*255/127."""
+        import onnx
+        import onnxruntime as ort
+
+        from cxrtool.export.qdq import qdq_zero_point_types, to_signed_int8
+
+        model = onnx.load_model(str(tiny_onnx(tmp_path / "u8.onnx", qdq=True, zero_point=np.uint8)))
+        model.graph.output.append(onnx.helper.make_tensor_value_info("xd", onnx.TensorProto.FLOAT, None))  # the dequantized input
+        x = np.abs(np.random.default_rng(0).normal(size=(4, 3, 8, 8))).astype(np.float32)  # non-negative, like a ReLU output
+        before = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(["xd"], {"input": x})
+        assert set(qdq_zero_point_types(model)) == {"UINT8"}
+        assert to_signed_int8(model, "u8.onnx") == 4
+        assert set(qdq_zero_point_types(model)) == {"INT8"}
+        scale = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}["s"]
+        assert scale == pytest.approx(0.05 * 255 / 127)
+        after = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(["xd"], {"input": x})
+        # the same range (255 * 0.05 == 127 * new scale); every value within half a new step of the input
+        assert 127 * float(scale) == pytest.approx(255 * 0.05) and x.max() < 255 * 0.05
+        assert np.abs(before[0] - x).max() <= 0.05 / 2 + 1e-6 and np.abs(after[0] - x).max() <= float(scale) / 2 + 1e-6
+
+    def test_asymmetric_uint8_is_refused(self, tmp_path):
+        import onnx
+        from onnx import numpy_helper
+
+        from cxrtool.export.qdq import to_signed_int8
+
+        model = onnx.load_model(str(tiny_onnx(tmp_path / "u8.onnx", qdq=True, zero_point=np.uint8)))
+        z = next(i for i in model.graph.initializer if i.name == "z")
+        z.CopyFrom(numpy_helper.from_array(np.array(3, np.uint8), "z"))
+        with pytest.raises(CxrError, match="u8.onnx: QuantizeLinear .* is asymmetric"):
+            to_signed_int8(model, "u8.onnx")

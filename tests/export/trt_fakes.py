@@ -12,14 +12,30 @@ pycuda's ``driver.init``, ``Device.count``/``retain_primary_context``/``name``/`
 ``Context.push`` and the static ``Context.pop``, ``Stream``, ``mem_alloc``, ``pagelocked_empty``,
 ``memcpy_htod_async``/``memcpy_dtoh_async``).
 
-Two TensorRT flavours:
+Two TensorRT flavours, with the flag sets of the real bindings (TensorRT Python API docs, 10.x and
+11.0 ``Builder``; the 10.x -> 11.x migration guide):
 
-* ``major=10``: has ``NetworkDefinitionCreationFlag.STRONGLY_TYPED``, ``BuilderFlag.FP16/INT8``,
-  ``IBuilderConfig.int8_calibrator`` and ``set_calibration_profile`` (deprecated, still there);
-* ``major=11``: none of those (removed; networks are always strongly typed).
+* ``major=10``: ``NetworkDefinitionCreationFlag`` EXPLICIT_BATCH (deprecated), STRONGLY_TYPED,
+  PREFER_AOT/JIT_PYTHON_PLUGINS; ``BuilderFlag`` with the weak-typing precisions (FP16, INT8, BF16,
+  FP8 ...); ``IBuilderConfig.int8_calibrator`` and ``set_calibration_profile`` (deprecated, there);
+* ``major=11``: STRONGLY_TYPED is still there ("deprecated in 11.0 ... retained for API
+  compatibility but is ignored"; using it is recorded as ``("deprecated", ...)``), EXPLICIT_BATCH is
+  gone; ``BuilderFlag`` has no precision flags; no calibrator API.
+
+Strictness that matters (each mirrors the real bindings):
+
+* the ONNX parser refuses UINT8 QuantizeLinear/DequantizeLinear (onnx-tensorrt ``docs/operators.md``:
+  Q/DQ are INT8 or FP8 on the GPU; a missing zero point means UINT8 in ONNX);
+* ``IOptimizationProfile.set_shape`` raises ``RuntimeError`` on min/opt/max that do not nest (the
+  bindings' ``opt_profile_set_shape``); ``IExecutionContext.set_input_shape`` returns False outside
+  the profile;
+* the build records the CUDA device current at ``build_serialized_network`` (the builder uses the
+  current context, or device 0's when none is current, as the CUDA runtime does);
+* the engine's I/O are the ONNX graph's (``logits`` and ``features``), with the ONNX's dtypes
+  from ``get_tensor_dtype``.
 
 The fake "engine" is the ONNX the parser received, run by ONNX Runtime on the "device" buffers,
-so a build -> run -> parity sequence computes real logits.  The fake pycuda keeps a context stack;
+so a build -> run -> parity sequence computes real outputs.  The fake pycuda keeps a context stack;
 every device operation asserts that the current context belongs to the device the memory was
 allocated on, and at interpreter exit it aborts (exit code 134) when the stack is not empty, as
 pycuda's context-stack destructor does.
@@ -39,6 +55,38 @@ import numpy as np
 PLAN_MAGIC = b"FAKEPLAN"
 
 
+#: ``BuilderFlag`` members in both 10.x and 11.x (values as in the 10.x enum)
+BUILDER_FLAGS_COMMON = {
+    "DEBUG": 2, "GPU_FALLBACK": 3, "REFIT": 4, "DISABLE_TIMING_CACHE": 5, "TF32": 6, "SPARSE_WEIGHTS": 7, "SAFETY_SCOPE": 8,
+    "REJECT_EMPTY_ALGORITHMS": 12, "VERSION_COMPATIBLE": 13, "EXCLUDE_LEAN_RUNTIME": 14, "ERROR_ON_TIMING_CACHE_MISS": 16,
+    "DISABLE_COMPILATION_CACHE": 18, "STRIP_PLAN": 19, "REFIT_IDENTICAL": 20, "WEIGHT_STREAMING": 21, "REFIT_INDIVIDUAL": 23,
+    "STRICT_NANS": 24, "MONITOR_MEMORY": 25, "EDITABLE_TIMING_CACHE": 27,
+}
+#: the weak-typing flags 11.x removed (migration guide: "removes all precision-enabling builder flags")
+WEAK_TYPING_FLAGS = {
+    "FP16": 0, "INT8": 1, "OBEY_PRECISION_CONSTRAINTS": 9, "PREFER_PRECISION_CONSTRAINTS": 10, "DIRECT_IO": 11, "FP8": 15,
+    "BF16": 17, "INT4": 22, "FP4": 26,
+}
+
+
+def qdq_dtype(graph, node) -> int | None:
+    """The quantized type of a QuantizeLinear/DequantizeLinear node (ONNX TensorProto enum), None for other nodes.
+
+    The zero point's type when there is one; without it QuantizeLinear means UINT8 (the ONNX
+    default) and DequantizeLinear takes its input's type.
+    """
+    if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+        return None
+    inits = {i.name: i.data_type for i in graph.initializer}
+    constants = {n.output[0]: n.attribute[0].t.data_type for n in graph.node if n.op_type == "Constant" and n.attribute}
+    if len(node.input) > 2 and node.input[2]:
+        return inits.get(node.input[2], constants.get(node.input[2]))
+    if node.op_type == "QuantizeLinear":
+        return 2  # TensorProto.UINT8
+    producer = next((n for n in graph.node if node.input[0] in n.output), None)
+    return qdq_dtype(graph, producer) if producer is not None else inits.get(node.input[0])
+
+
 def fake_tensorrt(major: int, calls: list) -> types.ModuleType:
     """A ``tensorrt`` module; every builder-side call is appended to ``calls`` as (name, args)."""
     trt = types.ModuleType("tensorrt")
@@ -52,15 +100,18 @@ def fake_tensorrt(major: int, calls: list) -> types.ModuleType:
 
     trt.Logger = Logger
     if major == 10:
-        trt.NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag", {"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1}, start=0)
-        trt.BuilderFlag = enum.IntEnum("BuilderFlag", {"FP16": 0, "INT8": 1, "TF32": 7})
+        network_flags = {"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1, "PREFER_AOT_PYTHON_PLUGINS": 2, "PREFER_JIT_PYTHON_PLUGINS": 3}
+        builder_flags = {**BUILDER_FLAGS_COMMON, **WEAK_TYPING_FLAGS}
     else:
-        trt.NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag", {"PREFER_AOT_PYTHON_PLUGINS": 2, "PREFER_JIT_PYTHON_PLUGINS": 3})
-        trt.BuilderFlag = enum.IntEnum("BuilderFlag", {"TF32": 7, "REFIT": 5})
+        network_flags = {"STRONGLY_TYPED": 1, "PREFER_AOT_PYTHON_PLUGINS": 2, "PREFER_JIT_PYTHON_PLUGINS": 3}
+        builder_flags = dict(BUILDER_FLAGS_COMMON)
+    trt.NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag", network_flags)
+    trt.BuilderFlag = enum.IntEnum("BuilderFlag", builder_flags)
     trt.MemoryPoolType = enum.IntEnum("MemoryPoolType", {"WORKSPACE": 0}, start=0)
     trt.TensorIOMode = enum.IntEnum("TensorIOMode", {"NONE": 0, "INPUT": 1, "OUTPUT": 2}, start=0)
-    trt.DataType = enum.IntEnum("DataType", {"FLOAT": 0, "HALF": 1, "INT8": 2}, start=0)
-    trt.nptype = lambda dtype: {0: np.float32, 1: np.float16, 2: np.int8}[int(dtype)]
+    trt.DataType = enum.IntEnum("DataType", {"FLOAT": 0, "HALF": 1, "INT8": 2, "INT32": 3}, start=0)
+    trt.nptype = lambda dtype: {0: np.float32, 1: np.float16, 2: np.int8, 3: np.int32}[int(dtype)]
+    onnx_to_trt = {1: trt.DataType.FLOAT, 10: trt.DataType.HALF, 3: trt.DataType.INT8, 6: trt.DataType.INT32}
 
     class Tensor:
         def __init__(self, name):
@@ -96,6 +147,14 @@ def fake_tensorrt(major: int, calls: list) -> types.ModuleType:
             except Exception as exc:
                 self.errors.append(f"In node -1 (parseGraph): INVALID_GRAPH: {exc}")
                 return False
+            for i, node in enumerate(proto.graph.node):
+                dtype = qdq_dtype(proto.graph, node)
+                if dtype is not None and dtype not in (onnx.TensorProto.INT8, onnx.TensorProto.FLOAT8E4M3FN):
+                    name = onnx.TensorProto.DataType.Name(dtype)
+                    self.errors.append(f"In node {i} with name: {node.name} and operator: {node.op_type} "
+                                       f"(importQDQ): UNSUPPORTED_NODE: {name} {node.op_type} is not supported; use INT8 or FP8")
+            if self.errors:
+                return False
             self.network.onnx = model
             self.network.inputs = [Tensor(i.name) for i in proto.graph.input]
             self.network.outputs = [Tensor(o.name) for o in proto.graph.output]
@@ -112,6 +171,12 @@ def fake_tensorrt(major: int, calls: list) -> types.ModuleType:
 
         def set_shape(self, name, min, opt, max):  # noqa: A002 (the bindings' own argument names)
             calls.append(("set_shape", name, tuple(min), tuple(opt), tuple(max)))
+            if len(min) != len(opt) or len(opt) != len(max) or any(a < 0 for a in min):
+                raise RuntimeError("Shape provided for min is inconsistent with other shapes.")
+            if not all(a <= b for a, b in zip(min, opt)):
+                raise RuntimeError("Shape provided for opt is inconsistent with other shapes.")
+            if not all(a <= b for a, b in zip(opt, max)):
+                raise RuntimeError("Shape provided for max is inconsistent with other shapes.")
             self.shapes[name] = (tuple(min), tuple(opt), tuple(max))
 
     class Config:
@@ -143,6 +208,9 @@ def fake_tensorrt(major: int, calls: list) -> types.ModuleType:
 
         def create_network(self, flags=0):
             calls.append(("create_network", flags))
+            strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+            if major >= 11 and strongly_typed is not None and flags & (1 << int(strongly_typed)):
+                calls.append(("deprecated", "NetworkDefinitionCreationFlag.STRONGLY_TYPED"))
             return Network(flags)
 
         def create_builder_config(self):
@@ -152,20 +220,28 @@ def fake_tensorrt(major: int, calls: list) -> types.ModuleType:
             return Profile()
 
         def build_serialized_network(self, network, config):
+            driver = sys.modules.get("pycuda.driver")
+            stack = getattr(driver, "stack", [])
+            device = stack[-1].index if stack else 0  # no current context: the runtime's default device 0
             calls.append(("build_serialized_network", list(config.flags_set)))
+            calls.append(("build_device", device))
             if not config.profiles:
                 return None
-            header = {"profile": {k: v for k, v in config.profiles[0].shapes.items()}}
+            header = {"profile": {k: v for k, v in config.profiles[0].shapes.items()}, "device": device}
             return PLAN_MAGIC + json.dumps(header).encode() + b"\n" + network.onnx
 
     class Engine:
         def __init__(self, header, onnx_bytes):
+            import onnx
             import onnxruntime as ort
 
             self.session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
             self.profile = {k: [tuple(s) for s in v] for k, v in header["profile"].items()}
             self.inputs = [i.name for i in self.session.get_inputs()]
             self.outputs = [o.name for o in self.session.get_outputs()]
+            self.device = header["device"]
+            graph = onnx.load_model_from_string(onnx_bytes).graph
+            self.dtypes = {v.name: onnx_to_trt[v.type.tensor_type.elem_type] for v in [*graph.input, *graph.output]}
 
         num_io_tensors = property(lambda self: len(self.inputs) + len(self.outputs))
 
@@ -176,7 +252,7 @@ def fake_tensorrt(major: int, calls: list) -> types.ModuleType:
             return trt.TensorIOMode.INPUT if name in self.inputs else trt.TensorIOMode.OUTPUT
 
         def get_tensor_dtype(self, name):
-            return trt.DataType.FLOAT
+            return self.dtypes[name]
 
         def get_tensor_profile_shape(self, name, profile_index):
             return self.profile[name]
