@@ -161,7 +161,12 @@ def train(
         Balance, typer.Option("--balance", help="sampler: class-balanced draws; loss: class weights.")
     ] = Balance(_T.balance),
     init: Annotated[
-        Optional[str], typer.Option("--init", help="imagenet | none | a cxrtool checkpoint | a foreign state dict (.pth/.pt/.safetensors).")
+        Optional[str],
+        typer.Option(
+            "--init",
+            help="imagenet | none | txrv:NAME or txrv:PATH (a torchxrayvision model, read without running its code) "
+            "| a cxrtool checkpoint | a weights file (.pth/.pt/.safetensors). Never downloads: see docs/train.md.",
+        ),
     ] = None,
     arch: Annotated[
         Optional[str], typer.Option("--arch", show_default=f"the --init checkpoint's, else {DEFAULT_ARCH}", help="Architecture.")
