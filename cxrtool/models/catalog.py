@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+_TORCHVISION = "https://download.pytorch.org/models/"
 _TXRV_RELEASE = "https://github.com/mlmed/torchxrayvision/releases/download/v1/"
 _TXRV_SUFFIX = "-densenet121-d121-tw-lr001-rot45-tr15-sc15-seed0-best.pt"
 _CXR14 = (
@@ -79,7 +80,8 @@ def txrv_dir() -> Path:
 
 
 def _txrv(tag: str, file_tag: str, labels: tuple[str, ...]) -> WeightFile:
-    return WeightFile(f"densenet121-res224-{tag}", "torchxrayvision", "densenet121", _TXRV_RELEASE + file_tag + _TXRV_SUFFIX, labels)
+    url = _TXRV_RELEASE + file_tag + _TXRV_SUFFIX
+    return WeightFile(f"densenet121-res224-{tag}", "torchxrayvision", "densenet121", url, labels)
 
 
 _ALL_18 = (*_CXR14, "Lung Lesion", "Fracture", "Lung Opacity", "Enlarged Cardiomediastinum")
@@ -89,8 +91,8 @@ _RSNA = tuple("Pneumonia" if i == 8 else "Lung Opacity" if i == 16 else "" for i
 KNOWN: dict[str, WeightFile] = {
     w.name if w.kind == "torchxrayvision" else f"{w.kind}:{w.name}": w
     for w in (
-        WeightFile("densenet121", "torchvision", "densenet121", "https://download.pytorch.org/models/densenet121-a639ec97.pth"),
-        WeightFile("densenet201", "torchvision", "densenet201", "https://download.pytorch.org/models/densenet201-c1103571.pth"),
+        WeightFile("densenet121", "torchvision", "densenet121", _TORCHVISION + "densenet121-a639ec97.pth"),
+        WeightFile("densenet201", "torchvision", "densenet201", _TORCHVISION + "densenet201-c1103571.pth"),
         WeightFile(
             "densenet121.tv_in1k", "timm", "densenet121",
             "https://huggingface.co/timm/densenet121.tv_in1k/resolve/main/model.safetensors",

@@ -25,12 +25,12 @@ import torch
 import torch.nn as nn
 
 from cxrtool.errors import CxrError
+from cxrtool.modelfile import ModelCard, card_if_checkpoint, file_sha256
 from cxrtool.models import catalog
 from cxrtool.models.checkpoint import load_state_dict, load_strict
 from cxrtool.models.safe_pickle import PickledObject, module_state_dict, read_torch_file
 from cxrtool.models.txrv import PREFIX as TXRV_PREFIX
 from cxrtool.models.txrv import is_txrv, read_txrv, resolve_txrv
-from cxrtool.modelfile import ModelCard, card_if_checkpoint, file_sha256
 
 HEAD_KEYS = ("classifier.weight", "classifier.bias")
 _STRIP_PREFIXES = ("module.", "densenet121.", "densenet201.")
@@ -230,9 +230,10 @@ def initialise(
     if init == "imagenet":
         state, weights, path = load_imagenet_state(arch)
         report = InitReport(source="imagenet", path=str(path), fresh=list(class_names))
-        report.lineage = [
-            {"source": "imagenet", "weights": f"{weights.kind}:{weights.name}", "file": path.name, "sha256": file_sha256(path)}
-        ]
+        report.lineage = [{
+            "source": "imagenet", "weights": f"{weights.kind}:{weights.name}", "file": path.name,
+            "sha256": file_sha256(path),
+        }]  # fmt: skip
         _load_backbone(model, state, source=str(path), notes=report.notes)
         return report
 

@@ -35,6 +35,7 @@ from cxrtool.errors import CxrError
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
+_MAX_DEPTH = 64  # module nesting; DenseNet-121 is 4 deep
 _STORAGE_DTYPES = {
     "FloatStorage": torch.float32, "DoubleStorage": torch.float64, "HalfStorage": torch.float16,
     "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
@@ -153,7 +154,7 @@ class _Machine:
     def __init__(self, persistent_load: Callable[[Any], Any]):
         self.persistent_load = persistent_load
 
-    def run(self, ops: Iterator[tuple[pickletools.OpcodeInfo, Any, int | None]]) -> Any:  # noqa: C901
+    def run(self, ops: Iterator[tuple[pickletools.OpcodeInfo, Any, int | None]]) -> Any:
         stack: list[Any] = []
         memo: dict[int, Any] = {}
 
@@ -314,11 +315,12 @@ def read_torch_file(path: str | Path) -> Any:
         raise UnsafePickleError(f"{path}: refused to load: {exc}") from None
     except CxrError as exc:
         raise CxrError(f"{path}: {exc}") from None
-    except (OSError, EOFError, ValueError, struct.error, zipfile.BadZipFile, KeyError, IndexError) as exc:
+    except (OSError, EOFError, ValueError, TypeError, struct.error, zipfile.BadZipFile, KeyError, IndexError) as exc:
         raise CxrError(f"{path}: damaged PyTorch file ({type(exc).__name__}: {exc})") from None
 
 
 def _read_zip(path: Path) -> Any:
+    archive_size = path.stat().st_size  # torch stores storages uncompressed: a larger entry is a zip bomb
     with zipfile.ZipFile(path) as zf:
         pickles = [n for n in zf.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
         if len(pickles) != 1:
@@ -336,8 +338,10 @@ def _read_zip(path: Path) -> Any:
             if not isinstance(stype, _StorageType) or not isinstance(key, str) or type(numel) is not int:
                 raise UnsafePickleError("malformed storage record")
             if key not in storages:
-                raw = zf.read(f"{prefix}data/{key}")
-                storages[key] = _Storage(_flat(raw, stype.dtype, numel))
+                entry = zf.getinfo(f"{prefix}data/{key}")
+                if entry.file_size > archive_size or numel * _itemsize(stype.dtype) > entry.file_size:
+                    raise CxrError(f"storage {key}: its size does not fit the archive")
+                storages[key] = _Storage(_flat(zf.read(entry), stype.dtype, numel))
             return storages[key]
 
         data = zf.read(pickles[0])
@@ -427,8 +431,8 @@ def module_state_dict(root: PickledObject) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
 
     def walk(obj: PickledObject, prefix: str, path: tuple[int, ...]) -> None:
-        if id(obj) in path:
-            raise CxrError(f"module {prefix!r} contains itself")
+        if id(obj) in path or len(path) > _MAX_DEPTH:
+            raise CxrError(f"module {prefix!r} contains itself or nests deeper than {_MAX_DEPTH}")
         attrs = obj.attrs
         skip = attrs.get("_non_persistent_buffers_set") or set()
         for group in ("_parameters", "_buffers"):

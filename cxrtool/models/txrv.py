@@ -33,9 +33,9 @@ import torch
 
 from cxrtool.config import PreprocessCfg
 from cxrtool.errors import CxrError
+from cxrtool.modelfile import ModelCard, file_sha256
 from cxrtool.models import catalog
 from cxrtool.models.safe_pickle import PickledObject, module_state_dict
-from cxrtool.modelfile import ModelCard, file_sha256
 
 #: the class a torchxrayvision DenseNet file pickles
 TXRV_DENSENET = "torchxrayvision.models.DenseNet"
@@ -73,7 +73,7 @@ def resolve_txrv(spec: str) -> Path:
     CxrError
         The file is not there: the error names the file, its published URL and where to put it.
     """
-    name = spec[len(PREFIX) :] if spec.startswith(PREFIX) else spec
+    name = spec.removeprefix(PREFIX)
     known = catalog.KNOWN.get(name)
     if known is not None and known.kind == "torchxrayvision":
         path = known.find()
@@ -130,7 +130,7 @@ def read_txrv(obj: PickledObject, path: Path, *, labels: Sequence[str] | None = 
         "weights": published.name if published else None, "url": published.url if published else None,
         "class_names": [names[i] for i in keep],
     }  # fmt: skip
-    card = ModelCard(arch, "multilabel", [names[i] for i in keep], preprocess=txrv_preprocess(channels), lineage=[entry])
+    card = ModelCard(arch, "multilabel", entry["class_names"], preprocess=txrv_preprocess(channels), lineage=[entry])
     return TxrvWeights(state, card, notes)
 
 

@@ -10,9 +10,9 @@ import torch
 import torchvision
 
 from cxrtool.errors import CxrError
+from cxrtool.modelfile import ModelCard, file_sha256
 from cxrtool.models import build_model
 from cxrtool.models.checkpoint import save_checkpoint
-from cxrtool.modelfile import ModelCard, file_sha256
 from cxrtool.models.densenet import DenseNetClassifier
 from cxrtool.models.pretrained import (
     imagenet_weights_file,
@@ -184,7 +184,8 @@ def test_imagenet_from_timm_safetensors_in_the_hf_cache(tmp_path: Path, monkeypa
     with pytest.raises(CxrError) as info:
         initialise(tiny(3), "imagenet", arch="densenet121", class_names=["a", "b", "c"])
     timm = KNOWN["timm:densenet121.tv_in1k"]
-    assert timm.url in str(info.value) and str(tmp_path / "hf" / "hub" / "models--timm--densenet121.tv_in1k") in str(info.value)
+    msg = str(info.value)
+    assert timm.url in msg and str(tmp_path / "hf" / "hub" / "models--timm--densenet121.tv_in1k") in msg
     torch.manual_seed(2)
     tv = torchvision.models.densenet121(weights=None)
     file = tmp_path / "hf" / "hub" / "models--timm--densenet121.tv_in1k" / "snapshots" / "0123abc" / "model.safetensors"
@@ -195,7 +196,8 @@ def test_imagenet_from_timm_safetensors_in_the_hf_cache(tmp_path: Path, monkeypa
     report = initialise(model, "imagenet", arch="densenet121", class_names=["x", "y"])
     ref = tv.state_dict()
     assert all(torch.equal(model.state_dict()[k], ref[k]) for k in ref if not k.startswith("classifier"))
-    assert report.lineage[0]["weights"] == "timm:densenet121.tv_in1k" and report.lineage[0]["sha256"] == file_sha256(file)
+    assert report.lineage[0]["weights"] == "timm:densenet121.tv_in1k"
+    assert report.lineage[0]["sha256"] == file_sha256(file)
 
 
 def test_doctor_lists_known_weight_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -208,6 +210,8 @@ def test_doctor_lists_known_weight_files(tmp_path: Path, monkeypatch: pytest.Mon
     (tmp_path / ".torchxrayvision" / "models_data").mkdir(parents=True)
     (tmp_path / ".torchxrayvision" / "models_data" / nih.filename).write_bytes(b"x")
     rows = {item: (value, ok) for item, value, ok in _weight_rows()}
-    assert rows["txrv:densenet121-res224-nih"] == (str(tmp_path / ".torchxrayvision" / "models_data" / nih.filename), True)
+    found = tmp_path / ".torchxrayvision" / "models_data" / nih.filename
+    assert rows["txrv:densenet121-res224-nih"] == (str(found), True)
     value, ok = rows["imagenet (torchvision:densenet121)"]
-    assert ok is None and str(tmp_path / "torch" / "hub" / "checkpoints") in value and KNOWN["torchvision:densenet121"].url in value
+    assert ok is None and str(tmp_path / "torch" / "hub" / "checkpoints") in value
+    assert KNOWN["torchvision:densenet121"].url in value

@@ -15,13 +15,16 @@ import pytest
 import torch
 
 from cxrtool.errors import CxrError
-from cxrtool.labels import CHESTXRAY14
+from cxrtool.modelfile import file_sha256, read_card
 from cxrtool.models import build_model, catalog
 from cxrtool.models.checkpoint import load_checkpoint, save_checkpoint
 from cxrtool.models.pretrained import initialise, read_parent_card
-from cxrtool.models.safe_pickle import UnsafePickleError, module_state_dict, read_torch_file
+from cxrtool.models.safe_pickle import (
+    UnsafePickleError,
+    module_state_dict,
+    read_torch_file,
+)
 from cxrtool.models.txrv import TXRV_MEAN, TXRV_STD, txrv_preprocess
-from cxrtool.modelfile import file_sha256, read_card
 from cxrtool.preprocess import load_gray, normalize
 
 xrv = pytest.importorskip("torchxrayvision", reason="torchxrayvision (test extra) builds the original architecture")
@@ -169,10 +172,10 @@ def test_malicious_file_is_refused_before_any_code_runs(how: str, fmt: str, tmp_
 
 def test_the_malicious_files_do_run_code_when_unpickled_the_usual_way(tmp_path: Path) -> None:
     """Control for the test above: its files are live (one process loads all nine with torch.load)."""
-    files = {(how, fmt): _evil_file(tmp_path, how, fmt, tmp_path / f"ran-{how}-{fmt}") for how in PAYLOADS for fmt in FORMATS}
+    files = [_evil_file(tmp_path, how, fmt, tmp_path / f"ran-{how}-{fmt}") for how in PAYLOADS for fmt in FORMATS]
     code = "import sys, torch\nfor p in sys.argv[1:]:\n    torch.load(p, weights_only=False)\n"
-    subprocess.run([sys.executable, "-c", code, *map(str, files.values())], capture_output=True, check=False, cwd=tmp_path)
-    assert all((tmp_path / f"ran-{how}-{fmt}").exists() for how, fmt in files)
+    subprocess.run([sys.executable, "-c", code, *map(str, files)], capture_output=True, check=False, cwd=tmp_path)
+    assert all((tmp_path / f"ran-{how}-{fmt}").exists() for how in PAYLOADS for fmt in FORMATS)
 
 
 def test_keep_map_keeps_the_pneumonia_neuron_as_a_cxrtool_stage1_checkpoint_does(
@@ -204,7 +207,8 @@ def test_keep_map_keeps_the_pneumonia_neuron_as_a_cxrtool_stage1_checkpoint_does
     assert all(torch.equal(a[k], b[k]) for k in a)
     # auto-detected without the txrv: prefix as well
     plain, plain_report = stage2(str(txrv_file))
-    assert plain_report.source == "torchxrayvision" and torch.equal(plain.classifier.weight, from_txrv.classifier.weight)
+    assert plain_report.source == "torchxrayvision"
+    assert torch.equal(plain.classifier.weight, from_txrv.classifier.weight)
 
 
 def test_missing_txrv_file_names_file_url_and_place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -249,6 +253,33 @@ def test_stage2_with_neuron_keeping_runs_end_to_end(txrv_file: Path, covid_small
     assert init.kept == [("viral_pneumonia", "Pneumonia")]
     model, card = load_checkpoint(tmp_path / "s2" / "best.safetensors")
     assert card.class_names == COVID3 and card.preprocess.channels == 1
-    assert card.preprocess.mean == (TXRV_MEAN,) and card.preprocess.std == (TXRV_STD,) and card.preprocess.input_size == 32
+    assert (card.preprocess.mean, card.preprocess.std, card.preprocess.input_size) == ((TXRV_MEAN,), (TXRV_STD,), 32)
     assert card.lineage[0]["source"] == "torchxrayvision" and card.lineage[0]["sha256"] == file_sha256(txrv_file)
     assert model.features.conv0.weight.shape[1] == 1
+
+
+@pytest.mark.parametrize("zipped", [True, False])
+def test_views_and_dtypes_read_as_torch_load_reads_them(zipped: bool, tmp_path: Path) -> None:
+    base = torch.arange(24, dtype=torch.float64).reshape(4, 6)
+    saved = {
+        "base": base, "t": base.t(), "slice": base[1:, 2:], "long": torch.tensor([1, -2]), "bool": torch.tensor([True]),
+        "half": torch.ones(2, dtype=torch.float16), "scalar": torch.tensor(3.5), "param": torch.nn.Parameter(torch.ones(3)),
+    }  # fmt: skip
+    path = tmp_path / "views.pt"
+    torch.save(saved, path, _use_new_zipfile_serialization=zipped)
+    got = read_torch_file(path)
+    for key, want in saved.items():
+        assert got[key].dtype == want.dtype and got[key].stride() == want.stride() and torch.equal(got[key], want), key
+        assert type(got[key]) is torch.Tensor  # a Parameter comes back as its data
+
+
+class _ViewPastStorage:
+    def __reduce__(self):
+        return (torch._utils._rebuild_tensor_v2, (torch.zeros(4)._typed_storage(), 0, (100,), (1,), False, {}))
+
+
+def test_tensor_view_past_its_storage_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "bad.pt"
+    torch.save({"w": _ViewPastStorage()}, path)
+    with pytest.raises(UnsafePickleError, match="view runs past its storage"):
+        read_torch_file(path)
