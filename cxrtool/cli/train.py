@@ -176,7 +176,11 @@ def train(
     ] = _T.keep_neurons,
     keep_map: Annotated[Optional[list[str]], typer.Option("--keep-map", help="NEW=OLD class pairing for neuron keeping (repeatable).")] = None,
     init_classes: Annotated[
-        Optional[str], typer.Option("--init-classes", help="Output classes of a foreign state dict: comma list or 'chestxray14'.")
+        Optional[str],
+        typer.Option(
+            "--init-classes",
+            help="Output classes of a foreign weights file, in head order: comma list ('-': unused slot) or 'chestxray14'.",
+        ),
     ] = None,
     input_size: Annotated[
         Optional[int], typer.Option("--input-size", show_default=f"the parent's, else {PreprocessCfg.input_size}", help="Input side in px.")

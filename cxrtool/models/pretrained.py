@@ -44,7 +44,7 @@ _OLD_DENSE_KEY = re.compile(
 class InitReport:
     """What :func:`initialise` did, for the log and the new checkpoint's lineage."""
 
-    source: str  # none | imagenet | checkpoint | state_dict
+    source: str  # none | imagenet | checkpoint | state_dict | torchxrayvision
     path: str | None = None
     kept: list[tuple[str, str]] = field(default_factory=list)  # (new class, old class)
     fresh: list[str] = field(default_factory=list)
@@ -118,7 +118,7 @@ def read_foreign(path: str | Path, *, init_classes: Sequence[str] | None = None,
         weights = read_txrv(obj, path, labels=init_classes)
         return Foreign(remap_keys(weights.state), weights.card, weights.card.lineage[0], weights.notes)
     if txrv:
-        what = obj.qualname if isinstance(obj, PickledObject) else type(obj).__name__
+        what = obj.qualname if isinstance(obj, PickledObject) else "safetensors" if obj is None else type(obj).__name__
         raise CxrError(f"{path}: not a torchxrayvision DenseNet file (it holds {what})")
     state = load_foreign_state(path, obj)
     lineage: dict[str, Any] = {"source": "state_dict", "path": str(path.resolve()), "sha256": file_sha256(path)}

@@ -40,6 +40,8 @@ from cxrtool.models.safe_pickle import PickledObject, module_state_dict
 #: the class a torchxrayvision DenseNet file pickles
 TXRV_DENSENET = "torchxrayvision.models.DenseNet"
 PREFIX = "txrv:"
+#: how ``--init-classes`` marks an unused output slot (the comma list cannot hold an empty name)
+UNUSED = "-"
 #: torchxrayvision's input side for every published DenseNet (``input_resolution``)
 TXRV_SIZE = 224
 #: ``(2g - 1) * 1024 == (g - MEAN) / STD`` for a grey value g in [0, 1]
@@ -100,7 +102,7 @@ def is_txrv(obj: Any) -> bool:
 def read_txrv(obj: PickledObject, path: Path, *, labels: Sequence[str] | None = None) -> TxrvWeights:
     """Map a pickled torchxrayvision DenseNet onto cxrtool's DenseNet: state dict, card and lineage.
 
-    ``labels``: the output names in head order ('' for an unused slot); by default the file's own
+    ``labels``: the output names in head order ('' or '-' for an unused slot); by default the file's own
     ``targets``/``pathologies`` attribute, else the published table for the file's name.
     """
     state = module_state_dict(obj)
@@ -117,7 +119,7 @@ def read_txrv(obj: PickledObject, path: Path, *, labels: Sequence[str] | None = 
         raise CxrError(f"{path}: the file does not name its {rows} outputs; give them with --init-classes")
     if len(names) != rows:
         raise CxrError(f"{path}: {len(names)} output names for a classifier with {rows} outputs")
-    keep = [i for i, n in enumerate(names) if n]
+    keep = [i for i, n in enumerate(names) if n and n != UNUSED]
     state["classifier.weight"] = state["classifier.weight"][keep]
     state["classifier.bias"] = state["classifier.bias"][keep]
     if len(keep) < rows:
