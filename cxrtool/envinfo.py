@@ -26,7 +26,23 @@ def collect() -> dict[str, list[Row]]:
         v = _version(name)
         optional = name in ("tensorrt", "pycuda")
         libs.append((name, v or ("not installed (optional: pip install 'cxrtool[trt]')" if optional else "not installed"), v is not None))
-    return {"Libraries": libs, "Compute": _compute_rows(), "DICOM transfer syntaxes": _dicom_rows()}
+    return {
+        "Libraries": libs, "Compute": _compute_rows(), "DICOM transfer syntaxes": _dicom_rows(),
+        "Weight files for --init": _weight_rows(),
+    }  # fmt: skip
+
+
+def _weight_rows() -> list[Row]:
+    """Each published file ``--init`` knows, found in its library's cache or not (cxrtool never downloads)."""
+    from cxrtool.models.catalog import KNOWN
+
+    rows: list[Row] = []
+    for key, weights in KNOWN.items():
+        path = weights.find()
+        label = f"txrv:{key}" if weights.kind == "torchxrayvision" else f"imagenet ({key})"
+        value = str(path) if path else f"not found in {weights.cache_path().parent} (published at {weights.url})"
+        rows.append((label, value, True if path else None))
+    return rows
 
 
 def _compute_rows() -> list[Row]:

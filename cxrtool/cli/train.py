@@ -161,7 +161,12 @@ def train(
         Balance, typer.Option("--balance", help="sampler: class-balanced draws; loss: class weights.")
     ] = Balance(_T.balance),
     init: Annotated[
-        Optional[str], typer.Option("--init", help="imagenet | none | a cxrtool checkpoint | a foreign state dict (.pth/.pt/.safetensors).")
+        Optional[str],
+        typer.Option(
+            "--init",
+            help="imagenet | none | txrv:NAME or txrv:PATH (a torchxrayvision model, read without running its code) "
+            "| a cxrtool checkpoint | a weights file (.pth/.pt/.safetensors). Never downloads: see docs/train.md.",
+        ),
     ] = None,
     arch: Annotated[
         Optional[str], typer.Option("--arch", show_default=f"the --init checkpoint's, else {DEFAULT_ARCH}", help="Architecture.")
@@ -171,7 +176,11 @@ def train(
     ] = _T.keep_neurons,
     keep_map: Annotated[Optional[list[str]], typer.Option("--keep-map", help="NEW=OLD class pairing for neuron keeping (repeatable).")] = None,
     init_classes: Annotated[
-        Optional[str], typer.Option("--init-classes", help="Output classes of a foreign state dict: comma list or 'chestxray14'.")
+        Optional[str],
+        typer.Option(
+            "--init-classes",
+            help="Output classes of a foreign weights file, in head order: comma list ('-': unused slot) or 'chestxray14'.",
+        ),
     ] = None,
     input_size: Annotated[
         Optional[int], typer.Option("--input-size", show_default=f"the parent's, else {PreprocessCfg.input_size}", help="Input side in px.")

@@ -1,29 +1,36 @@
-"""Where a training run's weights come from: ``--init imagenet | none | <checkpoint> | <state dict>``.
+"""Where a training run's weights come from: ``--init imagenet | none | txrv:NAME | <checkpoint> | <weights file>``.
 
 The backbone is always loaded strictly: a missing or unexpected key is an error, never a silently
 random layer.  The head is rebuilt for the new classes; with *output neuron keeping* (Bassi &
 Attux 2020, arXiv 2005.01578) each new class that matches an old output, by name
 (case-insensitive) or by an explicit ``new=old`` mapping, starts from that output's weight row
 and bias, so knowledge such as stage 1's "Pneumonia" neuron survives the second transfer.
+
+Foreign ``.pt/.pth`` files are read by :mod:`cxrtool.models.safe_pickle` (never ``torch.load`` of
+a pickle that may run code): plain state dicts and whole pickled models alike.  A torchxrayvision
+DenseNet is recognised by its pickled class and brings its own classes and preprocessing
+(:mod:`cxrtool.models.txrv`), like a cxrtool checkpoint's card.  Nothing is ever downloaded.
 """
 
 from __future__ import annotations
 
-import os
+import functools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import torch
 import torch.nn as nn
 
 from cxrtool.errors import CxrError
-from cxrtool.labels import CHESTXRAY14
-from cxrtool.models.checkpoint import load_state_dict, load_strict
 from cxrtool.modelfile import ModelCard, card_if_checkpoint, file_sha256
+from cxrtool.models import catalog
+from cxrtool.models.checkpoint import load_state_dict, load_strict
+from cxrtool.models.safe_pickle import PickledObject, module_state_dict, read_torch_file
+from cxrtool.models.txrv import PREFIX as TXRV_PREFIX
+from cxrtool.models.txrv import is_txrv, read_txrv, resolve_txrv
 
 HEAD_KEYS = ("classifier.weight", "classifier.bias")
 _STRIP_PREFIXES = ("module.", "densenet121.", "densenet201.")
@@ -37,7 +44,7 @@ _OLD_DENSE_KEY = re.compile(
 class InitReport:
     """What :func:`initialise` did, for the log and the new checkpoint's lineage."""
 
-    source: str  # none | imagenet | checkpoint | state_dict
+    source: str  # none | imagenet | checkpoint | state_dict | torchxrayvision
     path: str | None = None
     kept: list[tuple[str, str]] = field(default_factory=list)  # (new class, old class)
     fresh: list[str] = field(default_factory=list)
@@ -45,37 +52,97 @@ class InitReport:
     lineage: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _imagenet_weights(arch: str):
-    from torchvision.models import DenseNet121_Weights, DenseNet201_Weights
-
-    table = {"densenet121": DenseNet121_Weights.IMAGENET1K_V1, "densenet201": DenseNet201_Weights.IMAGENET1K_V1}
-    if arch not in table:
-        raise CxrError(f"--init imagenet: no ImageNet weights known for architecture {arch!r}")
-    return table[arch]
-
-
 def imagenet_weights_file(arch: str) -> Path:
     """The file torchvision's hub cache would hold for ``arch`` (``$TORCH_HOME/hub/checkpoints/...``)."""
-    weights = _imagenet_weights(arch)
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(weights.url).path)
+    return _imagenet_files(arch)[0].cache_path()
 
 
-def load_imagenet_state(arch: str) -> tuple[dict[str, torch.Tensor], Path]:
-    """torchvision's ImageNet state dict, from the local torch hub cache only (never downloads)."""
-    weights = _imagenet_weights(arch)
-    path = imagenet_weights_file(arch)
-    if not path.is_file():
-        raise CxrError(
-            f"--init imagenet: ImageNet weights not found offline; download {weights.url} "
-            f"and put it at {path} (the torch hub cache; set TORCH_HOME to move it)"
-        )
-    # The file exists, so this only reads the cache (weights_only: unpickling cannot run code).
-    state = weights.get_state_dict(progress=False, weights_only=True)
-    return remap_keys(state), path
+def _imagenet_files(arch: str) -> list[catalog.WeightFile]:
+    files = catalog.imagenet_files(arch)
+    if not files:
+        raise CxrError(f"--init imagenet: no ImageNet weights known for architecture {arch!r}")
+    return files
 
 
-def load_foreign_state(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from ``.pth/.pt/.tar`` (``torch.load(weights_only=True)``) or ``.safetensors``, keys remapped."""
+def load_imagenet_state(arch: str) -> tuple[dict[str, torch.Tensor], catalog.WeightFile, Path]:
+    """ImageNet weights from the local caches only (never downloads): torchvision's ``.pth``, else timm's file.
+
+    torchvision's file is read with ``torch.load(weights_only=True)``; timm's ``densenet121.tv_in1k``
+    safetensors holds the same weights under timm's names, which for DenseNet are torchvision's
+    (``features.denseblock1.denselayer1.norm1.weight``, ``classifier.weight``); :func:`remap_keys`
+    covers the old ``norm.1`` spellings and a missing ``num_batches_tracked``.
+    """
+    files = _imagenet_files(arch)
+    for weights in files:
+        path = weights.find()
+        if path is None:
+            continue
+        if weights.kind == "timm":
+            return load_foreign_state(path), weights, path
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise CxrError(f"{path}: not a loadable torchvision weights file ({_first_line(exc)})") from None
+        return remap_keys(state), weights, path
+    where = "; or ".join(f"download {w.url} and put it at {w.cache_path()}" for w in files)
+    raise CxrError(
+        f"--init imagenet: ImageNet weights for {arch} not found offline; {where} "
+        f"(the torch hub and Hugging Face caches; TORCH_HOME / HF_HOME move them), or pass the file as --init PATH"
+    )
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+@dataclass
+class Foreign:
+    """A weights file that is not a cxrtool checkpoint, as :func:`initialise` uses it."""
+
+    state: dict[str, torch.Tensor]
+    #: the file's own model card (torchxrayvision: classes, preprocessing); None for a bare state dict
+    card: ModelCard | None
+    lineage: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+
+def read_foreign(path: str | Path, *, init_classes: Sequence[str] | None = None, txrv: bool = False) -> Foreign:
+    """Read a foreign weights file once per run (cached by path, size and mtime) and map it onto cxrtool's names.
+
+    ``txrv``: the user said ``txrv:`` and anything else is an error.  ``init_classes`` names the
+    outputs (for torchxrayvision: every slot, in head order).
+    """
+    path = Path(path)
+    obj = _read_cached(str(path.resolve()), *_stamp(path)) if path.suffix != ".safetensors" else None
+    if is_txrv(obj):
+        weights = read_txrv(obj, path, labels=init_classes)
+        return Foreign(remap_keys(weights.state), weights.card, weights.card.lineage[0], weights.notes)
+    if txrv:
+        what = obj.qualname if isinstance(obj, PickledObject) else "safetensors" if obj is None else type(obj).__name__
+        raise CxrError(f"{path}: not a torchxrayvision DenseNet file (it holds {what})")
+    state = load_foreign_state(path, obj)
+    lineage: dict[str, Any] = {"source": "state_dict", "path": str(path.resolve()), "sha256": file_sha256(path)}
+    if init_classes:
+        lineage["class_names"] = list(init_classes)
+    return Foreign(state, None, lineage)
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_mtime_ns, stat.st_size
+
+
+@functools.lru_cache(maxsize=2)
+def _read_cached(path: str, mtime_ns: int, size: int) -> Any:
+    """The parent is read for its card (arch, preprocessing) and again for its weights: parse once."""
+    return read_torch_file(path)
+
+
+def load_foreign_state(path: str | Path, obj: Any = None) -> dict[str, torch.Tensor]:
+    """A state dict from ``.pth/.pt/.tar`` (safe reader, whole pickled models too) or ``.safetensors``, keys remapped.
+
+    ``obj``: the file's content when the caller has already read it.
+    """
     path = Path(path)
     if path.suffix == ".safetensors":
         try:
@@ -83,15 +150,13 @@ def load_foreign_state(path: str | Path) -> dict[str, torch.Tensor]:
         except Exception as exc:
             raise CxrError(f"{path}: not a readable safetensors file ({exc})") from None
     else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise CxrError(f"{path}: not a loadable weights-only state dict ({first})") from None
+        state = read_torch_file(path) if obj is None else obj
     for wrapper in ("state_dict", "model_state_dict", "model"):  # CheXNet saves {'state_dict': ...}
-        if isinstance(state, Mapping) and isinstance(state.get(wrapper), Mapping):
+        if isinstance(state, Mapping) and isinstance(state.get(wrapper), (Mapping, PickledObject)):
             state = state[wrapper]
             break
+    if isinstance(state, PickledObject):  # torch.save(model): its parameters and buffers
+        state = module_state_dict(state)
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CxrError(f"{path}: does not contain a state dict of tensors")
     return remap_keys(state)
@@ -163,17 +228,16 @@ def initialise(
     if init == "none":
         return InitReport(source="none", fresh=list(class_names))
     if init == "imagenet":
-        state, path = load_imagenet_state(arch)
+        state, weights, path = load_imagenet_state(arch)
         report = InitReport(source="imagenet", path=str(path), fresh=list(class_names))
-        report.lineage = [
-            {"source": "imagenet", "weights": f"{arch}:IMAGENET1K_V1", "file": path.name, "sha256": file_sha256(path)}
-        ]
+        report.lineage = [{
+            "source": "imagenet", "weights": f"{weights.kind}:{weights.name}", "file": path.name,
+            "sha256": file_sha256(path),
+        }]  # fmt: skip
         _load_backbone(model, state, source=str(path), notes=report.notes)
         return report
 
-    path = Path(init)
-    if not path.is_file():
-        raise CxrError(f"--init {init!r}: not 'imagenet', 'none' or an existing weights file")
+    path = _init_path(init)
     card = _card_or_none(path)
     if card is not None:
         if card.arch != arch:
@@ -185,12 +249,13 @@ def initialise(
         entry |= {"task": card.task.name, "class_names": list(card.class_names), "created": card.created}
         report.lineage = [entry, *card.lineage]
     else:
-        state = load_foreign_state(path)
-        old_names = list(init_classes) if init_classes else None
-        report = InitReport(source="state_dict", path=str(path))
-        report.lineage = [{"source": "state_dict", "path": str(path.resolve()), "sha256": file_sha256(path)}]
-        if old_names:
-            report.lineage[0]["class_names"] = list(old_names)
+        foreign = read_foreign(path, init_classes=init_classes, txrv=init.startswith(TXRV_PREFIX))
+        if foreign.card is not None and foreign.card.arch != arch:
+            raise CxrError(f"{path}: the file holds a {foreign.card.arch}, the run asks for {arch}")
+        state = foreign.state
+        old_names = foreign.card.class_names if foreign.card else (list(init_classes) if init_classes else None)
+        report = InitReport(source=foreign.lineage["source"], path=str(path), notes=list(foreign.notes))
+        report.lineage = [foreign.lineage]
     head = _load_backbone(model, state, source=str(path), notes=report.notes)
     if keep_neurons or keep_map:
         if old_names is None:
@@ -204,12 +269,29 @@ def initialise(
     return report
 
 
-def read_parent_card(init: str) -> ModelCard | None:
-    """The card of ``init`` when it is a cxrtool checkpoint (its arch and preprocessing are the defaults)."""
+def _init_path(init: str) -> Path:
+    if init.startswith(TXRV_PREFIX):
+        return resolve_txrv(init)
     path = Path(init)
-    if init in ("none", "imagenet") or not path.is_file():
+    if not path.is_file():
+        raise CxrError(f"--init {init!r}: not 'imagenet', 'none', 'txrv:NAME' or an existing weights file")
+    return path
+
+
+def read_parent_card(init: str, init_classes: Sequence[str] | None = None) -> ModelCard | None:
+    """The card of ``init`` when it has one: a cxrtool checkpoint's, or an imported torchxrayvision model's.
+
+    Its arch and preprocessing are the run's defaults.
+    """
+    if init in ("none", "imagenet"):
         return None
-    return _card_or_none(path)
+    if not init.startswith(TXRV_PREFIX) and not Path(init).is_file():
+        return None
+    path = _init_path(init)
+    card = _card_or_none(path)
+    if card is not None or path.suffix == ".safetensors":
+        return card
+    return read_foreign(path, init_classes=init_classes, txrv=init.startswith(TXRV_PREFIX)).card
 
 
 def _card_or_none(path: Path) -> ModelCard | None:

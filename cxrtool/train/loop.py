@@ -305,7 +305,7 @@ def _read_data(cfg: TrainConfig) -> _Data:
 
 def _build(cfg: TrainConfig, n_classes: int) -> tuple[str, PreprocessCfg, nn.Module]:
     """Architecture, preprocessing (the ``--init`` checkpoint's unless overridden) and a fresh model."""
-    parent = read_parent_card(cfg.init)
+    parent = read_parent_card(cfg.init, cfg.init_classes)
     arch = cfg.arch or (parent.arch if parent else DEFAULT_ARCH)
     overrides = {"input_size": cfg.input_size, "channels": cfg.channels, "resize": cfg.resize}
     try:

@@ -10,9 +10,9 @@ import torch
 import torchvision
 
 from cxrtool.errors import CxrError
+from cxrtool.modelfile import ModelCard, file_sha256
 from cxrtool.models import build_model
 from cxrtool.models.checkpoint import save_checkpoint
-from cxrtool.modelfile import ModelCard, file_sha256
 from cxrtool.models.densenet import DenseNetClassifier
 from cxrtool.models.pretrained import (
     imagenet_weights_file,
@@ -150,7 +150,7 @@ class _Evil:
 def test_foreign_file_is_loaded_weights_only(tmp_path: Path) -> None:
     path = tmp_path / "evil.pth"
     path.write_bytes(pickle.dumps({"state_dict": _Evil()}, protocol=2))
-    with pytest.raises(CxrError, match="not a loadable weights-only state dict"):
+    with pytest.raises(CxrError, match="refused to call builtins.print"):
         load_foreign_state(path)
 
 
@@ -171,3 +171,47 @@ def test_keep_map_errors_name_the_class() -> None:
 def test_keep_neurons_needs_a_checkpoint() -> None:
     with pytest.raises(CxrError, match="needs --init to be a checkpoint"):
         initialise(tiny(2), "none", arch="densenet121", class_names=["a", "b"], keep_neurons=True)
+
+
+def test_imagenet_from_timm_safetensors_in_the_hf_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from safetensors.torch import save_file
+
+    from cxrtool.models.catalog import KNOWN
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no torchvision file: the timm one is used
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    with pytest.raises(CxrError) as info:
+        initialise(tiny(3), "imagenet", arch="densenet121", class_names=["a", "b", "c"])
+    timm = KNOWN["timm:densenet121.tv_in1k"]
+    msg = str(info.value)
+    assert timm.url in msg and str(tmp_path / "hf" / "hub" / "models--timm--densenet121.tv_in1k") in msg
+    torch.manual_seed(2)
+    tv = torchvision.models.densenet121(weights=None)
+    file = tmp_path / "hf" / "hub" / "models--timm--densenet121.tv_in1k" / "snapshots" / "0123abc" / "model.safetensors"
+    file.parent.mkdir(parents=True)
+    # timm's file: torchvision's names, no num_batches_tracked (timm drops nothing else for DenseNet)
+    save_file({k: v for k, v in tv.state_dict().items() if not k.endswith("num_batches_tracked")}, str(file))
+    model = build_model("densenet121", num_classes=2)
+    report = initialise(model, "imagenet", arch="densenet121", class_names=["x", "y"])
+    ref = tv.state_dict()
+    assert all(torch.equal(model.state_dict()[k], ref[k]) for k in ref if not k.startswith("classifier"))
+    assert report.lineage[0]["weights"] == "timm:densenet121.tv_in1k"
+    assert report.lineage[0]["sha256"] == file_sha256(file)
+
+
+def test_doctor_lists_known_weight_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cxrtool.envinfo import _weight_rows
+    from cxrtool.models.catalog import KNOWN
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    nih = KNOWN["densenet121-res224-nih"]
+    (tmp_path / ".torchxrayvision" / "models_data").mkdir(parents=True)
+    (tmp_path / ".torchxrayvision" / "models_data" / nih.filename).write_bytes(b"x")
+    rows = {item: (value, ok) for item, value, ok in _weight_rows()}
+    found = tmp_path / ".torchxrayvision" / "models_data" / nih.filename
+    assert rows["txrv:densenet121-res224-nih"] == (str(found), True)
+    value, ok = rows["imagenet (torchvision:densenet121)"]
+    assert ok is None and str(tmp_path / "torch" / "hub" / "checkpoints") in value
+    assert KNOWN["torchvision:densenet121"].url in value
