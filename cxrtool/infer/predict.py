@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from cxrtool.config import resolve_preprocess
 from cxrtool.errors import CxrError
 from cxrtool.fsutil import display_path
+from cxrtool.explain.shortcut import card_warning
 from cxrtool.infer.batching import iter_predictions
 from cxrtool.infer.decode_pool import DecodeFn, decode_file, default_workers
 from cxrtool.infer.jobs import select_paths
@@ -188,6 +189,8 @@ def predict_to_file(
         summary.choice = described.get("choice")
         if not trust.has_ood:
             summary.notices.append(NO_STATS_NOTICE.format(model=display_path(engine.path)))
+        if shortcut := card_warning(card.dataset):
+            summary.notices.append(f"{display_path(engine.path)}: {shortcut}")
 
         done: set[str] = set()
         if options.resume and out.exists():

@@ -33,6 +33,18 @@ class Outputs:
     features: np.ndarray
     targets: np.ndarray
     failed: int
+    thumbs: np.ndarray  # 8x8 thumbnails of the inputs, for the shortcut verdict (cxrtool.explain.shortcut)
+
+
+def thumbnails(x: torch.Tensor) -> np.ndarray:
+    """(N, C, H, W) model inputs -> (N, 64) box-averaged 8x8 thumbnails of the first channel.
+
+    The inputs are normalised films (an affine map of the grey film); the shortcut probe
+    standardises its inputs, so its verdict is the same as on the grey film's thumbnail.
+    """
+    from cxrtool.explain.shortcut import THUMB_SIDE
+
+    return torch.nn.functional.adaptive_avg_pool2d(x[:, :1].float(), THUMB_SIDE).flatten(1).cpu().numpy()
 
 
 @torch.inference_mode()
@@ -43,7 +55,7 @@ def collect(model: nn.Module, dataset: ManifestDataset, *, device: torch.device 
         raise CxrError(f"{type(model).__name__} has no features path; OOD statistics need a cxrtool DenseNet")
     model = getattr(model, "module", model).eval()
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
-    logits, feats, targets, failed = [], [], [], 0
+    logits, feats, targets, thumbs, failed = [], [], [], [], 0
     for x, y, _, errors in loader:
         ok = torch.tensor([not e for e in errors], dtype=torch.bool)
         failed += int((~ok).sum())
@@ -52,11 +64,12 @@ def collect(model: nn.Module, dataset: ManifestDataset, *, device: torch.device 
             logits.append(z.float().cpu().numpy())
             feats.append(f.float().cpu().numpy())
             targets.append(y[ok].numpy())
+            thumbs.append(thumbnails(x[ok]))
         if on_batch is not None:
             on_batch(len(errors))
     if not logits:
         raise CxrError(f"none of the {len(dataset)} films could be read")
-    return Outputs(np.concatenate(logits), np.concatenate(feats), np.concatenate(targets), failed)
+    return Outputs(np.concatenate(logits), np.concatenate(feats), np.concatenate(targets), failed, np.concatenate(thumbs))
 
 
 @dataclass
@@ -66,11 +79,20 @@ class TrustFit:
     calibration: dict[str, Any]
     ood: OodModel
     failed: int = 0  # unreadable films left out
+    #: the shortcut verdict on the Gaussians' split (None: none found); ``refit=False``: no such split, card kept
+    shortcut: str | None = None
+    refit: bool = True
 
     def apply(self, card: ModelCard) -> dict[str, torch.Tensor]:
         """Write the fields into ``card``; return the tensors to save with the checkpoint."""
+        from cxrtool.explain.shortcut import CARD_KEY
+
         card.calibration = dict(self.calibration)
         card.ood = self.ood.params()
+        if self.refit:
+            card.dataset = {k: v for k, v in card.dataset.items() if k != CARD_KEY}
+            if self.shortcut:
+                card.dataset[CARD_KEY] = self.shortcut
         return {k: torch.from_numpy(v) for k, v in self.ood.tensors(TRUST_PREFIX).items()}
 
 
@@ -117,7 +139,18 @@ def fit_trust(
             ood = fit_ood(tr.features, labels, va.features, layout, quantile=quantile, info=info)
     except ValueError as exc:
         raise CxrError(f"OOD statistics: {exc}") from None
-    return TrustFit(calibration, ood, failed)
+    if train is None:
+        return TrustFit(calibration, ood, failed, refit=False)
+    return TrustFit(calibration, ood, failed, split_shortcut(card, tr.thumbs, tr.targets))
+
+
+def split_shortcut(card: ModelCard, thumbs: np.ndarray, targets: np.ndarray) -> str | None:
+    """:func:`~cxrtool.explain.shortcut.shortcut_verdict` on one split's films and true labels (multiclass only)."""
+    from cxrtool.explain.shortcut import shortcut_verdict
+
+    if card.task.multilabel or len(targets) == 0:
+        return None
+    return shortcut_verdict(thumbs, [card.class_names[int(t)] for t in targets])
 
 
 @dataclass
