@@ -135,11 +135,11 @@ def kind_files(data: Path, nih: int) -> dict[str, list[Path]]:
 
 def checks_of(backend, trust, files: list[Path], *, dedupe: bool = False) -> dict:
     """Inputs, outputs and every check's verdict for ``files``, as predict computes them."""
+    import torch
+
     from cxrtool.trust.fit import thumbnails
     from cxrtool.trust.gate import header_verdict
     from cxrtool.trust.view import view_verdicts
-
-    import torch
 
     kept, x, failures = load_films(backend.card, files, dedupe=dedupe)
     logits, feats = run_batches(backend, x)
@@ -212,8 +212,8 @@ def alternative_scores(layout, train: dict, train_y: np.ndarray, val: dict) -> d
 
 def view_overhead(model: Path, folder: Path, workdir: Path, backend: str) -> dict[str, float]:
     """predict end-to-end at batch 16, and the seconds spent inside the view rules during that run."""
-    import cxrtool.trust.view as view
     from cxrtool.infer.predict import PredictOptions, predict_to_file
+    from cxrtool.trust import view
 
     spent = [0.0]
     original = view.view_verdicts

@@ -50,7 +50,9 @@ def standardise(inputs: np.ndarray) -> np.ndarray:
 
 
 def _span(lo: float, hi: float, n: int) -> slice:
-    return slice(int(round(lo * n)), max(int(round(lo * n)) + 1, int(round(hi * n))))
+    """Columns/rows ``lo``..``hi`` (shares of ``n``), at least one."""
+    start = round(lo * n)
+    return slice(start, max(start + 1, round(hi * n)))
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,12 @@ from pathlib import Path
 import pytest
 from pydicom import Dataset
 
-from cxrtool.trust.gate import HeaderVerdict, header_problems, header_verdict, header_view
+from cxrtool.trust.gate import (
+    HeaderVerdict,
+    header_problems,
+    header_verdict,
+    header_view,
+)
 
 
 def _header(**tags: str) -> Dataset:

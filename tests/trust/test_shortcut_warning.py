@@ -10,8 +10,14 @@ import pytest
 from typer.testing import CliRunner
 
 from cxrtool.cli.main import app
-from cxrtool.explain.shortcut import CARD_KEY, WARNING_PREFIX, card_warning, shortcut_verdict, thumbnail
 from cxrtool.config import PreprocessCfg
+from cxrtool.explain.shortcut import (
+    CARD_KEY,
+    WARNING_PREFIX,
+    card_warning,
+    shortcut_verdict,
+    thumbnail,
+)
 from cxrtool.preprocess import load_gray
 
 RUN = CliRunner()
@@ -40,8 +46,8 @@ def test_card_warning_reads_only_a_non_empty_string() -> None:
 
 def test_trust_fit_writes_and_clears_the_card_field(trusted: Path) -> None:
     from cxrtool.modelfile import read_card
-    from cxrtool.trust.fit import TrustFit
     from cxrtool.trust.assess import load_trust
+    from cxrtool.trust.fit import TrustFit
 
     card = read_card(trusted)
     ood = load_trust(trusted, card).ood
@@ -59,10 +65,10 @@ def test_trust_fit_writes_and_clears_the_card_field(trusted: Path) -> None:
 @pytest.fixture
 def warned(trusted: Path, tmp_path: Path) -> Path:
     """The trusted checkpoint, its card carrying a shortcut warning."""
+    import torch
+
     from cxrtool.models.checkpoint import load_checkpoint, save_checkpoint
     from cxrtool.trust.store import checkpoint_tensors
-
-    import torch
 
     model, card = load_checkpoint(trusted)
     card.dataset[CARD_KEY] = WARNING_PREFIX + "covid vs normal 0.97"
@@ -72,9 +78,9 @@ def warned(trusted: Path, tmp_path: Path) -> Path:
 
 
 def test_predict_report_and_sr_carry_the_warning(warned: Path, shared_data: Path, tmp_path: Path) -> None:
+    from cxrtool.modelfile import read_card
     from cxrtool.report.html import build_report
     from cxrtool.results.write import _card_extra
-    from cxrtool.modelfile import read_card
 
     films = sorted((shared_data / "covid3_256" / "normal").glob("*.png"))[:2]
     out = tmp_path / "p.csv"

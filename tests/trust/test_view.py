@@ -14,7 +14,14 @@ from cxrtool.modelfile import ModelCard
 from cxrtool.preprocess import load_input
 from cxrtool.trust import FLAG_OK, FLAG_OOD, Trust
 from cxrtool.trust.gate import HeaderVerdict
-from cxrtool.trust.view import RULES, MediastinumRule, SymmetryRule, make_rules, standardise, view_verdicts
+from cxrtool.trust.view import (
+    RULES,
+    MediastinumRule,
+    SymmetryRule,
+    make_rules,
+    standardise,
+    view_verdicts,
+)
 
 CFG = PreprocessCfg(input_size=64)
 
