@@ -65,7 +65,7 @@ class PredictOptions:
     max_pending:
         Decoded-or-decoding inputs in flight; default ``2 * batch_size + 2 * workers``.
     reject_ood:
-        Leave ``predicted`` empty for flagged films (out of distribution or failing the header gate).
+        Leave ``predicted`` empty for flagged films (out of distribution, failing the header gate or the view check).
     """
 
     batch_size: int = 16
@@ -111,7 +111,7 @@ class PredictSummary:
     failures: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
     choice: str | None = None  # why ``auto`` picked this backend (None for an explicit one)
-    flags: Counter = field(default_factory=Counter)  # flag -> films (ok, out_of_distribution, header:...)
+    flags: Counter = field(default_factory=Counter)  # flag -> films (ok, out_of_distribution, header:..., view:...)
     scored: int = 0  # films with an ood_score
     notices: list[str] = field(default_factory=list)  # one line each, e.g. a model without OOD statistics
 
