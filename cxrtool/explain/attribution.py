@@ -276,7 +276,8 @@ def _explain_files(
         features = result.features.numpy() if result.features is not None else None
         if features is not None:  # the penultimate features, for the shortcut audit
             feats.append(features[:, -model.classifier.in_features :])
-        verdicts = trust.assess(logits.numpy(), features, [header_verdict(p) for p, _, _ in good], view_verdicts(x.numpy()))
+        headers = [header_verdict(p) for p, _, _ in good]
+        verdicts = trust.assess(logits.numpy(), features, headers, view_verdicts(x.numpy()))
         probs = torch.from_numpy(np.stack([v.probs for v in verdicts]))
         predicted = logits.argmax(1)
         for _, stem, gray in good:

@@ -39,7 +39,8 @@ def predict_batch(backend: Backend, paths: list[str], inputs: np.ndarray, trust:
     if features is not None:
         features = np.nan_to_num(features)
     headers = [header_verdict(p) for p in paths]
-    verdicts = trust.assess(np.nan_to_num(logits), features, headers, view_verdicts(inputs))  # bad rows are reported, not computed
+    # bad rows are reported, not computed
+    verdicts = trust.assess(np.nan_to_num(logits), features, headers, view_verdicts(inputs))
     return [
         Prediction(path, error=reason) if reason else Prediction(path, probs=v.probs, ood_score=v.ood_score, flag=v.flag)
         for path, v, reason in zip(paths, verdicts, reasons)

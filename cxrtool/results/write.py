@@ -103,7 +103,8 @@ def results_for_predictions(
     results = []
     for row in _read_rows(Path(predictions)):
         names = list(card.class_names) if card else _row_classes(row)
-        info = ModelInfo(model_id=str(row.get("model_id") or ""), backend=str(row.get("backend") or ""), calibrated=_calibrated(card), extra=_card_extra(card))
+        info = ModelInfo(model_id=str(row.get("model_id") or ""), backend=str(row.get("backend") or ""), calibrated=_calibrated(card),
+                         extra=_card_extra(card))
 
         def analyse(path: str, row: dict = row, names: list[str] = names) -> tuple[FilmPrediction, Heatmap | None]:
             prediction = FilmPrediction.from_row(row, names)

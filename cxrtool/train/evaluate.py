@@ -122,9 +122,13 @@ def evaluate(
     return EvalResult(metrics, int(ok.sum()), failures, files)
 
 
+#: logits, features, targets, errors, view verdicts, thumbnails
+_Collected = tuple[np.ndarray, np.ndarray, np.ndarray, list[str], list[str | None], np.ndarray]
+
+
 @torch.inference_mode()
-def _outputs(model: Any, batches: Any, runtime: Runtime) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str], list[str | None], np.ndarray]:
-    """Logits, features, targets, errors, view verdicts and 8x8 thumbnails of ``(x, target, index, error)`` batches, in order."""
+def _outputs(model: Any, batches: Any, runtime: Runtime) -> _Collected:
+    """Logits, features, targets, errors, view verdicts and 8x8 thumbnails of ``(x, target, index, error)`` batches."""
     logits, features, targets, errors, views, thumbs = [], [], [], [], [], []
     for x, y, _, err in batches:
         views += view_verdicts(x.numpy())
@@ -135,7 +139,8 @@ def _outputs(model: Any, batches: Any, runtime: Runtime) -> tuple[np.ndarray, np
         features.append(f.float().cpu())
         targets.append(y)
         errors.extend(err)
-    return torch.cat(logits).numpy(), torch.cat(features).numpy(), torch.cat(targets).numpy(), errors, views, np.concatenate(thumbs)
+    arrays = (torch.cat(logits).numpy(), torch.cat(features).numpy(), torch.cat(targets).numpy())
+    return *arrays, errors, views, np.concatenate(thumbs)
 
 
 def _predictions_csv(

@@ -69,7 +69,8 @@ def collect(model: nn.Module, dataset: ManifestDataset, *, device: torch.device 
             on_batch(len(errors))
     if not logits:
         raise CxrError(f"none of the {len(dataset)} films could be read")
-    return Outputs(np.concatenate(logits), np.concatenate(feats), np.concatenate(targets), failed, np.concatenate(thumbs))
+    cat = np.concatenate
+    return Outputs(cat(logits), cat(feats), cat(targets), failed, cat(thumbs))
 
 
 @dataclass

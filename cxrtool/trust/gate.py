@@ -53,7 +53,10 @@ def header_view(ds: Dataset) -> str | None:
 
 
 def header_problems(ds: Dataset) -> list[str]:
-    """Every reason this header is not a frontal chest radiograph's (empty: it passes; a lateral view is :func:`header_view`'s)."""
+    """Every reason this header is not a frontal chest radiograph's (empty: it passes).
+
+    A lateral view is no problem here: :func:`header_view` reports it.
+    """
     from cxrtool.dicom.prepare import header_checks, view_position
 
     problems = header_checks(ds)
