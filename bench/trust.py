@@ -25,7 +25,8 @@ without trust statistics is calibrated first (``cxrtool calibrate``'s core).  Me
 * the view rules' share of predict's end-to-end time at batch 16, as a ratio within one run
   (time inside ``view_verdicts`` / the run's seconds)              -- target <= 5%
 
-Usage: .venv/bin/python bench/trust.py [--workdir DIR] [--checkpoint CKPT --manifest CSV] [--json OUT] [--skip-overhead]
+Usage: .venv/bin/python bench/trust.py [--workdir DIR] [--checkpoint CKPT --manifest CSV] [--json OUT]
+       [--skip-overhead]
 Exit code 1 when a target is missed.  Timing needs a quiet machine (see `uptime`).
 """
 
@@ -146,8 +147,10 @@ def checks_of(backend, trust, files: list[Path], *, dedupe: bool = False) -> dic
     headers = [header_verdict(f) for f in kept]
     views = view_verdicts(x)
     verdicts = trust.assess(logits, feats, headers, views)
-    return {"names": [f.name for f in kept], "logits": logits, "features": feats, "thumbs": thumbnails(torch.from_numpy(x)),
-            "scores": np.array([v.ood_score for v in verdicts]), "flags": [v.flag for v in verdicts], "failures": failures}
+    return {
+        "names": [f.name for f in kept], "logits": logits, "features": feats, "thumbs": thumbnails(torch.from_numpy(x)),
+        "scores": np.array([v.ood_score for v in verdicts]), "flags": [v.flag for v in verdicts], "failures": failures,
+    }  # fmt: skip
 
 
 def flag_shares(flags: list[str]) -> dict[str, float]:
@@ -185,7 +188,10 @@ def alternative_scores(layout, train: dict, train_y: np.ndarray, val: dict) -> d
                 parts = [p / np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-12) for p in parts]
             return np.concatenate(parts, axis=1)
 
-        sub = [(n, blocks[n].stop - blocks[n].start) for n in names] if key == "features" else [("thumb", train[key].shape[1])]
+        if key == "features":
+            sub = [(n, blocks[n].stop - blocks[n].start) for n in names]
+        else:
+            sub = [("thumb", train[key].shape[1])]
         model = fit_ood(cols(train), train_y, cols(val), sub)
         return (lambda d: model.score(cols(d))), model.threshold
 
@@ -227,7 +233,8 @@ def view_overhead(model: Path, folder: Path, workdir: Path, backend: str) -> dic
 
     view.view_verdicts = timed
     try:
-        summary = predict_to_file([folder], model, workdir / "pred_view.csv", PredictOptions(batch_size=16, overwrite=True), backend=backend)
+        options = PredictOptions(batch_size=16, overwrite=True)
+        summary = predict_to_file([folder], model, workdir / "pred_view.csv", options, backend=backend)
     finally:
         view.view_verdicts = original
     return {"predict_s": summary.seconds, "view_s": spent[0], "share": spent[0] / summary.seconds}
@@ -285,7 +292,8 @@ def main() -> int:
     ap.add_argument("--copies", type=int, default=8, help="copies of the test films in the timed predict folder (8: 376 films)")
     ap.add_argument("--nih", type=int, default=1000, help="NIH thumbnails to score (all 1000 by default)")
     ap.add_argument("--json", type=Path)
-    ap.add_argument("--skip-overhead", action="store_true", help="skip the with/without statistics predict timing (the longest part)")
+    ap.add_argument("--skip-overhead", action="store_true",
+                    help="skip the with/without statistics predict timing (the longest part)")
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
 
@@ -368,10 +376,12 @@ def main() -> int:
 
     # per kind (issue 25): every check as predict applies it, and the OOD score against alternatives
     test = checks_of(backend, trust, split_files(manifest, "test"))
-    kinds = {name: checks_of(backend, trust, files, dedupe=True) for name, files in kind_files(args.data, args.nih).items() if files}
+    kinds = {name: checks_of(backend, trust, files, dedupe=True)
+             for name, files in kind_files(args.data, args.nih).items() if files}  # fmt: skip
     r["test_flags"] = flag_shares(test["flags"])
     r["kinds"] = {
-        name: {"n": len(k["names"]), "failed": len(k["failures"]), "ood_auroc": auroc(test["scores"], k["scores"]), **{f"flagged_{c}": v for c, v in flag_shares(k["flags"]).items()}}
+        name: {"n": len(k["names"]), "failed": len(k["failures"]), "ood_auroc": auroc(test["scores"], k["scores"]),
+               **{f"flagged_{c}": v for c, v in flag_shares(k["flags"]).items()}}
         for name, k in kinds.items()
     }  # fmt: skip
     r["lateral_missed"] = [n for n, f in zip(kinds["lateral"]["names"], kinds["lateral"]["flags"]) if f == "ok"]
@@ -379,10 +389,12 @@ def main() -> int:
     val_d = checks_of(backend, trust, val_files)
     train_y = np.array([card.class_names.index(row["label"]) for row in read_manifest(manifest).select("train").rows])
     alt = {}
-    for name, (fn, threshold) in alternative_scores([(d.name, d.stop - d.start) for d in ood.depths], train_d, train_y, val_d).items():
+    layout = [(d.name, d.stop - d.start) for d in ood.depths]
+    for name, (fn, threshold) in alternative_scores(layout, train_d, train_y, val_d).items():
         ref = fn(test)
         alt[name] = {"test_flagged": float(np.mean(ref > threshold)),
-                     **{kind: {"auroc": auroc(ref, fn(k)), "flagged": float(np.mean(fn(k) > threshold))} for kind, k in kinds.items()}}  # fmt: skip
+                     **{kind: {"auroc": auroc(ref, fn(k)), "flagged": float(np.mean(fn(k) > threshold))}
+                        for kind, k in kinds.items()}}  # fmt: skip
     r["ood_alternatives"] = alt
 
     folder = args.workdir / f"predict_in_{manifest.stem}_x{args.copies}"
