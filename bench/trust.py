@@ -292,6 +292,7 @@ def main() -> int:
     ap.add_argument("--copies", type=int, default=8, help="copies of the test films in the timed predict folder (8: 376 films)")
     ap.add_argument("--nih", type=int, default=1000, help="NIH thumbnails to score (all 1000 by default)")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--skip-parity", action="store_true", help="skip the ONNX Runtime / OpenVINO score parity")
     ap.add_argument("--skip-overhead", action="store_true",
                     help="skip the with/without statistics predict timing (the longest part)")
     args = ap.parse_args()
@@ -360,19 +361,20 @@ def main() -> int:
     r["dicom_chest_scores"] = {n: round(float(s), 3) for n, s in zip(cnames, chest_scores)}
 
     # parity: ONNX Runtime and OpenVINO (f32 and the CPU's default) against torch on real test films
-    onnx_path = export_onnx(ckpt, ckpt.parent / "engines" / f"{ckpt.stem}.onnx", check_images=split_files(manifest, "test")[:16]).path
-    ref = test_scores
-    parity = {}
-    for name, opts in (("onnxruntime", {}), ("openvino_f32", {"precision": "f32"}), ("openvino_auto", {"precision": "auto"})):
-        try:
-            b = load_backend(onnx_path, backend=name.split("_")[0], **opts)
-        except Exception as exc:  # a runtime missing here: report, do not fail the bench
-            parity[name] = f"unavailable: {exc}"
-            continue
-        _, _, f, _ = features_of(b, split_files(manifest, "test"))
-        s = load_trust(onnx_path, b.card).ood.score(f)
-        parity[name] = {"max_rel_diff": float((np.abs(s - ref) / np.maximum(1.0, np.abs(ref))).max()), "precision": b.describe().get("precision", "f32")}
-    r["parity"] = parity
+    if not args.skip_parity:
+        onnx_path = export_onnx(ckpt, ckpt.parent / "engines" / f"{ckpt.stem}.onnx", check_images=split_files(manifest, "test")[:16]).path
+        ref = test_scores
+        parity = {}
+        for name, opts in (("onnxruntime", {}), ("openvino_f32", {"precision": "f32"}), ("openvino_auto", {"precision": "auto"})):
+            try:
+                b = load_backend(onnx_path, backend=name.split("_")[0], **opts)
+            except Exception as exc:  # a runtime missing here: report, do not fail the bench
+                parity[name] = f"unavailable: {exc}"
+                continue
+            _, _, f, _ = features_of(b, split_files(manifest, "test"))
+            s = load_trust(onnx_path, b.card).ood.score(f)
+            parity[name] = {"max_rel_diff": float((np.abs(s - ref) / np.maximum(1.0, np.abs(ref))).max()), "precision": b.describe().get("precision", "f32")}
+        r["parity"] = parity
 
     # per kind (issue 25): every check as predict applies it, and the OOD score against alternatives
     test = checks_of(backend, trust, split_files(manifest, "test"))
