@@ -93,12 +93,17 @@ def test_predict_report_and_sr_carry_the_warning(warned: Path, shared_data: Path
     assert _card_extra(read_card(warned)) == (("training_data", WARNING_PREFIX + "covid vs normal 0.97"),)
 
 
-def test_evaluate_writes_its_verdict(trusted: Path, films: Path, tmp_path: Path) -> None:
+def test_training_stores_the_verdict_of_its_training_split(trusted: Path, films: Path, tmp_path: Path) -> None:
+    """``train`` (its trust fit) and ``evaluate --split train`` run the same probe on the same films."""
     import json
 
-    result = RUN.invoke(app, ["evaluate", str(trusted), str(films), "--split", "train", "--out", str(tmp_path), "--bootstrap", "0", "--device", "cpu"])
+    from cxrtool.modelfile import read_card
+
+    stored = card_warning(read_card(trusted).dataset)
+    assert stored is not None and stored.startswith(WARNING_PREFIX)
+    result = RUN.invoke(app, ["evaluate", str(trusted), str(films), "--split", "train", "--out", str(tmp_path), "--bootstrap", "0"])
     assert result.exit_code == 0, result.output
-    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert json.loads((tmp_path / "metrics.json").read_text())["shortcut"] == stored
+    assert "warning: " + stored in " ".join(result.output.split())  # evaluate prints it
     # the 36 training films: 12 adult covid films and 24 children's; a thumbnail tells covid apart
-    assert m["shortcut"].startswith(WARNING_PREFIX) and "tells apart covid vs " in m["shortcut"]
-    assert "warning: " + m["shortcut"] in " ".join(result.output.split())
+    assert "tells apart covid vs " in stored
