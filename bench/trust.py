@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shutil
 import sys
 import time
@@ -43,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
+DATA = Path(os.environ.get("CXRTOOL_SHARED_DATA") or REPO.parent / "shared" / "data")  # as the tests find it
 
 
 def train_fixture_model(workdir: Path, data: Path, size: int = 64, epochs: int = 7, val_fraction: float = 0.15) -> tuple[Path, Path]:
