@@ -7,7 +7,7 @@ the metrics; the rest are still evaluated.
 Probabilities are the calibrated ones (the card's temperature, :mod:`cxrtool.trust`), as predict
 reports them; ``metrics.json`` has ``ece``/``brier`` of the raw model (T = 1) and
 ``ece_calibrated``/``brier_calibrated`` after scaling, and, for a model with OOD statistics, the
-share of films flagged out of distribution (``ood_flagged``).  Every film also passes the view rules
+share of films flagged by any check (``ood_flagged``: OOD score, view rules).  Every film also passes the view rules
 (:mod:`cxrtool.trust.view`), and the split's true labels the shortcut audit's thumbnail probe
 (``shortcut`` in ``metrics.json``: the warning line, or null).
 """
