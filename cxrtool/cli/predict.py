@@ -37,7 +37,7 @@ def predict(
     ] = None,
     html: Annotated[Optional[Path], typer.Option("--html", help="Also write a self-contained HTML report of the rows here.", dir_okay=False)] = None,
     reject_ood: Annotated[
-        bool, typer.Option("--reject-ood", help="Leave the predicted class empty for flagged films (out of distribution or header gate).")
+        bool, typer.Option("--reject-ood", help="Leave the predicted class empty for flagged films (out of distribution, header gate or view check).")
     ] = False,
 ) -> None:
     """Predict every film in PATHS; exit 0 when all were read, 1 when some files failed, 2 on usage errors."""

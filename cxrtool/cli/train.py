@@ -311,6 +311,8 @@ def evaluate(
         per.add_row(name, *(_fmt(row[k]) for k in ("precision", "recall", "specificity", "f1", "auc", "support")))
     out.print(per)
     err.print("wrote " + ", ".join(str(f) for f in result.files))
+    if m.get("shortcut"):
+        err.print(Text.assemble(("warning:", "yellow"), " ", m["shortcut"]))
     for path, reason in result.failures:
         err.print(failed(path, reason), soft_wrap=True)
     if result.failures:

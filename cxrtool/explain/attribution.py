@@ -252,7 +252,8 @@ def _explain_files(
 ) -> ExplainReport:
     from cxrtool.explain.shortcut import shortcut_audit, thumbnail
     from cxrtool.preprocess import load_gray, normalize
-    from cxrtool.trust.gate import header_reason
+    from cxrtool.trust.gate import header_verdict
+    from cxrtool.trust.view import view_verdicts
 
     options = options or ExplainOptions()
     cfg = card.preprocess
@@ -282,7 +283,8 @@ def _explain_files(
         features = result.features.numpy() if result.features is not None else None
         if features is not None:  # the penultimate features, for the shortcut audit
             feats.append(features[:, -model.classifier.in_features :])
-        verdicts = trust.assess(logits.numpy(), features, [header_reason(p) for p, _, _ in good])
+        headers = [header_verdict(p) for p, _, _ in good]
+        verdicts = trust.assess(logits.numpy(), features, headers, view_verdicts(x.numpy()))
         probs = torch.from_numpy(np.stack([v.probs for v in verdicts]))
         predicted = logits.argmax(1)
         for _, stem, gray in good:
@@ -325,9 +327,12 @@ def _explain_files(
 def _flag_title(flag: str) -> str:
     """What a panel title adds for a flagged film (nothing for ``ok``)."""
     from cxrtool.trust.assess import FLAG_OOD, HEADER_FLAG_PREFIX
+    from cxrtool.trust.view import VIEW_FLAG_PREFIX
 
     if flag == FLAG_OOD:
         return " | out of distribution: unlike the training films"
+    if flag.startswith(VIEW_FLAG_PREFIX):
+        return f" | out of distribution: not a frontal view ({flag[len(VIEW_FLAG_PREFIX):]})"
     if flag.startswith(HEADER_FLAG_PREFIX):
         return f" | out of distribution: DICOM header says {flag[len(HEADER_FLAG_PREFIX):]}"
     return ""

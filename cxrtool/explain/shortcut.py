@@ -17,6 +17,10 @@ COVID-19 film an adult, every normal and viral film a child), needs other eviden
   ``|R|``), the correlation between classes' mean maps and the share of the image that holds 80%
   of a class's mean ``|R|``: a whole-thorax cue spreads wide, a focal finding does not.
 
+At training time (``train``, ``calibrate``'s fit split, ``evaluate``) only the thumbnail probe runs,
+on the true labels: :func:`shortcut_verdict` turns it into one warning line, stored in the model
+card's ``dataset`` (:data:`CARD_KEY`) and repeated by predict, the report and the DICOM SR.
+
 Probes are scikit-learn logistic regressions on standardised inputs with stratified k-fold
 cross-validation; scores are balanced accuracy next to chance (1 / number of classes).  They
 need at least 2 films of each label; otherwise the line is left out.
@@ -32,6 +36,11 @@ from itertools import combinations
 import numpy as np
 
 THUMB_SIDE = 8
+#: thumbnail-probe balanced accuracy from which a pair of classes counts as told apart without lung detail
+SHORTCUT_ACCURACY = 0.9
+WARNING_PREFIX = "trained on data with a detected shortcut: "
+#: where the warning lives in :attr:`cxrtool.modelfile.ModelCard.dataset`
+CARD_KEY = "shortcut"
 
 
 @dataclass(frozen=True)
@@ -132,3 +141,31 @@ def summary_lines(audit: dict[str, object]) -> list[str]:
         corr = ", ".join(f"{k} {v:+.2f}" for k, v in maps["correlation"].items())  # type: ignore[index]
         lines.append(f"correlation of class-mean relevance maps: {corr}")
     return lines
+
+
+def shortcut_verdict(thumbs: np.ndarray, labels: Sequence[str], min_accuracy: float = SHORTCUT_ACCURACY) -> str | None:
+    """One warning line when an 8x8 thumbnail separates a pair of labelled classes, else None.
+
+    At 8x8 no lung finding survives, so a pair told apart with balanced accuracy >= ``min_accuracy``
+    differs in body size, shape, exposure or borders: an age, size or source proxy a model can
+    learn instead of the finding (the fixtures: adult COVID-19 films, paediatric normal and viral).
+    """
+    labels = np.asarray(labels)
+    thumbs = np.asarray(thumbs)
+    found = []
+    for a, b in combinations(sorted(set(labels.tolist())), 2):
+        pair = (labels == a) | (labels == b)
+        p = probe(thumbs[pair], labels[pair], "8x8 thumbnail", f"{a} vs {b}")
+        if p is not None and p.accuracy >= min_accuracy:
+            found.append(p)
+    if not found:
+        return None
+    pairs = ", ".join(f"{p.target} {p.accuracy:.2f} (n={p.n})" for p in found)
+    return (f"{WARNING_PREFIX}an 8x8 thumbnail, without lung detail, tells apart {pairs} (balanced accuracy); "
+            "body size, age or source may be learned instead of the finding")
+
+
+def card_warning(dataset: dict[str, object]) -> str | None:
+    """The stored warning of a model card's ``dataset`` field (None: none detected, or an older card)."""
+    value = dataset.get(CARD_KEY)
+    return value if isinstance(value, str) and value else None

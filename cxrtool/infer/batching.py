@@ -2,7 +2,8 @@
 
 Every batch's logits pass :func:`cxrtool.infer.backends.check_finite` before
 :meth:`cxrtool.trust.Trust.assess` turns them (with the pooled features and the DICOM header
-gate) into calibrated probabilities, ``ood_score`` and ``flag``: a NaN/Inf output becomes that
+gate and the view rules, which read ``inputs``, the array every backend gets) into calibrated
+probabilities, ``ood_score`` and ``flag``: a NaN/Inf output becomes that
 input's error row, never a silent ``nan`` probability.
 """
 
@@ -29,14 +30,17 @@ def predict_batch(backend: Backend, paths: list[str], inputs: np.ndarray, trust:
     ``trust`` (default: the card's, without OOD statistics) calibrates and flags every row.
     """
     from cxrtool.trust import load_trust
-    from cxrtool.trust.gate import header_reason
+    from cxrtool.trust.gate import header_verdict
+    from cxrtool.trust.view import view_verdicts
 
     trust = trust or load_trust(backend.path, backend.card)
     logits, features = backend.run_features(inputs) if trust.has_ood else (backend.run(inputs), None)
     reasons = check_finite(logits, paths)
     if features is not None:
         features = np.nan_to_num(features)
-    verdicts = trust.assess(np.nan_to_num(logits), features, [header_reason(p) for p in paths])  # bad rows are reported, not computed
+    headers = [header_verdict(p) for p in paths]
+    # bad rows are reported, not computed
+    verdicts = trust.assess(np.nan_to_num(logits), features, headers, view_verdicts(inputs))
     return [
         Prediction(path, error=reason) if reason else Prediction(path, probs=v.probs, ood_score=v.ood_score, flag=v.flag)
         for path, v, reason in zip(paths, verdicts, reasons)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from cxrtool.config import resolve_preprocess
 from cxrtool.errors import CxrError
 from cxrtool.fsutil import display_path
+from cxrtool.explain.shortcut import card_warning
 from cxrtool.infer.batching import iter_predictions
 from cxrtool.infer.decode_pool import DecodeFn, decode_file, default_workers
 from cxrtool.infer.jobs import select_paths
@@ -64,7 +65,7 @@ class PredictOptions:
     max_pending:
         Decoded-or-decoding inputs in flight; default ``2 * batch_size + 2 * workers``.
     reject_ood:
-        Leave ``predicted`` empty for flagged films (out of distribution or failing the header gate).
+        Leave ``predicted`` empty for flagged films (out of distribution, failing the header gate or the view check).
     """
 
     batch_size: int = 16
@@ -110,7 +111,7 @@ class PredictSummary:
     failures: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
     choice: str | None = None  # why ``auto`` picked this backend (None for an explicit one)
-    flags: Counter = field(default_factory=Counter)  # flag -> films (ok, out_of_distribution, header:...)
+    flags: Counter = field(default_factory=Counter)  # flag -> films (ok, out_of_distribution, header:..., view:...)
     scored: int = 0  # films with an ood_score
     notices: list[str] = field(default_factory=list)  # one line each, e.g. a model without OOD statistics
 
@@ -188,6 +189,8 @@ def predict_to_file(
         summary.choice = described.get("choice")
         if not trust.has_ood:
             summary.notices.append(NO_STATS_NOTICE.format(model=display_path(engine.path)))
+        if shortcut := card_warning(card.dataset):
+            summary.notices.append(f"{display_path(engine.path)}: {shortcut}")
 
         done: set[str] = set()
         if options.resume and out.exists():

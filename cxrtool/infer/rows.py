@@ -24,7 +24,7 @@ class Prediction:
     probs: np.ndarray | None = None  # calibrated (the model card's temperature, cxrtool.trust)
     error: str | None = None
     ood_score: float | None = None  # None: the model has no OOD statistics
-    flag: str | None = None  # ok | out_of_distribution | header:<reason> (cxrtool.trust.assess)
+    flag: str | None = None  # ok | out_of_distribution | header:<reason> | view:lateral (cxrtool.trust.assess)
 
 
 #: the run-level fields every row repeats, so each row names what made it

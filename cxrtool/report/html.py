@@ -80,6 +80,7 @@ def _resolve(row_path: str, base: Path) -> Path:
 
 
 def _card_context(model: str | Path) -> dict[str, Any]:
+    from cxrtool.explain.shortcut import card_warning
     from cxrtool.modelfile import read_any_card
 
     card = read_any_card(model)
@@ -95,6 +96,7 @@ def _card_context(model: str | Path) -> dict[str, Any]:
         "lineage": [str(e.get("file") or e.get("path") or e.get("model_id") or e) for e in card.lineage],
         "created": card.created,
         "version": card.cxrtool_version,
+        "shortcut": card_warning(card.dataset),
     }
 
 
@@ -129,6 +131,8 @@ def build_report(
         rows, classes = read_predictions(source)
     overlays = read_overlays(explain_dir) if explain_dir else {}
     card = _card_context(model) if model else None
+    if card and card["shortcut"]:
+        caveats = [*caveats, card["shortcut"]]
     base = source.parent
 
     table: list[dict[str, Any]] = []

@@ -1,7 +1,7 @@
 """Reading what the report shows: predict's CSV/JSONL rows, explain's ``explain.csv``, a model card.
 
 Columns are taken as they come: ``p:<class>`` probabilities (calibrated or not), and when a
-newer predict writes them, ``ood_score`` and ``flag`` (``ok`` / ``out_of_distribution`` /
+newer predict writes them, ``ood_score`` and ``flag`` (``ok`` / ``out_of_distribution`` / ``view:lateral`` /
 ``header:<reason>``).  Nothing beyond ``path`` is required, so older and newer outputs both render.
 """
 

@@ -51,7 +51,7 @@ def probability_concept(name: str, index: int) -> CodedConcept:
 
 
 def flag_concept(flag: str) -> CodedConcept:
-    """The input-check outcome: ``ok``, ``out_of_distribution`` or ``header:<reason>``."""
+    """The input-check outcome: ``ok``, ``out_of_distribution``, ``header:<reason>`` or ``view:<view>``."""
     kind = flag.split(":", 1)[0].strip().lower()
-    value = {"ok": "OK", "out_of_distribution": "OOD", "header": "HEADER"}.get(kind, "OTHER")
+    value = {"ok": "OK", "out_of_distribution": "OOD", "header": "HEADER", "view": "VIEW"}.get(kind, "OTHER")
     return CodedConcept(value, SCHEME, flag[:64] or kind)

@@ -33,7 +33,7 @@ class FilmPrediction:
     ood_score:
         Out-of-distribution score (higher = more unusual), when the model has one.
     flag:
-        ``ok``, ``out_of_distribution`` or ``header:<reason>``, when the model checks its inputs.
+        ``ok``, ``out_of_distribution``, ``header:<reason>`` or ``view:lateral``, when the model checks its inputs.
     """
 
     class_names: tuple[str, ...]

@@ -105,7 +105,8 @@ def results_for_predictions(
     results = []
     for row in _read_rows(Path(predictions)):
         names = list(card.class_names) if card else _row_classes(row)
-        info = ModelInfo(model_id=str(row.get("model_id") or ""), backend=str(row.get("backend") or ""), calibrated=_calibrated(card))
+        info = ModelInfo(model_id=str(row.get("model_id") or ""), backend=str(row.get("backend") or ""), calibrated=_calibrated(card),
+                         extra=_card_extra(card))
 
         def analyse(path: str, row: dict = row, names: list[str] = names) -> tuple[FilmPrediction, Heatmap | None]:
             prediction = FilmPrediction.from_row(row, names)
@@ -129,7 +130,8 @@ def results_for_files(
     from cxrtool.results.heatmap import HeatmapMaker
 
     maker = HeatmapMaker(checkpoint, composite)
-    info = ModelInfo(model_id=model_id(checkpoint), backend="torch", calibrated=_calibrated(maker.card), extra=(("composite", maker.composite),))
+    info = ModelInfo(model_id=model_id(checkpoint), backend="torch", calibrated=_calibrated(maker.card),
+                     extra=(("composite", maker.composite), *_card_extra(maker.card)))
 
     def analyse(path: str) -> tuple[FilmPrediction, Heatmap]:
         heatmap, prediction = maker.make(path)
@@ -183,6 +185,14 @@ def _heatmap_maker(checkpoint, composite):
     if checkpoint is None or Path(checkpoint).suffix.lower() != ".safetensors":
         return None, "no SC: heatmaps need a .safetensors checkpoint"
     return HeatmapMaker(checkpoint, composite), ""
+
+
+def _card_extra(card) -> tuple[tuple[str, str], ...]:
+    """Algorithm parameters the card adds to every result: the training data's shortcut warning, when it has one."""
+    from cxrtool.explain.shortcut import card_warning
+
+    warning = card_warning(card.dataset) if card is not None else None
+    return (("training_data", warning),) if warning else ()
 
 
 def _calibrated(card) -> bool | None:

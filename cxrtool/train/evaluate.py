@@ -7,7 +7,9 @@ the metrics; the rest are still evaluated.
 Probabilities are the calibrated ones (the card's temperature, :mod:`cxrtool.trust`), as predict
 reports them; ``metrics.json`` has ``ece``/``brier`` of the raw model (T = 1) and
 ``ece_calibrated``/``brier_calibrated`` after scaling, and, for a model with OOD statistics, the
-share of films flagged out of distribution (``ood_flagged``).
+share of films flagged by any check (``ood_flagged``: OOD score, view rules).  Every film also passes the view rules
+(:mod:`cxrtool.trust.view`), and the split's true labels the shortcut audit's thumbnail probe
+(``shortcut`` in ``metrics.json``: the warning line, or null).
 """
 
 from __future__ import annotations
@@ -36,7 +38,9 @@ from cxrtool.task import Task
 from cxrtool.train.plots import plot_confusion, plot_reliability, plot_roc
 from cxrtool.train.runtime import Runtime, resolve_device, resolve_runtime
 from cxrtool.trust import Assessment, load_trust
+from cxrtool.trust.fit import split_shortcut, thumbnails
 from cxrtool.trust.temperature import calibration_metrics, reliability, scaled_probs
+from cxrtool.trust.view import view_verdicts
 
 
 @dataclass
@@ -82,9 +86,9 @@ def evaluate(
             if on_batch is not None:
                 on_batch(len(batch[2]))
 
-    logits, features, targets, errors = _outputs(model, counted(), runtime)
+    logits, features, targets, errors, views, thumbs = _outputs(model, counted(), runtime)
     trust = load_trust(checkpoint, card)  # the activation is the card's; the decision below uses ``task``
-    verdicts = trust.assess(logits, features if trust.has_ood else None)
+    verdicts = trust.assess(logits, features if trust.has_ood else None, views=views)
     probs = np.stack([v.probs for v in verdicts])
     ok = np.array([not e for e in errors], dtype=bool)
     failures = [(rows.rows[i]["path"], e) for i, e in enumerate(errors) if e]
@@ -94,6 +98,7 @@ def evaluate(
     metrics = compute_metrics(task, p, t, card.class_names)
     metrics["ci"] = bootstrap_ci(task, p, t, len(card.class_names), n=bootstrap, seed=seed)
     metrics |= calibration_metrics(task, logits[ok], t, trust.temperature)
+    metrics["shortcut"] = split_shortcut(card, thumbs[ok], t)
     if trust.has_ood:
         flagged = [v.flagged for v, good in zip(verdicts, ok) if good]
         metrics |= {"ood_flagged": int(sum(flagged)), "ood_flagged_share": float(np.mean(flagged)), "ood_threshold": trust.ood.threshold}
@@ -117,18 +122,25 @@ def evaluate(
     return EvalResult(metrics, int(ok.sum()), failures, files)
 
 
+#: logits, features, targets, errors, view verdicts, thumbnails
+_Collected = tuple[np.ndarray, np.ndarray, np.ndarray, list[str], list[str | None], np.ndarray]
+
+
 @torch.inference_mode()
-def _outputs(model: Any, batches: Any, runtime: Runtime) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
-    """Logits, features, targets and errors of ``(x, target, index, error)`` batches, in order."""
-    logits, features, targets, errors = [], [], [], []
+def _outputs(model: Any, batches: Any, runtime: Runtime) -> _Collected:
+    """Logits, features, targets, errors, view verdicts and 8x8 thumbnails of ``(x, target, index, error)`` batches."""
+    logits, features, targets, errors, views, thumbs = [], [], [], [], [], []
     for x, y, _, err in batches:
+        views += view_verdicts(x.numpy())
+        thumbs.append(thumbnails(x))
         with runtime.autocast():
             z, f = model.forward_features(runtime.inputs(x))
         logits.append(z.float().cpu())
         features.append(f.float().cpu())
         targets.append(y)
         errors.extend(err)
-    return torch.cat(logits).numpy(), torch.cat(features).numpy(), torch.cat(targets).numpy(), errors
+    arrays = (torch.cat(logits).numpy(), torch.cat(features).numpy(), torch.cat(targets).numpy())
+    return *arrays, errors, views, np.concatenate(thumbs)
 
 
 def _predictions_csv(

@@ -597,6 +597,8 @@ class _Run:
             return
         save_checkpoint(best, model, card, fitted.apply(card))
         c, ood = fitted.calibration, fitted.ood
+        if fitted.shortcut:
+            self.emit(RunWarning(fitted.shortcut))
         self.emit(TrustFitted(best, c["temperature"], c["ece"], c["ece_calibrated"], ood.threshold, ood.info["n_train"], ood.info["n_val"]))
 
     # --------------------------------------------------------------- output

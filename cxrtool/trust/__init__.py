@@ -3,7 +3,8 @@
 * :mod:`~cxrtool.trust.ood`: a feature-space out-of-distribution score (class-conditional
   Gaussians with a shared, shrunk covariance: Mahalanobis, Lee et al. 2018).
 * :mod:`~cxrtool.trust.temperature`: temperature scaling, ECE, Brier score, reliability bins.
-* :mod:`~cxrtool.trust.gate`: the DICOM header gate (the checks ``prep dicom`` records).
+* :mod:`~cxrtool.trust.gate`: the DICOM header gate (the checks ``prep dicom`` records, a lateral view).
+* :mod:`~cxrtool.trust.view`: image rules on the model input, frontal vs lateral (``view:lateral``).
 * :mod:`~cxrtool.trust.fit`: fits all of it for a model on manifest splits (train end, ``calibrate``).
 * :mod:`~cxrtool.trust.store`: where the statistics live in checkpoints and ONNX files.
 * :mod:`~cxrtool.trust.assess`: the one function every command uses, (logits, features, header)

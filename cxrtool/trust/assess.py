@@ -9,6 +9,8 @@ Flags, in order of precedence:
 
 * ``header:<reason>``: the DICOM header says the film is not a frontal chest radiograph
   (:mod:`cxrtool.trust.gate`);
+* ``view:lateral``: the header names a lateral view, or the image rules of :mod:`cxrtool.trust.view`
+  (run by the caller on the model inputs, :func:`~cxrtool.trust.view.view_verdicts`) say so;
 * ``out_of_distribution``: ``ood_score`` is above the model's threshold;
 * ``ok``: neither (also for a model without OOD statistics: ``ood_score`` is then None).
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -25,6 +28,10 @@ from cxrtool.errors import CxrError
 from cxrtool.modelfile import TRUST_PREFIX, ModelCard
 from cxrtool.trust.temperature import scaled_probs
 from cxrtool.trust.ood import OodModel
+from cxrtool.trust.view import view_flag
+
+if TYPE_CHECKING:
+    from cxrtool.trust.gate import HeaderVerdict
 
 FLAG_OK = "ok"
 FLAG_OOD = "out_of_distribution"
@@ -93,22 +100,31 @@ class Trust:
         return [float(s) for s in self.ood.score(features)]
 
     def assess(
-        self, logits: np.ndarray, features: np.ndarray | None, header_reasons: Sequence[str | None] | None = None
+        self,
+        logits: np.ndarray,
+        features: np.ndarray | None,
+        headers: Sequence[HeaderVerdict | None] | None = None,
+        views: Sequence[str | None] | None = None,
     ) -> list[Assessment]:
         """Per film of the batch: calibrated probabilities, ``ood_score`` and ``flag``.
 
         ``features`` are the backend's ``run_features`` output (None when it has none: scores stay
-        empty); ``header_reasons`` one :func:`cxrtool.trust.gate.header_reason` per film (None:
-        passes, or not a DICOM).
+        empty); ``headers`` one :func:`cxrtool.trust.gate.header_verdict` per film (None: not a
+        DICOM); ``views`` one :func:`cxrtool.trust.view.view_verdicts` entry per film (None: frontal).
         """
         logits = np.asarray(logits)
+        n = len(logits)
         probs = self.probs(logits)
-        scores = self.scores(features, len(logits))
-        reasons = list(header_reasons) if header_reasons is not None else [None] * len(logits)
+        scores = self.scores(features, n)
+        headers = list(headers) if headers is not None else [None] * n
+        views = list(views) if views is not None else [None] * n
         out = []
-        for p, s, r in zip(probs, scores, reasons):
-            if r:
-                flag = header_flag(r)
+        for p, s, h, v in zip(probs, scores, headers, views):
+            view = (h.view if h is not None else None) or v
+            if h is not None and h.reason:
+                flag = header_flag(h.reason)
+            elif view:
+                flag = view_flag(view)
             elif s is not None and self.ood is not None and s > self.ood.threshold:
                 flag = FLAG_OOD
             else:

@@ -33,6 +33,18 @@ class Outputs:
     features: np.ndarray
     targets: np.ndarray
     failed: int
+    thumbs: np.ndarray  # 8x8 thumbnails of the inputs, for the shortcut verdict (cxrtool.explain.shortcut)
+
+
+def thumbnails(x: torch.Tensor) -> np.ndarray:
+    """(N, C, H, W) model inputs -> (N, 64) box-averaged 8x8 thumbnails of the first channel.
+
+    The inputs are normalised films (an affine map of the grey film); the shortcut probe
+    standardises its inputs, so its verdict is the same as on the grey film's thumbnail.
+    """
+    from cxrtool.explain.shortcut import THUMB_SIDE
+
+    return torch.nn.functional.adaptive_avg_pool2d(x[:, :1].float(), THUMB_SIDE).flatten(1).cpu().numpy()
 
 
 Gather = Callable[[Any], list[Any]]
@@ -53,7 +65,7 @@ def collect(model: nn.Module, dataset: ManifestDataset, *, device: torch.device 
     rank, world = shard
     part = dataset if world == 1 else Subset(dataset, range(rank, len(dataset), world))
     loader = DataLoader(part, batch_size=batch_size, num_workers=workers)
-    logits, feats, targets, order, failed = [], [], [], [], 0
+    logits, feats, targets, order, thumbs, failed = [], [], [], [], [], 0
     for x, y, index, errors in loader:
         ok = torch.tensor([not e for e in errors], dtype=torch.bool)
         failed += int((~ok).sum())
@@ -63,16 +75,17 @@ def collect(model: nn.Module, dataset: ManifestDataset, *, device: torch.device 
             feats.append(f.float().cpu().numpy())
             targets.append(y[ok].numpy())
             order.append(index[ok].numpy())
+            thumbs.append(thumbnails(x[ok]))
         if on_batch is not None:
             on_batch(len(errors))
-    mine = [np.concatenate(a) if a else None for a in (logits, feats, targets, order)]
+    mine = [np.concatenate(a) if a else None for a in (logits, feats, targets, order, thumbs)]
     parts = gather((mine, failed)) if gather is not None else [(mine, failed)]
     kept = [arrays for arrays, _ in parts if arrays[0] is not None]
     if not kept:
         raise CxrError(f"none of the {len(dataset)} films could be read")
-    z, f, y, index = (np.concatenate([k[i] for k in kept]) for i in range(4))
+    z, f, y, index, t = (np.concatenate([k[i] for k in kept]) for i in range(5))
     sort = np.argsort(index, kind="stable")
-    return Outputs(z[sort], f[sort], y[sort], sum(n for _, n in parts))
+    return Outputs(z[sort], f[sort], y[sort], sum(n for _, n in parts), t[sort])
 
 
 @dataclass
@@ -82,11 +95,20 @@ class TrustFit:
     calibration: dict[str, Any]
     ood: OodModel
     failed: int = 0  # unreadable films left out
+    #: the shortcut verdict on the Gaussians' split (None: none found); ``refit=False``: no such split, card kept
+    shortcut: str | None = None
+    refit: bool = True
 
     def apply(self, card: ModelCard) -> dict[str, torch.Tensor]:
         """Write the fields into ``card``; return the tensors to save with the checkpoint."""
+        from cxrtool.explain.shortcut import CARD_KEY
+
         card.calibration = dict(self.calibration)
         card.ood = self.ood.params()
+        if self.refit:
+            card.dataset = {k: v for k, v in card.dataset.items() if k != CARD_KEY}
+            if self.shortcut:
+                card.dataset[CARD_KEY] = self.shortcut
         return {k: torch.from_numpy(v) for k, v in self.ood.tensors(TRUST_PREFIX).items()}
 
 
@@ -136,7 +158,18 @@ def fit_trust(
             ood = fit_ood(tr.features, labels, va.features, layout, quantile=quantile, info=info)
     except ValueError as exc:
         raise CxrError(f"OOD statistics: {exc}") from None
-    return TrustFit(calibration, ood, failed)
+    if train is None:
+        return TrustFit(calibration, ood, failed, refit=False)
+    return TrustFit(calibration, ood, failed, split_shortcut(card, tr.thumbs, tr.targets))
+
+
+def split_shortcut(card: ModelCard, thumbs: np.ndarray, targets: np.ndarray) -> str | None:
+    """:func:`~cxrtool.explain.shortcut.shortcut_verdict` on one split's films and true labels (multiclass only)."""
+    from cxrtool.explain.shortcut import shortcut_verdict
+
+    if card.task.multilabel or len(targets) == 0:
+        return None
+    return shortcut_verdict(thumbs, [card.class_names[int(t)] for t in targets])
 
 
 @dataclass
