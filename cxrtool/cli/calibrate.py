@@ -8,8 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from cxrtool.cli._console import err, out, progress, user_errors, warning
-from cxrtool.trust.fit import KEEP
-from cxrtool.trust.ood import DEFAULT_QUANTILE
+from cxrtool.trust.ood import DEFAULT_QUANTILE, KEEP
 
 
 def calibrate(

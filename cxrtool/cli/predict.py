@@ -14,7 +14,7 @@ from cxrtool.infer.predict import PredictOptions
 
 
 def predict(
-    inputs: Annotated[list[Path], typer.Argument(help="Image/DICOM files and folders (searched recursively).")],
+    inputs: Annotated[list[Path], typer.Argument(metavar="PATHS", help="Image/DICOM files and folders (searched recursively).")],
     model: Annotated[Path, typer.Option("--model", "-m", help="cxrtool checkpoint (.safetensors), ONNX file or TensorRT engine.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output .csv or .jsonl, written as results complete.")],
     backend: Annotated[Backend, typer.Option(help="Runtime; auto picks the fastest available for the device and model file.")] = Backend.auto,

@@ -161,7 +161,7 @@ def train(
         Balance, typer.Option("--balance", help="sampler: class-balanced draws; loss: class weights.")
     ] = Balance(_T.balance),
     init: Annotated[
-        Optional[str], typer.Option("--init", help="imagenet | none | a cxrtool checkpoint | a foreign state dict (.pth/.pt/.safetensors).")
+        Optional[str], typer.Option("--init", show_default="required unless --resume or --config gives it", help="imagenet | none | a cxrtool checkpoint | a foreign state dict (.pth/.pt/.safetensors).")
     ] = None,
     arch: Annotated[
         Optional[str], typer.Option("--arch", show_default=f"the --init checkpoint's, else {DEFAULT_ARCH}", help="Architecture.")

@@ -22,7 +22,7 @@ from cxrtool.data import ManifestDataset
 from cxrtool.errors import CxrError
 from cxrtool.modelfile import TRUST_PREFIX, ModelCard
 from cxrtool.trust.temperature import calibration_metrics, fit_temperature
-from cxrtool.trust.ood import DEFAULT_QUANTILE, OodModel, fit_ood, scale_depths
+from cxrtool.trust.ood import DEFAULT_QUANTILE, KEEP, OodModel, fit_ood, scale_depths
 
 
 @dataclass
@@ -125,8 +125,6 @@ class CalibrateResult:
     out: Path
     fit: TrustFit
 
-
-KEEP = "keep"
 
 
 def default_calibrated_path(checkpoint: str | Path) -> Path:

@@ -13,6 +13,7 @@ from enum import Enum
 
 import pytest
 import typer
+from typer.core import TyperGroup
 from typer.testing import CliRunner
 
 from cxrtool.cli.main import app
@@ -21,14 +22,17 @@ runner = CliRunner()
 
 
 def _commands(command, path=()):
-    """(path, command) for every command and group under ``command``."""
+    """(path, command) for every command and group under ``command`` (the root loads its commands lazily)."""
     yield path, command
-    for name, sub in sorted(getattr(command, "commands", {}).items()):
-        yield from _commands(sub, (*path, name))
+    if isinstance(command, TyperGroup):
+        ctx = typer.Context(command)
+        for name in command.list_commands(ctx):
+            yield from _commands(command.get_command(ctx, name), (*path, name))
 
 
-COMMANDS = [path for path, _ in _commands(typer.main.get_command(app)) if path]
 _TREE = dict(_commands(typer.main.get_command(app)))
+COMMANDS = [path for path in _TREE if path]
+LEAVES = [path for path, command in _TREE.items() if path and not isinstance(command, TyperGroup)]
 
 
 def _expected_default(option) -> str | None:
@@ -77,7 +81,7 @@ def test_help_renders_with_defaults_visible(path: tuple[str, ...]) -> None:
 
 
 def test_retyped_defaults_are_gone_and_brackets_survive() -> None:
-    """The two help texts issue 9 quotes: markup used to eat ``[default: ...]`` from both."""
+    """Markup used to eat ``[default: ...]`` from these two help texts."""
     train = runner.invoke(app, ["train", "--help"], terminal_width=1000).output
     assert "Input side in px.  [default: (the parent's, else 224)]" in train
     assert "Input side in px ." not in train
