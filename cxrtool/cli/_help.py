@@ -2,7 +2,8 @@
 
 Typer labels values with Python types (``<list[Path]>``, ``<int range>``) and writes required
 arguments as ``{paths}...``; :func:`tidy` relabels every parameter of a command once, when the
-root group builds it, so no command spells its own labels (a ``metavar`` given in a command wins).
+root group builds it, so no command spells its own labels (a ``metavar`` given in a command wins),
+and an option without a default says ``[default: (none)]`` unless it names its own (``show_default``).
 """
 
 from __future__ import annotations
@@ -49,8 +50,10 @@ def tidy(command: click.Command) -> click.Command:
         if isinstance(param, TyperArgument):
             param.__class__ = _Argument
             param.metavar = param.metavar or param.name.upper()
-        elif param.param_type_name == "option" and not (param.is_flag or param.count) and param.metavar is None:
-            param.metavar = value_label(param)
+        elif param.param_type_name == "option" and not (param.is_flag or param.count):
+            param.metavar = param.metavar or value_label(param)
+            if param.default is None and not (param.required or param.multiple or isinstance(param.show_default, str)):
+                param.show_default = "none"  # every value option says what happens without it
     for sub in getattr(command, "commands", {}).values():
         tidy(sub)
     return command

@@ -146,7 +146,7 @@ def _given(ctx: typer.Context) -> dict[str, Any]:
 def train(
     ctx: typer.Context,
     manifest: Annotated[Optional[Path], typer.Argument(help="Training manifest CSV (or 'manifest' in --config).", show_default=False)] = None,
-    out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder for checkpoints, logs and resume state.")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", show_default="required unless --resume or --config gives it", help="Output folder for checkpoints, logs and resume state.")] = None,
     config: Annotated[
         Optional[Path], typer.Option("--config", "-c", help="TOML file with any of these options (flags win).", exists=True, dir_okay=False)
     ] = None,
