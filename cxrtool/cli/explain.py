@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from cxrtool.cli._options import default_of
+from cxrtool.cli._options import check_inputs, default_of, require_checkpoint
 from cxrtool.explain.audit import AuditCfg
 from cxrtool.explain.composites import COMPOSITES
 from cxrtool.explain.options import ExplainOptions
@@ -54,6 +54,8 @@ def explain(
     from cxrtool.trust.assess import NO_STATS_NOTICE
 
     with user_errors():
+        check_inputs(paths)
+        require_checkpoint(model, "explain")
         check_writable_output(out, "dir")
         if dicom_out is not None:
             check_writable_output(dicom_out, "dir")

@@ -71,6 +71,10 @@ class _Root(TyperGroup):
     def invoke(self, ctx: typer.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except typer.TyperException as exc:  # a usage error: drop pydantic's "Value error, " from the message
+            if isinstance(getattr(exc, "message", None), str):
+                exc.message = exc.message.replace("Value error, ", "")
+            raise
         except _PASS_THROUGH:
             raise
         except CxrError as exc:  # a user-fixable error that a command did not catch itself

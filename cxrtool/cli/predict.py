@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from cxrtool.cli._console import EXIT_OK, EXIT_SOME_FAILED, err, failed, out as stdout, progress, styled, user_errors
-from cxrtool.cli._options import Backend, Window, default_of, parse_shard_option
+from cxrtool.cli._options import Backend, Window, check_inputs, default_of, device_option, parse_shard_option
 from cxrtool.fsutil import check_writable_output, display_path
 from cxrtool.infer.predict import PredictOptions
 
@@ -18,7 +18,7 @@ def predict(
     model: Annotated[Path, typer.Option("--model", "-m", help="cxrtool checkpoint (.safetensors), ONNX file or TensorRT engine.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output .csv or .jsonl, written as results complete.")],
     backend: Annotated[Backend, typer.Option(help="Runtime; auto picks the fastest available for the device and model file.")] = Backend.auto,
-    device: Annotated[str, typer.Option(help="cpu or cuda[:N].")] = "cpu",
+    device: Annotated[str, typer.Option(callback=device_option(auto=False), help="cpu, cuda or cuda:N.")] = "cpu",
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per model call.")] = default_of(PredictOptions, "batch_size"),
     workers: Annotated[
         Optional[int],
@@ -46,6 +46,7 @@ def predict(
     from cxrtool.infer.predict import predict_to_file
 
     with user_errors():
+        check_inputs(inputs)
         options = PredictOptions(
             batch_size=batch_size,
             workers=workers,

@@ -16,6 +16,7 @@ import typer
 from rich.text import Text
 
 from cxrtool.cli._console import EXIT_SOME_FAILED, err, failed, out, progress, user_errors
+from cxrtool.cli._options import device_option
 from cxrtool.config import RESIZE_MODES, PreprocessCfg
 from cxrtool.errors import CxrError
 from cxrtool.fsutil import check_writable_output
@@ -203,7 +204,7 @@ def train(
     ] = _T.augment,
     rotate: Annotated[float, typer.Option("--rotate", help="Max rotation in degrees.")] = _T.aug_rotate,
     hflip: Annotated[bool, typer.Option("--hflip/--no-hflip", help="Random horizontal flips (see the README).")] = _T.hflip,
-    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N.")] = _T.device,
+    device: Annotated[str, typer.Option("--device", callback=device_option(auto=True), help="auto, cpu, cuda or cuda:N.")] = _T.device,
     amp: Annotated[Amp, typer.Option("--amp", help="auto: bf16/fp16 on CUDA, off on CPU.")] = Amp(_T.amp),
     channels_last: Annotated[
         Optional[bool], typer.Option("--channels-last/--no-channels-last", show_default="on for CUDA", help="channels_last memory format.")
@@ -263,7 +264,7 @@ def evaluate(
         typer.Option("--threshold", show_default="the one stored with the model", help="Multilabel decision threshold."),
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed.")] = 0,
-    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N.")] = "auto",
+    device: Annotated[str, typer.Option("--device", callback=device_option(auto=True), help="auto, cpu, cuda or cuda:N.")] = "auto",
     workers: Annotated[int, typer.Option("--workers", "-j", min=0, help="Data loader processes.")] = 0,
 ) -> None:
     """Metrics of a checkpoint on a manifest split: JSON with bootstrap CIs, per-image CSV, confusion matrix and ROC PNGs.
