@@ -58,23 +58,29 @@ def parse_shard_option(value: str | None) -> tuple[int, int] | None:
 REMOTE_PREFIX = "dicomweb+"
 
 
-def check_inputs(paths: list[Path]) -> None:
+def check_inputs(paths: list[Path]) -> int | None:
     """Every input exists (or is a ``dicomweb+`` URL) and every folder holds a candidate file; else a usage error.
 
     Runs before any progress line, so a typo gives one line and exit 2 instead of an error row and exit 1.
+    Returns the number of candidate files (the progress total), None when a remote input is among them.
     """
     from cxrtool.images import iter_input_files
 
+    total: int | None = 0
     for path in paths:
         if str(path).startswith(REMOTE_PREFIX):
+            total = None
             continue
         if not path.exists():
             raise CxrError(f"{path}: no such file or folder; check the path (folders are searched recursively)")
-        if path.is_dir() and next(iter_input_files([path]), None) is None:
+        found = sum(1 for _ in iter_input_files([path]))
+        total = None if total is None else total + found
+        if path.is_dir() and not found:
             raise CxrError(
                 f"{path}: no image or DICOM files in this folder or below (hidden files and .csv/.json/.txt/.md/.npy "
                 "files are skipped); give the folder that holds the films"
             )
+    return total
 
 
 def require_checkpoint(model: Path, command: str) -> None:

@@ -38,7 +38,7 @@ def calibrate(
 
     with user_errors():
         require_checkpoint(checkpoint, "calibrate")
-        bar = progress(transient=True)
+        bar = progress(transient=True, lazy=True)
         task = bar.add_task("calibrating", total=None, info="")
         with bar:
             result = calibrate_checkpoint(

@@ -46,7 +46,7 @@ def predict(
     from cxrtool.infer.predict import predict_to_file
 
     with user_errors():
-        check_inputs(inputs)
+        total = check_inputs(inputs)
         options = PredictOptions(
             batch_size=batch_size,
             workers=workers,
@@ -61,8 +61,8 @@ def predict(
             check_writable_output(dicom_out, "dir")
         if html is not None:
             check_writable_output(html, "file")
-        with progress() as bar:
-            task = bar.add_task("predict", total=None, info="")
+        with progress(lazy=True) as bar:
+            task = bar.add_task("predict", total=None if shard or resume else total, info="")
 
             def advance(rows: list) -> None:
                 bad = sum(r.error is not None for r in rows)

@@ -48,6 +48,10 @@ def _init_classes(value: str | None) -> list[str] | None:
     return [c.strip() for c in value.split(",") if c.strip()]
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def _fmt(v: Any) -> str:
     return "-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
 
@@ -69,9 +73,10 @@ class _TrainView:
         elif isinstance(event, ev.SetupDone):
             err.print(
                 f"{event.arch} {event.task} on {event.runtime} x{event.world_size}: "
-                f"{event.n_train} train / {event.n_val} val images, {event.steps_per_epoch} steps per epoch, "
+                f"{event.n_train} train / {event.n_val} val images, {_plural(event.steps_per_epoch, 'step')} per epoch, "
                 f"input {event.preprocess.input_size} px, best by val {event.monitor}",
                 markup=False,
+                soft_wrap=True,
             )
             self.bar.start()
         elif isinstance(event, ev.EpochStarted):
@@ -86,14 +91,21 @@ class _TrainView:
             values = {"train_loss": event.train_loss, "val_loss": event.val_loss, **{f"val_{k}": v for k, v in event.val_metrics.items()}}
             keys = ("train_loss", "val_loss", "val_accuracy", "val_macro_f1", "val_auc_macro")
             line = "  ".join(f"{k} {_fmt(values.get(k))}" for k in keys)
-            self.bar.console.print(Text.assemble(f"epoch {event.epoch}: {line}  {event.images_per_s:.1f} img/s", ("  best" if event.best else "", "green")))
+            self.bar.console.print(Text.assemble(f"epoch {event.epoch}: {line}  {event.images_per_s:.1f} img/s", ("  best" if event.best else "", "green")), soft_wrap=True)
         elif isinstance(event, ev.Stopped):
-            self.bar.console.print(Text.assemble(("stopped", "yellow"), f" at epoch {event.epoch + 1} step {event.step}; state saved to {event.state}"))
+            self.bar.console.print(Text.assemble(("stopped", "yellow"), f" at epoch {event.epoch + 1} step {event.step}; state saved to {event.state}"), soft_wrap=True)
+        elif isinstance(event, ev.TrustProgress):
+            if self.task is None or self.bar.tasks[-1].description != "trust statistics":
+                if self.task is not None:
+                    self.bar.remove_task(self.task)
+                self.task = self.bar.add_task("trust statistics", total=event.total, info="films through the best model")
+            self.bar.update(self.task, completed=event.done)
         elif isinstance(event, ev.TrustFitted):
             self.bar.console.print(
                 f"trust: temperature {event.temperature:.3f} (val ECE {event.ece:.4f} -> {event.ece_calibrated:.4f}), "
                 f"OOD statistics from {event.n_train} train films, threshold {event.threshold:.3f} on {event.n_val} val films",
                 markup=False,
+                soft_wrap=True,
             )
 
     def _init(self, report: Any) -> None:
