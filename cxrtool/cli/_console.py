@@ -25,8 +25,19 @@ from rich.text import Text
 
 from cxrtool.errors import CxrError, one_line
 
-out = Console(markup=False, highlight=False)
-err = Console(stderr=True, markup=False, highlight=False)
+#: Width when output goes to a pipe or file and $COLUMNS is unset: lines are never wrapped (Rich would use 80).
+PIPED_WIDTH = 10_000
+
+
+def _console(stderr: bool) -> Console:
+    """A terminal's own width; piped, no wrapping at all, so a table row or a path stays one line for grep."""
+    stream = sys.stderr if stderr else sys.stdout
+    piped = not (stream.isatty() or os.environ.get("COLUMNS"))
+    return Console(stderr=stderr, markup=False, highlight=False, width=PIPED_WIDTH if piped else None)
+
+
+out = _console(stderr=False)
+err = _console(stderr=True)
 
 #: 0 all good, 1 some inputs failed (each named), 2 usage error, 3 unexpected internal error (a bug).
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3

@@ -72,12 +72,8 @@ def predict(
 
             summary = predict_to_file(inputs, model, out, options, backend=backend.value, device=device, on_rows=advance)
 
-    table = Table(
-        title=f"predictions -> {display_path(summary.out)}",
-        caption=f"model {summary.model_id}, {summary.backend} on {summary.device}" + (f" (auto: {summary.choice})" if summary.choice else ""),
-        title_justify="left",
-        caption_justify="left",
-    )
+    stdout.print(f"predictions -> {display_path(summary.out)}", soft_wrap=True)  # a path is never wrapped to the table
+    table = Table()
     table.add_column("predicted")
     table.add_column("files", justify="right")
     for name in summary.class_names:
@@ -94,6 +90,8 @@ def predict(
     if summary.skipped_shard:
         table.add_row("other shards", str(summary.skipped_shard))
     stdout.print(table)
+    model_line = f"model {summary.model_id}, {summary.backend} on {summary.device}" + (f" (auto: {summary.choice})" if summary.choice else "")
+    stdout.print(model_line, soft_wrap=True)
     for path, reason in summary.failures:
         err.print(failed(display_path(path), reason), soft_wrap=True)
     if summary.failed > len(summary.failures):
