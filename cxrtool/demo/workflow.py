@@ -70,6 +70,7 @@ def run_demo(
     from cxrtool.prep.nih import NihOptions, prep_nih
     from cxrtool.dicom.prepare import PrepOptions, prepare_folder
     from cxrtool.explain.attribution import ExplainOptions, explain_files, plan_inputs
+    from cxrtool.trust import load_trust
     from cxrtool.export.pipeline import export_model
     from cxrtool.infer.predict import PredictOptions, predict_to_file
     from cxrtool.manifest import read_manifest
@@ -164,7 +165,7 @@ def run_demo(
          f"{summary.failed} unreadable (the truncated file, on purpose) -> {preds}")  # fmt: skip
 
     net, card = load_checkpoint(stage2)
-    explained = explain_files(plan_inputs([scans]), net, card, out / "heatmaps", ExplainOptions(batch_size=8))
+    explained = explain_files(plan_inputs([scans]), net, card, out / "heatmaps", ExplainOptions(batch_size=8), trust=load_trust(stage2, card))
     step(8, total, "explain", f"LRP heatmaps of the predicted class for {len(explained.rows) - explained.n_failed} films -> {out / 'heatmaps'}")
 
     page = build_report(preds, res.report, explain_dir=out / "heatmaps", model=stage2, title="cxrtool demo report", caveats=[CAVEAT])
@@ -172,5 +173,6 @@ def run_demo(
 
     res.seconds = time.perf_counter() - t0
     res.files.update({"stage1": stage1, "stage2": stage2, "onnx": onnx_path, "predictions": preds, "heatmaps": out / "heatmaps", "report": res.report})
-    step(10, total, "done", f"in {res.seconds:.0f} s. Open {res.report} in a browser. {CAVEAT}")
+    step(10, total, "done", f"in {res.seconds:.0f} s; open {res.report} in a browser")
+    note(CAVEAT)
     return res
