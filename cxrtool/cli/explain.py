@@ -43,9 +43,14 @@ def explain(
 
     Exit codes: 0 all explained, 1 some files could not be read (error rows in explain.csv), 2 usage error.
     """
+    from cxrtool.cli._console import EXIT_SOME_FAILED, err, failed, out as stdout, progress, user_errors
+
+    with user_errors():  # mistakes first: before torch is imported or a model loaded
+        check_inputs(paths)
+        require_checkpoint(model, "explain")
+
     from rich.table import Table
 
-    from cxrtool.cli._console import EXIT_SOME_FAILED, err, failed, out as stdout, progress, user_errors
     from cxrtool.explain.attribution import explain_files, plan_inputs
     from cxrtool.fsutil import check_writable_output
     from cxrtool.images import max_pixels
@@ -54,8 +59,6 @@ def explain(
     from cxrtool.trust.assess import NO_STATS_NOTICE
 
     with user_errors():
-        check_inputs(paths)
-        require_checkpoint(model, "explain")
         check_writable_output(out, "dir")
         if dicom_out is not None:
             check_writable_output(dicom_out, "dir")
