@@ -48,6 +48,8 @@ def bench(
             save=save,
             on_step=lambda text: status.update(Text(f"bench: {text}")),
         )
+    if report.inputs.get("unreadable_skipped"):
+        err.print(f"skipped {report.inputs['unreadable_skipped']} unreadable file(s) under {data}", soft_wrap=True)
     if as_json:
         out.print_json(json.dumps(report.to_dict()))
         return

@@ -246,3 +246,15 @@ def test_ood_distance_is_the_same_in_numpy_and_torch(monkeypatch: pytest.MonkeyP
     monkeypatch.delitem(sys.modules, "torch")
     without = model.score(new)
     np.testing.assert_allclose(without, with_torch, rtol=1e-9, atol=1e-9)
+
+
+def test_bench_data_skips_an_unreadable_file_and_counts_it(films: Path) -> None:
+    """The demo's folder holds a deliberately truncated film; ``bench --data`` on it must still measure."""
+    from cxrtool.config import PreprocessCfg
+    from cxrtool.infer.measure import _inputs
+
+    good = sorted(films.glob("*.png"))
+    truncated = films / "truncated_download.png"
+    truncated.write_bytes(good[0].read_bytes()[:40])
+    inputs, decode_ms, readable = _inputs([*good, truncated], PreprocessCfg(input_size=32), 4, lambda _: None)
+    assert readable == good and inputs.shape[0] == len(good) and decode_ms is not None
