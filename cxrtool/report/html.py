@@ -95,6 +95,8 @@ def _card_context(model: str | Path) -> dict[str, Any]:
         "lineage": [str(e.get("file") or e.get("path") or e.get("model_id") or e) for e in card.lineage],
         "created": card.created,
         "version": card.cxrtool_version,
+        "ood_threshold": (card.ood or {}).get("threshold"),
+        "ood_quantile": (card.ood or {}).get("quantile"),
     }
 
 

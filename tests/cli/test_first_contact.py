@@ -258,3 +258,17 @@ def test_bench_data_skips_an_unreadable_file_and_counts_it(films: Path) -> None:
     truncated.write_bytes(good[0].read_bytes()[:40])
     inputs, decode_ms, readable = _inputs([*good, truncated], PreprocessCfg(input_size=32), 4, lambda _: None)
     assert readable == good and inputs.shape[0] == len(good) and decode_ms is not None
+
+
+def test_report_says_what_the_ood_score_means(onnx_with_trust: Path, films: Path, tmp_path: Path) -> None:
+    """A negative score is not a bug to the reader: the page says what 0 means and where the threshold is."""
+    pytest.importorskip("onnxruntime")
+    from cxrtool.modelfile import read_any_card
+
+    html = tmp_path / "r.html"
+    result = runner.invoke(app, ["predict", str(films), "-m", str(onnx_with_trust), "-o", str(tmp_path / "p.csv"), "--html", str(html)])
+    assert result.exit_code == 0, result.output
+    page = " ".join(html.read_text(encoding="utf-8").split())
+    threshold = read_any_card(onnx_with_trust).ood["threshold"]
+    assert "0 is a typical validation film, negative means more typical than that" in page
+    assert f"Films above {threshold:.3f}" in page and "95% of the validation films pass" in page
