@@ -20,6 +20,8 @@ from cxrtool.errors import CxrError
 
 SAMPLE = Path(__file__).resolve().parent / "sample"
 ATTRIBUTION = Path(__file__).resolve().parent / "ATTRIBUTION.md"
+#: Inside a training epoch the demo notes progress at most this often (an epoch takes a minute on 2 cores).
+STEP_NOTE_S = 15.0
 CAVEAT = (
     "cxrtool demo: this demonstrates the workflow on 64-pixel ChestX-ray14 thumbnails with a model trained for a few "
     "epochs on a few hundred films. It is not a diagnostic model; its predictions mean nothing clinically."
@@ -96,10 +98,16 @@ def run_demo(
     note = on_note or (lambda _: None)
 
     def epochs(stage: str) -> Callable[[Any], None]:
-        from cxrtool.train.loop import EpochEnded
+        from cxrtool.train.loop import EpochEnded, StepDone
+
+        last = [time.perf_counter()]
 
         def on_event(event: Any) -> None:
-            if isinstance(event, EpochEnded):
+            if isinstance(event, StepDone) and time.perf_counter() - last[0] >= STEP_NOTE_S:  # a sign of life inside an epoch
+                last[0] = time.perf_counter()
+                note(f"{stage} epoch {event.epoch}: step {event.step}/{event.steps}, loss {event.loss:.3f}, {event.images_per_s:.0f} img/s")
+            elif isinstance(event, EpochEnded):
+                last[0] = time.perf_counter()
                 metrics = {k: event.val_metrics.get(k) for k in ("macro_f1", "auc_macro")}
                 vals = "  ".join(f"val {k} {v:.3f}" for k, v in metrics.items() if isinstance(v, float))
                 note(f"{stage} epoch {event.epoch}: train loss {event.train_loss:.3f}  val loss {event.val_loss:.3f}  {vals}  {event.images_per_s:.0f} img/s")
