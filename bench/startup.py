@@ -43,7 +43,9 @@ def _env() -> dict[str, str]:
 def cpu_run(args: list[str]) -> tuple[float, float, list[str], int]:
     """(CPU seconds, wall seconds, heavy modules imported, exit code) of one cxrtool invocation."""
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", _PROBE, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env())
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _PROBE, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env()
+    )
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     stderr = proc.stderr.read().decode() if proc.stderr else ""
@@ -56,7 +58,19 @@ def first_row(model: Path, data: Path, backend: str) -> tuple[float, float]:
     """Seconds from process start to the first result row in the CSV, and to the process's end."""
     with tempfile.TemporaryDirectory(prefix="cxrtool-startup-") as tmp:
         out = Path(tmp) / "p.csv"
-        args = [sys.executable, "-m", "cxrtool", "predict", str(data), "-m", str(model), "-o", str(out), "--backend", backend]
+        args = [
+            sys.executable,
+            "-m",
+            "cxrtool",
+            "predict",
+            str(data),
+            "-m",
+            str(model),
+            "-o",
+            str(out),
+            "--backend",
+            backend,
+        ]
         start = time.perf_counter()
         proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
         first = None
@@ -87,12 +101,20 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--onnx", type=Path, help="An exported model: predict start-to-first-row on ONNX Runtime.")
     parser.add_argument("--checkpoint", type=Path, help="A checkpoint: predict start-to-first-row on torch.")
-    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "covid3_256", help="Films for predict.")
+    parser.add_argument(
+        "--data", type=Path, default=REPO.parent / "shared" / "data" / "covid3_256", help="Films for predict."
+    )
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
-    print(f"machine: {cpu}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f} (CPU seconds are the fair figure on a busy machine)")
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+        platform.processor(),
+    )
+    print(
+        f"machine: {cpu}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f} "
+        "(CPU seconds are the fair figure on a busy machine)"
+    )
     missed = False
     for command in [*COMMANDS, ["predict", "x.png", "-m", "m.onnx", "-o", "p.csv", "--backend", "onnx"]]:
         help_args = command if "--backend" in command else [*command, "--help"]
@@ -101,8 +123,14 @@ def main() -> int:
         heavy, code = runs[-1][2], runs[-1][3]
         missed |= best_cpu >= 0.5 or bool(heavy)
         label = "cxrtool " + " ".join(help_args)
-        print(f"{label:60s} cpu {best_cpu:.2f} s  wall {best_wall:.2f} s  exit {code}  heavy imports: {', '.join(heavy) or 'none'}")
-    for model, backend, module in ((args.onnx, "onnxruntime", "cxrtool.infer.ort_backend"), (args.checkpoint, "torch", "cxrtool.infer.torch_backend")):
+        print(
+            f"{label:60s} cpu {best_cpu:.2f} s  wall {best_wall:.2f} s  exit {code}  "
+            f"heavy imports: {', '.join(heavy) or 'none'}"
+        )
+    for model, backend, module in (
+        (args.onnx, "onnxruntime", "cxrtool.infer.ort_backend"),
+        (args.checkpoint, "torch", "cxrtool.infer.torch_backend"),
+    ):
         if model is None:
             continue
         runs = [first_row(model, args.data, backend) for _ in range(args.repeats)]

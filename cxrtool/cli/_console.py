@@ -20,7 +20,16 @@ from typing import Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, ProgressColumn, Task, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.text import Text
 
 from cxrtool.errors import CxrError, one_line
@@ -177,7 +186,8 @@ class _Progress(Progress):
             return
         count = f"{int(task.completed)}/{int(task.total)}" if task.total is not None else str(int(task.completed))
         info = task.fields.get("info") or ""
-        self.console.print(f"{task.description}: {count}, {_dt.timedelta(seconds=int(task.elapsed or 0))}  {info}".rstrip(), soft_wrap=True)
+        elapsed = _dt.timedelta(seconds=int(task.elapsed or 0))
+        self.console.print(f"{task.description}: {count}, {elapsed}  {info}".rstrip(), soft_wrap=True)
         self._last_line[task_id] = "done" if final else now
 
 

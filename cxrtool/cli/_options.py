@@ -88,7 +88,10 @@ def require_checkpoint(model: Path, command: str) -> None:
     from cxrtool.modelfile import ENGINE_SUFFIX, IR_SUFFIX, ONNX_SUFFIX
 
     if model.suffix.lower() in (ONNX_SUFFIX, IR_SUFFIX, ENGINE_SUFFIX):
-        raise CxrError(f"{model}: {command} needs the checkpoint (.safetensors), not an export; give the .safetensors file it was exported from")
+        raise CxrError(
+            f"{model}: {command} needs the checkpoint (.safetensors), not an export; "
+            "give the .safetensors file it was exported from"
+        )
 
 
 def device_option(*, auto: bool) -> Any:

@@ -18,8 +18,8 @@ import typer
 from typer.core import TyperGroup
 
 from cxrtool import __version__
-from cxrtool.cli._help import tidy
 from cxrtool.cli._console import DEBUG_ENV, EXIT_USAGE, err, error, out, report_internal_error, styled
+from cxrtool.cli._help import tidy
 from cxrtool.errors import CxrError
 
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ class _Root(TyperGroup):
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         """The summaries without importing any command module (``doctor`` is defined here)."""
-        rows = [(name, self.commands[name].get_short_help_str(200) if name in self.commands else "") for name in super().list_commands(ctx)]
+        rows = [(name, self.commands[name].get_short_help_str(200)) for name in super().list_commands(ctx)]
         rows += [(name, summary) for name, (_, summary) in COMMANDS.items() if name not in dict(rows)]
         with formatter.section("Commands"):
             formatter.write_dl(rows)

@@ -40,7 +40,9 @@ def _run(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None)
     """Exit code, stdout, stderr (without the runner's line) and the heavy modules imported."""
     code = _RUNNER.format(heavy=HEAVY)
     full_env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", **(env or {})}
-    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=cwd, env=full_env, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=cwd, env=full_env, timeout=300
+    )
     stderr, _, imported = proc.stderr.rpartition("\nIMPORTED ")
     return proc.returncode, proc.stdout, stderr, imported.split()
 
@@ -94,7 +96,12 @@ def _usage_error(args: list[str], *needles: str, cwd: Path) -> str:
 def test_missing_input_is_a_usage_error(tmp_path: Path, films: Path) -> None:
     model = tmp_path / "m.onnx"
     model.write_bytes(b"x")
-    _usage_error(["predict", str(films / "typo.png"), "-m", str(model), "-o", "p.csv"], "typo.png", "no such file or folder", cwd=tmp_path)
+    _usage_error(
+        ["predict", str(films / "typo.png"), "-m", str(model), "-o", "p.csv"],
+        "typo.png",
+        "no such file or folder",
+        cwd=tmp_path,
+    )
     assert not (tmp_path / "p.csv").exists()
 
 
@@ -107,7 +114,9 @@ def test_folder_without_films_is_a_usage_error(tmp_path: Path, content: str) -> 
         (folder / ".hidden.png").write_bytes(b"x")
     model = tmp_path / "m.onnx"
     model.write_bytes(b"x")
-    line = _usage_error(["predict", str(folder), "-m", str(model), "-o", "p.csv"], "scans", "no image or DICOM files", cwd=tmp_path)
+    line = _usage_error(
+        ["predict", str(folder), "-m", str(model), "-o", "p.csv"], "scans", "no image or DICOM files", cwd=tmp_path
+    )
     assert "give the folder that holds the films" in line
 
 
@@ -129,12 +138,16 @@ def test_torch_backend_on_an_export_does_not_suggest_export(tmp_path: Path, film
     """``-m x.onnx --backend torch``: re-exporting cannot help; the checkpoint can."""
     model = tmp_path / "x.onnx"
     model.write_bytes(b"x")
-    result = runner.invoke(app, ["predict", str(films), "-m", str(model), "-o", str(tmp_path / "p.csv"), "--backend", "torch"])
+    result = runner.invoke(
+        app, ["predict", str(films), "-m", str(model), "-o", str(tmp_path / "p.csv"), "--backend", "torch"]
+    )
     assert result.exit_code == 2, result.output
     assert "checkpoint (.safetensors)" in result.stderr and "cxrtool export" not in result.stderr
 
 
-@pytest.mark.parametrize(("device", "needle"), [("banana", "unknown device 'banana'; use cpu, cuda or cuda:N"), ("gpu", "use cuda")])
+@pytest.mark.parametrize(
+    ("device", "needle"), [("banana", "unknown device 'banana'; use cpu, cuda or cuda:N"), ("gpu", "use cuda")]
+)
 def test_device_names_are_checked_before_any_work(tmp_path: Path, films: Path, device: str, needle: str) -> None:
     model = tmp_path / "m.onnx"
     model.write_bytes(b"x")
@@ -143,7 +156,11 @@ def test_device_names_are_checked_before_any_work(tmp_path: Path, films: Path, d
 
 
 def test_choice_errors_read_plainly(tmp_path: Path, films: Path) -> None:
-    line = _usage_error(["predict", str(films), "-m", "m.onnx", "-o", "p.csv", "--backend", "onnx"], "'onnx' is not one of", cwd=tmp_path)
+    line = _usage_error(
+        ["predict", str(films), "-m", "m.onnx", "-o", "p.csv", "--backend", "onnx"],
+        "'onnx' is not one of",
+        cwd=tmp_path,
+    )
     assert "onnxruntime" in line
 
 
@@ -156,10 +173,13 @@ def test_tables_and_paths_are_not_wrapped(tmp_path: Path, how: str) -> None:
     code = (
         "from rich.table import Table\n"
         "from cxrtool.cli._console import out\n"
-        f"out.print('predictions -> ' + 'a/' * 60 + 'preds.csv', soft_wrap=True)\n"
-        "t = Table()\nt.add_column('predicted')\nt.add_column('files')\nt.add_row('viral_pneumonia_' * 5, '12345')\nout.print(t)\n"
+        "out.print('predictions -> ' + 'a/' * 60 + 'preds.csv', soft_wrap=True)\n"
+        "t = Table()\nt.add_column('predicted')\nt.add_column('files')\n"
+        "t.add_row('viral_pneumonia_' * 5, '12345')\nout.print(t)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **env}, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **env}, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0] == "predictions -> " + "a/" * 60 + "preds.csv"
@@ -209,19 +229,30 @@ def onnx_with_trust(tmp_path_factory: pytest.TempPathFactory, tiny_arch: str) ->
 
     torch.manual_seed(0)
     model = build_model(tiny_arch, num_classes=3).eval()
-    card = ModelCard(arch=tiny_arch, task="multiclass", class_names=["covid", "normal", "viral_pneumonia"], preprocess=PreprocessCfg(input_size=32))
+    card = ModelCard(
+        arch=tiny_arch,
+        task="multiclass",
+        class_names=["covid", "normal", "viral_pneumonia"],
+        preprocess=PreprocessCfg(input_size=32),
+    )
     rng = np.random.default_rng(0)
     with torch.no_grad():
         _, features = model.forward_features(torch.from_numpy(rng.random((40, 3, 32, 32), dtype=np.float32)))
     ood = fit_ood(features[:30].numpy(), rng.integers(0, 3, 30), features[30:].numpy(), model.feature_layout())
     root = tmp_path_factory.mktemp("onnx_with_trust")
-    checkpoint = save_checkpoint(root / "tiny.safetensors", model, card, TrustFit({"temperature": 1.0}, ood).apply(card))
+    checkpoint = save_checkpoint(
+        root / "tiny.safetensors", model, card, TrustFit({"temperature": 1.0}, ood).apply(card)
+    )
     return export_onnx(checkpoint, root / "tiny.onnx").path
 
 
-def test_onnx_runtime_predict_imports_neither_torch_nor_openvino(onnx_with_trust: Path, films: Path, tmp_path: Path) -> None:
+def test_onnx_runtime_predict_imports_neither_torch_nor_openvino(
+    onnx_with_trust: Path, films: Path, tmp_path: Path
+) -> None:
     pytest.importorskip("onnxruntime")
-    code, _, err, imported = _run("predict", str(films), "-m", str(onnx_with_trust), "-o", "p.csv", "--backend", "onnxruntime", cwd=tmp_path)
+    code, _, err, imported = _run(
+        "predict", str(films), "-m", str(onnx_with_trust), "-o", "p.csv", "--backend", "onnxruntime", cwd=tmp_path
+    )
     assert code == 0, err
     assert "torch" not in imported and "openvino" not in imported, imported
     rows = (tmp_path / "p.csv").read_text().splitlines()
@@ -266,7 +297,9 @@ def test_report_says_what_the_ood_score_means(onnx_with_trust: Path, films: Path
     from cxrtool.modelfile import read_any_card
 
     html = tmp_path / "r.html"
-    result = runner.invoke(app, ["predict", str(films), "-m", str(onnx_with_trust), "-o", str(tmp_path / "p.csv"), "--html", str(html)])
+    result = runner.invoke(
+        app, ["predict", str(films), "-m", str(onnx_with_trust), "-o", str(tmp_path / "p.csv"), "--html", str(html)]
+    )
     assert result.exit_code == 0, result.output
     page = " ".join(html.read_text(encoding="utf-8").split())
     threshold = read_any_card(onnx_with_trust).ood["threshold"]
