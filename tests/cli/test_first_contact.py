@@ -305,3 +305,52 @@ def test_report_says_what_the_ood_score_means(onnx_with_trust: Path, films: Path
     threshold = read_any_card(onnx_with_trust).ood["threshold"]
     assert "0 is a typical validation film, negative means more typical than that" in page
     assert f"Films above {threshold:.3f}" in page and "95% of the validation films pass" in page
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_arch: str) -> Path:
+    import torch
+
+    from cxrtool.config import PreprocessCfg
+    from cxrtool.modelfile import ModelCard
+    from cxrtool.models import build_model
+    from cxrtool.models.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    model = build_model(tiny_arch, num_classes=2)
+    card = ModelCard(arch=tiny_arch, task="multiclass", class_names=["a", "b"], preprocess=PreprocessCfg(input_size=32))
+    return save_checkpoint(tmp_path_factory.mktemp("tiny_ckpt") / "tiny.safetensors", model, card)
+
+
+def test_torch_predict_with_decode_workers_leaves_stderr_clean(
+    tiny_checkpoint: Path, films: Path, tmp_path: Path
+) -> None:
+    """The decode pool (forkserver workers) must never leave resource-tracker warnings or tracebacks behind."""
+    for name in ("c", "d"):
+        (films / name).mkdir()
+        for f in sorted(films.glob("*.png")):
+            (films / name / f.name).write_bytes(f.read_bytes())
+    code = "import sys, runpy; sys.argv = ['cxrtool', *sys.argv[1:]]; sys.path.insert(0, {tests!r})\n" + (
+        "from tiny_arch import register_tiny_arch; register_tiny_arch(); runpy.run_module('cxrtool', run_name='__main__')"
+    )
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    for run in range(3):
+        args = [
+            "predict",
+            str(films),
+            "-m",
+            str(tiny_checkpoint),
+            "-o",
+            f"p{run}.csv",
+            "--backend",
+            "torch",
+            "--workers",
+            "1",
+        ]
+        proc = subprocess.run(
+            [sys.executable, "-c", code.format(tests=str(REPO / "tests")), *args],
+            capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        for symptom in ("Traceback", "resource_tracker", "KeyError", "leaked"):
+            assert symptom not in proc.stderr, f"run {run}: {proc.stderr}"
