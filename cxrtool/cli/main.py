@@ -49,7 +49,7 @@ class _Root(TyperGroup):
     """The root group: every command runs inside :meth:`invoke`, so one handler covers them all."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return [*super().list_commands(ctx), *(name for name in COMMANDS if name not in self.commands)]
+        return [*(name for name in super().list_commands(ctx) if name not in COMMANDS), *COMMANDS]
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name in COMMANDS and cmd_name not in self.commands:
@@ -63,8 +63,8 @@ class _Root(TyperGroup):
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         """The summaries without importing any command module (``doctor`` is defined here)."""
-        rows = [(name, self.commands[name].get_short_help_str(200)) for name in super().list_commands(ctx)]
-        rows += [(name, summary) for name, (_, summary) in COMMANDS.items() if name not in dict(rows)]
+        rows = [(name, cmd.get_short_help_str(200)) for name, cmd in self.commands.items() if name not in COMMANDS]
+        rows += [(name, summary) for name, (_, summary) in COMMANDS.items()]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
 
