@@ -5,20 +5,26 @@ BIN := $(VENV)/bin
 .PHONY: install test test-slow test-gpu gpu-check bench reproduce clean
 
 $(BIN)/python:
+	@echo "creating the virtual environment $(VENV)"
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install --progress-bar on --upgrade pip
 
+# pip shows what it downloads and installs (torch and its CUDA libraries are most of the time: a few minutes
+# on a fresh machine); a second `make install` with nothing changed only re-checks and takes seconds.
 install: $(BIN)/python
-	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
-	@echo "installed: activate with 'source $(VENV)/bin/activate' or run $(BIN)/cxrtool"
+	@echo "installing cxrtool and its dependencies into $(VENV) (pinned by constraints.txt)"
+	@start=$$(date +%s); \
+	$(BIN)/pip install --progress-bar on -c constraints.txt -e '.[test]' && \
+	echo "installed in $$(( $$(date +%s) - start )) s: activate with 'source $(VENV)/bin/activate' or run $(BIN)/cxrtool"
 
-test: install
+# the tests need an installed environment, not a reinstall on every run
+test: $(BIN)/python
 	$(BIN)/python -m pytest -q
 
-test-slow: install
+test-slow: $(BIN)/python
 	$(BIN)/python -m pytest -q -m slow
 
-test-gpu: install
+test-gpu: $(BIN)/python
 	$(BIN)/python -m pytest -q -m gpu
 
 # one NVIDIA GPU: installs the [trt] extra if absent, runs test-gpu, then a short benchmark (< 8 min);

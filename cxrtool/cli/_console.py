@@ -12,19 +12,41 @@ import datetime as _dt
 import os
 import sys
 import tempfile
+import time
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.text import Text
 
 from cxrtool.errors import CxrError, one_line
 
-out = Console(markup=False, highlight=False)
-err = Console(stderr=True, markup=False, highlight=False)
+#: Width when output goes to a pipe or file and $COLUMNS is unset: lines are never wrapped (Rich would use 80).
+PIPED_WIDTH = 10_000
+
+
+def _console(stderr: bool) -> Console:
+    """A terminal's own width; piped, no wrapping at all, so a table row or a path stays one line for grep."""
+    stream = sys.stderr if stderr else sys.stdout
+    piped = not (stream.isatty() or os.environ.get("COLUMNS"))
+    return Console(stderr=stderr, markup=False, highlight=False, width=PIPED_WIDTH if piped else None)
+
+
+out = _console(stderr=False)
+err = _console(stderr=True)
 
 #: 0 all good, 1 some inputs failed (each named), 2 usage error, 3 unexpected internal error (a bug).
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
@@ -104,15 +126,84 @@ def report_internal_error(exc: BaseException, *, debug: bool) -> int:
     return EXIT_INTERNAL
 
 
-def progress(transient: bool = False) -> Progress:
-    """The progress bar every long command uses (on stderr, so stdout stays machine-readable)."""
-    return Progress(
+#: Piped (CI, a log file), a long step prints one plain progress line at most this often.
+PLAIN_EVERY_S = 10.0
+
+
+class _Count(ProgressColumn):
+    """``28/120`` when the total is known, else ``28`` (never ``28/?``)."""
+
+    def render(self, task: Task) -> Text:
+        done = int(task.completed)
+        return Text(f"{done}/{int(task.total)}" if task.total is not None else str(done), style="progress.download")
+
+
+class _Progress(Progress):
+    """Rich's live bar on a terminal; piped, one plain line per task at most every :data:`PLAIN_EVERY_S` and at the end.
+
+    It starts on the first progress (``lazy``), so an error before any work comes without an empty bar above it.
+    """
+
+    def __init__(self, *columns: Any, lazy: bool, **kwargs: Any) -> None:
+        super().__init__(*columns, disable=not kwargs["console"].is_terminal, **kwargs)
+        self._lazy, self._begun, self._last_line = lazy, False, {}
+
+    def start(self) -> None:
+        if not self._lazy or self._begun:
+            super().start()
+
+    def stop(self) -> None:
+        for task_id in self.task_ids if self.disable else ():
+            self._plain_line(task_id, final=True)
+        super().stop()
+
+    def advance(self, task_id: TaskID, advance: float = 1) -> None:
+        self._begin()
+        super().advance(task_id, advance)
+        self._plain_line(task_id)
+
+    def update(self, task_id: TaskID, **kwargs: Any) -> None:
+        if "completed" in kwargs or "advance" in kwargs:
+            self._begin()
+        super().update(task_id, **kwargs)
+        self._plain_line(task_id)
+
+    def _begin(self) -> None:
+        if not self._begun:
+            self._begun = True
+            self.start()
+
+    def _plain_line(self, task_id: TaskID, *, final: bool = False) -> None:
+        if not self.disable or not self._begun:
+            return
+        now = time.monotonic()
+        last = self._last_line.get(task_id)
+        task = self._tasks[task_id]
+        if final:
+            if last == "done" or not task.completed:
+                return
+        elif last is not None and (last == "done" or now - last < PLAIN_EVERY_S):
+            return
+        count = f"{int(task.completed)}/{int(task.total)}" if task.total is not None else str(int(task.completed))
+        info = task.fields.get("info") or ""
+        elapsed = _dt.timedelta(seconds=int(task.elapsed or 0))
+        self.console.print(f"{task.description}: {count}, {elapsed}  {info}".rstrip(), soft_wrap=True)
+        self._last_line[task_id] = "done" if final else now
+
+
+def progress(transient: bool = False, *, lazy: bool = False) -> Progress:
+    """The progress display every long command uses (on stderr, so stdout stays machine-readable).
+
+    ``lazy``: show nothing until the first step is done (commands that load a model first).
+    """
+    return _Progress(
         TextColumn("{task.description}", markup=False, style="progress.description"),
         BarColumn(),
-        MofNCompleteColumn(),
+        _Count(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         TextColumn("{task.fields[info]}", markup=False),
         console=err,
         transient=transient,
+        lazy=lazy,
     )

@@ -11,7 +11,7 @@ import typer
 from rich.text import Text
 
 from cxrtool.cli._console import err, out, user_errors
-from cxrtool.cli._options import BenchBackend
+from cxrtool.cli._options import BenchBackend, device_option
 from cxrtool.infer.measure import run_bench
 
 _DEFAULTS = {name: p.default for name, p in inspect.signature(run_bench).parameters.items()}
@@ -28,7 +28,7 @@ def bench(
     images: Annotated[int, typer.Option(min=0, help="Films sampled evenly from --data (0 = all).")] = _DEFAULTS["images"],
     min_time: Annotated[float, typer.Option(min=0.0, help="Seconds of timed model-only runs per row.")] = _DEFAULTS["min_time"],
     workers: Annotated[Optional[int], typer.Option(min=0, show_default="predict's choice per backend", help="Decode processes for end-to-end runs.")] = None,
-    device: Annotated[str, typer.Option(help="cpu or cuda[:N].")] = _DEFAULTS["device"],
+    device: Annotated[str, typer.Option(callback=device_option(auto=False), help="cpu, cuda or cuda:N.")] = _DEFAULTS["device"],
     as_json: Annotated[bool, typer.Option("--json", help="Print the full report as JSON on stdout instead of tables.")] = False,
     save: Annotated[bool, typer.Option("--save", help="Store the model-only speeds for this machine; `--backend auto` then picks by them.")] = False,
 ) -> None:
@@ -48,6 +48,8 @@ def bench(
             save=save,
             on_step=lambda text: status.update(Text(f"bench: {text}")),
         )
+    if report.inputs.get("unreadable_skipped"):
+        err.print(f"skipped {report.inputs['unreadable_skipped']} unreadable file(s) under {data}", soft_wrap=True)
     if as_json:
         out.print_json(json.dumps(report.to_dict()))
         return

@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from cxrtool.cli._console import err, out, progress, user_errors, warning
-from cxrtool.trust.fit import KEEP
-from cxrtool.trust.ood import DEFAULT_QUANTILE
+from cxrtool.cli._options import device_option, require_checkpoint
+from cxrtool.trust.ood import DEFAULT_QUANTILE, KEEP
 
 
 def calibrate(
@@ -26,7 +26,7 @@ def calibrate(
         Optional[Path], typer.Option("--out", "-o", show_default="<name>.calibrated.safetensors beside it", help="New checkpoint.")
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per model call.")] = 64,
-    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N.")] = "cpu",
+    device: Annotated[str, typer.Option("--device", callback=device_option(auto=True), help="auto, cpu, cuda or cuda:N.")] = "cpu",
     workers: Annotated[int, typer.Option("--workers", "-j", min=0, help="Data loader processes.")] = 0,
 ) -> None:
     """Refit temperature (validation NLL), OOD statistics and threshold; write a new checkpoint whose lineage names the old one.
@@ -37,7 +37,8 @@ def calibrate(
     from cxrtool.trust.fit import calibrate_checkpoint
 
     with user_errors():
-        bar = progress(transient=True)
+        require_checkpoint(checkpoint, "calibrate")
+        bar = progress(transient=True, lazy=True)
         task = bar.add_task("calibrating", total=None, info="")
         with bar:
             result = calibrate_checkpoint(

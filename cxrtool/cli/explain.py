@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from cxrtool.cli._options import default_of
+from cxrtool.cli._options import check_inputs, default_of, require_checkpoint
 from cxrtool.explain.audit import AuditCfg
 from cxrtool.explain.composites import COMPOSITES
 from cxrtool.explain.options import ExplainOptions
@@ -44,9 +44,14 @@ def explain(
 
     Exit codes: 0 all explained, 1 some files could not be read (error rows in explain.csv), 2 usage error.
     """
+    from cxrtool.cli._console import EXIT_SOME_FAILED, err, failed, out as stdout, progress, user_errors
+
+    with user_errors():  # mistakes first: before torch is imported or a model loaded
+        check_inputs(paths)
+        require_checkpoint(model, "explain")
+
     from rich.table import Table
 
-    from cxrtool.cli._console import EXIT_SOME_FAILED, err, failed, out as stdout, progress, user_errors
     from cxrtool.explain.attribution import explain_files, plan_inputs
     from cxrtool.fsutil import check_writable_output
     from cxrtool.inputs import max_pixels

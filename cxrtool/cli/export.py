@@ -9,7 +9,7 @@ import typer
 from rich.text import Text
 
 from cxrtool.cli._console import EXIT_SOME_FAILED, err, error, out, user_errors, warning
-from cxrtool.cli._options import default_of
+from cxrtool.cli._options import default_of, device_option
 from cxrtool.export import onnx as onnx_export
 from cxrtool.export.trt_options import DEFAULT_TOLERANCE as TRT_TOLERANCE
 from cxrtool.modelfile import BatchProfile
@@ -53,7 +53,7 @@ def export(
         int, typer.Option("--opt-batch", help="TensorRT profile: batch the kernels are tuned for.")
     ] = default_of(BatchProfile, "opt"),
     max_batch: Annotated[int, typer.Option("--max-batch", help="TensorRT profile: largest batch.")] = default_of(BatchProfile, "max"),
-    device: Annotated[str, typer.Option("--device", help="TensorRT: GPU to build for (cuda or cuda:N).")] = "cuda",
+    device: Annotated[str, typer.Option("--device", callback=device_option(auto=False), help="TensorRT: GPU to build for (cuda or cuda:N).")] = "cuda",
     trt_tolerance: Annotated[
         Optional[float],
         typer.Option(

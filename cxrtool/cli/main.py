@@ -3,30 +3,78 @@
 Exit codes mean one thing each (:mod:`cxrtool.cli._console`): 0 all good, 1 some inputs failed,
 2 usage error, 3 unexpected internal error.  :class:`_Root` is the single place that turns an
 unexpected exception from any command into code 3 plus a crash log.
+
+Command modules are imported only when their command runs (or shows its help): ``cxrtool --help``
+lists the one-line summaries of :data:`COMMANDS` and imports none of them, so no command's
+dependencies slow down another's start.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import importlib
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from typer.core import TyperGroup
 
 from cxrtool import __version__
-from cxrtool.cli import bench, calibrate, demo, explain, export, listen, predict, prep, report, train
 from cxrtool.cli._console import DEBUG_ENV, EXIT_USAGE, err, error, out, report_internal_error, styled
+from cxrtool.cli._help import tidy
 from cxrtool.errors import CxrError
+
+if TYPE_CHECKING:
+    import click
 
 #: Exceptions that already mean a chosen exit code (usage errors, typer.Exit, Ctrl-C, a closed pipe).
 _PASS_THROUGH = (typer.TyperException, typer.Exit, typer.Abort, KeyboardInterrupt, EOFError, BrokenPipeError)
 
 
+#: command -> (module of ``cxrtool.cli`` whose ``register(app)`` adds it, summary for ``cxrtool --help``).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "prep": ("prep", "Prepare data: DICOM -> PNG, public datasets and class folders -> manifests."),
+    "train": ("train", "Train a DenseNet on a manifest (with its trust statistics)."),
+    "evaluate": ("train", "Metrics of a checkpoint on a manifest split."),
+    "calibrate": ("calibrate", "Refit a checkpoint's temperature, OOD statistics and threshold."),
+    "export": ("export", "Export a checkpoint to ONNX, INT8 and/or a TensorRT engine."),
+    "predict": ("predict", "Predict films and folders into a CSV or JSONL file."),
+    "explain": ("explain", "LRP heatmaps, overlays and the shortcut audit."),
+    "bench": ("bench", "Measure images/s of every available backend."),
+    "report": ("report", "One self-contained HTML page from predict (and explain) output."),
+    "demo": ("demo", "The whole workflow on a small bundled sample."),
+    "listen": ("listen", "Receive films over DICOM and send back SR + heatmap results."),
+}
+
+
 class _Root(TyperGroup):
     """The root group: every command runs inside :meth:`invoke`, so one handler covers them all."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [*(name for name in super().list_commands(ctx) if name not in COMMANDS), *COMMANDS]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in COMMANDS and cmd_name not in self.commands:
+            module = importlib.import_module(f"cxrtool.cli.{COMMANDS[cmd_name][0]}")
+            sub = typer.Typer(rich_markup_mode=None, add_completion=False)
+            module.register(sub)
+            self.commands.update({name: tidy(cmd) for name, cmd in typer.main.get_group(sub).commands.items()})
+        elif cmd_name in self.commands:
+            tidy(self.commands[cmd_name])  # doctor, defined here
+        return super().get_command(ctx, cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The summaries without importing any command module (``doctor`` is defined here)."""
+        rows = [(name, cmd.get_short_help_str(200)) for name, cmd in self.commands.items() if name not in COMMANDS]
+        rows += [(name, summary) for name, (_, summary) in COMMANDS.items()]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def invoke(self, ctx: typer.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except typer.TyperException as exc:  # a usage error: drop pydantic's "Value error, " from the message
+            if isinstance(getattr(exc, "message", None), str):
+                exc.message = exc.message.replace("Value error, ", "")
+            raise
         except _PASS_THROUGH:
             raise
         except CxrError as exc:  # a user-fixable error that a command did not catch itself
@@ -82,7 +130,3 @@ def doctor() -> None:
         for item, value, ok in rows:
             table.add_row(item, value, marks[ok])
         out.print(table)
-
-
-for _module in (prep, train, calibrate, export, predict, explain, bench, report, demo, listen):
-    _module.register(app)

@@ -8,17 +8,17 @@ from typing import Annotated, Optional
 import typer
 
 from cxrtool.cli._console import EXIT_OK, EXIT_SOME_FAILED, err, failed, out as stdout, progress, styled, user_errors
-from cxrtool.cli._options import Backend, Window, default_of, parse_shard_option
+from cxrtool.cli._options import Backend, Window, check_inputs, default_of, device_option, parse_shard_option
 from cxrtool.fsutil import check_writable_output, display_path
 from cxrtool.infer.predict import PredictOptions
 
 
 def predict(
-    inputs: Annotated[list[Path], typer.Argument(help="Image/DICOM files and folders (searched recursively).")],
+    inputs: Annotated[list[Path], typer.Argument(metavar="PATHS", help="Image/DICOM files and folders (searched recursively).")],
     model: Annotated[Path, typer.Option("--model", "-m", help="cxrtool checkpoint (.safetensors), ONNX file or TensorRT engine.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output .csv or .jsonl, written as results complete.")],
     backend: Annotated[Backend, typer.Option(help="Runtime; auto picks the fastest available for the device and model file.")] = Backend.auto,
-    device: Annotated[str, typer.Option(help="cpu or cuda[:N].")] = "cpu",
+    device: Annotated[str, typer.Option(callback=device_option(auto=False), help="cpu, cuda or cuda:N.")] = "cpu",
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per model call.")] = default_of(PredictOptions, "batch_size"),
     workers: Annotated[
         Optional[int],
@@ -46,6 +46,7 @@ def predict(
     from cxrtool.infer.predict import predict_to_file
 
     with user_errors():
+        total = check_inputs(inputs)
         options = PredictOptions(
             batch_size=batch_size,
             workers=workers,
@@ -60,8 +61,8 @@ def predict(
             check_writable_output(dicom_out, "dir")
         if html is not None:
             check_writable_output(html, "file")
-        with progress() as bar:
-            task = bar.add_task("predict", total=None, info="")
+        with progress(lazy=True) as bar:
+            task = bar.add_task("predict", total=None if shard or resume else total, info="")
 
             def advance(rows: list) -> None:
                 bad = sum(r.error is not None for r in rows)
@@ -71,12 +72,8 @@ def predict(
 
             summary = predict_to_file(inputs, model, out, options, backend=backend.value, device=device, on_rows=advance)
 
-    table = Table(
-        title=f"predictions -> {display_path(summary.out)}",
-        caption=f"model {summary.model_id}, {summary.backend} on {summary.device}" + (f" (auto: {summary.choice})" if summary.choice else ""),
-        title_justify="left",
-        caption_justify="left",
-    )
+    stdout.print(f"predictions -> {display_path(summary.out)}", soft_wrap=True)  # a path is never wrapped to the table
+    table = Table()
     table.add_column("predicted")
     table.add_column("files", justify="right")
     for name in summary.class_names:
@@ -93,6 +90,8 @@ def predict(
     if summary.skipped_shard:
         table.add_row("other shards", str(summary.skipped_shard))
     stdout.print(table)
+    model_line = f"model {summary.model_id}, {summary.backend} on {summary.device}" + (f" (auto: {summary.choice})" if summary.choice else "")
+    stdout.print(model_line, soft_wrap=True)
     for path, reason in summary.failures:
         err.print(failed(display_path(path), reason), soft_wrap=True)
     if summary.failed > len(summary.failures):

@@ -50,15 +50,15 @@ def nih(
     drop_missing: Annotated[bool, typer.Option(help="Leave out rows whose image is not under --images (else kept with status=missing).")] = False,
     train_val_list: Annotated[Optional[Path], typer.Option(show_default="next to the CSV", help="Official train_val_list.txt.")] = None,
     test_list: Annotated[Optional[Path], typer.Option(show_default="next to the CSV", help="Official test_list.txt.")] = None,
-    val_fraction: Annotated[float, typer.Option(help="Share of train_val carved out, patient-wise, as the val split.")] = default_of(
+    val_fraction: Annotated[float, typer.Option(help="Share of train_val carved out, patient by patient, as the val split.")] = default_of(
         NihOptions, "val_fraction"
     ),
     test_fraction: Annotated[float, typer.Option(help="Test share, used only when no official split lists exist.")] = default_of(
         NihOptions, "test_fraction"
     ),
     seed: SeedOpt = default_of(NihOptions, "seed"),
-    views: Annotated[Optional[str], typer.Option(help="Keep only these View Positions, e.g. 'PA' or 'PA,AP'.")] = None,
-    max_follow_up: Annotated[Optional[int], typer.Option(help="Keep only images with Follow-up # <= N (0 = first visits).")] = None,
+    views: Annotated[Optional[str], typer.Option(show_default="all views", help="Keep only these View Positions, e.g. 'PA' or 'PA,AP'.")] = None,
+    max_follow_up: Annotated[Optional[int], typer.Option(metavar="N", show_default="all visits", help="Keep only images with Follow-up # <= N (0 = first visits).")] = None,
     one_per_patient: Annotated[bool, typer.Option(help="Keep one image per patient (lowest follow-up left after the other filters).")] = False,
     label_map: Annotated[
         Optional[str],

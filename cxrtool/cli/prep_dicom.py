@@ -35,7 +35,7 @@ def dicom(
         ),
     ] = Window(default_of(PrepOptions, "window")),
     bits: Annotated[Bits, typer.Option("--bits", help="PNG bit depth.")] = Bits(str(default_of(PrepOptions, "bits"))),
-    size: Annotated[Optional[int], typer.Option("--size", min=8, help="Resize so the long side is SIZE (anti-aliased).")] = None,
+    size: Annotated[Optional[int], typer.Option("--size", min=8, metavar="SIZE", show_default="the film's own size", help="Resize so the long side is SIZE (anti-aliased).")] = None,
     all_frames: Annotated[bool, typer.Option("--all-frames", help="Write every frame of multi-frame files (NAME_f0000.png ...).")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Skip files whose header is not a chest CR/DX/DR (modality, body part, view).")] = False,
     keep_phi: Annotated[bool, typer.Option("--keep-phi", help="Write real Patient IDs to the manifest instead of salted pseudonyms.")] = False,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.table import Table
@@ -11,14 +11,24 @@ from rich.table import Table
 from cxrtool.cli._console import EXIT_OK, EXIT_SOME_FAILED, err, failed, out, progress, styled, user_errors
 
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Manifest CSV to write (atomically).", dir_okay=False)]
-MapOpt = Annotated[Optional[str], typer.Option("--map", help="Rename or include dataset classes: DATASET_CLASS=LABEL,... (e.g. 'Lung_Opacity=lung_opacity').")]
-ExcludeOpt = Annotated[Optional[list[str]], typer.Option("--exclude", help="Leave out a dataset class (repeatable).")]
-ValOpt = Annotated[float, typer.Option(help="Share carved, patient-wise, out of the official train part as val (none when the dataset has a val split file).")]
+
+
+def _map_opt(example: str) -> Any:
+    """``--map``, with an example valid for the dataset at hand."""
+    return Annotated[Optional[str], typer.Option("--map", help=f"Rename or include dataset classes: DATASET_CLASS=LABEL,... (e.g. '{example}').")]
+
+
+def _exclude_opt(example: str) -> Any:
+    return Annotated[Optional[list[str]], typer.Option("--exclude", help=f"Leave out a dataset class (repeatable; e.g. {example}).")]
+
+
+#: Datasets with official splits: val is carved from the train part, patient by patient.
+ValOpt = Annotated[float, typer.Option(help="Share of the official train part carved out, patient by patient, as val (when the download has no val split).")]
 TestOpt = Annotated[float, typer.Option(help="Test share for images without an official split.")]
 SeedOpt = Annotated[int, typer.Option(help="Seed of the split assignment.")]
 DedupOpt = Annotated[bool, typer.Option("--dedup/--no-dedup", help="Hash every image: unreadable files are named, near-duplicates kept in one split.")]
 KeepPhiOpt = Annotated[bool, typer.Option("--keep-phi", help="Write patient ids as they are instead of salted pseudonyms.")]
-SaltOpt = Annotated[Optional[Path], typer.Option(help="Salt file for pseudonyms (default: $CXRTOOL_SALT, else ~/.config/cxrtool/salt).")]
+SaltOpt = Annotated[Optional[Path], typer.Option(show_default="$CXRTOOL_SALT, else ~/.config/cxrtool/salt", help="Salt file for pseudonyms.")]
 WorkersOpt = Annotated[int, typer.Option(help="Processes for hashing.", min=1)]
 
 
@@ -82,7 +92,8 @@ RootArg = Annotated[Path, typer.Argument(help="The unpacked download (or the fol
 
 
 def radiography(
-    root: RootArg, out_path: OutOpt, label_map: MapOpt = None, exclude: ExcludeOpt = None, val_fraction: ValOpt = 0.15,
+    root: RootArg, out_path: OutOpt, label_map: _map_opt("Lung_Opacity=lung_opacity") = None, exclude: _exclude_opt("COVID") = None,
+    val_fraction: Annotated[float, typer.Option(help="Share of images in the val split (no patient ids: near-duplicates stay together).")] = 0.15,
     test_fraction: TestOpt = 0.15, seed: SeedOpt = 0, dedup: DedupOpt = True, keep_phi: KeepPhiOpt = False,
     salt_file: SaltOpt = None, workers: WorkersOpt = 1,
 ) -> None:  # fmt: skip
@@ -100,10 +111,11 @@ def radiography(
 
 def covidx(
     root: RootArg, out_path: OutOpt,
-    train_file: Annotated[Optional[Path], typer.Option(help="Train split file (default: ROOT/train*.txt).", exists=True, dir_okay=False)] = None,
-    val_file: Annotated[Optional[Path], typer.Option(help="Val split file (default: ROOT/val*.txt if any).", exists=True, dir_okay=False)] = None,
-    test_file: Annotated[Optional[Path], typer.Option(help="Test split file (default: ROOT/test*.txt).", exists=True, dir_okay=False)] = None,
-    label_map: MapOpt = None, exclude: ExcludeOpt = None, val_fraction: ValOpt = 0.1, seed: SeedOpt = 0,
+    train_file: Annotated[Optional[Path], typer.Option(show_default="ROOT/train*.txt", help="Train split file.", exists=True, dir_okay=False)] = None,
+    val_file: Annotated[Optional[Path], typer.Option(show_default="ROOT/val*.txt if any", help="Val split file.", exists=True, dir_okay=False)] = None,
+    test_file: Annotated[Optional[Path], typer.Option(show_default="ROOT/test*.txt", help="Test split file.", exists=True, dir_okay=False)] = None,
+    label_map: _map_opt("pneumonia=other_pneumonia") = None, exclude: _exclude_opt("pneumonia") = None, val_fraction: ValOpt = 0.1,
+    seed: SeedOpt = 0,
     dedup: DedupOpt = True, keep_phi: KeepPhiOpt = False, salt_file: SaltOpt = None, workers: WorkersOpt = 1,
 ) -> None:  # fmt: skip
     """COVIDx CXR (split files of 'patient_id filename class source' lines + image folders) -> manifest.
@@ -119,7 +131,8 @@ def covidx(
 
 
 def kermany(
-    root: RootArg, out_path: OutOpt, label_map: MapOpt = None, exclude: ExcludeOpt = None, val_fraction: ValOpt = 0.1,
+    root: RootArg, out_path: OutOpt, label_map: _map_opt("bacteria=bacterial") = None, exclude: _exclude_opt("bacteria") = None,
+    val_fraction: ValOpt = 0.1,
     seed: SeedOpt = 0, dedup: DedupOpt = True, keep_phi: KeepPhiOpt = False, salt_file: SaltOpt = None, workers: WorkersOpt = 1,
 ) -> None:  # fmt: skip
     """Kermany paediatric pneumonia (chest_xray/{train,val,test}/{NORMAL,PNEUMONIA}) -> manifest.

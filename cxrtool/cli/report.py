@@ -15,7 +15,7 @@ def report(
     out_path: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write (atomically).", dir_okay=False)],
     explain_dir: Annotated[Optional[Path], typer.Option("--explain", help="An explain output folder: adds each film's heatmap overlay.", exists=True, file_okay=False)] = None,
     model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Checkpoint, ONNX export or engine: adds its model card.", exists=True, dir_okay=False)] = None,
-    title: Annotated[Optional[str], typer.Option(help="Page title (default: the predictions file's name).")] = None,
+    title: Annotated[Optional[str], typer.Option(show_default="the predictions file's name", help="Page title.")] = None,
     caveat: Annotated[Optional[list[str]], typer.Option("--caveat", help="A line shown in a warning box at the top (repeatable).")] = None,
     thumb_size: Annotated[int, typer.Option(help="Thumbnail side in px.", min=16)] = 112,
 ) -> None:

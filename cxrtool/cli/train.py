@@ -16,6 +16,7 @@ import typer
 from rich.text import Text
 
 from cxrtool.cli._console import EXIT_SOME_FAILED, err, failed, out, progress, user_errors
+from cxrtool.cli._options import device_option
 from cxrtool.config import RESIZE_MODES, PreprocessCfg
 from cxrtool.errors import CxrError
 from cxrtool.fsutil import check_writable_output
@@ -47,6 +48,10 @@ def _init_classes(value: str | None) -> list[str] | None:
     return [c.strip() for c in value.split(",") if c.strip()]
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def _fmt(v: Any) -> str:
     return "-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
 
@@ -68,9 +73,10 @@ class _TrainView:
         elif isinstance(event, ev.SetupDone):
             err.print(
                 f"{event.arch} {event.task} on {event.runtime} x{event.world_size}: "
-                f"{event.n_train} train / {event.n_val} val images, {event.steps_per_epoch} steps per epoch, "
+                f"{event.n_train} train / {event.n_val} val images, {_plural(event.steps_per_epoch, 'step')} per epoch, "
                 f"input {event.preprocess.input_size} px, best by val {event.monitor}",
                 markup=False,
+                soft_wrap=True,
             )
             self.bar.start()
         elif isinstance(event, ev.EpochStarted):
@@ -85,14 +91,21 @@ class _TrainView:
             values = {"train_loss": event.train_loss, "val_loss": event.val_loss, **{f"val_{k}": v for k, v in event.val_metrics.items()}}
             keys = ("train_loss", "val_loss", "val_accuracy", "val_macro_f1", "val_auc_macro")
             line = "  ".join(f"{k} {_fmt(values.get(k))}" for k in keys)
-            self.bar.console.print(Text.assemble(f"epoch {event.epoch}: {line}  {event.images_per_s:.1f} img/s", ("  best" if event.best else "", "green")))
+            self.bar.console.print(Text.assemble(f"epoch {event.epoch}: {line}  {event.images_per_s:.1f} img/s", ("  best" if event.best else "", "green")), soft_wrap=True)
         elif isinstance(event, ev.Stopped):
-            self.bar.console.print(Text.assemble(("stopped", "yellow"), f" at epoch {event.epoch + 1} step {event.step}; state saved to {event.state}"))
+            self.bar.console.print(Text.assemble(("stopped", "yellow"), f" at epoch {event.epoch + 1} step {event.step}; state saved to {event.state}"), soft_wrap=True)
+        elif isinstance(event, ev.TrustProgress):
+            if self.task is None or self.bar.tasks[-1].description != "trust statistics":
+                if self.task is not None:
+                    self.bar.remove_task(self.task)
+                self.task = self.bar.add_task("trust statistics", total=event.total, info="films through the best model")
+            self.bar.update(self.task, completed=event.done)
         elif isinstance(event, ev.TrustFitted):
             self.bar.console.print(
                 f"trust: temperature {event.temperature:.3f} (val ECE {event.ece:.4f} -> {event.ece_calibrated:.4f}), "
                 f"OOD statistics from {event.n_train} train films, threshold {event.threshold:.3f} on {event.n_val} val films",
                 markup=False,
+                soft_wrap=True,
             )
 
     def _init(self, report: Any) -> None:
@@ -146,7 +159,7 @@ def _given(ctx: typer.Context) -> dict[str, Any]:
 def train(
     ctx: typer.Context,
     manifest: Annotated[Optional[Path], typer.Argument(help="Training manifest CSV (or 'manifest' in --config).", show_default=False)] = None,
-    out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder for checkpoints, logs and resume state.")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", show_default="required unless --resume or --config gives it", help="Output folder for checkpoints, logs and resume state.")] = None,
     config: Annotated[
         Optional[Path], typer.Option("--config", "-c", help="TOML file with any of these options (flags win).", exists=True, dir_okay=False)
     ] = None,
@@ -164,6 +177,7 @@ def train(
         Optional[str],
         typer.Option(
             "--init",
+            show_default="required unless --resume or --config gives it",
             help="imagenet | none | txrv:NAME or txrv:PATH (a torchxrayvision model, read without running its code) "
             "| a cxrtool checkpoint | a weights file (.pth/.pt/.safetensors). Never downloads: see docs/train.md.",
         ),
@@ -212,7 +226,7 @@ def train(
     ] = _T.augment,
     rotate: Annotated[float, typer.Option("--rotate", help="Max rotation in degrees.")] = _T.aug_rotate,
     hflip: Annotated[bool, typer.Option("--hflip/--no-hflip", help="Random horizontal flips (see the README).")] = _T.hflip,
-    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N.")] = _T.device,
+    device: Annotated[str, typer.Option("--device", callback=device_option(auto=True), help="auto, cpu, cuda or cuda:N.")] = _T.device,
     amp: Annotated[Amp, typer.Option("--amp", help="auto: bf16/fp16 on CUDA, off on CPU.")] = Amp(_T.amp),
     channels_last: Annotated[
         Optional[bool], typer.Option("--channels-last/--no-channels-last", show_default="on for CUDA", help="channels_last memory format.")
@@ -272,7 +286,7 @@ def evaluate(
         typer.Option("--threshold", show_default="the one stored with the model", help="Multilabel decision threshold."),
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed.")] = 0,
-    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N.")] = "auto",
+    device: Annotated[str, typer.Option("--device", callback=device_option(auto=True), help="auto, cpu, cuda or cuda:N.")] = "auto",
     workers: Annotated[int, typer.Option("--workers", "-j", min=0, help="Data loader processes.")] = 0,
 ) -> None:
     """Metrics of a checkpoint on a manifest split: JSON with bootstrap CIs, per-image CSV, confusion matrix and ROC PNGs.

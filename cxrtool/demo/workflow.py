@@ -20,6 +20,8 @@ from cxrtool.errors import CxrError
 
 SAMPLE = Path(__file__).resolve().parent / "sample"
 ATTRIBUTION = Path(__file__).resolve().parent / "ATTRIBUTION.md"
+#: Inside a training epoch the demo notes progress at most this often (an epoch takes a minute on 2 cores).
+STEP_NOTE_S = 15.0
 CAVEAT = (
     "cxrtool demo: this demonstrates the workflow on 64-pixel ChestX-ray14 thumbnails with a model trained for a few "
     "epochs on a few hundred films. It is not a diagnostic model; its predictions mean nothing clinically."
@@ -70,6 +72,7 @@ def run_demo(
     from cxrtool.prep.nih import NihOptions, prep_nih
     from cxrtool.dicom.prepare import PrepOptions, prepare_folder
     from cxrtool.explain.attribution import ExplainOptions, explain_files, plan_inputs
+    from cxrtool.trust import load_trust
     from cxrtool.export.pipeline import export_model
     from cxrtool.infer.predict import PredictOptions, predict_to_file
     from cxrtool.manifest import read_manifest
@@ -95,10 +98,16 @@ def run_demo(
     note = on_note or (lambda _: None)
 
     def epochs(stage: str) -> Callable[[Any], None]:
-        from cxrtool.train.loop import EpochEnded
+        from cxrtool.train.loop import EpochEnded, StepDone
+
+        last = [time.perf_counter()]
 
         def on_event(event: Any) -> None:
-            if isinstance(event, EpochEnded):
+            if isinstance(event, StepDone) and time.perf_counter() - last[0] >= STEP_NOTE_S:  # a sign of life inside an epoch
+                last[0] = time.perf_counter()
+                note(f"{stage} epoch {event.epoch}: step {event.step}/{event.steps}, loss {event.loss:.3f}, {event.images_per_s:.0f} img/s")
+            elif isinstance(event, EpochEnded):
+                last[0] = time.perf_counter()
                 metrics = {k: event.val_metrics.get(k) for k in ("macro_f1", "auc_macro")}
                 vals = "  ".join(f"val {k} {v:.3f}" for k, v in metrics.items() if isinstance(v, float))
                 note(f"{stage} epoch {event.epoch}: train loss {event.train_loss:.3f}  val loss {event.val_loss:.3f}  {vals}  {event.images_per_s:.0f} img/s")
@@ -164,7 +173,7 @@ def run_demo(
          f"{summary.failed} unreadable (the truncated file, on purpose) -> {preds}")  # fmt: skip
 
     net, card = load_checkpoint(stage2)
-    explained = explain_files(plan_inputs([scans]), net, card, out / "heatmaps", ExplainOptions(batch_size=8))
+    explained = explain_files(plan_inputs([scans]), net, card, out / "heatmaps", ExplainOptions(batch_size=8), trust=load_trust(stage2, card))
     step(8, total, "explain", f"LRP heatmaps of the predicted class for {len(explained.rows) - explained.n_failed} films -> {out / 'heatmaps'}")
 
     page = build_report(preds, res.report, explain_dir=out / "heatmaps", model=stage2, title="cxrtool demo report", caveats=[CAVEAT])
@@ -172,5 +181,6 @@ def run_demo(
 
     res.seconds = time.perf_counter() - t0
     res.files.update({"stage1": stage1, "stage2": stage2, "onnx": onnx_path, "predictions": preds, "heatmaps": out / "heatmaps", "report": res.report})
-    step(10, total, "done", f"in {res.seconds:.0f} s. Open {res.report} in a browser. {CAVEAT}")
+    step(10, total, "done", f"in {res.seconds:.0f} s; open {res.report} in a browser")
+    note(CAVEAT)
     return res

@@ -179,7 +179,7 @@ def _rank_cpu(found: list[Candidate], flags: set[str], why_not_measured: str) ->
     if flags & {"avx512_bf16", "amx_bf16"}:
         order.append(("openvino-bf16", f"the CPU has bf16 ({', '.join(sorted(flags & {'avx512_bf16', 'amx_bf16'}))})"))
     order += [
-        ("onnxruntime", "fp32: ONNX Runtime (faster than OpenVINO f32 on AVX2, bench of issue 13)"),
+        ("onnxruntime", "fp32: ONNX Runtime (faster than OpenVINO f32 on AVX2 CPUs, as measured)"),
         ("openvino-f32", "fp32 OpenVINO"),
         ("torch", "torch eager"),
         ("openvino-int8", "INT8 export (this CPU lacks AVX2)"),

@@ -108,7 +108,10 @@ def load_backend(path: str | Path, *, backend: str = "auto", device: str = "cpu"
     files = [(path, True)] if path.suffix.lower() in cls.suffixes else model_files(path)
     match = next(((f, current) for f, current in files if f.suffix.lower() in cls.suffixes), None)
     if match is None:
-        hint = "run `cxrtool export` on it first" if path.suffix.lower() in (".safetensors", ".onnx") else "give it another model file"
+        hint = (
+            "give it the checkpoint (.safetensors) the export was made from" if ".safetensors" in cls.suffixes
+            else "run `cxrtool export` on it first" if path.suffix.lower() in (".safetensors", ".onnx") else "give it another model file"
+        )  # fmt: skip
         raise CxrError(f"{path}: backend {backend!r} loads {', '.join(cls.suffixes)} files; {hint}")
     chosen, current = match
     if not current:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cxrtool.config import PreprocessCfg
-from cxrtool.errors import CxrError
+from cxrtool.errors import CxrError, ImageLoadError
 from cxrtool.infer.predict import PredictOptions, decode_file, predict_to_file
 from cxrtool.inputs import iter_input_files
 
@@ -150,15 +150,26 @@ def _variant_specs(models: Sequence[Path], backends: Sequence[str] | None, devic
     return sorted(specs.values(), key=order)
 
 
-def _inputs(files: list[Path], cfg: PreprocessCfg, n_noise: int, step: Any) -> tuple[np.ndarray, float | None]:
-    """Preprocessed films and the mean decode time per film; seeded noise when there are no films."""
+def _inputs(files: list[Path], cfg: PreprocessCfg, n_noise: int, step: Any) -> tuple[np.ndarray, float | None, list[Path]]:
+    """Preprocessed films, the mean decode time per film and the films that decoded; seeded noise when there are none.
+
+    An unreadable file (the demo's deliberately truncated one) is left out, not fatal: the caller reports the count.
+    """
     if not files:
         shape = (n_noise, cfg.channels, cfg.input_size, cfg.input_size)
-        return np.random.default_rng(0).standard_normal(shape).astype(np.float32), None
+        return np.random.default_rng(0).standard_normal(shape).astype(np.float32), None, []
     step(f"decoding {len(files)} films")
     start = time.perf_counter()
-    inputs = np.stack([decode_file(str(f), cfg) for f in files])
-    return inputs, (time.perf_counter() - start) / len(files) * 1e3
+    decoded, readable = [], []
+    for f in files:
+        try:
+            decoded.append(decode_file(str(f), cfg))
+            readable.append(f)
+        except ImageLoadError:
+            continue
+    if not decoded:
+        raise CxrError(f"none of the {len(files)} files under --data could be read as a film")
+    return np.stack(decoded), (time.perf_counter() - start) / len(files) * 1e3, readable
 
 
 def _time_model(engine: Backend, batch: np.ndarray, min_time: float, min_runs: int = 3) -> float:
@@ -252,7 +263,9 @@ def run_bench(
             if cfg is None:  # the first model decides the inputs; every other must agree
                 cfg = engine.card.preprocess
                 report.inputs["input_size"] = cfg.input_size
-                inputs, report.decode_ms = _inputs(files, cfg, max(batch_sizes), step)
+                inputs, report.decode_ms, readable = _inputs(files, cfg, max(batch_sizes), step)
+                report.inputs["unreadable_skipped"] = len(files) - len(readable)
+                files = readable
             elif engine.card.preprocess != cfg:
                 raise CxrError(f"{spec.path}: preprocessing differs from {specs[0].path}; bench one model at a time")
             info = dict(engine.describe())

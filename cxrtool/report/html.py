@@ -97,6 +97,8 @@ def _card_context(model: str | Path) -> dict[str, Any]:
         "created": card.created,
         "version": card.cxrtool_version,
         "shortcut": card_warning(card.dataset),
+        "ood_threshold": (card.ood or {}).get("threshold"),
+        "ood_quantile": (card.ood or {}).get("quantile"),
     }
 
 

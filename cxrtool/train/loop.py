@@ -137,6 +137,14 @@ class Stopped:
 
 
 @dataclass(frozen=True)
+class TrustProgress:
+    """Films run through the best model so far while its trust statistics are fitted (val, then train)."""
+
+    done: int
+    total: int
+
+
+@dataclass(frozen=True)
 class TrustFitted:
     """``checkpoint`` got its OOD statistics and temperature (:mod:`cxrtool.trust`)."""
 
@@ -149,7 +157,7 @@ class TrustFitted:
     n_val: int
 
 
-Event = RunWarning | InitDone | SetupDone | EpochStarted | StepDone | EpochEnded | Stopped | TrustFitted
+Event = RunWarning | InitDone | SetupDone | EpochStarted | StepDone | EpochEnded | Stopped | TrustProgress | TrustFitted
 EventFn = Callable[[Event], None]
 
 
@@ -584,10 +592,16 @@ class _Run:
         model = model.to(self.runtime.device)
         common = {"class_names": self.class_names, "task": self.task, "preprocess": self.preprocess, "skip_errors": True}
         train, val = ManifestDataset(self.data.train, **common), ManifestDataset(self.data.val, **common)
+        done, total = [0], len(train) + len(val)
+
+        def on_batch(n: int) -> None:
+            done[0] += n
+            self.emit(TrustProgress(done[0], total))
+
         try:
             fitted = fit_trust(
                 model, card, train, val, splits=(self.cfg.train_split, self.cfg.val_split), quantile=self.cfg.ood_quantile,
-                device=self.runtime.device, batch_size=self.cfg.batch_size, workers=self.cfg.workers,
+                device=self.runtime.device, batch_size=self.cfg.batch_size, workers=self.cfg.workers, on_batch=on_batch,
                 shard=(self.info.rank, self.info.world_size), gather=functools.partial(D.all_gather, info=self.info),
             )  # fmt: skip
         except CxrError as exc:

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Subset
 from cxrtool.data import ManifestDataset
 from cxrtool.errors import CxrError
 from cxrtool.modelfile import TRUST_PREFIX, ModelCard
-from cxrtool.trust.ood import DEFAULT_QUANTILE, OodModel, fit_ood, scale_depths
+from cxrtool.trust.ood import DEFAULT_QUANTILE, KEEP, OodModel, fit_ood, scale_depths
 from cxrtool.trust.temperature import calibration_metrics, fit_temperature
 
 
@@ -177,8 +177,6 @@ class CalibrateResult:
     out: Path
     fit: TrustFit
 
-
-KEEP = "keep"
 
 
 def default_calibrated_path(checkpoint: str | Path) -> Path:

@@ -19,22 +19,25 @@ confidence for a DenseNet.  Here:
 
 Multilabel models (findings are not exclusive) use one Gaussian per depth over all films.
 The score is computed in float64 from the features, so every backend that returns the same
-features gets the same score.  The linear algebra runs in torch, on the thread pool the model
-already uses: numpy's OpenBLAS keeps a second pool whose threads spin after every call and took
-the cores from the model's next batch (measured: +28% on predict's end-to-end time at 128 px).
+features gets the same score.  The linear algebra runs in torch when torch is already loaded (the
+thread pool the model already uses: numpy's OpenBLAS keeps a second pool whose threads spin after
+every call and took the cores from the model's next batch, measured: +28% on predict's end-to-end
+time at 128 px), else in numpy, so ONNX Runtime / OpenVINO predict never pays torch's import.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
 METHOD = "mahalanobis-ledoit-wolf/1"
 DEFAULT_QUANTILE = 0.95
+#: ``calibrate --fit-split keep``: reuse the model's own Gaussians (here so ``--help`` needs no torch).
+KEEP = "keep"
 _MAD_TO_SIGMA = 1.4826
 
 
@@ -50,28 +53,32 @@ class DepthStats:
     shrinkage: float = 0.0
     center: float = 0.0  # validation median of log D²
     scale: float = 1.0  # validation MAD of log D² (as a sigma)
-    _whiten: torch.Tensor | None = field(default=None, repr=False)
-    _white_means: torch.Tensor | None = field(default=None, repr=False)
+    _whiten: np.ndarray | None = field(default=None, repr=False)
+    _white_means: np.ndarray | None = field(default=None, repr=False)
 
     def log_distance(self, features: np.ndarray) -> np.ndarray:
         """``log`` of the smallest squared Mahalanobis distance to a class mean, per film."""
         if self._whiten is None or self._white_means is None:
             # P = L L^T, so (f - m) P (f - m)^T = |(f - m) L|^2: one matrix product per batch
-            self._whiten = _cholesky(torch.as_tensor(np.asarray(self.precision, dtype=np.float64)))
-            self._white_means = torch.as_tensor(np.asarray(self.means, dtype=np.float64)) @ self._whiten
-        f = torch.as_tensor(np.asarray(features[:, self.start : self.stop], dtype=np.float64)) @ self._whiten
-        m = self._white_means
-        d2 = (f**2).sum(1, keepdim=True) - 2 * f @ m.T + (m**2).sum(1)[None, :]
-        return np.log(np.maximum(d2.min(1).values.numpy(), 1e-12))
+            self._whiten = _cholesky(np.asarray(self.precision, dtype=np.float64))
+            self._white_means = np.asarray(self.means, dtype=np.float64) @ self._whiten
+        f, w, m = np.asarray(features[:, self.start : self.stop], dtype=np.float64), self._whiten, self._white_means
+        if "torch" in sys.modules:  # the model's thread pool (module docstring); never imported just for this
+            import torch
+
+            f, w, m = torch.as_tensor(f), torch.as_tensor(w), torch.as_tensor(m)
+        f = f @ w
+        d2 = (f * f).sum(1)[:, None] - 2 * f @ m.T + (m * m).sum(1)[None, :]
+        return np.log(np.maximum(np.asarray(d2).min(1), 1e-12))
 
 
-def _cholesky(precision: torch.Tensor) -> torch.Tensor:
+def _cholesky(precision: np.ndarray) -> np.ndarray:
     sym = (precision + precision.T) / 2
-    factor, info = torch.linalg.cholesky_ex(sym)
-    if not info:
-        return factor
-    w, v = torch.linalg.eigh(sym)  # numerically not positive definite: clip the eigenvalues
-    return v * torch.sqrt(torch.clamp(w, min=float(w.max()) * 1e-12))
+    try:
+        return np.linalg.cholesky(sym)
+    except np.linalg.LinAlgError:  # numerically not positive definite: clip the eigenvalues
+        w, v = np.linalg.eigh(sym)
+        return v * np.sqrt(np.clip(w, float(w.max()) * 1e-12, None))
 
 
 @dataclass
@@ -92,8 +99,7 @@ class OodModel:
         features = np.asarray(features)
         if features.ndim != 2 or features.shape[1] < self.width:
             raise ValueError(f"features of shape {features.shape}; this model's statistics need (N, {self.width})")
-        with torch.inference_mode():
-            z = [(d.log_distance(features) - d.center) / d.scale for d in self.depths]
+        z = [(d.log_distance(features) - d.center) / d.scale for d in self.depths]
         return np.mean(z, axis=0)
 
     def flagged(self, scores: np.ndarray) -> np.ndarray:

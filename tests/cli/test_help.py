@@ -7,12 +7,14 @@ once, read from the code (not retyped into the help text, where Rich markup used
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import re
 from enum import Enum
 
 import pytest
 import typer
+from typer.core import TyperGroup
 from typer.testing import CliRunner
 
 from cxrtool.cli.main import app
@@ -21,14 +23,17 @@ runner = CliRunner()
 
 
 def _commands(command, path=()):
-    """(path, command) for every command and group under ``command``."""
+    """(path, command) for every command and group under ``command`` (the root loads its commands lazily)."""
     yield path, command
-    for name, sub in sorted(getattr(command, "commands", {}).items()):
-        yield from _commands(sub, (*path, name))
+    if isinstance(command, TyperGroup):
+        ctx = typer.Context(command)
+        for name in command.list_commands(ctx):
+            yield from _commands(command.get_command(ctx, name), (*path, name))
 
 
-COMMANDS = [path for path, _ in _commands(typer.main.get_command(app)) if path]
 _TREE = dict(_commands(typer.main.get_command(app)))
+COMMANDS = [path for path in _TREE if path]
+LEAVES = [path for path, command in _TREE.items() if path and not isinstance(command, TyperGroup)]
 
 
 def _expected_default(option) -> str | None:
@@ -77,7 +82,7 @@ def test_help_renders_with_defaults_visible(path: tuple[str, ...]) -> None:
 
 
 def test_retyped_defaults_are_gone_and_brackets_survive() -> None:
-    """The two help texts issue 9 quotes: markup used to eat ``[default: ...]`` from both."""
+    """Markup used to eat ``[default: ...]`` from these two help texts."""
     train = runner.invoke(app, ["train", "--help"], terminal_width=1000).output
     assert "Input side in px.  [default: (the parent's, else 224)]" in train
     assert "Input side in px ." not in train
@@ -109,3 +114,68 @@ def test_doctor_runs_and_prints_brackets_literally() -> None:
         assert section in result.output
     if importlib.util.find_spec("tensorrt") is None:
         assert "pip install 'cxrtool[trt]'" in result.output  # "[trt]" is not eaten as markup
+
+
+def _ctx(path: tuple[str, ...]) -> typer.Context:
+    return typer.Context(_TREE[path], info_name=path[-1])
+
+
+@pytest.mark.parametrize("path", LEAVES, ids=[" ".join(p) for p in LEAVES])
+def test_labels_are_words_not_python_types(path: tuple[str, ...]) -> None:
+    """``--model PATH``, ``--backend [a|b]``, ``PATHS...``: never ``<list[Path]>``, ``<int range>`` or ``{inputs}``."""
+    command, ctx = _TREE[path], _ctx(path)
+    for param in command.params:
+        record = param.get_help_record(ctx)
+        if record is None:
+            continue
+        label = record[0]
+        assert not re.search(r"<|>|list\[|\{", label), f"{' '.join(path)}: {label!r}"
+    usage = " ".join(command.collect_usage_pieces(ctx))
+    assert "{" not in usage and "<" not in usage, usage
+    for argument in (p for p in command.params if p.param_type_name == "argument"):
+        assert argument.metavar and argument.metavar.isupper(), argument.name
+        assert argument.metavar in usage  # the name the text uses is the name the usage shows
+
+
+#: Names a docstring may use for a command's positional arguments (in capitals, as git and click write them).
+_ARGUMENT_WORDS = {p.metavar for path in LEAVES for p in _TREE[path].params if p.param_type_name == "argument"} | {"INPUTS", "FILES"}
+
+
+@pytest.mark.parametrize("path", LEAVES, ids=[" ".join(p) for p in LEAVES])
+def test_the_text_names_the_arguments_the_usage_shows(path: tuple[str, ...]) -> None:
+    command = _TREE[path]
+    own = {p.metavar for p in command.params if p.param_type_name == "argument"}
+    named = set(re.findall(r"\b[A-Z][A-Z_]{2,}\b", command.help or "")) & _ARGUMENT_WORDS
+    assert named <= own, f"{' '.join(path)} text names {sorted(named - own)}; its usage has {sorted(own)}"
+
+
+@pytest.mark.parametrize("path", LEAVES, ids=[" ".join(p) for p in LEAVES])
+def test_every_value_option_shows_its_default_or_required(path: tuple[str, ...]) -> None:
+    """An option that takes a value says what happens without it (repeatable ones start empty)."""
+    result = runner.invoke(app, [*path, "--help"], terminal_width=1000)
+    options = [p for p in _TREE[path].params if p.param_type_name == "option" and p.name != "help" and not p.hidden]
+    blocks = _option_blocks(result.output, options)
+    for option in options:
+        if option.is_flag or option.multiple:
+            continue
+        block = blocks[option.name]
+        assert "[default:" in block or "[required]" in block, f"{' '.join(path)} {option.opts[0]}: {block}"
+
+
+@pytest.mark.parametrize("dataset", ["radiography", "covidx", "kermany"])
+def test_prep_examples_name_classes_of_that_dataset(dataset: str) -> None:
+    """``--map`` and ``--exclude`` examples in each ``prep`` command are classes its dataset really has."""
+    from cxrtool.prep.layouts import norm_class
+
+    classes = {norm_class(name) for name in importlib.import_module(f"cxrtool.prep.{dataset}").DEFAULT_MAP}
+    options = {p.name: p for p in _TREE[("prep", dataset)].params}
+    [mapped] = re.findall(r"e\.g\. '([^=']+)=", options["label_map"].help)
+    [excluded] = re.findall(r"e\.g\. ([^)]+)\)", options["exclude"].help)
+    assert norm_class(mapped) in classes and norm_class(excluded) in classes, (mapped, excluded, classes)
+
+
+def test_radiography_val_split_does_not_promise_patients() -> None:
+    """The database has no patient ids: its --val-fraction help must not say the split is patient-wise."""
+    text = _TREE[("prep", "radiography")].params
+    val = next(p for p in text if p.name == "val_fraction")
+    assert "patient" not in val.help.replace("no patient ids", "") and "near-duplicates" in val.help

@@ -68,9 +68,10 @@ def test_demo_end_to_end_small(tmp_path: Path, tiny_arch: str):
     out.mkdir()
     (out / "DEMO.txt").write_text("an earlier demo")
     (out / "extra.txt").write_text("x")
-    res = run_demo(out, size=size, sample=sample, on_step=lambda n, total, title, detail: steps.append((n, title, detail)))
+    notes: list[str] = []
+    res = run_demo(out, size=size, sample=sample, on_step=lambda n, total, title, detail: steps.append((n, title, detail)), on_note=notes.append)
     assert [s[1] for s in steps] == ["prep dicom", "prep nih", "train stage 1", "train stage 2", "evaluate", "export --onnx", "predict", "explain", "report", "done"]
-    assert "not a diagnostic model" in steps[-1][2]
+    assert "not a diagnostic model" in notes[-1] and "not a diagnostic model" not in steps[-1][2]  # one message per line
 
     stage1, stage2 = read_card(res.files["stage1"]), read_card(res.files["stage2"])
     assert stage1.task.name == "multilabel" and len(stage1.class_names) == 14
@@ -84,6 +85,13 @@ def test_demo_end_to_end_small(tmp_path: Path, tiny_arch: str):
     bad = [r for r in preds if r["error"]]
     assert [Path(r["path"]).name for r in bad] == ["truncated_download.png"]
     assert all(r["backend"] == "onnxruntime" for r in preds)
+    with open(out / "heatmaps" / "explain.csv", newline="") as fh:  # the explain step checks OOD like the CLI
+        explained = {Path(r["path"]).name: r for r in csv.DictReader(fh) if not r.get("error")}
+    good = {Path(r["path"]).name: r for r in preds if not r["error"]}
+    assert explained and set(explained) <= set(good)
+    for name, row in explained.items():
+        assert row["ood_score"] != "" and abs(float(row["ood_score"]) - float(good[name]["ood_score"])) < 1e-3, (name, row)
+        assert row["flag"] == good[name]["flag"]
     assert (out / "eval" / "metrics.json").is_file() and res.files["onnx"].suffix == ".onnx"
     html = res.report.read_text(encoding="utf-8")
     assert "not a diagnostic model" in html and html.count("data:image/png;base64,") >= 2 * 5
