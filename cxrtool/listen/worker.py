@@ -26,13 +26,15 @@ class Worker:
     def __init__(self, model: str | Path, out: str | Path, spool: Spool, outbox: Outbox | None, *,
                  backend: str = "auto", device: str = "cpu", composite: str | None = None):
         from cxrtool.infer.backends import load_backend
+        from cxrtool.modelfile.loaded import open_model
         from cxrtool.results.heatmap import HeatmapMaker
 
         self.out = Path(out)
         self.spool = spool
         self.outbox = outbox
-        self.engine = load_backend(model, backend=backend, device=device)
-        self.maker = HeatmapMaker(model, composite) if Path(model).suffix.lower() == ".safetensors" else None
+        loaded = open_model(model)
+        self.engine = load_backend(loaded, backend=backend, device=device)
+        self.maker = HeatmapMaker(loaded, composite) if loaded.is_checkpoint else None
         self.predictions = self.out / "predictions.csv"
         self.processed = 0
         self.failed = 0
@@ -81,7 +83,7 @@ class Worker:
                 raise ValueError(row["error"])
             names = list(self.engine.card.class_names)
             prediction = FilmPrediction.from_row(row, names)
-            heatmap = self.maker.make(path, prediction.top[0])[0] if self.maker else None
+            heatmap = self.maker.make(path, prediction.top[0]) if self.maker else None
             info = ModelInfo(model_id=row["model_id"], backend=row["backend"])
             files = write_dicom_results(path, prediction, heatmap, self.out / "results", info)
         except Exception as exc:  # one bad film never stops the service

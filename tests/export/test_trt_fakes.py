@@ -244,8 +244,12 @@ class TestFallbacks:
         monkeypatch.setitem(sys.modules, "pycuda", None)  # import fails as on a machine without it
         monkeypatch.setitem(sys.modules, "pycuda.driver", None)
         trt_runner.cuda_problem.cache_clear()
+        from cxrtool.modelfile import EngineSidecar, ModelCard, write_sidecar
+
         engine = tmp_path / "m.engine"
         engine.write_bytes(b"plan")
+        card = ModelCard(arch="densenet121", task="multiclass", class_names=["a", "b"])
+        write_sidecar(engine, EngineSidecar(card, "fp16", BatchProfile(), "input", "logits", "10.3.0", "GPU", "8.0", "e" * 64, "m.onnx", "o" * 64, "c" * 64))
         (tmp_path / "films").mkdir()
         try:
             run = CliRunner().invoke(app, ["predict", str(tmp_path / "films"), "--model", str(engine), "--out", str(tmp_path / "p.csv"), "--backend", "tensorrt", "--device", "cuda"])
@@ -260,11 +264,21 @@ class TestFallbacks:
     def test_auto_on_cuda_says_why_tensorrt_was_not_used(self, monkeypatch, tmp_path):
         from cxrtool.runtimes import trt_runner
         from cxrtool.infer.auto import load_auto
+        from cxrtool.modelfile.loaded import open_model
 
         install(monkeypatch, 10, devices=())
+        import onnx
+
+        from cxrtool.modelfile import ModelCard, onnx_metadata
+        from cxrtool.modelfile.write import set_onnx_metadata
+
         onnx_path = tiny_onnx(tmp_path / "m.onnx")
+        proto = onnx.load_model(str(onnx_path))
+        (tmp_path / "m.safetensors").write_bytes(b"weights")
+        set_onnx_metadata(proto, onnx_metadata(ModelCard(arch="densenet121", task="multiclass", class_names=["a", "b", "c"]), tmp_path / "m.safetensors"))
+        onnx.save_model(proto, str(onnx_path))
         with pytest.raises(CxrError) as info:  # no CUDA torch / ORT here either: the error carries the TensorRT reason
-            load_auto(onnx_path, "cuda")
+            load_auto(open_model(onnx_path), "cuda")
         trt_runner.cuda_problem.cache_clear()
         assert "TensorRT not used: cuda:0 does not exist" in str(info.value)
 
@@ -273,10 +287,11 @@ def test_build_engine_checks_then_writes_engine_and_sidecar(fakes, tmp_path):
     """exporting.build_engine end to end on the fakes: build, run in the runtime, compare with ONNX Runtime, write."""
     import onnx
 
-    from cxrtool.export.onnx import _set_metadata
+    from cxrtool.modelfile.write import set_onnx_metadata
     from cxrtool.export.pipeline import build_engine
     from cxrtool.infer.trt_backend import TensorRTBackend
     from cxrtool.modelfile import ModelCard, onnx_metadata, read_sidecar
+    from cxrtool.modelfile.loaded import open_model
 
     major, _trt, driver, _ = fakes
     ckpt = tmp_path / "m.safetensors"
@@ -284,14 +299,14 @@ def test_build_engine_checks_then_writes_engine_and_sidecar(fakes, tmp_path):
     source = tiny_onnx(tmp_path / "m.onnx")
     proto = onnx.load_model(str(source))
     card = ModelCard(arch="densenet121", task="multiclass", class_names=["a", "b", "c"], preprocess=CFG)
-    _set_metadata(proto, onnx_metadata(card, ckpt))
+    set_onnx_metadata(proto, onnx_metadata(card, ckpt))
     onnx.save_model(proto, str(source))
 
     built = build_engine(source, tmp_path / "m.engine", precision="fp32", profile=BatchProfile(1, 2, 4), device="cuda")
     sidecar = read_sidecar(built.path)
     assert built.parity.ok and built.parity.max_abs_diff < 1e-5 and sidecar.precision == "fp32"
     assert sidecar.tensorrt_version.startswith(f"{major}.") and sidecar.gpu_name == "NVIDIA H200" and sidecar.output_name == "logits"
-    backend = TensorRTBackend.load(built.path, device="cuda")
+    backend = TensorRTBackend.load(open_model(built.path), device="cuda")
     x = np.random.default_rng(1).normal(size=(5, 3, 8, 8)).astype(np.float32)
     np.testing.assert_allclose(backend.run(x), ort_logits(source, x), rtol=1e-5, atol=1e-6)
     assert driver.stack == [] and driver.pushes == driver.pops
