@@ -71,7 +71,9 @@ def predict(
                 if bad:
                     bar.update(task, info=f"{bad} failed in last batch")
 
-            summary = predict_to_file(inputs, loaded, out, options, backend=backend.value, device=device, on_rows=advance)
+            summary = predict_to_file(
+                inputs, loaded, out, options, backend=backend.value, device=device, on_rows=advance
+            )
 
     table = Table(
         title=f"predictions -> {display_path(summary.out)}",
@@ -106,7 +108,8 @@ def predict(
         from cxrtool.results.write import results_for_predictions, summary_line
 
         with user_errors():
-            err.print(summary_line(results_for_predictions(summary.out, dicom_out, model=loaded), dicom_out), soft_wrap=True)
+            results = results_for_predictions(summary.out, dicom_out, model=loaded)
+            err.print(summary_line(results, dicom_out), soft_wrap=True)
     if html is not None:
         from cxrtool.report.html import build_report
 

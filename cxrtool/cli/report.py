@@ -25,7 +25,10 @@ def report(
 
     with user_errors():
         loaded = open_model(model) if model is not None else None
-        result = build_report(predictions, out_path, explain_dir=explain_dir, model=loaded, title=title, caveats=caveat or (), thumb_size=thumb_size)
+        result = build_report(
+            predictions, out_path, explain_dir=explain_dir, model=loaded, title=title, caveats=caveat or (),
+            thumb_size=thumb_size,
+        )
     err.print(
         f"{result.rows} rows: {result.rows - result.errors} predicted, {result.errors} unreadable, {result.flagged} flagged; "
         f"{result.thumbnails} thumbnails, {result.overlays} heatmaps embedded",

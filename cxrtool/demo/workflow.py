@@ -165,10 +165,13 @@ def run_demo(
          f"{summary.failed} unreadable (the truncated file, on purpose) -> {preds}")  # fmt: skip
 
     model = open_model(stage2)
-    explained = explain_files(plan_inputs([scans]), model_from_loaded(model), model.card, out / "heatmaps", ExplainOptions(batch_size=8))
+    net = model_from_loaded(model)
+    explained = explain_files(plan_inputs([scans]), net, model.card, out / "heatmaps", ExplainOptions(batch_size=8))
     step(8, total, "explain", f"LRP heatmaps of the predicted class for {len(explained.rows) - explained.n_failed} films -> {out / 'heatmaps'}")
 
-    page = build_report(preds, res.report, explain_dir=out / "heatmaps", model=model, title="cxrtool demo report", caveats=[CAVEAT])
+    page = build_report(
+        preds, res.report, explain_dir=out / "heatmaps", model=model, title="cxrtool demo report", caveats=[CAVEAT]
+    )
     step(9, total, "report", f"{page.rows} rows, {page.overlays} heatmaps embedded -> {res.report}")
 
     res.seconds = time.perf_counter() - t0

@@ -58,7 +58,7 @@ class Backend(abc.ABC):
     @classmethod
     @abc.abstractmethod
     def load(cls, model: LoadedModel, *, device: str = "cpu", **options: Any) -> Backend:
-        """Build from ``model``'s bytes (never reading its file again); raise :class:`CxrError` with a one-line reason."""
+        """Build from ``model``'s bytes (never reading its file again); :class:`CxrError` with a one-line reason."""
 
     @classmethod
     def build(cls, model: LoadedModel, *, device: str = "cpu", **options: Any) -> Backend:
@@ -101,7 +101,9 @@ def available_backends(model: str | Path | LoadedModel, device: str = "cpu") -> 
     return list(dict.fromkeys(c.backend for c in candidates(loaded, device)))
 
 
-def load_backend(model: str | Path | LoadedModel, *, backend: str = "auto", device: str = "cpu", **options: Any) -> Backend:
+def load_backend(
+    model: str | Path | LoadedModel, *, backend: str = "auto", device: str = "cpu", **options: Any
+) -> Backend:
     """A backend for ``model`` with the named runtime, or with ``auto``'s choice (:mod:`cxrtool.infer.auto`).
 
     ``model`` is a :class:`~cxrtool.modelfile.loaded.LoadedModel` (a path is opened here, once).  A
@@ -122,7 +124,8 @@ def load_backend(model: str | Path | LoadedModel, *, backend: str = "auto", devi
     else:
         match = next(((f, m) for f, m in loaded.exports() if f.suffix.lower() in cls.suffixes), None)
         if match is None:
-            hint = "run `cxrtool export` on it first" if path.suffix.lower() in (".safetensors", ".onnx") else "give it another model file"
+            exportable = path.suffix.lower() in (".safetensors", ".onnx")
+            hint = "run `cxrtool export` on it first" if exportable else "give it another model file"
             raise CxrError(f"{path}: backend {backend!r} loads {', '.join(cls.suffixes)} files; {hint}")
         found, chosen = match
         if chosen is None:

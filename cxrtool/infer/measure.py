@@ -251,7 +251,8 @@ def run_bench(
         for spec in specs:
             label = spec.label
             step(f"loading {label}")
-            engine = load_backend(spec.model, backend=spec.backend, device=device, **spec.options)  # one at a time: no idle thread pools
+            # one at a time: no idle thread pools
+            engine = load_backend(spec.model, backend=spec.backend, device=device, **spec.options)
             if cfg is None:  # the first model decides the inputs; every other must agree
                 cfg = engine.card.preprocess
                 report.inputs["input_size"] = cfg.input_size

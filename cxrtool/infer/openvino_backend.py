@@ -48,7 +48,10 @@ class OpenVINOBackend(Backend):
     #: ``.xml``: the INT8 IR written by ``cxrtool export --int8`` (card and INT8 record in its rt_info)
     suffixes = (ONNX_SUFFIX, IR_SUFFIX)
 
-    def __init__(self, path: Path, card: ModelCard, device: str, compiled: Any, config: dict[str, Any], int8: dict[str, Any] | None = None):
+    def __init__(
+        self, path: Path, card: ModelCard, device: str, compiled: Any, config: dict[str, Any],
+        int8: dict[str, Any] | None = None,
+    ):
         super().__init__(path, card, device)
         self.compiled = compiled
         self.config = config

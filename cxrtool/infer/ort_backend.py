@@ -45,7 +45,9 @@ class OnnxRuntimeBackend(Backend):
         return _provider(device) in ort.get_available_providers()
 
     @classmethod
-    def load(cls, model: LoadedModel, *, device: str = "cpu", threads: int | None = None, **options: Any) -> OnnxRuntimeBackend:
+    def load(
+        cls, model: LoadedModel, *, device: str = "cpu", threads: int | None = None, **options: Any
+    ) -> OnnxRuntimeBackend:
         """Options: ``threads`` (intra-op threads; default ONNX Runtime's, one per core).  Others are ignored."""
         providers = [_provider(device)]
         if device.startswith("cuda"):

@@ -45,7 +45,8 @@ class TensorRTBackend(Backend):
         trt = import_tensorrt()
         gpu_name, capability = current_gpu(index)
         check_compatible(
-            sidecar, path, tensorrt_version=trt.__version__, gpu_name=gpu_name, compute_capability=capability, engine_sha256=model.sha256
+            sidecar, path, tensorrt_version=trt.__version__, gpu_name=gpu_name, compute_capability=capability,
+            engine_sha256=model.sha256,
         )
         return cls(path, sidecar, device, TrtRunner(model.data, index))
 

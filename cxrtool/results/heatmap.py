@@ -1,4 +1,6 @@
-"""Heatmaps for ``predict --dicom-out`` and ``listen``, made by ``explain``'s own core (:class:`~cxrtool.explain.attribution.Explainer`).
+"""Heatmaps for ``predict --dicom-out`` and ``listen``, made by explain's own core.
+
+The core is :class:`~cxrtool.explain.attribution.Explainer`.
 
 A film is loaded and preprocessed exactly as ``explain`` does (``load_image`` -> ``resize_gray`` ->
 ``normalize``), and the relevance is the same map ``explain`` saves as ``.npy``.  LRP needs the

@@ -137,7 +137,9 @@ def results_for_explain(
     class (or, when explain was asked for another class, its first target's).
     """
     card = model.card
-    info = ModelInfo(model_id=model.model_id, backend="torch", calibrated=_calibrated(card), extra=(("composite", composite),))
+    info = ModelInfo(
+        model_id=model.model_id, backend="torch", calibrated=_calibrated(card), extra=(("composite", composite),)
+    )
     by_path: dict[str, list[Mapping[str, Any]]] = {}
     for row in rows:
         by_path.setdefault(str(row["path"]), []).append(row)
@@ -168,7 +170,8 @@ def _explained(path: str, row: Mapping[str, Any], card: ModelCard, composite: st
         probs, names, card.task.decide(np.asarray(probs), names), ood_score=score, flag=row.get("flag") or None
     )
     film = load_image(path, window=card.preprocess.window)
-    heatmap = Heatmap(film, np.load(row["heatmap"]).astype(np.float32), card.preprocess.resize, str(row["target"]), composite)
+    relevance = np.load(row["heatmap"]).astype(np.float32)  # the map explain saved: never recomputed
+    heatmap = Heatmap(film, relevance, card.preprocess.resize, str(row["target"]), composite)
     return prediction, heatmap
 
 

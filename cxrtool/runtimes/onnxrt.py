@@ -12,7 +12,11 @@ from cxrtool.errors import CxrError, one_line
 
 
 def ort_session(
-    path: str | Path | bytes, *, threads: int | None = None, providers: Sequence[Any] = ("CPUExecutionProvider",), name: str | Path | None = None
+    path: str | Path | bytes,
+    *,
+    threads: int | None = None,
+    providers: Sequence[Any] = ("CPUExecutionProvider",),
+    name: str | Path | None = None,
 ) -> Any:
     """An ONNX Runtime session with full graph optimisation (shared by the backend and the checks).
 
@@ -25,7 +29,8 @@ def ort_session(
     if threads:
         opts.intra_op_num_threads = threads
     try:
-        return ort.InferenceSession(path if isinstance(path, bytes) else str(path), sess_options=opts, providers=list(providers))
+        source = path if isinstance(path, bytes) else str(path)
+        return ort.InferenceSession(source, sess_options=opts, providers=list(providers))
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NoSuchFile types
         raise CxrError(f"{name or path}: ONNX Runtime cannot load it ({one_line(exc)})") from None
 

@@ -78,4 +78,5 @@ def model_tensors(model: LoadedModel) -> dict[str, np.ndarray]:
     except CxrError:
         raise
     except Exception as exc:  # a damaged blob: the file's statistics cannot be trusted
-        raise CxrError(f"{model.path}: unreadable OOD statistics ({one_line(exc)}); refit them with `cxrtool calibrate`") from None
+        why = f"unreadable OOD statistics ({one_line(exc)}); refit them with `cxrtool calibrate`"
+        raise CxrError(f"{model.path}: {why}") from None
