@@ -55,7 +55,8 @@ def explain(
     from cxrtool.explain.attribution import explain_files, plan_inputs
     from cxrtool.fsutil import check_writable_output
     from cxrtool.inputs import max_pixels
-    from cxrtool.models.checkpoint import load_checkpoint
+    from cxrtool.modelfile.loaded import open_model
+    from cxrtool.models.checkpoint import model_from_loaded
     from cxrtool.train.runtime import resolve_device
     from cxrtool.trust import load_trust
     from cxrtool.trust.assess import NO_STATS_NOTICE
@@ -68,8 +69,9 @@ def explain(
             check_writable_output(html, "file")
         max_pixels()  # a bad $CXRTOOL_MAX_PIXELS is a usage error before the model is loaded
         run_on = str(resolve_device(device))  # cuda without a GPU: a usage error before any work
-        net, card = load_checkpoint(model)
-        trust = load_trust(model, card)
+        loaded = open_model(model)  # the run's one read of the model file: explain, DICOM results and report share it
+        net, card = model_from_loaded(loaded), loaded.card
+        trust = load_trust(loaded)
         if not trust.has_ood:
             err.print(NO_STATS_NOTICE.format(model=model), soft_wrap=True)
         try:
@@ -104,15 +106,16 @@ def explain(
             stdout.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
     stdout.print(f"results: {report.csv_path}", highlight=False, soft_wrap=True)
     if dicom_out is not None:  # post-pass over the DICOM inputs (cxrtool.results)
-        from cxrtool.results.write import results_for_files, summary_line
+        from cxrtool.results.write import results_for_explain, summary_line
 
         with user_errors():
-            err.print(summary_line(results_for_files([p for p, _ in plan], model, dicom_out, composite=composite.value), dicom_out), soft_wrap=True)
+            results = results_for_explain(report.rows, dicom_out, model=loaded, composite=composite.value)
+            err.print(summary_line(results, dicom_out), soft_wrap=True)
     if html is not None:
         from cxrtool.report.html import build_report
 
         with user_errors():
-            err.print(f"report: {build_report(None, html, explain_dir=out, model=model).path}", soft_wrap=True)
+            err.print(f"report: {build_report(None, html, explain_dir=out, model=loaded).path}", soft_wrap=True)
     if report.n_failed:
         err.print(f"{report.n_failed} of {total} files failed", highlight=False)
         raise typer.Exit(EXIT_SOME_FAILED)

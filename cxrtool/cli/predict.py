@@ -44,6 +44,7 @@ def predict(
     from rich.table import Table
 
     from cxrtool.infer.predict import predict_to_file
+    from cxrtool.modelfile.loaded import open_model
 
     with user_errors():
         total = check_inputs(inputs)
@@ -61,6 +62,7 @@ def predict(
             check_writable_output(dicom_out, "dir")
         if html is not None:
             check_writable_output(html, "file")
+        loaded = open_model(model)  # the run's one read of the model file: predict, DICOM results and report share it
         with progress(lazy=True) as bar:
             task = bar.add_task("predict", total=None if shard or resume else total, info="")
 
@@ -70,7 +72,9 @@ def predict(
                 if bad:
                     bar.update(task, info=f"{bad} failed in last batch")
 
-            summary = predict_to_file(inputs, model, out, options, backend=backend.value, device=device, on_rows=advance)
+            summary = predict_to_file(
+                inputs, loaded, out, options, backend=backend.value, device=device, on_rows=advance
+            )
 
     stdout.print(f"predictions -> {display_path(summary.out)}", soft_wrap=True)  # a path is never wrapped to the table
     table = Table()
@@ -103,12 +107,13 @@ def predict(
         from cxrtool.results.write import results_for_predictions, summary_line
 
         with user_errors():
-            err.print(summary_line(results_for_predictions(summary.out, dicom_out, model=model), dicom_out), soft_wrap=True)
+            results = results_for_predictions(summary.out, dicom_out, model=loaded)
+            err.print(summary_line(results, dicom_out), soft_wrap=True)
     if html is not None:
         from cxrtool.report.html import build_report
 
         with user_errors():
-            err.print(f"report: {build_report(summary.out, html, model=model).path}", soft_wrap=True)
+            err.print(f"report: {build_report(summary.out, html, model=loaded).path}", soft_wrap=True)
     raise typer.Exit(EXIT_SOME_FAILED if summary.failed else EXIT_OK)
 
 

@@ -20,10 +20,15 @@ def report(
     thumb_size: Annotated[int, typer.Option(help="Thumbnail side in px.", min=16)] = 112,
 ) -> None:
     """Write a self-contained HTML report: summary, model card, sortable table of films with heatmaps, error rows."""
+    from cxrtool.modelfile.loaded import open_model
     from cxrtool.report.html import build_report
 
     with user_errors():
-        result = build_report(predictions, out_path, explain_dir=explain_dir, model=model, title=title, caveats=caveat or (), thumb_size=thumb_size)
+        loaded = open_model(model) if model is not None else None
+        result = build_report(
+            predictions, out_path, explain_dir=explain_dir, model=loaded, title=title, caveats=caveat or (),
+            thumb_size=thumb_size,
+        )
     err.print(
         f"{result.rows} rows: {result.rows - result.errors} predicted, {result.errors} unreadable, {result.flagged} flagged; "
         f"{result.thumbnails} thumbnails, {result.overlays} heatmaps embedded",

@@ -76,7 +76,8 @@ def run_demo(
     from cxrtool.export.pipeline import export_model
     from cxrtool.infer.predict import PredictOptions, predict_to_file
     from cxrtool.manifest import read_manifest
-    from cxrtool.models.checkpoint import load_checkpoint
+    from cxrtool.modelfile.loaded import open_model
+    from cxrtool.models.checkpoint import model_from_loaded
     from cxrtool.privacy import load_or_create_salt
     from cxrtool.report.html import build_report
     from cxrtool.train.config import TrainConfig
@@ -172,11 +173,16 @@ def run_demo(
     step(7, total, "predict", f"{summary.predicted} films ({len(test_rows)} test thumbnails, {summary.predicted - len(test_rows)} DICOMs) with ONNX Runtime, "
          f"{summary.failed} unreadable (the truncated file, on purpose) -> {preds}")  # fmt: skip
 
-    net, card = load_checkpoint(stage2)
-    explained = explain_files(plan_inputs([scans]), net, card, out / "heatmaps", ExplainOptions(batch_size=8), trust=load_trust(stage2, card))
+    model = open_model(stage2)
+    net = model_from_loaded(model)
+    explained = explain_files(
+        plan_inputs([scans]), net, model.card, out / "heatmaps", ExplainOptions(batch_size=8), trust=load_trust(model)
+    )
     step(8, total, "explain", f"LRP heatmaps of the predicted class for {len(explained.rows) - explained.n_failed} films -> {out / 'heatmaps'}")
 
-    page = build_report(preds, res.report, explain_dir=out / "heatmaps", model=stage2, title="cxrtool demo report", caveats=[CAVEAT])
+    page = build_report(
+        preds, res.report, explain_dir=out / "heatmaps", model=model, title="cxrtool demo report", caveats=[CAVEAT]
+    )
     step(9, total, "report", f"{page.rows} rows, {page.overlays} heatmaps embedded -> {res.report}")
 
     res.seconds = time.perf_counter() - t0

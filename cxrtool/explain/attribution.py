@@ -368,4 +368,5 @@ def _write_outputs(
         "target_prob": float(probs[index]), "predicted": class_names[predicted], "predicted_prob": float(probs[predicted]),
         "ood_score": verdict.ood_score, "flag": verdict.flag, "relevance_sum": float(rmap.sum()), **audit_heatmap(rmap, options.audit), "scale": scale,
         "heatmap": str(files["heatmap.npy"]), "overlay": str(files["overlay.png"]), "panel": str(files["panel.png"]), "error": "",
+        "probabilities": [float(p) for p in probs],  # every class, calibrated: not a CSV column, for the DICOM SR
     }

@@ -40,6 +40,7 @@ import numpy as np
 from cxrtool.errors import CxrError
 from cxrtool.export.calib_films import DEFAULT_CALIB_COUNT, CalibrationSet, calibration_set, iter_calibration_inputs, load_films
 from cxrtool.modelfile import (
+    FEATURES_NAME,
     INT8_IR_SUFFIX,
     INT8_KEY,
     INT8_ONNX_SUFFIX,
@@ -50,6 +51,7 @@ from cxrtool.modelfile import (
     read_onnx_card,
     read_onnx_metadata,
 )
+from cxrtool.modelfile.write import set_ir_metadata, set_onnx_metadata
 from cxrtool.export.parity import ParityError
 from cxrtool.task import Task
 
@@ -58,7 +60,6 @@ MAX_AUC_DROP = 0.005
 #: accuracy control's allowed agreement loss on the calibration films (the held-out gate still decides)
 MAX_AC_DROP = 0.005
 ACCURACY_CONTROL = "accuracy control"
-FEATURES_OUTPUT = "features"
 FORMATS = {"openvino": INT8_IR_SUFFIX, "qdq-onnx": INT8_ONNX_SUFFIX}
 
 
@@ -372,8 +373,8 @@ def _check_outputs(reference: dict[str, np.ndarray], got: dict[str, np.ndarray],
     missing = sorted(set(reference) - set(got))
     if missing:
         check.failures.append(f"outputs lost in quantization: {', '.join(missing)}")
-    if FEATURES_OUTPUT in reference and FEATURES_OUTPUT in got:
-        check.features_cosine_min = features_cosine(reference[FEATURES_OUTPUT], got[FEATURES_OUTPUT])
+    if FEATURES_NAME in reference and FEATURES_NAME in got:
+        check.features_cosine_min = features_cosine(reference[FEATURES_NAME], got[FEATURES_NAME])
 
 
 def _write_metadata(path: Path, fmt: str, values: dict[str, str]) -> None:
@@ -381,19 +382,15 @@ def _write_metadata(path: Path, fmt: str, values: dict[str, str]) -> None:
     if fmt == "qdq-onnx":
         import onnx
 
-        from cxrtool.export.onnx import _set_metadata
-
         proto = onnx.load_model(str(path))
-        _set_metadata(proto, values)
+        set_onnx_metadata(proto, values)
         onnx.save_model(proto, str(path))
         return
     import openvino as ov
 
     core = ov.Core()
     model = core.read_model(str(path))
-    for key, value in values.items():
-        if key.startswith("cxrtool."):
-            model.set_rt_info(value, ["cxrtool", key.removeprefix("cxrtool.")])
+    set_ir_metadata(model, values)
     tmp = path.with_name("meta-" + path.name)
     ov.save_model(model, str(tmp), compress_to_fp16=False)
     del model

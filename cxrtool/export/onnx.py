@@ -93,14 +93,15 @@ def export_onnx(
     batch, kind, skipped = check_batch(card.preprocess, check_images, check_count)
 
     from cxrtool.trust import load_trust
-    from cxrtool.trust.store import checkpoint_tensors, encode_tensors
+    from cxrtool.modelfile.write import encode_tensors, set_onnx_metadata
+    from cxrtool.trust.store import checkpoint_tensors
 
     trust = load_trust(checkpoint, card)
     proto = _to_onnx_proto(model, card.preprocess, opset)
     metadata = onnx_metadata(card, checkpoint)
     if trust.has_ood:
         metadata[TRUST_TENSORS_KEY] = encode_tensors(checkpoint_tensors(checkpoint))
-    _set_metadata(proto, metadata)
+    set_onnx_metadata(proto, metadata)
     with torch.inference_mode():
         reference, ref_features = (t.float().numpy() for t in model.forward_features(torch.from_numpy(batch)))
 
@@ -170,13 +171,3 @@ def _to_onnx_proto(model, cfg: PreprocessCfg, opset: int):
             verbose=False,
         )
     return program.model_proto
-
-
-
-def _set_metadata(proto: Any, values: dict[str, str]) -> None:
-    """Replace our keys in ``metadata_props``, keeping any the exporter wrote."""
-    kept = [(p.key, p.value) for p in proto.metadata_props if p.key not in values]
-    del proto.metadata_props[:]
-    for key, value in [*kept, *values.items()]:
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value

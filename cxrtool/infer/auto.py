@@ -24,10 +24,13 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cxrtool.cpu import cpu_flags, cpu_name
 from cxrtool.errors import CxrError
+
+if TYPE_CHECKING:
+    from cxrtool.modelfile.loaded import LoadedModel
 
 CACHE_ENV = "CXRTOOL_CACHE_DIR"
 #: flags that change which kernels a runtime can use (the rest of /proc/cpuinfo does not matter here)
@@ -43,8 +46,12 @@ class Candidate:
 
     label: str
     backend: str
-    path: Path
+    model: LoadedModel
     options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def path(self) -> Path:
+        return self.model.path
 
 
 @dataclass
@@ -111,12 +118,11 @@ def save_measurements(rows: list[tuple[Path, str, int, float]]) -> Path:
     return target
 
 
-def candidates(path: Path, device: str) -> list[Candidate]:
-    """Every way this model (or its current exports) can run on ``device`` here."""
+def candidates(model: LoadedModel, device: str) -> list[Candidate]:
+    """Every way this model (or its current exports, each opened once) can run on ``device`` here."""
     from cxrtool.infer.backends import BACKENDS, backend_class
-    from cxrtool.modelfile import model_files
 
-    files = [f for f, current in model_files(path) if current]
+    files = model.family()
     found: list[Candidate] = []
     for name in BACKENDS:
         try:
@@ -124,22 +130,22 @@ def candidates(path: Path, device: str) -> list[Candidate]:
         except ImportError:
             continue
         for f in files:
-            if f.suffix.lower() not in cls.suffixes or not cls.is_available(device):
+            if f.suffix not in cls.suffixes or not cls.is_available(device):
                 continue
             found += _variants(name, f)
     return found
 
 
-def _variants(backend: str, path: Path) -> list[Candidate]:
+def _variants(backend: str, model: LoadedModel) -> list[Candidate]:
     from cxrtool.modelfile import IR_SUFFIX
 
     if backend != "openvino":
-        return [Candidate(backend, backend, path)]
-    if path.suffix.lower() == IR_SUFFIX:
-        return [Candidate("openvino-int8", backend, path)]
-    variants = [Candidate("openvino-f32", backend, path, {"precision": "f32"})]
+        return [Candidate(backend, backend, model)]
+    if model.suffix == IR_SUFFIX:
+        return [Candidate("openvino-int8", backend, model)]
+    variants = [Candidate("openvino-f32", backend, model, {"precision": "f32"})]
     if _openvino_bf16():
-        variants.append(Candidate("openvino-bf16", backend, path, {"precision": "bf16"}))
+        variants.append(Candidate("openvino-bf16", backend, model, {"precision": "bf16"}))
     return variants
 
 
@@ -158,7 +164,7 @@ def rank(found: list[Candidate], device: str, measurements: dict[str, dict[str, 
     if device.startswith("cuda"):
         return _rank_cuda(found)
     measurements = load_measurements() if measurements is None else measurements
-    measured = {id(c): measurements.get(f"{_file_key(c.path)}|{c.label}") for c in found}
+    measured = {id(c): measurements.get(f"{c.model.sha256}|{c.label}") for c in found}
     if all(measured.values()):
         order = sorted(found, key=lambda c: -measured[id(c)]["model_ips"])
         best = measured[id(order[0])]
@@ -198,11 +204,12 @@ def _rank_cuda(found: list[Candidate]) -> list[Choice]:
     return [Choice(c, "TensorRT engine on a usable CUDA device" if c.label == "tensorrt" else f"{c.label} on CUDA") for c in ranked]
 
 
-def load_auto(path: Path, device: str, **options: Any) -> Any:
+def load_auto(model: LoadedModel, device: str, **options: Any) -> Any:
     """The best-ranked candidate that loads; ``backend.choice`` says why it was picked (and what fell through)."""
     from cxrtool.infer.backends import backend_class
 
-    found = candidates(path, device)
+    path = model.path
+    found = candidates(model, device)
     notes: list[str] = []
     if device.startswith("cuda") and not any(c.backend == "tensorrt" for c in found):
         from cxrtool.runtimes.trt_runner import cuda_problem
@@ -215,7 +222,7 @@ def load_auto(path: Path, device: str, **options: Any) -> Any:
     for choice in ranked:
         c = choice.candidate
         try:
-            engine = backend_class(c.backend).load(c.path, device=device, **{**options, **c.options})
+            engine = backend_class(c.backend).build(c.model, device=device, **{**options, **c.options})
         except CxrError as exc:
             notes.append(f"{c.label} failed to load ({exc})")
             continue

@@ -1,4 +1,4 @@
-"""One small backend interface: load a model file, run a preprocessed batch, describe yourself.
+"""One small backend interface: build from a loaded model file, run a preprocessed batch, describe yourself.
 
 Backends are registered by name with the import path of their module (pydicom's plugin idea),
 so a missing runtime (TensorRT on a CPU workstation) only disables its own backend.  Every
@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from cxrtool.errors import CxrError
-from cxrtool.modelfile import ModelCard, model_files
+from cxrtool.modelfile import ModelCard
+from cxrtool.modelfile.loaded import LoadedModel, open_model
 
 # name -> "module:Class" (imported only when used); ``auto`` ranks them in cxrtool.infer.auto.
 BACKENDS: dict[str, str] = {
@@ -41,6 +42,8 @@ class Backend(abc.ABC):
         self.device = device
         #: set by ``auto``: why this backend and file were picked (:mod:`cxrtool.infer.auto`)
         self.choice: str | None = None
+        #: the opened file this backend was built from (set by :func:`load_backend`): model id, trust statistics
+        self.loaded: LoadedModel | None = None
 
     @classmethod
     @abc.abstractmethod
@@ -54,8 +57,15 @@ class Backend(abc.ABC):
 
     @classmethod
     @abc.abstractmethod
-    def load(cls, path: Path, *, device: str = "cpu", **options: Any) -> Backend:
-        """Load ``path``; raise :class:`CxrError` with a one-line reason when it cannot."""
+    def load(cls, model: LoadedModel, *, device: str = "cpu", **options: Any) -> Backend:
+        """Build from ``model``'s bytes (never reading its file again); :class:`CxrError` with a one-line reason."""
+
+    @classmethod
+    def build(cls, model: LoadedModel, *, device: str = "cpu", **options: Any) -> Backend:
+        """:meth:`load`, with the loaded model kept on the backend for everything downstream."""
+        engine = cls.load(model, device=device, **options)
+        engine.loaded = model
+        return engine
 
     @abc.abstractmethod
     def run(self, batch: np.ndarray) -> np.ndarray:
@@ -83,43 +93,50 @@ def backend_class(name: str) -> type[Backend]:
     return getattr(importlib.import_module(module), cls)
 
 
-def available_backends(path: str | Path, device: str = "cpu") -> list[str]:
+def available_backends(model: str | Path | LoadedModel, device: str = "cpu") -> list[str]:
     """Backends that can run this model on ``device`` here (directly or via its current exports)."""
     from cxrtool.infer.auto import candidates
 
-    return list(dict.fromkeys(c.backend for c in candidates(Path(path), device)))
+    loaded = model if isinstance(model, LoadedModel) else open_model(model)
+    return list(dict.fromkeys(c.backend for c in candidates(loaded, device)))
 
 
-def load_backend(path: str | Path, *, backend: str = "auto", device: str = "cpu", **options: Any) -> Backend:
-    """Load ``path`` with the named backend, or with ``auto``'s choice (:mod:`cxrtool.infer.auto`).
+def load_backend(
+    model: str | Path | LoadedModel, *, backend: str = "auto", device: str = "cpu", **options: Any
+) -> Backend:
+    """A backend for ``model`` with the named runtime, or with ``auto``'s choice (:mod:`cxrtool.infer.auto`).
 
-    A checkpoint runs on onnxruntime/openvino/tensorrt through its export in ``engines/`` (see
-    :func:`cxrtool.modelfile.model_files`); the returned backend's ``path`` is the file actually loaded.  Options a
-    backend does not use are ignored, so callers can pass one set to ``auto``.
+    ``model`` is a :class:`~cxrtool.modelfile.loaded.LoadedModel` (a path is opened here, once).  A
+    checkpoint runs on onnxruntime/openvino/tensorrt through its export in ``engines/`` (see
+    :meth:`~cxrtool.modelfile.loaded.LoadedModel.exports`); the returned backend's ``path`` and
+    ``loaded`` are the file actually run.  Options a backend does not use are ignored, so callers can
+    pass one set to ``auto``.
     """
-    path = Path(path)
-    if not path.exists():
-        raise CxrError(f"{path}: model file not found")
+    loaded = model if isinstance(model, LoadedModel) else open_model(model)
     if backend == "auto":
         from cxrtool.infer.auto import load_auto
 
-        return load_auto(path, device, **options)
+        return load_auto(loaded, device, **options)
     cls = backend_class(backend)
-    files = [(path, True)] if path.suffix.lower() in cls.suffixes else model_files(path)
-    match = next(((f, current) for f, current in files if f.suffix.lower() in cls.suffixes), None)
-    if match is None:
-        hint = (
-            "give it the checkpoint (.safetensors) the export was made from" if ".safetensors" in cls.suffixes
-            else "run `cxrtool export` on it first" if path.suffix.lower() in (".safetensors", ".onnx") else "give it another model file"
-        )  # fmt: skip
-        raise CxrError(f"{path}: backend {backend!r} loads {', '.join(cls.suffixes)} files; {hint}")
-    chosen, current = match
-    if not current:
-        raise CxrError(f"{chosen} was made from a different version of {path.name}; export it again")
+    path = loaded.path
+    if loaded.suffix in cls.suffixes:
+        chosen: LoadedModel | None = loaded
+    else:
+        match = next(((f, m) for f, m in loaded.exports() if f.suffix.lower() in cls.suffixes), None)
+        if match is None:
+            exportable = path.suffix.lower() in (".safetensors", ".onnx")
+            hint = (
+                "give it the checkpoint (.safetensors) the export was made from" if ".safetensors" in cls.suffixes
+                else "run `cxrtool export` on it first" if exportable else "give it another model file"
+            )  # fmt: skip
+            raise CxrError(f"{path}: backend {backend!r} loads {', '.join(cls.suffixes)} files; {hint}")
+        found, chosen = match
+        if chosen is None:
+            raise CxrError(f"{found} was made from a different version of {path.name}; export it again")
     if not cls.is_available(device):
         why = cls.unavailable_reason(device)
         raise CxrError(f"backend {backend!r} is not available on {device} here ({why or 'see `cxrtool doctor`'})")
-    return cls.load(chosen, device=device, **options)
+    return cls.build(chosen, device=device, **options)
 
 
 def check_finite(logits: np.ndarray, paths: Sequence[str | Path]) -> list[str | None]:

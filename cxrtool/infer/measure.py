@@ -133,12 +133,11 @@ def sample_files(data: Path, n: int) -> list[Path]:
 def _variant_specs(models: Sequence[Path], backends: Sequence[str] | None, device: str) -> list[Candidate]:
     """Every way to run ``models`` here (:func:`cxrtool.infer.auto.candidates`), torch fp32 first."""
     from cxrtool.infer.auto import candidates
+    from cxrtool.modelfile.loaded import open_model
 
     specs: dict[str, Candidate] = {}
     for path in models:
-        if not path.exists():
-            raise CxrError(f"{path}: model file not found")
-        found = candidates(path, device)
+        found = candidates(open_model(path), device)
         if not found:
             raise CxrError(f"{path}: no available backend can load it on {device}")
         for c in found:
@@ -259,7 +258,8 @@ def run_bench(
         for spec in specs:
             label = spec.label
             step(f"loading {label}")
-            engine = load_backend(spec.path, backend=spec.backend, device=device, **spec.options)  # one at a time: no idle thread pools
+            # one at a time: no idle thread pools
+            engine = load_backend(spec.model, backend=spec.backend, device=device, **spec.options)
             if cfg is None:  # the first model decides the inputs; every other must agree
                 cfg = engine.card.preprocess
                 report.inputs["input_size"] = cfg.input_size

@@ -17,7 +17,8 @@ import numpy as np
 
 from cxrtool.errors import CxrError
 from cxrtool.infer.backends import Backend
-from cxrtool.modelfile import FEATURES_NAME, IR_SUFFIX, ONNX_SUFFIX, OUTPUT_NAME, ModelCard, int8_info, read_any_card
+from cxrtool.modelfile import FEATURES_NAME, IR_SUFFIX, ONNX_SUFFIX, OUTPUT_NAME, ModelCard
+from cxrtool.modelfile.loaded import LoadedModel
 
 PRECISIONS = ("auto", "bf16", "f32")
 HINTS = ("latency", "throughput")
@@ -47,13 +48,16 @@ class OpenVINOBackend(Backend):
     #: ``.xml``: the INT8 IR written by ``cxrtool export --int8`` (card and INT8 record in its rt_info)
     suffixes = (ONNX_SUFFIX, IR_SUFFIX)
 
-    def __init__(self, path: Path, card: ModelCard, device: str, compiled: Any, config: dict[str, Any]):
+    def __init__(
+        self, path: Path, card: ModelCard, device: str, compiled: Any, config: dict[str, Any],
+        int8: dict[str, Any] | None = None,
+    ):
         super().__init__(path, card, device)
         self.compiled = compiled
         self.config = config
         self.precision = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()  # what really runs
         #: non-empty for an INT8 IR: its precision, calibration fingerprint and held-out check
-        self.int8 = int8_info(path) if path.suffix.lower() == IR_SUFFIX else {}
+        self.int8 = int8 or {}
         if self.int8:
             self.precision = "int8"  # quantized layers run int8; the rest at the hint above
         outputs = {name: port for port in compiled.outputs for name in port.get_names()}
@@ -74,7 +78,7 @@ class OpenVINOBackend(Backend):
     @classmethod
     def load(
         cls,
-        path: Path,
+        model: LoadedModel,
         *,
         device: str = "cpu",
         precision: str = "auto",
@@ -87,14 +91,16 @@ class OpenVINOBackend(Backend):
 
         if device != "cpu":
             raise CxrError(f"the openvino backend runs on the CPU here, not {device}")
-        card = read_any_card(path)
+        path = model.path
         core = ov.Core()
         config = compile_config(precision, hint, threads, bf16_supported=cpu_supports_bf16(core))
+        is_ir = model.suffix == IR_SUFFIX
+        weights = model.weights if is_ir else b""  # an IR's .bin; an ONNX file carries its weights
         try:
-            compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+            compiled = core.compile_model(core.read_model(model.data, weights), "CPU", config)
         except RuntimeError as exc:
             raise CxrError(f"{path}: OpenVINO cannot compile it ({' '.join(str(exc).split())[:300]})") from None
-        return cls(path, card, device, compiled, config)
+        return cls(path, model.card, device, compiled, config, model.int8 if is_ir else None)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self._infer(batch, [self._output])[0]

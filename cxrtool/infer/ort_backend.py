@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 
 from cxrtool.infer.backends import Backend
-from cxrtool.modelfile import FEATURES_NAME, OUTPUT_NAME, ModelCard, read_onnx_card
+from cxrtool.modelfile import FEATURES_NAME, OUTPUT_NAME, ModelCard
+from cxrtool.modelfile.loaded import LoadedModel
 from cxrtool.runtimes.onnxrt import ort_session
 
 _PROVIDER = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
@@ -44,15 +45,16 @@ class OnnxRuntimeBackend(Backend):
         return _provider(device) in ort.get_available_providers()
 
     @classmethod
-    def load(cls, path: Path, *, device: str = "cpu", threads: int | None = None, **options: Any) -> OnnxRuntimeBackend:
+    def load(
+        cls, model: LoadedModel, *, device: str = "cpu", threads: int | None = None, **options: Any
+    ) -> OnnxRuntimeBackend:
         """Options: ``threads`` (intra-op threads; default ONNX Runtime's, one per core).  Others are ignored."""
-        card = read_onnx_card(path)
         providers = [_provider(device)]
         if device.startswith("cuda"):
             index = device.partition(":")[2] or "0"
             providers = [("CUDAExecutionProvider", {"device_id": int(index)})]
-        session = ort_session(path, threads=threads, providers=providers)
-        return cls(path, card, device, session, threads)
+        session = ort_session(model.data, threads=threads, providers=providers, name=model.path)
+        return cls(model.path, model.card, device, session, threads)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(batch, dtype=np.float32)

@@ -31,7 +31,7 @@ from cxrtool.infer.rows import Prediction, RowFormat
 from cxrtool.infer.writers import drop_torn_tail, writer_class
 from cxrtool.inputs import max_pixels
 from cxrtool.locks import owned_output
-from cxrtool.modelfile import model_id
+from cxrtool.modelfile.loaded import LoadedModel
 from cxrtool.trust import load_trust
 from cxrtool.trust.assess import NO_STATS_NOTICE
 
@@ -126,7 +126,7 @@ class PredictSummary:
 
 def predict_to_file(
     inputs: Sequence[str | Path],
-    model: str | Path | Backend,
+    model: LoadedModel | Backend | str | Path,
     out: str | Path,
     options: PredictOptions | None = None,
     *,
@@ -142,7 +142,8 @@ def predict_to_file(
     inputs:
         Files and folders.
     model:
-        A model file (loaded with ``backend`` on ``device``) or an already loaded backend.
+        The run's opened model file (:func:`~cxrtool.modelfile.loaded.open_model`; a backend is built
+        from it with ``backend`` on ``device``), or a backend already built from one.  A path is opened here.
     out:
         ``.csv`` or ``.jsonl``; rows are appended and flushed after every batch.
     options:
@@ -171,19 +172,21 @@ def predict_to_file(
         if out.exists() and not (options.resume or options.overwrite):
             raise CxrError(f"{display_path(out)}: already exists; pass --resume to continue it or --overwrite to replace it")
 
-        if isinstance(model, (str, Path)):
+        if isinstance(model, (str, Path, LoadedModel)):
             from cxrtool.infer.backends import load_backend
 
             engine = load_backend(model, backend=backend, device=device)
         else:
             engine = model
+        if engine.loaded is None:
+            raise CxrError(f"{display_path(engine.path)}: backend was not built with load_backend (no loaded model)")
         card = engine.card
         if options.workers is None:
             options = replace(options, workers=default_workers(engine.name, engine.device))
         cfg = resolve_preprocess(card.preprocess, {"window": options.window})
         described = engine.describe()
-        meta = {"model_id": model_id(engine.path), "backend": described["backend"], "device": described["device"]}
-        trust = load_trust(engine.path, card)
+        meta = {"model_id": engine.loaded.model_id, "backend": described["backend"], "device": described["device"]}
+        trust = load_trust(engine.loaded)
         writer = writer_cls(out, RowFormat(list(card.class_names), card.task, meta, reject_ood=options.reject_ood))
         summary = PredictSummary(out, meta["model_id"], meta["backend"], meta["device"], list(card.class_names))
         summary.choice = described.get("choice")

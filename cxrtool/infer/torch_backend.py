@@ -10,7 +10,8 @@ import torch
 
 from cxrtool.errors import CxrError
 from cxrtool.infer.backends import Backend
-from cxrtool.models.checkpoint import load_checkpoint
+from cxrtool.modelfile.loaded import LoadedModel
+from cxrtool.models.checkpoint import model_from_loaded
 
 
 class TorchBackend(Backend):
@@ -26,14 +27,14 @@ class TorchBackend(Backend):
         return device == "cpu" or (device.startswith("cuda") and torch.cuda.is_available())
 
     @classmethod
-    def load(cls, path: Path, *, device: str = "cpu", **options: Any) -> TorchBackend:
-        model, card = load_checkpoint(path)
+    def load(cls, model: LoadedModel, *, device: str = "cpu", **options: Any) -> TorchBackend:
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise CxrError("CUDA requested but no CUDA device is available")
+        path, card, net = model.path, model.card, model_from_loaded(model)
         # channels-last: oneDNN (and cuDNN) convolutions skip a layout reorder per call; DenseNet-121's
         # forward ran 1.25-1.6x faster on the 2-core dev CPUs (bench/explain.py prints both layouts)
-        model = model.to(device).eval().to(memory_format=torch.channels_last)
-        return cls(path, card, device, model)
+        net = net.to(device).eval().to(memory_format=torch.channels_last)
+        return cls(path, card, device, net)
 
     def _tensor(self, batch: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device, non_blocking=True)

@@ -5,14 +5,15 @@ The CUDA plumbing (contexts, availability, the runner) is :mod:`cxrtool.runtimes
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from cxrtool.infer.backends import Backend
-from cxrtool.modelfile import EngineSidecar, check_compatible, read_sidecar
+from cxrtool.errors import CxrError
+from cxrtool.modelfile import EngineSidecar, check_compatible
+from cxrtool.modelfile.loaded import LoadedModel
 from cxrtool.runtimes.trt_runner import TrtRunner, cuda_problem, current_gpu
 from cxrtool.runtimes.trtlib import cuda_index, import_tensorrt
 
@@ -35,17 +36,19 @@ class TensorRTBackend(Backend):
         return "TensorRT runs on cuda devices" if not device.startswith("cuda") else cuda_problem(device)
 
     @classmethod
-    def load(cls, path: Path, *, device: str = "cuda", **options: Any) -> TensorRTBackend:
+    def load(cls, model: LoadedModel, *, device: str = "cuda", **options: Any) -> TensorRTBackend:
         """Check the sidecar against this machine, then deserialise.  Options are ignored."""
         index = cuda_index(device)
-        sidecar = read_sidecar(path)
+        path, sidecar = model.path, model.sidecar
+        if sidecar is None:
+            raise CxrError(f"{path}: not a TensorRT engine with a sidecar")
         trt = import_tensorrt()
         gpu_name, capability = current_gpu(index)
-        data = Path(path).read_bytes()
         check_compatible(
-            sidecar, path, tensorrt_version=trt.__version__, gpu_name=gpu_name, compute_capability=capability, engine_sha256=hashlib.sha256(data).hexdigest()
+            sidecar, path, tensorrt_version=trt.__version__, gpu_name=gpu_name, compute_capability=capability,
+            engine_sha256=model.sha256,
         )
-        return cls(Path(path), sidecar, device, TrtRunner(data, index))
+        return cls(path, sidecar, device, TrtRunner(model.data, index))
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self.runner.infer(np.ascontiguousarray(batch, dtype=np.float32))

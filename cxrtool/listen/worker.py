@@ -68,7 +68,6 @@ class Worker:
         from cxrtool.config import resolve_preprocess
         from cxrtool.infer.rows import RowFormat
         from cxrtool.infer.writers import CsvWriter, drop_torn_tail
-        from cxrtool.modelfile import model_id
         from cxrtool.trust import load_trust
 
         self.out = Path(out)
@@ -78,10 +77,10 @@ class Worker:
         self._load(model, backend, device, composite)
         card = self.engine.card
         described = self.engine.describe()
-        meta = {"model_id": model_id(self.engine.path), "backend": described["backend"], "device": described["device"]}
+        meta = {"model_id": self.model.model_id, "backend": described["backend"], "device": described["device"]}
         self.model_id, self.backend_name = meta["model_id"], meta["backend"]
         self.cfg = resolve_preprocess(card.preprocess, {})
-        self.trust = load_trust(self.engine.path, card)
+        self.trust = load_trust(self.model)
         self.format = RowFormat(list(card.class_names), card.task, meta)
         self.predictions = self.out / "predictions.csv"
         self.writer = CsvWriter(self.predictions, self.format)
@@ -99,12 +98,14 @@ class Worker:
         self._thread: threading.Thread | None = None
 
     def _load(self, model: str | Path, backend: str, device: str, composite: str | None) -> None:
-        """The one backend and heatmap maker kept for the worker's lifetime."""
+        """The one loaded model, backend and heatmap maker kept for the worker's lifetime."""
         from cxrtool.infer.backends import load_backend
+        from cxrtool.modelfile.loaded import open_model
         from cxrtool.results.heatmap import HeatmapMaker
 
-        self.engine = load_backend(model, backend=backend, device=device)
-        self.maker = HeatmapMaker(model, composite) if Path(model).suffix.lower() == ".safetensors" else None
+        self.model = open_model(model)  # the file is read and hashed once per listen lifetime
+        self.engine = load_backend(self.model, backend=backend, device=device)
+        self.maker = HeatmapMaker(self.model, composite) if self.model.is_checkpoint else None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self.run, name="cxrtool-worker", daemon=True)
@@ -196,7 +197,7 @@ class Worker:
         if row.error:
             raise FilmError(row.error)
         prediction = FilmPrediction.from_row(self.format.flat(self.format.record(row)), self.format.class_names)
-        heatmap = self.maker.make(path, prediction.top[0])[0] if self.maker else None
+        heatmap = self.maker.make(path, prediction.top[0]) if self.maker else None
         info = ModelInfo(model_id=self.model_id, backend=self.backend_name)
         files = write_dicom_results(path, prediction, heatmap, self.results, info, content_key=key)
         self._drop_superseded(path, files)

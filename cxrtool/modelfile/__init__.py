@@ -15,7 +15,6 @@ package imports the other.  Nothing here imports torch, onnx runtimes or TensorR
 from __future__ import annotations
 
 import datetime as _dt
-import functools
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
@@ -195,7 +194,11 @@ def read_card(path: str | Path) -> ModelCard:
 def card_if_checkpoint(path: str | Path) -> ModelCard | None:
     """The card of a cxrtool checkpoint, ``None`` for a plain safetensors state dict; a damaged card is an error."""
     path = Path(path)
-    meta = _safetensors_header(path)
+    return checkpoint_card(_safetensors_header(path), path)
+
+
+def checkpoint_card(meta: dict[str, str], path: str | Path) -> ModelCard | None:
+    """:func:`card_if_checkpoint` for header strings already read (:mod:`cxrtool.modelfile.loaded`)."""
     if meta.get("format") != CHECKPOINT_FORMAT:
         return None
     if "card" not in meta:
@@ -222,28 +225,26 @@ def default_int8_path(model: str | Path, suffix: str = INT8_IR_SUFFIX) -> Path:
 def read_ir_metadata(path: str | Path) -> dict[str, str]:
     """The ``cxrtool.*`` entries of an OpenVINO IR's ``rt_info`` (parsed from the XML; no OpenVINO import).
 
-    :func:`cxrtool.export.int8` writes them with ``Model.set_rt_info(value, ["cxrtool", key])``,
+    :func:`cxrtool.modelfile.write.set_ir_metadata` writes them with ``Model.set_rt_info(value, ["cxrtool", key])``,
     which OpenVINO serialises as ``<rt_info><cxrtool><key value="..."/></cxrtool></rt_info>``.
-    Parsing the XML (some 16 MB, most of it the trust statistics' blob) takes most of a second, and
-    a run reads it for the card and again for the statistics: kept per file version.
     """
     path = Path(path)
     try:
-        st = path.stat()
+        data = path.read_bytes()
     except FileNotFoundError:
         raise CxrError(f"{path}: OpenVINO model not found") from None
-    return dict(_ir_metadata(str(path.resolve()), st.st_mtime_ns, st.st_size))
+    except OSError as exc:
+        raise CxrError(f"{path}: not a readable OpenVINO IR ({one_line(exc)})") from None
+    return parse_ir_metadata(data, path)
 
 
-@functools.lru_cache(maxsize=8)
-def _ir_metadata(path: str, mtime_ns: int, size: int) -> dict[str, str]:
+def parse_ir_metadata(data: bytes, path: str | Path) -> dict[str, str]:
+    """:func:`read_ir_metadata` of an IR's XML already read (some 16 MB, most of it the trust blob: parse it once)."""
     import xml.etree.ElementTree as ET
 
     try:
-        root = ET.parse(path).getroot()
-    except FileNotFoundError:
-        raise CxrError(f"{path}: OpenVINO model not found") from None
-    except (ET.ParseError, OSError) as exc:
+        root = ET.fromstring(data)
+    except ET.ParseError as exc:
         raise CxrError(f"{path}: not a readable OpenVINO IR ({one_line(exc)})") from None
     node = root.find("rt_info/cxrtool")
     return {} if node is None else {f"cxrtool.{c.tag}": c.get("value", "") for c in node}
@@ -289,13 +290,22 @@ def onnx_metadata(card: ModelCard, checkpoint: str | Path) -> dict[str, str]:
 
 def read_onnx_metadata(path: str | Path) -> dict[str, str]:
     """All ``metadata_props`` of an ONNX file as a dict."""
-    import onnx
-
     path = Path(path)
     try:
-        proto = onnx.load_model(str(path), load_external_data=False)
+        data = path.read_bytes()
     except FileNotFoundError:
         raise CxrError(f"{path}: ONNX file not found") from None
+    except OSError as exc:
+        raise CxrError(f"{path}: not a readable ONNX file ({one_line(exc)})") from None
+    return parse_onnx_metadata(data, path)
+
+
+def parse_onnx_metadata(data: bytes, path: str | Path) -> dict[str, str]:
+    """:func:`read_onnx_metadata` of an ONNX file's bytes already read."""
+    import onnx
+
+    try:
+        proto = onnx.load_model_from_string(data)
     except Exception as exc:  # protobuf DecodeError and friends
         raise CxrError(f"{path}: not a readable ONNX file ({one_line(exc)})") from None
     return {p.key: p.value for p in proto.metadata_props}
@@ -400,15 +410,6 @@ def read_sidecar(engine: str | Path) -> EngineSidecar:
         raise CxrError(f"{path}: unreadable engine sidecar ({one_line(exc)}); {rebuild}") from None
 
 
-def engine_matches_source(engine: str | Path, source_sha256: str) -> bool:
-    """True when the engine's sidecar says it was built from the file with this hash (checkpoint or ONNX)."""
-    try:
-        sidecar = read_sidecar(engine)
-    except CxrError:
-        return False
-    return source_sha256 in (sidecar.source_checkpoint_sha256, sidecar.source_onnx_sha256)
-
-
 def check_compatible(
     sidecar: EngineSidecar, engine: str | Path, *, tensorrt_version: str, gpu_name: str, compute_capability: str, engine_sha256: str | None = None
 ) -> None:
@@ -427,34 +428,6 @@ def check_compatible(
 
 
 # ---------------------------------------------------------------- a model and its exports
-
-
-def model_files(path: str | Path) -> list[tuple[Path, bool]]:
-    """The given model file, then the files ``cxrtool export`` derived from it, each with "is it current".
-
-    A checkpoint's exports live in ``<folder>/engines/<stem>.onnx`` / ``.engine``; an ONNX file's
-    engine sits next to it.  A derived file counts as current only when the source hash recorded
-    inside it matches the source file now, so a stale export is never picked up silently.
-    """
-    path = Path(path)
-    files = [(path, True)]
-    suffix = path.suffix.lower()
-    if suffix == ".safetensors":
-        onnx_path: Path | None = default_onnx_path(path)
-    elif suffix == ONNX_SUFFIX:
-        onnx_path = None
-    else:
-        return files
-    engine_path = default_engine_path(path)
-    int8_path = default_int8_path(path)
-    digest = file_sha256(path)
-    if onnx_path is not None and onnx_path.is_file():
-        files.append((onnx_path, exported_from(onnx_path, digest)))
-    if int8_path.is_file():
-        files.append((int8_path, exported_from(int8_path, digest)))
-    if engine_path.is_file():
-        files.append((engine_path, engine_matches_source(engine_path, digest)))
-    return files
 
 
 def read_any_card(path: str | Path) -> ModelCard:

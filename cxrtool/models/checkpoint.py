@@ -7,13 +7,17 @@ carries and how it is read lives in :mod:`cxrtool.modelfile`; this module writes
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 
-from cxrtool.errors import CxrError
+from cxrtool.errors import CxrError, one_line
 from cxrtool.fsutil import atomic_path
 from cxrtool.modelfile import TRUST_PREFIX, ModelCard, checkpoint_metadata, read_card
+
+if TYPE_CHECKING:
+    from cxrtool.modelfile.loaded import LoadedModel
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, card: ModelCard, extra: dict[str, torch.Tensor] | None = None) -> Path:
@@ -44,16 +48,35 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, ModelCard]:
     """Rebuild the model from its card and load the weights strictly (any key mismatch is an error)."""
+    card = read_card(path)
+    return build_from_card(card, load_state_dict(path), source=str(path)), card
+
+
+def model_from_loaded(model: LoadedModel) -> nn.Module:
+    """:func:`load_checkpoint` of a checkpoint already read (:func:`cxrtool.modelfile.loaded.open_model`)."""
+    from safetensors.torch import load
+
+    if not model.is_checkpoint:
+        raise CxrError(f"{model.path}: the torch model needs a .safetensors checkpoint")
+    try:
+        tensors = load(model.data)
+    except Exception as exc:  # safetensors' own error type for a damaged tensor table
+        raise CxrError(f"{model.path}: unreadable checkpoint weights ({one_line(exc)})") from None
+    state = {k: v for k, v in tensors.items() if not k.startswith(TRUST_PREFIX)}
+    return build_from_card(model.card, state, source=str(model.path))
+
+
+def build_from_card(card: ModelCard, state: dict[str, torch.Tensor], *, source: str) -> nn.Module:
+    """The card's architecture with ``state`` loaded strictly, in eval mode."""
     from cxrtool.models.registry import build_model
 
-    card = read_card(path)
     try:
         model = build_model(card.arch, num_classes=len(card.class_names), in_chans=card.preprocess.channels)
     except ValueError as exc:  # unknown architecture named by the card
-        raise CxrError(f"{path}: model card field 'arch': {exc}") from None
-    load_strict(model, load_state_dict(path), source=str(path))
+        raise CxrError(f"{source}: model card field 'arch': {exc}") from None
+    load_strict(model, state, source=source)
     model.eval()
-    return model, card
+    return model
 
 
 def load_strict(model: nn.Module, state: dict[str, torch.Tensor], *, source: str) -> None:

@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -23,6 +23,9 @@ from cxrtool import __version__
 from cxrtool.errors import CxrError
 from cxrtool.fsutil import atomic_write_text
 from cxrtool.report.inputs import ReportRow, read_explain_rows, read_overlays, read_predictions
+
+if TYPE_CHECKING:
+    from cxrtool.modelfile.loaded import LoadedModel
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 TEMPLATE = "report.html.j2"
@@ -79,14 +82,13 @@ def _resolve(row_path: str, base: Path) -> Path:
     return p if p.is_absolute() or p.exists() else base / p
 
 
-def _card_context(model: str | Path) -> dict[str, Any]:
+def _card_context(model: LoadedModel) -> dict[str, Any]:
     from cxrtool.explain.shortcut import card_warning
-    from cxrtool.modelfile import read_any_card
 
-    card = read_any_card(model)
+    card = model.card
     scalars = {k: v for k, v in card.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     return {
-        "file": Path(model).name,
+        "file": model.path.name,
         "arch": card.arch,
         "task": getattr(card.task, "name", str(card.task)),
         "classes": list(card.class_names),
@@ -107,7 +109,7 @@ def build_report(
     out: str | Path,
     *,
     explain_dir: str | Path | None = None,
-    model: str | Path | None = None,
+    model: LoadedModel | None = None,
     title: str | None = None,
     caveats: Sequence[str] = (),
     thumb_size: int = 112,
@@ -116,7 +118,8 @@ def build_report(
 
     ``explain_dir`` adds each film's heatmap overlay (from its ``explain.csv``); with
     ``predictions=None`` the rows come from that ``explain.csv`` too (predicted class only); ``model`` (a
-    checkpoint, ONNX export or engine) adds the model card; ``caveats`` are shown above everything.
+    run's opened checkpoint, ONNX export or engine: :func:`~cxrtool.modelfile.loaded.open_model`) adds the
+    model card; ``caveats`` are shown above everything.
     """
     from jinja2 import Environment, FileSystemLoader, select_autoescape
 
@@ -132,7 +135,7 @@ def build_report(
         source = Path(predictions)
         rows, classes = read_predictions(source)
     overlays = read_overlays(explain_dir) if explain_dir else {}
-    card = _card_context(model) if model else None
+    card = _card_context(model) if model is not None else None
     if card and card["shortcut"]:
         caveats = [*caveats, card["shortcut"]]
     base = source.parent

@@ -5,14 +5,14 @@
 """
 
 from cxrtool.results.content import FilmPrediction, Heatmap, ModelInfo
-from cxrtool.results.write import DicomResult, results_for_files, results_for_predictions, write_dicom_results
+from cxrtool.results.write import DicomResult, results_for_explain, results_for_predictions, write_dicom_results
 
 __all__ = [
     "DicomResult",
     "FilmPrediction",
     "Heatmap",
     "ModelInfo",
-    "results_for_files",
+    "results_for_explain",
     "results_for_predictions",
     "write_dicom_results",
 ]

@@ -1,5 +1,8 @@
 """Writing DICOM results: one film -> SR (+ SC), and the post-passes ``predict``/``explain`` run.
 
+A result is a view of what the run computed: ``predict``'s rows (the calibrated probabilities,
+``ood_score`` and flag it wrote) and ``explain``'s rows and saved heatmaps; nothing is predicted
+twice.  The model is the run's :class:`~cxrtool.modelfile.loaded.LoadedModel`, never reopened.
 Every object is written atomically under a stable name (:mod:`cxrtool.results.layout`), so a rerun
 skips the films already done and a crash never leaves half a file.  ``dicom_results.csv`` in the
 output folder lists every input with what was written or why nothing was (non-DICOM input, no
@@ -10,13 +13,18 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from cxrtool.errors import CxrError, one_line
 from cxrtool.fsutil import atomic_open, atomic_path
 from cxrtool.results.content import FilmPrediction, Heatmap, ModelInfo
+
+if TYPE_CHECKING:
+    from cxrtool.modelfile import ModelCard
+    from cxrtool.modelfile.loaded import LoadedModel
 
 INDEX_NAME = "dicom_results.csv"
 INDEX_COLUMNS = ("path", "status", "sr", "sc", "reason")
@@ -89,19 +97,18 @@ def results_for_predictions(
     predictions: str | Path,
     out_dir: str | Path,
     *,
-    model: str | Path | None,
+    model: LoadedModel | None,
     composite: str | None = None,
     on_file: Callable[[DicomResult], None] | None = None,
 ) -> list[DicomResult]:
     """``predict --dicom-out``: an SR per DICOM row of a predictions file, an SC when the model is a checkpoint.
 
-    The SR carries the row's own probabilities (the backend that ran, calibrated or not, any
-    ``ood_score``/``flag``); the heatmap explains the row's top class.
+    The SR carries the row's own probabilities (the backend that ran, calibrated as the run wrote
+    them, any ``ood_score``/``flag``); the heatmap explains the row's predicted (top) class.
+    ``model`` is the run's loaded model (None: classes from the rows, no heatmaps).
     """
-    from cxrtool.modelfile import read_any_card
-
     maker, no_heatmap = _heatmap_maker(model, composite)
-    card = maker.card if maker else (read_any_card(model) if model is not None else None)
+    card = model.card if model is not None else None
     results = []
     for row in _read_rows(Path(predictions)):
         names = list(card.class_names) if card else _row_classes(row)
@@ -110,36 +117,65 @@ def results_for_predictions(
 
         def analyse(path: str, row: dict = row, names: list[str] = names) -> tuple[FilmPrediction, Heatmap | None]:
             prediction = FilmPrediction.from_row(row, names)
-            return prediction, maker.make(path, prediction.top[0])[0] if maker else None
+            return prediction, maker.make(path, prediction.top[0]) if maker else None
 
         results.append(_one(row["path"], out_dir, info, row.get("error"), analyse, no_heatmap, on_file))
     write_index(out_dir, results)
     return results
 
 
-def results_for_files(
-    files: Iterable[str | Path],
-    checkpoint: str | Path,
+def results_for_explain(
+    rows: Sequence[Mapping[str, Any]],
     out_dir: str | Path,
     *,
-    composite: str | None = None,
+    model: LoadedModel,
+    composite: str,
     on_file: Callable[[DicomResult], None] | None = None,
 ) -> list[DicomResult]:
-    """``explain --dicom-out``: prediction and heatmap from the checkpoint (torch), SR + SC per DICOM file."""
-    from cxrtool.modelfile import model_id
-    from cxrtool.results.heatmap import HeatmapMaker
+    """``explain --dicom-out``: SR + SC per DICOM input from explain's own rows and heatmaps.
 
-    maker = HeatmapMaker(checkpoint, composite)
-    info = ModelInfo(model_id=model_id(checkpoint), backend="torch", calibrated=_calibrated(maker.card),
-                     extra=(("composite", maker.composite), *_card_extra(maker.card)))
+    ``rows`` are :func:`cxrtool.explain.attribution.explain_files`' report rows (one per film and
+    target, each with the film's calibrated ``probabilities``).  The SR carries those probabilities
+    and the film's ``ood_score``/``flag``; the SC shows the heatmap explain saved for the predicted
+    class (or, when explain was asked for another class, its first target's).
+    """
+    card = model.card
+    info = ModelInfo(
+        model_id=model.model_id, backend="torch", calibrated=_calibrated(card), extra=(("composite", composite), *_card_extra(card))
+    )
+    by_path: dict[str, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        by_path.setdefault(str(row["path"]), []).append(row)
+    results = []
+    for path, film_rows in by_path.items():
+        ok = [r for r in film_rows if not r.get("error")]
+        error = None if ok else str(film_rows[0].get("error") or "no heatmap")
+        row = next((r for r in ok if r.get("target") == r.get("predicted")), ok[0] if ok else None)
 
-    def analyse(path: str) -> tuple[FilmPrediction, Heatmap]:
-        heatmap, prediction = maker.make(path)
-        return prediction, heatmap
+        def analyse(path: str, row: Mapping[str, Any] = row or {}) -> tuple[FilmPrediction, Heatmap]:
+            return _explained(path, row, card, composite)  # never called for a film explain could not read
 
-    results = [_one(str(f), out_dir, info, None, analyse, "", on_file) for f in files]
+        results.append(_one(path, out_dir, info, error, analyse, "", on_file))
     write_index(out_dir, results)
     return results
+
+
+def _explained(path: str, row: Mapping[str, Any], card: ModelCard, composite: str) -> tuple[FilmPrediction, Heatmap]:
+    """An explain row -> the film's prediction and the heatmap explain saved for it (the film is decoded for the SC)."""
+    import numpy as np
+
+    from cxrtool.images import load_image
+
+    names = list(card.class_names)
+    probs = [float(p) for p in row["probabilities"]]
+    score = row.get("ood_score")
+    prediction = FilmPrediction.from_probs(
+        probs, names, card.task.decide(np.asarray(probs), names), ood_score=score, flag=row.get("flag") or None
+    )
+    film = load_image(path, window=card.preprocess.window)
+    relevance = np.load(row["heatmap"]).astype(np.float32)  # the map explain saved: never recomputed
+    heatmap = Heatmap(film, relevance, card.preprocess.resize, str(row["target"]), composite)
+    return prediction, heatmap
 
 
 def _one(path: str, out_dir, info: ModelInfo, error, analyse, no_heatmap: str, on_file) -> DicomResult:
@@ -179,12 +215,12 @@ def _existing(out_dir, path: str, info: ModelInfo) -> dict[str, Path]:
     return {kind: p for kind, p in paths.items() if p.exists()}
 
 
-def _heatmap_maker(checkpoint, composite):
+def _heatmap_maker(model: LoadedModel | None, composite: str | None):
     from cxrtool.results.heatmap import HeatmapMaker
 
-    if checkpoint is None or Path(checkpoint).suffix.lower() != ".safetensors":
+    if model is None or not model.is_checkpoint:
         return None, "no SC: heatmaps need a .safetensors checkpoint"
-    return HeatmapMaker(checkpoint, composite), ""
+    return HeatmapMaker(model, composite), ""
 
 
 def _card_extra(card) -> tuple[tuple[str, str], ...]:

@@ -11,8 +11,17 @@ import numpy as np
 from cxrtool.errors import CxrError, one_line
 
 
-def ort_session(path: str | Path, *, threads: int | None = None, providers: Sequence[Any] = ("CPUExecutionProvider",)) -> Any:
-    """An ONNX Runtime session with full graph optimisation (shared by the backend and the checks)."""
+def ort_session(
+    path: str | Path | bytes,
+    *,
+    threads: int | None = None,
+    providers: Sequence[Any] = ("CPUExecutionProvider",),
+    name: str | Path | None = None,
+) -> Any:
+    """An ONNX Runtime session with full graph optimisation (shared by the backend and the checks).
+
+    ``path`` may be the model's bytes already read (then ``name`` names it in errors).
+    """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -20,9 +29,10 @@ def ort_session(path: str | Path, *, threads: int | None = None, providers: Sequ
     if threads:
         opts.intra_op_num_threads = threads
     try:
-        return ort.InferenceSession(str(path), sess_options=opts, providers=list(providers))
+        source = path if isinstance(path, bytes) else str(path)
+        return ort.InferenceSession(source, sess_options=opts, providers=list(providers))
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NoSuchFile types
-        raise CxrError(f"{path}: ONNX Runtime cannot load it ({one_line(exc)})") from None
+        raise CxrError(f"{name or path}: ONNX Runtime cannot load it ({one_line(exc)})") from None
 
 
 def run_ort_in_two_batches(session, batch: np.ndarray) -> np.ndarray:

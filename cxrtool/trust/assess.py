@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+from weakref import WeakKeyDictionary
 
 import numpy as np
 
@@ -32,6 +33,9 @@ from cxrtool.trust.view import view_flag
 
 if TYPE_CHECKING:
     from cxrtool.trust.gate import HeaderVerdict
+
+if TYPE_CHECKING:
+    from cxrtool.modelfile.loaded import LoadedModel
 
 FLAG_OK = "ok"
 FLAG_OOD = "out_of_distribution"
@@ -133,9 +137,23 @@ class Trust:
         return out
 
 
-def load_trust(path: str | Path, card: ModelCard) -> Trust:
-    """The trust statistics of a model file (checkpoint, ONNX export or TensorRT engine) with this card."""
-    from cxrtool.trust.store import stored_tensors
+def load_trust(model: str | Path | LoadedModel, card: ModelCard | None = None) -> Trust:
+    """The trust statistics of a model file (checkpoint, ONNX export, INT8 IR or TensorRT engine).
 
-    tensors = stored_tensors(path) if card.ood else {}
-    return Trust.from_card(card, tensors, source=path)
+    Given a :class:`~cxrtool.modelfile.loaded.LoadedModel`, they come from its bytes and are built once
+    per loaded model (a ``listen`` lifetime assesses every film with the same object); given a path,
+    ``card`` is the file's card and the file is read for them.
+    """
+    from cxrtool.trust.store import model_tensors, stored_tensors
+
+    if isinstance(model, (str, Path)):
+        if card is None:
+            raise TypeError("load_trust(path) needs the file's card")
+        return Trust.from_card(card, stored_tensors(model) if card.ood else {}, source=model)
+    if model not in _LOADED:
+        _LOADED[model] = Trust.from_card(model.card, model_tensors(model) if model.card.ood else {}, source=model.path)
+    return _LOADED[model]
+
+
+#: each loaded model's statistics, built on first use and dropped with the model
+_LOADED: WeakKeyDictionary[LoadedModel, Trust] = WeakKeyDictionary()

@@ -13,18 +13,15 @@ from __future__ import annotations
 
 import base64
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from cxrtool.errors import CxrError, one_line
 from cxrtool.modelfile import ENGINE_SUFFIX, IR_SUFFIX, ONNX_SUFFIX, TRUST_PREFIX, TRUST_TENSORS_KEY, file_sha256, read_export_metadata
 
-
-def encode_tensors(tensors: dict[str, np.ndarray]) -> str:
-    """Tensors -> one ASCII string (a base64 safetensors blob) for ONNX ``metadata_props``."""
-    from safetensors.numpy import save
-
-    return base64.b64encode(save({k: np.ascontiguousarray(v) for k, v in tensors.items()})).decode("ascii")
+if TYPE_CHECKING:
+    from cxrtool.modelfile.loaded import LoadedModel
 
 
 def decode_tensors(text: str) -> dict[str, np.ndarray]:
@@ -64,3 +61,22 @@ def stored_tensors(path: str | Path) -> dict[str, np.ndarray]:
         raise
     except Exception as exc:  # a damaged blob: the file's statistics cannot be trusted
         raise CxrError(f"{path}: unreadable OOD statistics ({one_line(exc)}); refit them with `cxrtool calibrate`") from None
+
+
+def model_tensors(model: LoadedModel) -> dict[str, np.ndarray]:
+    """:func:`stored_tensors` of a model file already opened (:mod:`cxrtool.modelfile.loaded`): no second read."""
+    try:
+        if model.is_engine:
+            source = model.engine_source()
+            return model_tensors(source) if source is not None else {}
+        if model.is_checkpoint:
+            from safetensors.numpy import load
+
+            return {k: v for k, v in load(model.data).items() if k.startswith(TRUST_PREFIX)}
+        text = model.metadata.get(TRUST_TENSORS_KEY)
+        return decode_tensors(text) if text else {}
+    except CxrError:
+        raise
+    except Exception as exc:  # a damaged blob: the file's statistics cannot be trusted
+        why = f"unreadable OOD statistics ({one_line(exc)}); refit them with `cxrtool calibrate`"
+        raise CxrError(f"{model.path}: {why}") from None

@@ -7,7 +7,6 @@ import hashlib
 import importlib.util
 import json
 import types
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +16,7 @@ from cxrtool.errors import CxrError
 from cxrtool.runtimes.trtlib import cuda_index
 from cxrtool.infer.backends import load_backend
 from cxrtool.infer.trt_backend import TensorRTBackend
+from cxrtool.modelfile.loaded import open_model
 from cxrtool.runtimes.trt_runner import plan_chunks
 from cxrtool.modelfile import (
     BatchProfile,
@@ -24,7 +24,6 @@ from cxrtool.modelfile import (
     ModelCard,
     check_compatible,
     default_engine_path,
-    engine_matches_source,
     read_sidecar,
     sidecar_path,
     write_sidecar,
@@ -91,9 +90,10 @@ class TestSidecar:
     def test_matches_source(self, tmp_path):
         engine = tmp_path / "m.engine"
         write_sidecar(engine, sidecar())
-        assert engine_matches_source(engine, "c" * 64) and engine_matches_source(engine, "o" * 64)
-        assert not engine_matches_source(engine, "x" * 64)
-        assert not engine_matches_source(tmp_path / "other.engine", "c" * 64)
+        engine.write_bytes(b"plan")
+        opened = open_model(engine)
+        assert opened.made_from("c" * 64) and opened.made_from("o" * 64)
+        assert not opened.made_from("x" * 64)
 
 
 class TestCompatibility:
@@ -128,7 +128,7 @@ class TestCompatibility:
         monkeypatch.setattr("cxrtool.infer.trt_backend.import_tensorrt", lambda: types.SimpleNamespace(__version__="10.7.0"))
         monkeypatch.setattr("cxrtool.infer.trt_backend.current_gpu", lambda index: ("NVIDIA H100 80GB HBM3", "9.0"))
         with pytest.raises(CxrError, match="this machine has TensorRT 10.7.0 on NVIDIA H100 80GB HBM3 .compute 9.0.; rebuild"):
-            TensorRTBackend.load(engine, device="cuda")
+            TensorRTBackend.load(open_model(engine), device="cuda")
 
 
 class TestChunks:

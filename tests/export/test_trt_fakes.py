@@ -64,7 +64,7 @@ def carded_onnx(tmp_path: Path) -> Path:
     """:func:`tiny_onnx` with a model card in its metadata, as ``cxrtool export`` writes it."""
     import onnx
 
-    from cxrtool.export.onnx import _set_metadata
+    from cxrtool.modelfile.write import set_onnx_metadata
     from cxrtool.modelfile import ModelCard, onnx_metadata
 
     ckpt = tmp_path / "m.safetensors"
@@ -72,7 +72,7 @@ def carded_onnx(tmp_path: Path) -> Path:
     source = tiny_onnx(tmp_path / "m.onnx")
     proto = onnx.load_model(str(source))
     card = ModelCard(arch="densenet121", task="multiclass", class_names=["a", "b", "c"], preprocess=CFG)
-    _set_metadata(proto, onnx_metadata(card, ckpt))
+    set_onnx_metadata(proto, onnx_metadata(card, ckpt))
     onnx.save_model(proto, str(source))
     return source
 
@@ -333,8 +333,12 @@ class TestFallbacks:
         monkeypatch.setitem(sys.modules, "pycuda", None)  # import fails as on a machine without it
         monkeypatch.setitem(sys.modules, "pycuda.driver", None)
         trt_runner.cuda_problem.cache_clear()
+        from cxrtool.modelfile import EngineSidecar, ModelCard, write_sidecar
+
         engine = tmp_path / "m.engine"
         engine.write_bytes(b"plan")
+        card = ModelCard(arch="densenet121", task="multiclass", class_names=["a", "b"])
+        write_sidecar(engine, EngineSidecar(card, "fp16", BatchProfile(), "input", "logits", "10.3.0", "GPU", "8.0", "e" * 64, "m.onnx", "o" * 64, "c" * 64))
         (tmp_path / "films").mkdir()
         try:
             run = CliRunner().invoke(app, ["predict", str(tmp_path / "films"), "--model", str(engine), "--out", str(tmp_path / "p.csv"), "--backend", "tensorrt", "--device", "cuda"])
@@ -349,11 +353,21 @@ class TestFallbacks:
     def test_auto_on_cuda_says_why_tensorrt_was_not_used(self, monkeypatch, tmp_path):
         from cxrtool.runtimes import trt_runner
         from cxrtool.infer.auto import load_auto
+        from cxrtool.modelfile.loaded import open_model
 
         install(monkeypatch, 10, devices=())
+        import onnx
+
+        from cxrtool.modelfile import ModelCard, onnx_metadata
+        from cxrtool.modelfile.write import set_onnx_metadata
+
         onnx_path = tiny_onnx(tmp_path / "m.onnx")
+        proto = onnx.load_model(str(onnx_path))
+        (tmp_path / "m.safetensors").write_bytes(b"weights")
+        set_onnx_metadata(proto, onnx_metadata(ModelCard(arch="densenet121", task="multiclass", class_names=["a", "b", "c"]), tmp_path / "m.safetensors"))
+        onnx.save_model(proto, str(onnx_path))
         with pytest.raises(CxrError) as info:  # no CUDA torch / ORT here either: the error carries the TensorRT reason
-            load_auto(onnx_path, "cuda")
+            load_auto(open_model(onnx_path), "cuda")
         trt_runner.cuda_problem.cache_clear()
         assert "TensorRT not used: cuda:0 does not exist" in str(info.value)
 
@@ -363,6 +377,7 @@ def test_build_engine_checks_then_writes_engine_and_sidecar(fakes, tmp_path):
     from cxrtool.export.pipeline import build_engine
     from cxrtool.infer.trt_backend import TensorRTBackend
     from cxrtool.modelfile import read_sidecar
+    from cxrtool.modelfile.loaded import open_model
 
     major, _trt, driver, _ = fakes
     source = carded_onnx(tmp_path)
@@ -371,7 +386,7 @@ def test_build_engine_checks_then_writes_engine_and_sidecar(fakes, tmp_path):
     sidecar = read_sidecar(built.path)
     assert built.parity.ok and built.parity.max_abs_diff < 1e-5 and sidecar.precision == "fp32"
     assert sidecar.tensorrt_version.startswith(f"{major}.") and sidecar.gpu_name == "NVIDIA H200" and sidecar.output_name == "logits"
-    backend = TensorRTBackend.load(built.path, device="cuda")
+    backend = TensorRTBackend.load(open_model(built.path), device="cuda")
     x = np.random.default_rng(1).normal(size=(5, 3, 8, 8)).astype(np.float32)
     np.testing.assert_allclose(backend.run(x), ort_logits(source, x), rtol=1e-5, atol=1e-6)
     assert driver.stack == [] and driver.pushes == driver.pops
@@ -395,6 +410,7 @@ def test_tensorrt_rows_carry_the_same_ood_score_and_flag_as_onnx_runtime(fakes, 
     from cxrtool.infer.backends import load_backend
     from cxrtool.infer.batching import predict_batch
     from cxrtool.infer.trt_backend import TensorRTBackend
+    from cxrtool.modelfile.loaded import open_model
     from cxrtool.trust import Trust
     from cxrtool.trust.assess import FLAG_OK, FLAG_OOD
     from cxrtool.trust.ood import fit_ood
@@ -402,7 +418,7 @@ def test_tensorrt_rows_carry_the_same_ood_score_and_flag_as_onnx_runtime(fakes, 
     source = carded_onnx(tmp_path)
     built = build_engine(source, tmp_path / "m.engine", profile=BatchProfile(1, 2, 4), device="cuda")
     ort_backend = load_backend(source, backend="onnxruntime", device="cpu")
-    trt_backend = TensorRTBackend.load(built.path, device="cuda")
+    trt_backend = TensorRTBackend.load(open_model(built.path), device="cuda")
     rng = np.random.default_rng(3)
     train, val = (rng.normal(size=(n, 3, 8, 8)).astype(np.float32) for n in (40, 20))
     _, train_f = ort_backend.run_features(train)

@@ -11,6 +11,9 @@ from cxrtool.config import PreprocessCfg
 from cxrtool.infer import auto
 from cxrtool.infer.auto import Candidate, load_auto, machine_key, rank, save_measurements
 from cxrtool.modelfile import ModelCard, file_sha256, onnx_metadata
+from cxrtool.modelfile.loaded import LoadedModel, open_model
+
+CARD = ModelCard(arch="densenet121", task="multiclass", class_names=["a", "b", "c"])
 
 
 @pytest.fixture(autouse=True)
@@ -26,7 +29,7 @@ def small_onnx(tmp_path) -> Path:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from cxrtool.export.onnx import _set_metadata
+    from cxrtool.modelfile.write import set_onnx_metadata
 
     rng = np.random.default_rng(0)
     graph = helper.make_graph(
@@ -47,17 +50,21 @@ def small_onnx(tmp_path) -> Path:
     ckpt = tmp_path / "m.safetensors"
     ckpt.write_bytes(b"weights")
     card = ModelCard(arch="densenet121", task="multiclass", class_names=["a", "b", "c"], preprocess=PreprocessCfg(input_size=8))
-    _set_metadata(model, onnx_metadata(card, ckpt))
+    set_onnx_metadata(model, onnx_metadata(card, ckpt))
     path = tmp_path / "m.onnx"
     onnx.save_model(model, str(path))
     return path
 
 
-def files(tmp_path: Path, *names: str) -> dict[str, Path]:
+def files(tmp_path: Path, *names: str) -> dict[str, LoadedModel]:
+    """Distinct small files, as :class:`LoadedModel` records (ranking reads only their hash)."""
+    import hashlib
+
     out = {}
     for i, name in enumerate(names):
-        out[name] = tmp_path / f"{name}.bin"
-        out[name].write_bytes(bytes([i]) * 8)
+        path = tmp_path / f"{name}.bin"
+        path.write_bytes(bytes([i]) * 8)
+        out[name] = LoadedModel(path, path.read_bytes(), hashlib.sha256(path.read_bytes()).hexdigest(), CARD)
     return out
 
 
@@ -71,14 +78,14 @@ def test_the_fastest_measured_variant_wins(tmp_path):
     assert [r.candidate.label for r in ranked] == ["openvino-int8", "onnxruntime", "openvino-f32", "torch"]
     assert "fastest measured here (cxrtool bench --save): openvino-int8 41.0 img/s at batch 16" in ranked[0].reason
     # a re-measurement that turns the order around turns the choice around
-    save_measurements([(f["onnx"], "onnxruntime", 16, 50.0)])
+    save_measurements([(f["onnx"].path, "onnxruntime", 16, 50.0)])
     assert rank(found, "cpu")[0].candidate.label == "onnxruntime"
 
 
 def test_batch_16_measurement_is_kept_over_others(tmp_path):
     f = files(tmp_path, "onnx")
-    save_measurements([(f["onnx"], "onnxruntime", 16, 20.0)])
-    save_measurements([(f["onnx"], "onnxruntime", 1, 5.0)])
+    save_measurements([(f["onnx"].path, "onnxruntime", 16, 20.0)])
+    save_measurements([(f["onnx"].path, "onnxruntime", 1, 5.0)])
     stored = auto.load_measurements()
     assert [v["batch_size"] for v in stored.values()] == [16] and (auto.cache_dir() / f"{machine_key()}.json").is_file()
 
@@ -86,7 +93,7 @@ def test_batch_16_measurement_is_kept_over_others(tmp_path):
 def test_a_measurement_of_another_file_does_not_count(tmp_path):
     """The cache is per model file (sha256): an export of another checkpoint never decides."""
     f = files(tmp_path, "a", "b")
-    save_measurements([(f["a"], "onnxruntime", 16, 99.0), (f["a"], "openvino-f32", 16, 1.0)])
+    save_measurements([(f["a"].path, "onnxruntime", 16, 99.0), (f["a"].path, "openvino-f32", 16, 1.0)])
     found = [Candidate("onnxruntime", "onnxruntime", f["b"]), Candidate("openvino-f32", "openvino", f["b"])]
     ranked = rank(found, "cpu")
     assert "no bench measurement here for onnxruntime, openvino-f32" in ranked[0].reason
@@ -111,12 +118,12 @@ def test_without_measurements_cpu_flags_decide(tmp_path, flags, labels, first):
 
 
 def test_load_auto_follows_the_cache_and_says_why(small_onnx, cache):
-    found = auto.candidates(small_onnx, "cpu")
+    found = auto.candidates(open_model(small_onnx), "cpu")
     labels = {c.label for c in found}
     assert {"onnxruntime", "openvino-f32"} <= labels
     for winner in ("openvino-f32", "onnxruntime"):
         save_measurements([(small_onnx, c.label, 16, 100.0 if c.label == winner else 10.0) for c in found])
-        engine = load_auto(small_onnx, "cpu")
+        engine = load_auto(open_model(small_onnx), "cpu")
         label = engine.name if engine.name == "onnxruntime" else f"{engine.name}-{engine.describe()['precision']}"
         assert label == winner
         assert engine.describe()["choice"].startswith(f"{winner}: fastest measured here")
@@ -131,5 +138,5 @@ def test_bench_save_feeds_auto(small_onnx, tmp_path):
     assert Path(report.saved_to).is_file()
     fastest = max((r for r in report.rows), key=lambda r: r.model_ips).variant
     assert report.auto["variant"] == fastest and report.auto["vs_fastest_fp32"] >= 1.0 - 1e-9
-    assert load_auto(small_onnx, "cpu").describe()["choice"].startswith(f"{fastest}: fastest measured here")
+    assert load_auto(open_model(small_onnx), "cpu").describe()["choice"].startswith(f"{fastest}: fastest measured here")
     assert file_sha256(small_onnx) in next(iter(auto.load_measurements()))

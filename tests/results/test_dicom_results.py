@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import shutil
 
 import numpy as np
@@ -12,8 +13,8 @@ from highdicom.sr.utils import find_content_items
 from typer.testing import CliRunner
 
 from cxrtool.dicom.read import read_dataset
-from cxrtool.results import FilmPrediction, ModelInfo, results_for_files, write_dicom_results
-from cxrtool.results.heatmap import HeatmapMaker
+from cxrtool.modelfile.loaded import open_model
+from cxrtool.results import FilmPrediction, ModelInfo, results_for_explain, write_dicom_results
 from cxrtool.results.sc import relevance_on_film
 
 CLASSES = ["covid", "normal", "viral_pneumonia"]  # the tiny checkpoint's (conftest.py)
@@ -47,9 +48,22 @@ def _check_valid(path, source, dciodvfy) -> list[str]:
     return warnings
 
 
+def results_for_files(files, ckpt, out):
+    """What ``explain --dicom-out`` does: explain the films, then SR + SC from explain's own rows and heatmaps."""
+    from cxrtool.explain.attribution import explain_files, plan_inputs
+    from cxrtool.explain.options import ExplainOptions
+    from cxrtool.models.checkpoint import model_from_loaded
+    from cxrtool.trust import load_trust
+
+    loaded = open_model(ckpt)
+    report = explain_files(plan_inputs(files), model_from_loaded(loaded), loaded.card, out.parent / f"{out.name}-explain",
+                           trust=load_trust(loaded))
+    return results_for_explain(report.rows, out, model=loaded, composite=ExplainOptions().composite)
+
+
 def _write_all(files, ckpt, out, dciodvfy):
     results = results_for_files(files, ckpt, out)
-    maker = HeatmapMaker(ckpt)
+    explained = {r["path"]: r for r in csv.DictReader(open(out.parent / f"{out.name}-explain" / "explain.csv"))}
     warnings: set[str] = set()
     for f, r in zip(files, results):
         assert r.status == "written", r
@@ -60,11 +74,10 @@ def _write_all(files, ckpt, out, dciodvfy):
             assert ds.StudyInstanceUID == source.StudyInstanceUID
             assert ds.PatientID == source.get("PatientID", "")
             assert ds.SeriesInstanceUID != source.SeriesInstanceUID and "NOT FOR CLINICAL USE" in ds.SeriesDescription
-        _, expected = maker.make(f)
+        row = explained[str(f)]
         report = Comprehensive3DSR.from_dataset(sr)
-        nums = _nums(report)
-        assert [nums[f"Probability of {c}"] for c in CLASSES] == pytest.approx(expected.probs, abs=1e-6)
-        assert _codes(report)["Finding"] == {"covid": "COVID-19", "normal": "Normal", "viral_pneumonia": "Viral pneumonia"}[expected.predicted]
+        assert _nums(report)[f"Probability of {row['predicted']}"] == pytest.approx(float(row["predicted_prob"]), abs=1e-6)
+        assert _codes(report)["Finding"] == {"covid": "COVID-19", "normal": "Normal", "viral_pneumonia": "Viral pneumonia"}[row["predicted"]]
         evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
         assert evidence.ReferencedSOPInstanceUID == source.SOPInstanceUID
         assert sc.BurnedInAnnotation == "YES" and sc.SamplesPerPixel == 3 and sc.pixel_array.shape[2] == 3
