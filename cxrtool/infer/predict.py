@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING
 from cxrtool.config import resolve_preprocess
 from cxrtool.errors import CxrError
 from cxrtool.fsutil import display_path
-from cxrtool.infer.batching import iter_predictions
+from cxrtool.infer.batching import HeaderFn, iter_predictions
 from cxrtool.infer.decode_pool import DecodeFn, decode_file, default_workers
-from cxrtool.infer.jobs import select_paths
+from cxrtool.infer.jobs import JobSource, select_paths
 from cxrtool.infer.rows import Prediction, RowFormat
 from cxrtool.infer.writers import drop_torn_tail, writer_class
 from cxrtool.images import max_pixels
@@ -124,7 +124,7 @@ class PredictSummary:
 
 
 def predict_to_file(
-    inputs: Sequence[str | Path],
+    inputs: Sequence[str | Path | JobSource],
     model: str | Path | Backend,
     out: str | Path,
     options: PredictOptions | None = None,
@@ -133,13 +133,14 @@ def predict_to_file(
     device: str = "cpu",
     on_rows: Callable[[list[Prediction]], None] | None = None,
     decode: DecodeFn = decode_file,
+    header: HeaderFn | None = None,
 ) -> PredictSummary:
     """Predict every input file (recursively) into a streamed CSV/JSONL file.
 
     Parameters
     ----------
     inputs:
-        Files and folders.
+        Files and folders, or :class:`~cxrtool.infer.jobs.JobSource` objects (DICOMweb instances).
     model:
         A model file (loaded with ``backend`` on ``device``) or an already loaded backend.
     out:
@@ -149,7 +150,9 @@ def predict_to_file(
     on_rows:
         Called with every written batch of rows (progress display).
     decode:
-        The per-file decoder (a module-level function, since worker processes import it).
+        The per-file decoder (a module-level function or picklable callable: worker processes receive it).
+    header:
+        The header gate's reason per input (default: read from the file); a DICOMweb source gives its own.
 
     Returns
     -------
@@ -207,6 +210,7 @@ def predict_to_file(
                 cfg=cfg,
                 decode=decode,
                 trust=trust,
+                header=header,
             )
             for rows in batches:
                 writer.write(rows)
