@@ -148,3 +148,85 @@ def study_of_copies(sources, n: int, folder: Path, tag: str = "cxrtool-test") ->
         ds.save_as(path, enforce_file_format=True)
         files.append(path)
     return study, files
+
+
+class Proxy:
+    """A loopback HTTP proxy in front of Orthanc: answers 503 to the first ``fail_posts`` POSTs (STOW-RS),
+    and with ``token`` set demands ``Authorization: Bearer <token>`` (401 otherwise), as a cloud archive does.
+
+    Records every request's method and path, and the headers it saw (to prove what was sent).
+    """
+
+    def __init__(self, upstream_port: int, *, fail_posts: int = 0, token: str | None = None):
+        self.upstream_port, self.fail_posts, self.token = upstream_port, fail_posts, token
+        self.requests: list[tuple[str, str, int]] = []  # (method, path, status answered)
+        self.authorizations: list[str] = []
+        self.server = None
+
+    @property
+    def dicomweb(self) -> str:
+        return f"dicomweb+http://127.0.0.1:{self.server.server_address[1]}/dicom-web"
+
+    def start(self) -> Proxy:
+        import http.client
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # quiet
+                pass
+
+            def _body(self) -> bytes:
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    data = b""
+                    while True:
+                        size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                        if size == 0:
+                            self.rfile.readline()
+                            return data
+                        data += self.rfile.read(size)
+                        self.rfile.readline()
+                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+            def _answer(self, status: int, body: bytes, headers=()) -> None:
+                self.send_response(status)
+                for k, v in headers:
+                    if k.lower() not in ("transfer-encoding", "content-length", "connection"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                proxy.requests.append((self.command, self.path, status))
+
+            def _forward(self) -> None:
+                body = self._body()
+                auth = self.headers.get("Authorization", "")
+                proxy.authorizations.append(auth)
+                if proxy.token is not None and auth != f"Bearer {proxy.token}":
+                    return self._answer(401, b"unauthorized")
+                if self.command == "POST" and proxy.fail_posts > 0:
+                    proxy.fail_posts -= 1
+                    return self._answer(503, b"busy", [("Retry-After", "1")])
+                conn = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port, timeout=60)
+                headers = {k: v for k, v in self.headers.items()
+                           if k.lower() not in ("host", "authorization", "transfer-encoding", "content-length", "connection")}
+                conn.request(self.command, self.path, body=body if self.command == "POST" else None, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                conn.close()
+                self._answer(resp.status, data, resp.getheaders())
+
+            do_GET = do_POST = _forward
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
