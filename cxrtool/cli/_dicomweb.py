@@ -11,6 +11,10 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
+from cxrtool.dicomweb.connection import DEFAULT_TIMEOUT
+
+__all__ = ["DEFAULT_TIMEOUT", "connection_options", "split_inputs"]
+
 if TYPE_CHECKING:
     from cxrtool.dicomweb.connection import ConnectionOptions
     from cxrtool.dicomweb.source import DicomwebSource

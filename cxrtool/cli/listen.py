@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from cxrtool.cli._console import err, user_errors
+from cxrtool.cli._dicomweb import DEFAULT_TIMEOUT, BasicAuthEnv, BasicAuthFile, CaFile, HttpTimeout, TokenEnv, TokenFile, connection_options
 from cxrtool.cli._options import Backend
 
 
@@ -20,16 +21,25 @@ def listen(
     allow: Annotated[
         Optional[list[str]], typer.Option("--allow", show_default="loopback peers only", help="Accept associations from AET@HOST (repeatable).")
     ] = None,
-    send_to: Annotated[Optional[str], typer.Option("--send-to", help="C-STORE each SR + SC to AET@HOST:PORT (e.g. back to the PACS).")] = None,
+    send_to: Annotated[
+        Optional[str],
+        typer.Option("--send-to", help="C-STORE each SR + SC to AET@HOST:PORT (e.g. back to the PACS), or STOW-RS them to a dicomweb+http(s):// root."),
+    ] = None,
     max_queue: Annotated[int, typer.Option("--max-queue", min=1, help="Films spooled but not processed before C-STOREs are refused (A700).")] = 64,
     backend: Annotated[Backend, typer.Option(help="Runtime for the predictions (the heatmap always runs on torch).")] = Backend.auto,
+    ca_file: CaFile = None,
+    token_env: TokenEnv = None,
+    token_file: TokenFile = None,
+    basic_auth_env: BasicAuthEnv = None,
+    basic_auth_file: BasicAuthFile = None,
+    http_timeout: HttpTimeout = DEFAULT_TIMEOUT,
 ) -> None:
     """Receive films over DICOM, write SR + SC for each, optionally send them on; stops cleanly on SIGTERM or Ctrl-C."""
     import logging
     import signal
     import threading
 
-    from cxrtool.listen import ListenConfig, Listener, parse_destination, parse_peer
+    from cxrtool.listen import ListenConfig, Listener, parse_peer
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
@@ -37,7 +47,7 @@ def listen(
         config = ListenConfig(
             model=model, out=out, port=port, ae_title=ae_title, bind=bind,
             allow=tuple(parse_peer(a) for a in allow or ()),
-            send_to=parse_destination(send_to) if send_to else None, max_queue=max_queue, backend=backend.value,
+            send_to=_destination(send_to, connection_options(ca_file, token_env, token_file, basic_auth_env, basic_auth_file, http_timeout)), max_queue=max_queue, backend=backend.value,
         )
         listener = Listener(config).start()
     stop = threading.Event()
@@ -49,6 +59,20 @@ def listen(
     listener.stop()
     err.print(f"stopped: {listener.received} received, {listener.worker.processed} processed, {listener.worker.failed} failed, "
               f"{len(listener.spool)} left in the spool", soft_wrap=True)
+
+
+def _destination(send_to: str | None, connection):
+    """``--send-to``: ``AET@HOST:PORT`` (C-STORE) or a ``dicomweb+`` root (STOW-RS; the outbox does the retrying)."""
+    from cxrtool.dicomweb import is_dicomweb_url
+    from cxrtool.listen import parse_destination
+
+    if send_to is None:
+        return None
+    if is_dicomweb_url(send_to):
+        from cxrtool.dicomweb.destination import StowDestination
+
+        return StowDestination.from_address(send_to, connection, attempts=1)
+    return parse_destination(send_to)
 
 
 def register(app: typer.Typer) -> None:

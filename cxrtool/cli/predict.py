@@ -9,10 +9,9 @@ import typer
 
 from cxrtool.cli._console import EXIT_OK, EXIT_SOME_FAILED, err, failed, out as stdout, progress, styled, user_errors
 from cxrtool.cli._dicomweb import (
-    BasicAuthEnv, BasicAuthFile, CaFile, DicomwebRoot, HttpTimeout, Qido, TokenEnv, TokenFile, connection_options, split_inputs,
+    DEFAULT_TIMEOUT, BasicAuthEnv, BasicAuthFile, CaFile, DicomwebRoot, HttpTimeout, Qido, TokenEnv, TokenFile, connection_options, split_inputs,
 )
 from cxrtool.cli._options import Backend, Window, default_of, parse_shard_option
-from cxrtool.dicomweb.connection import ConnectionOptions
 from cxrtool.dicomweb.urls import is_dicomweb_url
 from cxrtool.fsutil import check_writable_output, display_path
 from cxrtool.infer.predict import PredictOptions
@@ -56,7 +55,7 @@ def predict(
     token_file: TokenFile = None,
     basic_auth_env: BasicAuthEnv = None,
     basic_auth_file: BasicAuthFile = None,
-    http_timeout: HttpTimeout = default_of(ConnectionOptions, "timeout"),
+    http_timeout: HttpTimeout = DEFAULT_TIMEOUT,
 ) -> None:
     """Predict every film in PATHS; exit 0 when all were read, 1 when some files failed, 2 on usage errors."""
     from rich.table import Table

@@ -37,10 +37,17 @@ class SendOutcome:
     reason: str = ""
     attempts: int = 1
 
+    def __bool__(self) -> bool:
+        """True when stored: a list of outcomes reads as the listen outbox's ``list[bool]`` (accepted or not)."""
+        return self.stored
+
 
 @dataclass
 class StowDestination:
-    """Where results are STOWed: a DICOMweb service root; :meth:`send` is the listen outbox's interface.
+    """Where results are STOWed: a DICOMweb service root.
+
+    :meth:`describe` and :meth:`send` are the listen outbox's sender interface (``listen --send-to
+    dicomweb+…`` builds it with ``attempts=1``: the outbox keeps unsent files and retries them itself).
 
     Attributes
     ----------
@@ -76,8 +83,11 @@ class StowDestination:
         check_transport(url, destination.credentials)
         return destination
 
-    def __str__(self) -> str:
+    def describe(self) -> str:
+        """Where objects go, for log lines: the service root (credentials are never part of it)."""
         return str(self.url)
+
+    __str__ = describe
 
     @property
     def client(self):

@@ -13,11 +13,15 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cxrtool.listen.outbox import Outbox
 from cxrtool.listen.peers import Destination, Peer, is_allowed
 from cxrtool.listen.spool import Spool
 from cxrtool.listen.worker import Worker
+
+if TYPE_CHECKING:
+    from cxrtool.dicomweb.destination import StowDestination
 
 LOG = logging.getLogger("cxrtool.listen")
 
@@ -35,7 +39,7 @@ class ListenConfig:
     ae_title: str = "CXRTOOL"
     bind: str = "127.0.0.1"
     allow: Sequence[Peer] = field(default_factory=tuple)
-    send_to: Destination | None = None
+    send_to: Destination | StowDestination | None = None  # C-STORE, or STOW-RS (cxrtool.dicomweb)
     max_queue: int = 64
     backend: str = "auto"
     composite: str | None = None

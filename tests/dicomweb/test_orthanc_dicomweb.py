@@ -167,3 +167,23 @@ def test_bearer_token_is_sent_and_never_shown(orthanc, tiny_web_ckpt, chest_film
     texts += [str(ds) for v in found.values() for ds in v]
     assert len(found["SR"]) == 2
     assert not [t for t in texts if token in t or token[4:20] in t]
+
+
+def test_stow_destination_as_listen_sender(orthanc, chest_films, tmp_path):
+    """``listen --send-to dicomweb+…``'s sender: one try per call, outcomes read as accepted/not, no secret in describe()."""
+    from cxrtool.dicomweb.connection import ConnectionOptions
+    from cxrtool.dicomweb.destination import StowDestination
+
+    study, films = study_of_copies(chest_films, 2, tmp_path / "films")
+    proxy = Proxy(orthanc.port, fail_posts=1).start()
+    try:
+        (tmp_path / "auth").write_text("user:pw-not-needed\n")
+        sender = StowDestination.from_address(proxy.dicomweb, ConnectionOptions(basic_auth_file=tmp_path / "auth"), attempts=1)
+        first = sender.send(films)
+        second = sender.send(films)
+    finally:
+        proxy.stop()
+    assert [bool(o) for o in first] == [False, False] and "HTTP 503" in first[0].reason
+    assert all(second) and [o.path for o in second] == films
+    assert sender.describe() == proxy.dicomweb and "pw-not-needed" not in repr(sender)
+    assert len(orthanc.call("GET", "/instances")) == 2
