@@ -25,27 +25,56 @@ DicomwebRoot = Annotated[
 ]
 Qido = Annotated[
     Optional[str],
-    typer.Option("--qido", help="QIDO-RS study query against --dicomweb, e.g. 'ModalitiesInStudy=CR&StudyDate=20261201-'."),
+    typer.Option(
+        "--qido", help="QIDO-RS study query against --dicomweb, e.g. 'ModalitiesInStudy=CR&StudyDate=20261201-'."
+    ),
 ]
-CaFile = Annotated[Optional[Path], typer.Option("--ca-file", help="PEM CA bundle for HTTPS instead of the system's.", dir_okay=False)]
-TokenEnv = Annotated[Optional[str], typer.Option("--token-env", help="Environment variable holding a DICOMweb bearer token.")]
-TokenFile = Annotated[Optional[Path], typer.Option("--token-file", help="File holding a DICOMweb bearer token.", dir_okay=False)]
-BasicAuthEnv = Annotated[Optional[str], typer.Option("--basic-auth-env", help="Environment variable holding user:password (HTTP basic auth).")]
-BasicAuthFile = Annotated[Optional[Path], typer.Option("--basic-auth-file", help="File holding user:password (HTTP basic auth).", dir_okay=False)]
-HttpTimeout = Annotated[float, typer.Option("--http-timeout", min=0.1, help="Seconds to connect to and wait for the DICOMweb server.")]
+CaFile = Annotated[
+    Optional[Path], typer.Option("--ca-file", help="PEM CA bundle for HTTPS instead of the system's.", dir_okay=False)
+]
+TokenEnv = Annotated[
+    Optional[str], typer.Option("--token-env", help="Environment variable holding a DICOMweb bearer token.")
+]
+TokenFile = Annotated[
+    Optional[Path], typer.Option("--token-file", help="File holding a DICOMweb bearer token.", dir_okay=False)
+]
+BasicAuthEnv = Annotated[
+    Optional[str],
+    typer.Option("--basic-auth-env", help="Environment variable holding user:password (HTTP basic auth)."),
+]
+BasicAuthFile = Annotated[
+    Optional[Path],
+    typer.Option("--basic-auth-file", help="File holding user:password (HTTP basic auth).", dir_okay=False),
+]
+HttpTimeout = Annotated[
+    float, typer.Option("--http-timeout", min=0.1, help="Seconds to connect to and wait for the DICOMweb server.")
+]
 
 
-def connection_options(ca_file: Path | None, token_env: str | None, token_file: Path | None,
-                       basic_auth_env: str | None, basic_auth_file: Path | None, timeout: float) -> ConnectionOptions:
+def connection_options(
+    ca_file: Path | None,
+    token_env: str | None,
+    token_file: Path | None,
+    basic_auth_env: str | None,
+    basic_auth_file: Path | None,
+    timeout: float,
+) -> ConnectionOptions:
     """The options as the core's frozen record (its checks raise ``CxrError``: a usage error)."""
     from cxrtool.dicomweb.connection import ConnectionOptions
 
-    return ConnectionOptions(ca_file=ca_file, token_env=token_env, token_file=token_file,
-                             basic_auth_env=basic_auth_env, basic_auth_file=basic_auth_file, timeout=timeout)
+    return ConnectionOptions(
+        ca_file=ca_file,
+        token_env=token_env,
+        token_file=token_file,
+        basic_auth_env=basic_auth_env,
+        basic_auth_file=basic_auth_file,
+        timeout=timeout,
+    )
 
 
-def split_inputs(inputs: list[str] | None, dicomweb: str | None, qido: str | None,
-                 connection: ConnectionOptions) -> tuple[list, DicomwebSource | None]:
+def split_inputs(
+    inputs: list[str] | None, dicomweb: str | None, qido: str | None, connection: ConnectionOptions
+) -> tuple[list, DicomwebSource | None]:
     """Positional inputs -> files/folders and DICOMweb sources (``dicomweb+…`` addresses, or --dicomweb + --qido).
 
     Returns the inputs for the core, and the one DICOMweb source (its decoder and header gate drive the run).
@@ -69,5 +98,7 @@ def split_inputs(inputs: list[str] | None, dicomweb: str | None, qido: str | Non
     from cxrtool.dicomweb.source import DicomwebSource, parse_qido
 
     url = parse_dicomweb_url(addresses[0] if addresses else dicomweb)  # type: ignore[arg-type]
-    source = DicomwebSource(url, connection, connection.credentials(), qido=parse_qido(qido) if qido is not None else None)
+    source = DicomwebSource(
+        url, connection, connection.credentials(), qido=parse_qido(qido) if qido is not None else None
+    )
     return [source], source

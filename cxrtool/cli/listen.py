@@ -8,7 +8,9 @@ from typing import Annotated, Optional
 import typer
 
 from cxrtool.cli._console import err, user_errors
-from cxrtool.cli._dicomweb import DEFAULT_TIMEOUT, BasicAuthEnv, BasicAuthFile, CaFile, HttpTimeout, TokenEnv, TokenFile, connection_options
+from cxrtool.cli._dicomweb import (
+    DEFAULT_TIMEOUT, BasicAuthEnv, BasicAuthFile, CaFile, HttpTimeout, TokenEnv, TokenFile, connection_options,
+)
 from cxrtool.cli._options import Backend
 
 
@@ -23,7 +25,8 @@ def listen(
     ] = None,
     send_to: Annotated[
         Optional[str],
-        typer.Option("--send-to", help="C-STORE each SR + SC to AET@HOST:PORT (e.g. back to the PACS), or STOW-RS them to a dicomweb+http(s):// root."),
+        typer.Option("--send-to", help="C-STORE each SR + SC to AET@HOST:PORT (e.g. back to the PACS), "
+                     "or STOW-RS them to a dicomweb+http(s):// root."),
     ] = None,
     max_queue: Annotated[int, typer.Option("--max-queue", min=1, help="Films spooled but not processed before C-STOREs are refused (A700).")] = 64,
     backend: Annotated[Backend, typer.Option(help="Runtime for the predictions (the heatmap always runs on torch).")] = Backend.auto,
@@ -47,7 +50,9 @@ def listen(
         config = ListenConfig(
             model=model, out=out, port=port, ae_title=ae_title, bind=bind,
             allow=tuple(parse_peer(a) for a in allow or ()),
-            send_to=_destination(send_to, connection_options(ca_file, token_env, token_file, basic_auth_env, basic_auth_file, http_timeout)), max_queue=max_queue, backend=backend.value,
+            send_to=_destination(send_to, connection_options(
+                ca_file, token_env, token_file, basic_auth_env, basic_auth_file, http_timeout)),
+            max_queue=max_queue, backend=backend.value,
         )
         listener = Listener(config).start()
     stop = threading.Event()

@@ -9,7 +9,8 @@ import typer
 
 from cxrtool.cli._console import EXIT_OK, EXIT_SOME_FAILED, err, failed, out as stdout, progress, styled, user_errors
 from cxrtool.cli._dicomweb import (
-    DEFAULT_TIMEOUT, BasicAuthEnv, BasicAuthFile, CaFile, DicomwebRoot, HttpTimeout, Qido, TokenEnv, TokenFile, connection_options, split_inputs,
+    DEFAULT_TIMEOUT, BasicAuthEnv, BasicAuthFile, CaFile, DicomwebRoot, HttpTimeout, Qido, TokenEnv, TokenFile,
+    connection_options, split_inputs,
 )
 from cxrtool.cli._options import Backend, Window, default_of, parse_shard_option
 from cxrtool.dicomweb.urls import is_dicomweb_url
@@ -22,7 +23,8 @@ def predict(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output .csv or .jsonl, written as results complete.")],
     inputs: Annotated[
         Optional[list[str]],
-        typer.Argument(help="Image/DICOM files and folders (searched recursively), or a dicomweb+http(s)://…/studies/UID[/series/UID] address."),
+        typer.Argument(help="Image/DICOM files and folders (searched recursively), "
+                       "or a dicomweb+http(s)://…/studies/UID[/series/UID] address."),
     ] = None,
     backend: Annotated[Backend, typer.Option(help="Runtime; auto picks the fastest available for the device and model file.")] = Backend.auto,
     device: Annotated[str, typer.Option(help="cpu or cuda[:N].")] = "cpu",
@@ -41,8 +43,8 @@ def predict(
     ] = None,
     dicom_out: Annotated[
         Optional[str],
-        typer.Option("--dicom-out", help="Also write a DICOM SR (+ heatmap SC from a checkpoint) per DICOM input to this folder, "
-                     "or STOW-RS them into each film's study at a dicomweb+http(s):// service root."),
+        typer.Option("--dicom-out", help="Also write a DICOM SR (+ heatmap SC from a checkpoint) per DICOM input "
+                     "to this folder, or STOW-RS them into each film's study at a dicomweb+http(s):// service root."),
     ] = None,
     html: Annotated[Optional[Path], typer.Option("--html", help="Also write a self-contained HTML report of the rows here.", dir_okay=False)] = None,
     reject_ood: Annotated[
@@ -93,8 +95,10 @@ def predict(
                 if bad:
                     bar.update(task, info=f"{bad} failed in last batch")
 
-            source_fns = {"decode": dicomweb_source.decoder, "header": dicomweb_source.header_reason} if dicomweb_source else {}
-            summary = predict_to_file(sources, model, out, options, backend=backend.value, device=device, on_rows=advance, **source_fns)
+            web = dict(decode=dicomweb_source.decoder, header=dicomweb_source.header_reason) if dicomweb_source else {}
+            summary = predict_to_file(
+                sources, model, out, options, backend=backend.value, device=device, on_rows=advance, **web
+            )
 
     table = Table(
         title=f"predictions -> {display_path(summary.out)}",

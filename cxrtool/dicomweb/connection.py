@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cxrtool.errors import CxrError
 from cxrtool.dicomweb.urls import DicomwebUrl
+from cxrtool.errors import CxrError
 
 if TYPE_CHECKING:
     from dicomweb_client import DICOMwebClient
@@ -141,7 +141,9 @@ def check_transport(url: DicomwebUrl, credentials: Credentials) -> None:
         Credentials, ``http://`` and a host that is not this machine.
     """
     if credentials.kind != "none" and not url.root.startswith("https:") and not _is_loopback(url.host):
-        raise CxrError(f"{url.host}: refusing to send a {credentials.kind} over plain http:// to another machine; use https://")
+        raise CxrError(
+            f"{url.host}: refusing to send a {credentials.kind} over plain http:// to another machine; use https://"
+        )
 
 
 def make_client(url: DicomwebUrl, options: ConnectionOptions, credentials: Credentials) -> DICOMwebClient:
@@ -172,7 +174,7 @@ def make_client(url: DicomwebUrl, options: ConnectionOptions, credentials: Crede
 
 
 class _BearerAuth:
-    """``Authorization: Bearer <token>`` on every request: a requests auth callable (``requests.auth.AuthBase``'s protocol).
+    """``Authorization: Bearer <token>`` on every request: a requests auth callable (``AuthBase``'s protocol).
 
     requests drops the header on a redirect to another host and does not re-apply ``session.auth`` there.
     """

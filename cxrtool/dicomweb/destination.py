@@ -125,13 +125,22 @@ class StowDestination:
                 for p, _ in waiting:
                     done[p] = SendOutcome(p, False, reason, attempt)
                 break
-            LOG.warning("STOW-RS to %s: %s; %d object(s) retried in %.1f s (attempt %d of %d)",
-                        self, reason, len(waiting), delay, attempt + 1, self.attempts)
+            LOG.warning(
+                "STOW-RS to %s: %s; %d object(s) retried in %.1f s (attempt %d of %d)",
+                self,
+                reason,
+                len(waiting),
+                delay,
+                attempt + 1,
+                self.attempts,
+            )
             self.sleep(delay)
             delay = min(delay * 2, self.max_backoff)
         return done
 
-    def _store(self, study: str, items: list[tuple[Path, Any]], done: dict[Path, SendOutcome], attempt: int) -> tuple[bool, str]:
+    def _store(
+        self, study: str, items: list[tuple[Path, Any]], done: dict[Path, SendOutcome], attempt: int
+    ) -> tuple[bool, str]:
         """One STOW request; fills ``done`` with acknowledged and permanently refused objects.
 
         Returns whether what is left is worth retrying, and why it is left.
@@ -148,8 +157,10 @@ class StowDestination:
         except Exception as exc:  # a malformed response: report, do not loop on it
             return False, f"STOW-RS failed: {one_line(f'{type(exc).__name__}: {exc}')}"
         stored = {str(item.get("ReferencedSOPInstanceUID", "")) for item in response.get("ReferencedSOPSequence", [])}
-        refused = {str(item.get("ReferencedSOPInstanceUID", "")): item.get("FailureReason")
-                   for item in response.get("FailedSOPSequence", [])}
+        refused = {
+            str(item.get("ReferencedSOPInstanceUID", "")): item.get("FailureReason")
+            for item in response.get("FailedSOPSequence", [])
+        }
         transient = False
         for path, ds in items:
             uid = str(ds.SOPInstanceUID)
@@ -160,7 +171,9 @@ class StowDestination:
                 if code is not None and 0xA700 <= int(code) <= 0xA7FF:
                     transient = True  # out of resources: the server may take it later
                 else:
-                    done[path] = SendOutcome(path, False, f"refused by the server (failure reason {_hex(code)})", attempt)
+                    done[path] = SendOutcome(
+                        path, False, f"refused by the server (failure reason {_hex(code)})", attempt
+                    )
         return transient or any(p not in done for p, _ in items), "not acknowledged by the server"
 
 

@@ -62,7 +62,8 @@ def store_results(
             result = StoredResult(row.path, "skipped", reason=f"prediction failed: {row.error}")
         else:
             prediction = FilmPrediction.from_row(
-                {"probabilities": row.probs, "predicted": row.predicted, "ood_score": row.ood_score, "flag": row.flag}, names
+                {"probabilities": row.probs, "predicted": row.predicted, "ood_score": row.ood_score, "flag": row.flag},
+                names,
             )
             info = ModelInfo(model_id=row.model_id, backend=row.backend, calibrated=calibrated)
             result = _one(row.path, prediction, info, maker, destination, clients)

@@ -117,7 +117,9 @@ class DicomwebSource:
         elif u.study:
             yield from self._study(u.study)
         else:
-            for record in self._pages(self.client.search_for_studies, search_filters=self.qido, fields=["StudyInstanceUID"]):
+            for record in self._pages(
+                self.client.search_for_studies, search_filters=self.qido, fields=["StudyInstanceUID"]
+            ):
                 yield from self._study(_value(record, "StudyInstanceUID"))
 
     def _study(self, study: str) -> Iterator[tuple[str, str]]:
@@ -136,8 +138,12 @@ class DicomwebSource:
 
         from cxrtool.trust.gate import header_problems
 
-        for record in self._pages(self.client.search_for_instances, study_instance_uid=study,
-                                  series_instance_uid=series, fields=list(GATE_FIELDS)):
+        for record in self._pages(
+            self.client.search_for_instances,
+            study_instance_uid=study,
+            series_instance_uid=series,
+            fields=list(GATE_FIELDS),
+        ):
             sop = _value(record, "SOPInstanceUID")
             name = self.url.instance_url(study, series, sop)
             header = Dataset()

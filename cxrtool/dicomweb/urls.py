@@ -15,8 +15,10 @@ from cxrtool.errors import CxrError
 
 SCHEME_PREFIX = "dicomweb+"
 _UID = r"[0-9]+(?:\.[0-9]+)*"
-_PATH = re.compile(rf"(?P<root>.*?)(?:/studies/(?P<study>{_UID})(?:/series/(?P<series>{_UID})"
-                   rf"(?:/instances/(?P<instance>{_UID}))?)?)?/?")
+_PATH = re.compile(
+    rf"(?P<root>.*?)(?:/studies/(?P<study>{_UID})(?:/series/(?P<series>{_UID})"
+    rf"(?:/instances/(?P<instance>{_UID}))?)?)?/?"
+)
 
 
 def is_dicomweb_url(text: object) -> bool:
@@ -60,9 +62,11 @@ def parse_dicomweb_url(text: str) -> DicomwebUrl:
     """
     if not is_dicomweb_url(text):
         raise CxrError(f"{text!r}: not a DICOMweb address (dicomweb+http://… or dicomweb+https://…)")
-    parts = urlsplit(text[len(SCHEME_PREFIX):])
+    parts = urlsplit(text[len(SCHEME_PREFIX) :])
     if parts.username is not None or parts.password is not None:
-        raise CxrError("a DICOMweb address must not carry credentials; use --token-env, --token-file or --basic-auth-file")
+        raise CxrError(
+            "a DICOMweb address must not carry credentials; use --token-env, --token-file or --basic-auth-file"
+        )
     if parts.query or parts.fragment:
         raise CxrError(f"{text}: no query or fragment in a DICOMweb address (a QIDO query goes in --qido)")
     if not parts.hostname:

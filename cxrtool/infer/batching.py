@@ -43,7 +43,7 @@ def predict_batch(
     reasons = check_finite(logits, paths)
     if features is not None:
         features = np.nan_to_num(features)
-    verdicts = trust.assess(np.nan_to_num(logits), features, [gate(p) for p in paths])  # bad rows are reported, not computed
+    verdicts = trust.assess(np.nan_to_num(logits), features, [gate(p) for p in paths])  # bad rows: reported only
     return [
         Prediction(path, error=reason) if reason else Prediction(path, probs=v.probs, ood_score=v.ood_score, flag=v.flag)
         for path, v, reason in zip(paths, verdicts, reasons)

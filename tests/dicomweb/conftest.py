@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from dicomweb_helpers import CLASSES, start_orthanc, stop_orthanc
 
 
@@ -39,5 +38,8 @@ def tiny_web_ckpt(tmp_path_factory, tiny_arch) -> Path:
 def chest_films(shared_data) -> list[Path]:
     """Small real chest films (~100 KB): JPEG baseline CR, uncompressed CR, and an ACR-NEMA CR without file meta."""
     chest = shared_data / "dicom" / "chest"
-    return [chest / "rsna_c64d5667-a776-4f95-9e21-bfabafb07740.dcm",
-            chest / "siim_1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm", chest / "CR-MONO1-10-chest.dcm"]
+    return [
+        chest / "rsna_c64d5667-a776-4f95-9e21-bfabafb07740.dcm",
+        chest / "siim_1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm",
+        chest / "CR-MONO1-10-chest.dcm",
+    ]

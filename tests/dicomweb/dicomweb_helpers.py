@@ -123,7 +123,7 @@ def stop_orthanc(proc, log) -> None:
 
 
 def study_of_copies(sources, n: int, folder: Path, tag: str = "cxrtool-test") -> tuple[str, list[Path]]:
-    """``n`` instances in one new study, cycled from ``sources`` with fresh (deterministic) UIDs: ``(study UID, files)``.
+    """``n`` instances in one new study, cycled from ``sources`` with fresh deterministic UIDs: ``(study, files)``.
 
     The fixtures are real films, but several share SOP Instance UIDs (a PACS keeps one of them), and each
     sits in its own study; copies give one study of many distinct instances without new pixel data.
@@ -212,8 +212,11 @@ class Proxy:
                     proxy.fail_posts -= 1
                     return self._answer(503, b"busy", [("Retry-After", "1")])
                 conn = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port, timeout=60)
-                headers = {k: v for k, v in self.headers.items()
-                           if k.lower() not in ("host", "authorization", "transfer-encoding", "content-length", "connection")}
+                headers = {
+                    k: v
+                    for k, v in self.headers.items()
+                    if k.lower() not in ("host", "authorization", "transfer-encoding", "content-length", "connection")
+                }
                 conn.request(self.command, self.path, body=body if self.command == "POST" else None, headers=headers)
                 resp = conn.getresponse()
                 data = resp.read()

@@ -18,9 +18,18 @@ class TestAddress:
         assert str(u) == "dicomweb+https://pacs.example:8443/dicom-web/studies/1.2.3/series/4.5/instances/6"
         assert parse_dicomweb_url("dicomweb+http://h/dicom-web/").root == "http://h/dicom-web"
 
-    @pytest.mark.parametrize("text", ["http://h/dicom-web", "dicomweb+ftp://h/x", "dicomweb+http://h/x/studies/abc",
-                                      "dicomweb+http://h/x/series/1.2", "dicomweb+http://h/x?StudyDate=1", "dicomweb+http:///x",
-                                      "dicomweb+http://h:port/x"])
+    @pytest.mark.parametrize(
+        "text",
+        [
+            "http://h/dicom-web",
+            "dicomweb+ftp://h/x",
+            "dicomweb+http://h/x/studies/abc",
+            "dicomweb+http://h/x/series/1.2",
+            "dicomweb+http://h/x?StudyDate=1",
+            "dicomweb+http:///x",
+            "dicomweb+http://h:port/x",
+        ],
+    )
     def test_refused(self, text):
         with pytest.raises(CxrError):
             parse_dicomweb_url(text)
@@ -31,7 +40,10 @@ class TestAddress:
         assert "s3cret-pw" not in str(err.value) and "--token-env" in str(err.value)
 
     def test_qido(self):
-        assert parse_qido("ModalitiesInStudy=CR&StudyDate=20261201-") == {"ModalitiesInStudy": "CR", "StudyDate": "20261201-"}
+        assert parse_qido("ModalitiesInStudy=CR&StudyDate=20261201-") == {
+            "ModalitiesInStudy": "CR",
+            "StudyDate": "20261201-",
+        }
         for bad in ("", "CR", "=CR"):
             with pytest.raises(CxrError):
                 parse_qido(bad)
@@ -76,7 +88,9 @@ class TestCredentials:
     def test_client_session(self, tmp_path, monkeypatch):
         monkeypatch.setenv("CXR_T", "abc")
         url = parse_dicomweb_url("dicomweb+https://pacs.example/dicom-web")
-        client = make_client(url, ConnectionOptions(token_env="CXR_T", timeout=7), ConnectionOptions(token_env="CXR_T").credentials())
+        client = make_client(
+            url, ConnectionOptions(token_env="CXR_T", timeout=7), ConnectionOptions(token_env="CXR_T").credentials()
+        )
         session = client._session
         assert session.verify == (system_ca_bundle() or True) and client._timeout == (7, 7)
         assert "Authorization" not in session.headers  # not in the headers dicomweb-client logs
@@ -94,22 +108,30 @@ class TestCli:
     def _run(self, args, tmp_path, env=None):
         from cxrtool.cli.main import app
 
-        return CliRunner().invoke(app, ["predict", *args, "-m", str(tmp_path / "m.safetensors"), "-o", str(tmp_path / "p.csv")], env=env)
+        return CliRunner().invoke(
+            app, ["predict", *args, "-m", str(tmp_path / "m.safetensors"), "-o", str(tmp_path / "p.csv")], env=env
+        )
 
-    @pytest.mark.parametrize("args, message", [
-        (["--qido", "StudyDate=2026"], "go together"),
-        (["--dicomweb", "dicomweb+http://h/dicom-web"], "go together"),
-        (["dicomweb+http://h/dicom-web"], "name a study"),
-        (["dicomweb+http://h/x/studies/1.2", "somefile.png"], "either files or DICOMweb"),
-        (["dicomweb+http://h/x/studies/1.2", "--token-env", "CXR_UNSET_TOKEN"], "CXR_UNSET_TOKEN"),
-        (["dicomweb+http://h/x/studies/1.2", "--dicom-out", "dicomweb+http://h/x/studies/1.2"], "service root"),
-    ])
+    @pytest.mark.parametrize(
+        "args, message",
+        [
+            (["--qido", "StudyDate=2026"], "go together"),
+            (["--dicomweb", "dicomweb+http://h/dicom-web"], "go together"),
+            (["dicomweb+http://h/dicom-web"], "name a study"),
+            (["dicomweb+http://h/x/studies/1.2", "somefile.png"], "either files or DICOMweb"),
+            (["dicomweb+http://h/x/studies/1.2", "--token-env", "CXR_UNSET_TOKEN"], "CXR_UNSET_TOKEN"),
+            (["dicomweb+http://h/x/studies/1.2", "--dicom-out", "dicomweb+http://h/x/studies/1.2"], "service root"),
+        ],
+    )
     def test_usage_errors_before_any_work(self, tmp_path, args, message):
         res = self._run(args, tmp_path)
         assert res.exit_code == 2 and message in res.output, res.output
         assert not (tmp_path / "p.csv").exists()
 
     def test_token_over_plain_http_refused_and_not_echoed(self, tmp_path):
-        res = self._run(["dicomweb+http://pacs.example/dicom-web/studies/1.2", "--token-env", "CXR_T"], tmp_path,
-                        env={"CXR_T": "very-secret-token-123"})
+        res = self._run(
+            ["dicomweb+http://pacs.example/dicom-web/studies/1.2", "--token-env", "CXR_T"],
+            tmp_path,
+            env={"CXR_T": "very-secret-token-123"},
+        )
         assert res.exit_code == 2 and "https" in res.output and "very-secret-token-123" not in res.output

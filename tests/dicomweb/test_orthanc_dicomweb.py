@@ -7,11 +7,10 @@ import time
 
 import pydicom
 import pytest
+from dicomweb_helpers import CLASSES, Proxy, study_of_copies
 from highdicom.sr import Comprehensive3DSR
 from highdicom.sr.utils import find_content_items
 from typer.testing import CliRunner
-
-from dicomweb_helpers import CLASSES, Proxy, study_of_copies
 
 pytestmark = [pytest.mark.pacs, pytest.mark.filterwarnings("ignore::UserWarning")]
 
@@ -23,12 +22,15 @@ def _client(orthanc):
 
 
 def _sr_numbers(sr) -> list[float]:
-    return [float(i.MeasuredValueSequence[0].NumericValue) for i in find_content_items(sr, value_type="NUM", recursive=True)
-            if i.ConceptNameCodeSequence[0].CodingSchemeDesignator == "99CXRTOOL"]
+    return [
+        float(i.MeasuredValueSequence[0].NumericValue)
+        for i in find_content_items(sr, value_type="NUM", recursive=True)
+        if i.ConceptNameCodeSequence[0].CodingSchemeDesignator == "99CXRTOOL"
+    ]
 
 
 def _results_in_study(client, study: str) -> dict[str, list]:
-    """``{modality: [instance, ...]}`` of the study's cxrtool result series, found with QIDO-RS, fetched with WADO-RS."""
+    """``{modality: [instance, ...]}`` of the study's cxrtool result series (found by QIDO-RS, fetched by WADO-RS)."""
     from cxrtool.results.layout import SERIES_DESCRIPTION
 
     found: dict[str, list] = {}
@@ -56,8 +58,21 @@ def test_predict_study_round_trip(orthanc, tiny_web_ckpt, chest_films, tmp_path)
     out = tmp_path / "p.csv"
 
     start = time.perf_counter()
-    res = _predict([address, "-m", str(tiny_web_ckpt), "-o", str(out), "--backend", "torch", "--workers", "1",
-                    "--dicom-out", orthanc.dicomweb])
+    res = _predict(
+        [
+            address,
+            "-m",
+            str(tiny_web_ckpt),
+            "-o",
+            str(out),
+            "--backend",
+            "torch",
+            "--workers",
+            "1",
+            "--dicom-out",
+            orthanc.dicomweb,
+        ]
+    )
     seconds = time.perf_counter() - start
     assert res.exit_code == 0, res.output
     print(f"\nDICOMweb round trip (QIDO + WADO + predict + SR/SC + STOW): {seconds / len(films):.2f} s per film")
@@ -71,16 +86,37 @@ def test_predict_study_round_trip(orthanc, tiny_web_ckpt, chest_films, tmp_path)
     client = _client(orthanc)
     results = _results_in_study(client, study)
     assert sorted(results) == ["OT", "SR"] and len(results["SR"]) == 3 and len(results["OT"]) == 3
-    by_source = {str(sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
-                     .ReferencedSOPSequence[0].ReferencedSOPInstanceUID): sr for sr in results["SR"]}
+    by_source = {
+        str(
+            sr.CurrentRequestedProcedureEvidenceSequence[0]
+            .ReferencedSeriesSequence[0]
+            .ReferencedSOPSequence[0]
+            .ReferencedSOPInstanceUID
+        ): sr
+        for sr in results["SR"]
+    }
     for row in rows:
         sr = Comprehensive3DSR.from_dataset(by_source[row["path"].rsplit("/", 1)[1]])
         assert _sr_numbers(sr)[:3] == pytest.approx([float(row[f"p:{c}"]) for c in CLASSES], abs=1e-6)
     assert len(orthanc.call("GET", "/studies")) == 1  # everything went into the source study
 
     # a rerun with --resume predicts nothing new; storing again replaces (stable UIDs), never duplicates
-    res = _predict([address, "-m", str(tiny_web_ckpt), "-o", str(out), "--backend", "torch", "--workers", "0",
-                    "--resume", "--dicom-out", orthanc.dicomweb])
+    res = _predict(
+        [
+            address,
+            "-m",
+            str(tiny_web_ckpt),
+            "-o",
+            str(out),
+            "--backend",
+            "torch",
+            "--workers",
+            "0",
+            "--resume",
+            "--dicom-out",
+            orthanc.dicomweb,
+        ]
+    )
     assert res.exit_code == 0, res.output
     assert len(list(csv.DictReader(out.open()))) == 3
     assert sum(len(v) for v in _results_in_study(client, study).values()) == 6
@@ -95,14 +131,27 @@ def test_stow_retries_503_and_every_object_arrives_once(orthanc, tiny_web_ckpt, 
     study, films = study_of_copies(chest_films, 2, tmp_path / "films")
     orthanc.upload(films)
     out = tmp_path / "p.csv"
-    res = _predict([f"{orthanc.dicomweb}/studies/{study}", "-m", str(tiny_web_ckpt), "-o", str(out), "--backend", "torch",
-                    "--workers", "0"])
+    res = _predict(
+        [
+            f"{orthanc.dicomweb}/studies/{study}",
+            "-m",
+            str(tiny_web_ckpt),
+            "-o",
+            str(out),
+            "--backend",
+            "torch",
+            "--workers",
+            "0",
+        ]
+    )
     assert res.exit_code == 0, res.output
 
     proxy = Proxy(orthanc.port, fail_posts=3).start()
     waits: list[float] = []
     try:
-        destination = StowDestination(parse_dicomweb_url(proxy.dicomweb), attempts=5, first_backoff=0.05, sleep=waits.append)
+        destination = StowDestination(
+            parse_dicomweb_url(proxy.dicomweb), attempts=5, first_backoff=0.05, sleep=waits.append
+        )
         results = store_results(out, destination, model=tiny_web_ckpt)
     finally:
         proxy.stop()
@@ -116,7 +165,7 @@ def test_stow_retries_503_and_every_object_arrives_once(orthanc, tiny_web_ckpt, 
 
 
 def test_stow_that_keeps_failing_is_reported_per_film(orthanc, tiny_web_ckpt, chest_films, tmp_path):
-    """A server that never accepts: each film is reported failed with the HTTP reason, exit code 1, nothing half-stored."""
+    """A server that never accepts: each film is reported failed with the HTTP reason, nothing half-stored."""
     study, films = study_of_copies(chest_films, 2, tmp_path / "films")
     orthanc.upload(films)
     proxy = Proxy(orthanc.port, fail_posts=1000).start()
@@ -126,10 +175,23 @@ def test_stow_that_keeps_failing_is_reported_per_film(orthanc, tiny_web_ckpt, ch
         from cxrtool.dicomweb.results import store_results
 
         out = tmp_path / "p.csv"
-        res = _predict([f"{orthanc.dicomweb}/studies/{study}", "-m", str(tiny_web_ckpt), "-o", str(out), "--backend", "torch",
-                        "--workers", "0"])
+        res = _predict(
+            [
+                f"{orthanc.dicomweb}/studies/{study}",
+                "-m",
+                str(tiny_web_ckpt),
+                "-o",
+                str(out),
+                "--backend",
+                "torch",
+                "--workers",
+                "0",
+            ]
+        )
         assert res.exit_code == 0, res.output
-        destination = StowDestination(parse_dicomweb_url(proxy.dicomweb), attempts=3, first_backoff=0.01, sleep=lambda s: None)
+        destination = StowDestination(
+            parse_dicomweb_url(proxy.dicomweb), attempts=3, first_backoff=0.01, sleep=lambda s: None
+        )
         results = store_results(out, destination, model=tiny_web_ckpt)
     finally:
         proxy.stop()
@@ -150,12 +212,41 @@ def test_bearer_token_is_sent_and_never_shown(orthanc, tiny_web_ckpt, chest_film
     caplog.set_level(logging.DEBUG)
     out = tmp_path / "p.jsonl"
     try:
-        res = _predict([f"{proxy.dicomweb}/studies/{study}", "-m", str(tiny_web_ckpt), "-o", str(out), "--backend", "torch",
-                        "--workers", "1", "--token-env", "CXR_TEST_TOKEN", "--dicom-out", proxy.dicomweb],
-                       env={"CXR_TEST_TOKEN": token})
+        res = _predict(
+            [
+                f"{proxy.dicomweb}/studies/{study}",
+                "-m",
+                str(tiny_web_ckpt),
+                "-o",
+                str(out),
+                "--backend",
+                "torch",
+                "--workers",
+                "1",
+                "--token-env",
+                "CXR_TEST_TOKEN",
+                "--dicom-out",
+                proxy.dicomweb,
+            ],
+            env={"CXR_TEST_TOKEN": token},
+        )
         sent = set(proxy.authorizations)
-        wrong = _predict([f"{proxy.dicomweb}/studies/{study}", "-m", str(tiny_web_ckpt), "-o", str(tmp_path / "w.csv"),
-                          "--backend", "torch", "--workers", "0", "--token-env", "CXR_TEST_TOKEN"], env={"CXR_TEST_TOKEN": "nope"})
+        wrong = _predict(
+            [
+                f"{proxy.dicomweb}/studies/{study}",
+                "-m",
+                str(tiny_web_ckpt),
+                "-o",
+                str(tmp_path / "w.csv"),
+                "--backend",
+                "torch",
+                "--workers",
+                "0",
+                "--token-env",
+                "CXR_TEST_TOKEN",
+            ],
+            env={"CXR_TEST_TOKEN": "nope"},
+        )
     finally:
         proxy.stop()
     assert res.exit_code == 0, res.output
@@ -170,15 +261,17 @@ def test_bearer_token_is_sent_and_never_shown(orthanc, tiny_web_ckpt, chest_film
 
 
 def test_stow_destination_as_listen_sender(orthanc, chest_films, tmp_path):
-    """``listen --send-to dicomweb+…``'s sender: one try per call, outcomes read as accepted/not, no secret in describe()."""
+    """``listen --send-to dicomweb+…``'s sender: one try per call, outcomes read as accepted or not, no secret."""
     from cxrtool.dicomweb.connection import ConnectionOptions
     from cxrtool.dicomweb.destination import StowDestination
 
-    study, films = study_of_copies(chest_films, 2, tmp_path / "films")
+    _, films = study_of_copies(chest_films, 2, tmp_path / "films")
     proxy = Proxy(orthanc.port, fail_posts=1).start()
     try:
         (tmp_path / "auth").write_text("user:pw-not-needed\n")
-        sender = StowDestination.from_address(proxy.dicomweb, ConnectionOptions(basic_auth_file=tmp_path / "auth"), attempts=1)
+        sender = StowDestination.from_address(
+            proxy.dicomweb, ConnectionOptions(basic_auth_file=tmp_path / "auth"), attempts=1
+        )
         first = sender.send(films)
         second = sender.send(films)
     finally:

@@ -1,4 +1,4 @@
-"""DICOMweb instances flow through predict's own pipeline: streamed, sharded and resumed by SOP Instance UID, gated by header."""
+"""DICOMweb instances go through predict's own pipeline: streamed, sharded and resumed by SOP UID, header-gated."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import csv
 
 import pydicom
 import pytest
-
 from dicomweb_helpers import Proxy, study_of_copies
 
 pytestmark = [pytest.mark.pacs, pytest.mark.filterwarnings("ignore::UserWarning")]
@@ -23,8 +22,9 @@ def _predict(source, ckpt, out, **options):
     from cxrtool.infer.predict import PredictOptions, predict_to_file
 
     opts = PredictOptions(**{"batch_size": 1, "workers": 0, **options})
-    return lambda on_rows=None: predict_to_file([source], ckpt, out, opts, backend="torch", on_rows=on_rows,
-                                                decode=source.decoder, header=source.header_reason)
+    return lambda on_rows=None: predict_to_file(
+        [source], ckpt, out, opts, backend="torch", on_rows=on_rows, decode=source.decoder, header=source.header_reason
+    )
 
 
 def test_first_row_is_written_before_the_last_instance_is_fetched(orthanc, tiny_web_ckpt, chest_films, tmp_path):
@@ -101,8 +101,12 @@ def test_non_image_series_and_cxrtool_results_are_not_inputs(orthanc, tiny_web_c
     orthanc.upload(films)
     address = f"{orthanc.dicomweb}/studies/{study}"
     _predict(_source(address), tiny_web_ckpt, tmp_path / "a.csv")()
-    assert [r.status for r in store_results(tmp_path / "a.csv", StowDestination(parse_dicomweb_url(orthanc.dicomweb)),
-                                            model=tiny_web_ckpt)] == ["stored", "stored"]
+    assert [
+        r.status
+        for r in store_results(
+            tmp_path / "a.csv", StowDestination(parse_dicomweb_url(orthanc.dicomweb)), model=tiny_web_ckpt
+        )
+    ] == ["stored", "stored"]
     source = _source(address)
     summary = _predict(source, tiny_web_ckpt, tmp_path / "b.csv")()
     assert summary.predicted == 2 and dict(source.skipped_series) == {"SR": 1, "OT": 1}
