@@ -14,6 +14,7 @@ from cxrtool.cli._dicomweb import (
 )
 from cxrtool.cli._options import Backend, Window, default_of, parse_shard_option
 from cxrtool.dicomweb.urls import is_dicomweb_url
+from cxrtool.errors import CxrError
 from cxrtool.fsutil import check_writable_output, display_path
 from cxrtool.infer.predict import PredictOptions
 
@@ -83,6 +84,8 @@ def predict(
 
             stow = StowDestination.from_address(dicom_out, connection)
         elif dicom_out is not None:
+            if dicomweb_source is not None:
+                raise CxrError("films read over DICOMweb get their results back over DICOMweb: --dicom-out dicomweb+…")
             check_writable_output(Path(dicom_out), "dir")
         if html is not None:
             check_writable_output(html, "file")

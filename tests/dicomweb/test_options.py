@@ -121,6 +121,7 @@ class TestCli:
             (["dicomweb+http://h/x/studies/1.2", "somefile.png"], "either files or DICOMweb"),
             (["dicomweb+http://h/x/studies/1.2", "--token-env", "CXR_UNSET_TOKEN"], "CXR_UNSET_TOKEN"),
             (["dicomweb+http://h/x/studies/1.2", "--dicom-out", "dicomweb+http://h/x/studies/1.2"], "service root"),
+            (["dicomweb+http://h/x/studies/1.2", "--dicom-out", "results/"], "back over DICOMweb"),
         ],
     )
     def test_usage_errors_before_any_work(self, tmp_path, args, message):
