@@ -10,7 +10,7 @@ UIDs only, no PHI) and sharded by its SOP Instance UID.
 from __future__ import annotations
 
 import tempfile
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 #: WADO-RS media types: the instance as stored (compressed stays compressed), else explicit VR little endian
 AS_STORED = (("application/dicom", "*"),)
 EXPLICIT_LE = (("application/dicom", "1.2.840.10008.1.2.1"),)
+#: listed instances whose header-gate reason is kept until predicted (far above the pipeline's films in flight)
+GATE_MEMORY = 10_000
 #: QIDO-RS results asked for per request
 PAGE_SIZE = 100
 #: series a predict run never reads: structured reports and other non-image objects
@@ -79,7 +81,7 @@ class DicomwebSource:
     qido: dict[str, str] | None = None
     page_size: int = PAGE_SIZE
     skipped_series: Counter = field(default_factory=Counter)  # modality -> series left out
-    _gate: dict[str, str | None] = field(default_factory=dict, repr=False)
+    _gate: OrderedDict[str, str | None] = field(default_factory=OrderedDict, repr=False)
     _client: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -152,6 +154,8 @@ class DicomwebSource:
                     setattr(header, keyword, value)
             problems = header_problems(header)
             self._gate[name] = "; ".join(problems) if problems else None
+            if len(self._gate) > GATE_MEMORY:  # jobs that --shard or --resume left out are never asked for
+                self._gate.popitem(last=False)
             yield name, sop
 
     def _pages(self, search, **kwargs) -> Iterator[Mapping[str, Any]]:
