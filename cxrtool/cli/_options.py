@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from enum import Enum
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,16 +59,16 @@ def parse_shard_option(value: str | None) -> tuple[int, int] | None:
 REMOTE_PREFIX = "dicomweb+"
 
 
-def check_inputs(paths: list[Path]) -> int | None:
+def check_inputs(paths: Sequence[str | Path] | None) -> int | None:
     """Every input exists (or is a ``dicomweb+`` URL) and every folder holds a candidate file; else a usage error.
 
     Runs before any progress line, so a typo gives one line and exit 2 instead of an error row and exit 1.
     Returns the number of candidate files (the progress total), None when a remote input is among them.
     """
-    from cxrtool.images import iter_input_files
+    from cxrtool.inputs import iter_input_files
 
     total: int | None = 0
-    for path in paths:
+    for path in map(Path, paths or []):
         if str(path).startswith(REMOTE_PREFIX):
             total = None
             continue

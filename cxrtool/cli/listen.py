@@ -8,6 +8,9 @@ from typing import Annotated, Optional
 import typer
 
 from cxrtool.cli._console import err, user_errors
+from cxrtool.cli._dicomweb import (
+    DEFAULT_TIMEOUT, BasicAuthEnv, BasicAuthFile, CaFile, HttpTimeout, TokenEnv, TokenFile, connection_options,
+)
 from cxrtool.cli._options import Backend
 
 
@@ -20,7 +23,11 @@ def listen(
     allow: Annotated[
         Optional[list[str]], typer.Option("--allow", show_default="loopback peers only", help="Accept associations from AET@HOST (repeatable).")
     ] = None,
-    send_to: Annotated[Optional[str], typer.Option("--send-to", help="C-STORE each SR + SC to AET@HOST:PORT (e.g. back to the PACS).")] = None,
+    send_to: Annotated[
+        Optional[str],
+        typer.Option("--send-to", help="C-STORE each SR + SC to AET@HOST:PORT (e.g. back to the PACS), "
+                     "or STOW-RS them to a dicomweb+http(s):// root."),
+    ] = None,
     max_queue: Annotated[int, typer.Option("--max-queue", min=1, help="Films spooled but not processed before C-STOREs are refused (A700).")] = 64,
     backend: Annotated[Backend, typer.Option(help="Runtime for the predictions (the heatmap always runs on torch).")] = Backend.auto,
     max_associations: Annotated[int, typer.Option(
@@ -43,6 +50,12 @@ def listen(
     retry_failed: Annotated[bool, typer.Option(
         "--retry-failed", help="At start, move the films in failed/ back into the spool (after fixing the cause).",
     )] = False,
+    ca_file: CaFile = None,
+    token_env: TokenEnv = None,
+    token_file: TokenFile = None,
+    basic_auth_env: BasicAuthEnv = None,
+    basic_auth_file: BasicAuthFile = None,
+    http_timeout: HttpTimeout = DEFAULT_TIMEOUT,
 ) -> None:
     """Receive films over DICOM, write SR + SC for each, optionally send them on; stops cleanly on SIGTERM or Ctrl-C."""
     import logging
@@ -50,7 +63,7 @@ def listen(
     import threading
 
     from cxrtool.errors import CxrError
-    from cxrtool.listen import ListenConfig, Listener, TlsFiles, parse_destination, parse_peer
+    from cxrtool.listen import ListenConfig, Listener, TlsFiles, parse_peer
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     with user_errors():
@@ -59,7 +72,9 @@ def listen(
         config = ListenConfig(
             model=model, out=out, port=port, ae_title=ae_title, bind=bind,
             allow=tuple(parse_peer(a) for a in allow or ()),
-            send_to=parse_destination(send_to) if send_to else None, max_queue=max_queue, backend=backend.value,
+            send_to=_destination(send_to, connection_options(
+                ca_file, token_env, token_file, basic_auth_env, basic_auth_file, http_timeout)),
+            max_queue=max_queue, backend=backend.value,
             max_associations=max_associations, check_called_aet=not any_called_ae, accept_non_image=accept_non_image,
             tls=TlsFiles(tls_cert, tls_key, tls_ca) if tls_cert and tls_key else None, retry_failed=retry_failed,
         )
@@ -74,6 +89,20 @@ def listen(
     worker = listener.worker
     err.print(f"stopped: {listener.received} received, {worker.processed} processed, {worker.failed} failed, "
               f"{listener.ignored} non-image ignored, {len(listener.spool)} left in the spool", soft_wrap=True)
+
+
+def _destination(send_to: str | None, connection):
+    """``--send-to``: ``AET@HOST:PORT`` (C-STORE) or a ``dicomweb+`` root (STOW-RS; the outbox does the retrying)."""
+    from cxrtool.dicomweb import is_dicomweb_url
+    from cxrtool.listen import parse_destination
+
+    if send_to is None:
+        return None
+    if is_dicomweb_url(send_to):
+        from cxrtool.dicomweb.destination import StowDestination
+
+        return StowDestination.from_address(send_to, connection, attempts=1)
+    return parse_destination(send_to)
 
 
 def register(app: typer.Typer) -> None:

@@ -8,15 +8,25 @@ from typing import Annotated, Optional
 import typer
 
 from cxrtool.cli._console import EXIT_OK, EXIT_SOME_FAILED, err, failed, out as stdout, progress, styled, user_errors
+from cxrtool.cli._dicomweb import (
+    DEFAULT_TIMEOUT, BasicAuthEnv, BasicAuthFile, CaFile, DicomwebRoot, HttpTimeout, Qido, TokenEnv, TokenFile,
+    connection_options, split_inputs,
+)
 from cxrtool.cli._options import Backend, Window, check_inputs, default_of, device_option, parse_shard_option
+from cxrtool.dicomweb.urls import is_dicomweb_url
+from cxrtool.errors import CxrError
 from cxrtool.fsutil import check_writable_output, display_path
 from cxrtool.infer.predict import PredictOptions
 
 
 def predict(
-    inputs: Annotated[list[Path], typer.Argument(metavar="PATHS", help="Image/DICOM files and folders (searched recursively).")],
     model: Annotated[Path, typer.Option("--model", "-m", help="cxrtool checkpoint (.safetensors), ONNX file or TensorRT engine.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output .csv or .jsonl, written as results complete.")],
+    inputs: Annotated[
+        Optional[list[str]],
+        typer.Argument(metavar="PATHS", help="Image/DICOM files and folders (searched recursively), "
+                       "or a dicomweb+http(s)://…/studies/UID[/series/UID] address."),
+    ] = None,
     backend: Annotated[Backend, typer.Option(help="Runtime; auto picks the fastest available for the device and model file.")] = Backend.auto,
     device: Annotated[str, typer.Option(callback=device_option(auto=False), help="cpu, cuda or cuda:N.")] = "cpu",
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per model call.")] = default_of(PredictOptions, "batch_size"),
@@ -33,12 +43,22 @@ def predict(
         Optional[Window], typer.Option(show_default="the model's", help="DICOM display policy override.")
     ] = None,
     dicom_out: Annotated[
-        Optional[Path], typer.Option("--dicom-out", help="Also write a DICOM SR (+ heatmap SC from a checkpoint) per DICOM input here.")
+        Optional[str],
+        typer.Option("--dicom-out", help="Also write a DICOM SR (+ heatmap SC from a checkpoint) per DICOM input "
+                     "to this folder, or STOW-RS them into each film's study at a dicomweb+http(s):// service root."),
     ] = None,
     html: Annotated[Optional[Path], typer.Option("--html", help="Also write a self-contained HTML report of the rows here.", dir_okay=False)] = None,
     reject_ood: Annotated[
         bool, typer.Option("--reject-ood", help="Leave the predicted class empty for flagged films (out of distribution, header gate or view check).")
     ] = False,
+    dicomweb: DicomwebRoot = None,
+    qido: Qido = None,
+    ca_file: CaFile = None,
+    token_env: TokenEnv = None,
+    token_file: TokenFile = None,
+    basic_auth_env: BasicAuthEnv = None,
+    basic_auth_file: BasicAuthFile = None,
+    http_timeout: HttpTimeout = DEFAULT_TIMEOUT,
 ) -> None:
     """Predict every film in PATHS; exit 0 when all were read, 1 when some files failed, 2 on usage errors."""
     from rich.table import Table
@@ -58,8 +78,17 @@ def predict(
             reject_ood=reject_ood,
         )
         check_writable_output(out, "file")
-        if dicom_out is not None:
-            check_writable_output(dicom_out, "dir")
+        connection = connection_options(ca_file, token_env, token_file, basic_auth_env, basic_auth_file, http_timeout)
+        sources, dicomweb_source = split_inputs(inputs, dicomweb, qido, connection)
+        stow = None
+        if dicom_out is not None and is_dicomweb_url(dicom_out):
+            from cxrtool.dicomweb.destination import StowDestination
+
+            stow = StowDestination.from_address(dicom_out, connection)
+        elif dicom_out is not None:
+            if dicomweb_source is not None:
+                raise CxrError("films read over DICOMweb get their results back over DICOMweb: --dicom-out dicomweb+…")
+            check_writable_output(Path(dicom_out), "dir")
         if html is not None:
             check_writable_output(html, "file")
         loaded = open_model(model)  # the run's one read of the model file: predict, DICOM results and report share it
@@ -72,8 +101,9 @@ def predict(
                 if bad:
                     bar.update(task, info=f"{bad} failed in last batch")
 
+            web = dict(decode=dicomweb_source.decoder, header=dicomweb_source.header_verdict) if dicomweb_source else {}
             summary = predict_to_file(
-                inputs, loaded, out, options, backend=backend.value, device=device, on_rows=advance
+                sources, loaded, out, options, backend=backend.value, device=device, on_rows=advance, **web
             )
 
     stdout.print(f"predictions -> {display_path(summary.out)}", soft_wrap=True)  # a path is never wrapped to the table
@@ -103,7 +133,18 @@ def predict(
     err.print(f"{summary.predicted} predicted in {summary.seconds:.1f} s ({summary.images_per_s:.1f} images/s), {summary.flagged} flagged")
     for notice in summary.notices:
         err.print(notice, soft_wrap=True)
-    if dicom_out is not None:  # post-pass over the rows just written (cxrtool.results)
+    results_failed = False
+    if stow is not None:  # post-pass: SR + SC of each row STOWed into its study (cxrtool.dicomweb.results)
+        from cxrtool.dicomweb.results import store_results, summary_line as stow_line
+
+        with user_errors():
+            stored = store_results(summary.out, stow, model=loaded)
+        for r in stored:
+            if r.status == "failed":
+                err.print(failed(r.path, r.reason), soft_wrap=True)
+        err.print(stow_line(stored, stow), soft_wrap=True)
+        results_failed = any(r.status == "failed" for r in stored)
+    elif dicom_out is not None:  # post-pass over the rows just written (cxrtool.results)
         from cxrtool.results.write import results_for_predictions, summary_line
 
         with user_errors():
@@ -114,7 +155,7 @@ def predict(
 
         with user_errors():
             err.print(f"report: {build_report(summary.out, html, model=loaded).path}", soft_wrap=True)
-    raise typer.Exit(EXIT_SOME_FAILED if summary.failed else EXIT_OK)
+    raise typer.Exit(EXIT_SOME_FAILED if summary.failed or results_failed else EXIT_OK)
 
 
 def register(app: typer.Typer) -> None:

@@ -9,7 +9,7 @@ input's error row, never a silent ``nan`` probability.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -19,28 +19,35 @@ from cxrtool.infer.backends import check_finite
 from cxrtool.infer.decode_pool import DecodeFn, decode_file, iter_decoded
 from cxrtool.infer.rows import Prediction
 
+#: a job name -> what its DICOM header says (None: no header to check)
+HeaderFn = Callable[[str], "HeaderVerdict | None"]
+
 if TYPE_CHECKING:
+    from cxrtool.trust.gate import HeaderVerdict
     from cxrtool.infer.backends import Backend
     from cxrtool.trust import Trust
 
 
-def predict_batch(backend: Backend, paths: list[str], inputs: np.ndarray, trust: Trust | None = None) -> list[Prediction]:
+def predict_batch(
+    backend: Backend, paths: list[str], inputs: np.ndarray, trust: Trust | None = None, header: HeaderFn | None = None
+) -> list[Prediction]:
     """One backend call: a row per input, an error row where the model's output is not finite.
 
-    ``trust`` (default: the card's, without OOD statistics) calibrates and flags every row.
+    ``trust`` (default: the card's, without OOD statistics) calibrates and flags every row;
+    ``header`` (default: :func:`cxrtool.trust.gate.header_verdict` of the file) gives its header gate verdict.
     """
     from cxrtool.trust import load_trust
     from cxrtool.trust.gate import header_verdict
     from cxrtool.trust.view import view_verdicts
 
+    gate = header or header_verdict
     trust = trust or load_trust(backend.path, backend.card)
     logits, features = backend.run_features(inputs) if trust.has_ood else (backend.run(inputs), None)
     reasons = check_finite(logits, paths)
     if features is not None:
         features = np.nan_to_num(features)
-    headers = [header_verdict(p) for p in paths]
     # bad rows are reported, not computed
-    verdicts = trust.assess(np.nan_to_num(logits), features, headers, view_verdicts(inputs))
+    verdicts = trust.assess(np.nan_to_num(logits), features, [gate(p) for p in paths], view_verdicts(inputs))
     return [
         Prediction(path, error=reason) if reason else Prediction(path, probs=v.probs, ood_score=v.ood_score, flag=v.flag)
         for path, v, reason in zip(paths, verdicts, reasons)
@@ -57,6 +64,7 @@ def iter_predictions(
     cfg: PreprocessCfg | None = None,
     decode: DecodeFn = decode_file,
     trust: Trust | None = None,
+    header: HeaderFn | None = None,
 ) -> Iterator[list[Prediction]]:
     """Yield predictions one batch at a time (error rows with the batch in which they surfaced)."""
     cfg = cfg or backend.card.preprocess
@@ -67,7 +75,7 @@ def iter_predictions(
         rows = list(failed)
         failed.clear()
         if ready:
-            rows.extend(predict_batch(backend, [p for p, _ in ready], np.stack([x for _, x in ready]), trust))
+            rows.extend(predict_batch(backend, [p for p, _ in ready], np.stack([x for _, x in ready]), trust, header))
             ready.clear()
         return rows
 

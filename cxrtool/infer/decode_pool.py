@@ -106,7 +106,8 @@ def iter_decoded(
     The input iterator is pulled only as results are consumed, so neither the file list nor the
     decoded images ever pile up.  When a worker process dies (a native codec crash), the files
     that were in flight are retried one at a time in a fresh pool, which names the culprit.
-    ``decode`` must be a module-level function (worker processes import it).
+    ``decode`` must be a module-level function or a picklable callable (worker processes receive
+    it), e.g. :class:`cxrtool.dicomweb.source.InstanceDecoder`, which fetches before it decodes.
     """
     if workers == 0:
         for path in paths:

@@ -11,6 +11,7 @@ import re
 from collections import Counter
 from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 from cxrtool.errors import CxrError
 from cxrtool.inputs import iter_input_files
@@ -36,13 +37,28 @@ def shard_of(key: str, n: int) -> int:
     return int.from_bytes(digest, "big") % n + 1
 
 
-def iter_jobs(inputs: Iterable[str | Path]) -> Iterator[tuple[Path, str]]:
+@runtime_checkable
+class JobSource(Protocol):
+    """Inputs that are not files (DICOMweb instances, :class:`cxrtool.dicomweb.source.DicomwebSource`).
+
+    ``iter_jobs`` lazily yields ``(name, shard key)``: the name is what the decode function reads and
+    the row records (and ``--resume`` matches), the key what ``--shard`` hashes (a SOP Instance UID).
+    """
+
+    def iter_jobs(self) -> Iterator[tuple[str, str]]: ...
+
+
+def iter_jobs(inputs: Iterable[str | Path | JobSource]) -> Iterator[tuple[Path | str, str]]:
     """Lazily yield ``(file, shard key)``.
 
     The key is the path relative to the folder argument (or the bare name of a file argument), so
     machines that mount the same folder at different places still agree on who predicts what.
+    A :class:`JobSource` gives its own names and keys.
     """
     for arg in inputs:
+        if isinstance(arg, JobSource):
+            yield from arg.iter_jobs()
+            continue
         arg = Path(arg)
         for path in iter_input_files([arg]):
             key = path.relative_to(arg).as_posix() if arg.is_dir() else path.name
@@ -50,7 +66,7 @@ def iter_jobs(inputs: Iterable[str | Path]) -> Iterator[tuple[Path, str]]:
 
 
 def select_paths(
-    inputs: Iterable[str | Path],
+    inputs: Iterable[str | Path | JobSource],
     *,
     shard: tuple[int, int] | None = None,
     done: Collection[str] = frozenset(),

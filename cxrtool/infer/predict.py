@@ -24,9 +24,9 @@ from cxrtool.config import resolve_preprocess
 from cxrtool.errors import CxrError
 from cxrtool.fsutil import display_path
 from cxrtool.explain.shortcut import card_warning
-from cxrtool.infer.batching import iter_predictions
+from cxrtool.infer.batching import HeaderFn, iter_predictions
 from cxrtool.infer.decode_pool import DecodeFn, decode_file, default_workers
-from cxrtool.infer.jobs import select_paths
+from cxrtool.infer.jobs import JobSource, select_paths
 from cxrtool.infer.rows import Prediction, RowFormat
 from cxrtool.infer.writers import drop_torn_tail, writer_class
 from cxrtool.inputs import max_pixels
@@ -125,7 +125,7 @@ class PredictSummary:
 
 
 def predict_to_file(
-    inputs: Sequence[str | Path],
+    inputs: Sequence[str | Path | JobSource],
     model: LoadedModel | Backend | str | Path,
     out: str | Path,
     options: PredictOptions | None = None,
@@ -134,13 +134,14 @@ def predict_to_file(
     device: str = "cpu",
     on_rows: Callable[[list[Prediction]], None] | None = None,
     decode: DecodeFn = decode_file,
+    header: HeaderFn | None = None,
 ) -> PredictSummary:
     """Predict every input file (recursively) into a streamed CSV/JSONL file.
 
     Parameters
     ----------
     inputs:
-        Files and folders.
+        Files and folders, or :class:`~cxrtool.infer.jobs.JobSource` objects (DICOMweb instances).
     model:
         The run's opened model file (:func:`~cxrtool.modelfile.loaded.open_model`; a backend is built
         from it with ``backend`` on ``device``), or a backend already built from one.  A path is opened here.
@@ -151,7 +152,9 @@ def predict_to_file(
     on_rows:
         Called with every written batch of rows (progress display).
     decode:
-        The per-file decoder (a module-level function, since worker processes import it).
+        The per-file decoder (a module-level function or picklable callable: worker processes receive it).
+    header:
+        The header gate's reason per input (default: read from the file); a DICOMweb source gives its own.
 
     Returns
     -------
@@ -213,6 +216,7 @@ def predict_to_file(
                 cfg=cfg,
                 decode=decode,
                 trust=trust,
+                header=header,
             )
             for rows in batches:
                 writer.write(rows)

@@ -16,9 +16,10 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cxrtool.listen.logs import quiet_library_loggers
-from cxrtool.listen.outbox import DimseSender, Outbox
+from cxrtool.listen.outbox import DimseSender, Outbox, Sender
 from cxrtool.listen.peers import Destination, Peer
 from cxrtool.listen.scp import (
     IMAGE_SOP_CLASSES,
@@ -30,6 +31,9 @@ from cxrtool.listen.scp import (
 from cxrtool.listen.spool import Spool, uid_key
 from cxrtool.listen.worker import Worker
 from cxrtool.locks import owned_output
+
+if TYPE_CHECKING:
+    from cxrtool.dicomweb.destination import StowDestination
 
 LOG = logging.getLogger("cxrtool.listen")
 
@@ -47,7 +51,7 @@ class ListenConfig:
     ae_title: str = "CXRTOOL"
     bind: str = "127.0.0.1"
     allow: Sequence[Peer] = field(default_factory=tuple)
-    send_to: Destination | None = None
+    send_to: Destination | StowDestination | None = None  # C-STORE, or STOW-RS (cxrtool.dicomweb)
     max_queue: int = 64
     backend: str = "auto"
     composite: str | None = None
@@ -73,7 +77,7 @@ class Listener:
             self.spool = Spool(config.out / "spool")
             self.stale_removed = len(self.spool.remove_stale())  # temp files of a run that died mid-write
             self.retried = self.spool.retry_failed() if config.retry_failed else 0
-            sender = DimseSender(config.send_to, config.ae_title) if config.send_to else None
+            sender = _sender(config)
             self.outbox = Outbox(config.out / "outbox", sender, max_backoff=config.max_backoff) if sender else None
             self.worker = Worker(config.model, config.out, self.spool, self.outbox, backend=config.backend,
                                  composite=config.composite, max_retry=config.max_retry)
@@ -152,3 +156,12 @@ class Listener:
             self.received += 1
         self.worker.wake.set()
         return SUCCESS
+
+
+def _sender(config: ListenConfig) -> Sender | None:
+    """How results travel on: C-STORE to an ``AET@HOST:PORT``, or a ready STOW-RS destination (``--send-to dicomweb+``)."""
+    if config.send_to is None:
+        return None
+    if isinstance(config.send_to, Destination):
+        return DimseSender(config.send_to, config.ae_title)
+    return config.send_to  # a StowDestination is itself a Sender (describe, send -> one outcome per file)
