@@ -57,14 +57,14 @@ def _fmt(v: Any) -> str:
 
 
 class _TrainView:
-    """Renders fit() events (:data:`cxrtool.train.loop.Event`): a progress bar per epoch, one summary line per epoch."""
+    """Renders fit() events (:data:`cxrtool.train.events.Event`): a progress bar per epoch, one summary line per epoch."""
 
     def __init__(self) -> None:
         self.bar = progress()
         self.task: Any = None
 
     def __call__(self, event: Any) -> None:
-        from cxrtool.train import loop as ev
+        from cxrtool.train import events as ev
 
         if isinstance(event, ev.RunWarning):
             err.print(Text.assemble(("warning:", "yellow"), " ", event.message))
