@@ -33,6 +33,7 @@ from cxrtool.fsutil import atomic_write_text
 from cxrtool.manifest import read_manifest
 from cxrtool.models.checkpoint import load_checkpoint
 from cxrtool.modelfile import file_sha256
+from cxrtool.train.config import EVAL_DEFAULTS
 from cxrtool.train.metrics import bootstrap_ci, compute_metrics
 from cxrtool.task import Task
 from cxrtool.train.plots import plot_confusion, plot_reliability, plot_roc
@@ -56,13 +57,13 @@ def evaluate(
     manifest: str | Path,
     out_dir: str | Path,
     *,
-    split: str | None = "test",
-    batch_size: int = 64,
-    device: str = "auto",
-    amp: str = "none",
-    workers: int = 0,
-    bootstrap: int = 1000,
-    seed: int = 0,
+    split: str | None = EVAL_DEFAULTS.split,
+    batch_size: int = EVAL_DEFAULTS.batch_size,
+    device: str = EVAL_DEFAULTS.device,
+    amp: str = EVAL_DEFAULTS.amp,
+    workers: int = EVAL_DEFAULTS.workers,
+    bootstrap: int = EVAL_DEFAULTS.bootstrap,
+    seed: int = EVAL_DEFAULTS.seed,
     threshold: float | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> EvalResult:
