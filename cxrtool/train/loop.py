@@ -182,7 +182,9 @@ class _Run:
         cfg = self.cfg
         aug = None
         if cfg.augment:
-            aug = AugmentCfg(cfg.aug_rotate, cfg.aug_scale, cfg.aug_translate, cfg.aug_brightness, cfg.aug_contrast, cfg.hflip)
+            aug = AugmentCfg(
+                cfg.aug_rotate, cfg.aug_scale, cfg.aug_translate, cfg.aug_brightness, cfg.aug_contrast, cfg.hflip
+            )
         common = {"class_names": self.class_names, "task": self.task, "preprocess": self.preprocess, "seed": cfg.seed}
         train_ds = ManifestDataset(self.data.train, augment_cfg=aug, **common)
         val_ds = ManifestDataset(self.data.val, **common)
@@ -191,7 +193,9 @@ class _Run:
             if self.task.multilabel:
                 raise CxrError("--balance sampler is for multiclass manifests; use --balance loss for multilabel")
             weights = balanced_weights(train_ds.targets, len(self.class_names))
-        sampler = EpochSampler(len(train_ds), seed=cfg.seed, weights=weights, num_replicas=self.info.world_size, rank=self.info.rank)
+        sampler = EpochSampler(
+            len(train_ds), seed=cfg.seed, weights=weights, num_replicas=self.info.world_size, rank=self.info.rank
+        )
         if sampler.per_rank < cfg.batch_size:
             raise CxrError(
                 f"{cfg.manifest}: {len(train_ds)} training images give {sampler.per_rank} per process, "
@@ -219,7 +223,8 @@ class _Run:
             weight = torch.tensor(per_class.sum() / (len(per_class) * per_class), dtype=torch.float32)
         elif self.cfg.balance == "loss":
             pos = counts.sum(0)
-            pos_weight = torch.tensor(np.where(pos > 0, (len(counts) - pos) / np.maximum(pos, 1), 1.0), dtype=torch.float32)
+            ratio = np.where(pos > 0, (len(counts) - pos) / np.maximum(pos, 1), 1.0)
+            pos_weight = torch.tensor(ratio, dtype=torch.float32)
         return self.task.loss(class_weight=weight, pos_weight=pos_weight).to(self.runtime.device)
 
     def _optimiser(self) -> tuple[torch.optim.Optimizer, Any]:
@@ -272,7 +277,9 @@ class _Run:
             self._save_state()
         if p.status != "interrupted" and cfg.trust:
             self._fit_trust()  # every rank extracts features for its shard (no rank waits out a barrier)
-        return FitResult(self.out, p.status, p.epoch, self.monitor, p.best_value, p.best_epoch, p.history, self.model, self.info.rank)
+        return FitResult(
+            self.out, p.status, p.epoch, self.monitor, p.best_value, p.best_epoch, p.history, self.model, self.info.rank
+        )
 
     def _set_frozen(self, frozen: bool) -> nn.Module:
         """Freeze or unfreeze the backbone and return the module to call (DDP-wrapped when distributed)."""
@@ -322,7 +329,9 @@ class _Run:
             p.run_loss[0] += float(pending)
             pending.zero_()
             elapsed = time.perf_counter() - t0
-            self.emit(StepDone(p.epoch + 1, p.step, self.steps_per_epoch, float(loss.detach()), self.opt.param_groups[0]["lr"], seen / elapsed if elapsed > 0 else 0.0))
+            rate = seen / elapsed if elapsed > 0 else 0.0
+            lr = self.opt.param_groups[0]["lr"]
+            self.emit(StepDone(p.epoch + 1, p.step, self.steps_per_epoch, float(loss.detach()), lr, rate))
             if D.any_rank(self.stop.requested, self.info, rt.device) and p.step < self.steps_per_epoch:
                 return None
         return EpochStats(time.perf_counter() - t0, seen, frozen)
@@ -366,7 +375,8 @@ class _Run:
             "val_loss": val_loss,
         }  # fmt: skip
         record |= {f"val_{k}": v for k, v in metrics.items() if k not in ("n", "threshold")}
-        record |= {"images_per_s": images_per_s, "epoch_time_s": stats.seconds, "best": improved, "monitor": self.monitor}
+        record |= {"images_per_s": images_per_s, "epoch_time_s": stats.seconds}
+        record |= {"best": improved, "monitor": self.monitor}
         p.history.append(record)
         if cfg.patience and p.bad_epochs >= cfg.patience and p.epoch < cfg.epochs:
             p.status = "early_stopped"
@@ -399,7 +409,9 @@ class _Run:
             (Path(tmp) / best.name).write_bytes(data)
             model, card = load_checkpoint(Path(tmp) / best.name)
         model = model.to(self.runtime.device)
-        common = {"class_names": self.class_names, "task": self.task, "preprocess": self.preprocess, "skip_errors": True}
+        common = {
+            "class_names": self.class_names, "task": self.task, "preprocess": self.preprocess, "skip_errors": True
+        }
         train, val = ManifestDataset(self.data.train, **common), ManifestDataset(self.data.val, **common)
         done, total = [0], len(train) + len(val)
 
@@ -409,12 +421,14 @@ class _Run:
 
         try:
             fitted = fit_trust(
-                model, card, train, val, splits=(self.cfg.train_split, self.cfg.val_split), quantile=self.cfg.ood_quantile,
+                model, card, train, val, splits=(self.cfg.train_split, self.cfg.val_split),
+                quantile=self.cfg.ood_quantile,
                 device=self.runtime.device, batch_size=self.cfg.batch_size, workers=self.cfg.workers, on_batch=on_batch,
                 shard=(self.info.rank, self.info.world_size), gather=functools.partial(D.all_gather, info=self.info),
             )  # fmt: skip
         except CxrError as exc:
-            self.emit(RunWarning(f"no OOD statistics or temperature fitted ({exc}); add them later with `cxrtool calibrate {best} MANIFEST`"))
+            later = f"add them later with `cxrtool calibrate {best} MANIFEST`"
+            self.emit(RunWarning(f"no OOD statistics or temperature fitted ({exc}); {later}"))
             return
         if not self.info.is_main:
             return
@@ -422,7 +436,8 @@ class _Run:
         c, ood = fitted.calibration, fitted.ood
         if fitted.shortcut:
             self.emit(RunWarning(fitted.shortcut))
-        self.emit(TrustFitted(best, c["temperature"], c["ece"], c["ece_calibrated"], ood.threshold, ood.info["n_train"], ood.info["n_val"]))
+        n_train, n_val = ood.info["n_train"], ood.info["n_val"]
+        self.emit(TrustFitted(best, c["temperature"], c["ece"], c["ece_calibrated"], ood.threshold, n_train, n_val))
 
     # --------------------------------------------------------------- output
     def _card(self, metrics: dict[str, Any]) -> ModelCard:

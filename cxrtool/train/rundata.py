@@ -34,7 +34,8 @@ def read_data(cfg: TrainConfig) -> RunData:
         raise CxrError(f"{cfg.manifest}: no class labels")
     val_src = read_manifest(cfg.val_manifest) if cfg.val_manifest else full
     train_m, val_m = full.select(cfg.train_split), val_src.select(cfg.val_split)
-    for m, split, src in ((train_m, cfg.train_split, cfg.manifest), (val_m, cfg.val_split, cfg.val_manifest or cfg.manifest)):
+    checks = ((train_m, cfg.train_split, cfg.manifest), (val_m, cfg.val_split, cfg.val_manifest or cfg.manifest))
+    for m, split, src in checks:
         if not m.rows:
             raise CxrError(f"{src}: no rows with split {split!r}")
         missing = [str(m.resolve(r)) for r in m.rows if not m.resolve(r).is_file()]

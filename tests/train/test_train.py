@@ -17,11 +17,11 @@ from typer.testing import CliRunner
 
 from cxrtool.cli.main import app
 from cxrtool.errors import CxrError
+from cxrtool.labels import CHESTXRAY14
 from cxrtool.manifest import read_manifest, write_manifest
+from cxrtool.modelfile import file_sha256, read_card
 from cxrtool.models import build_model
 from cxrtool.models.checkpoint import load_checkpoint, load_state_dict
-from cxrtool.modelfile import file_sha256, read_card
-from cxrtool.labels import CHESTXRAY14
 from cxrtool.models.pretrained import initialise
 from cxrtool.train.config import TrainConfig, resolve_config
 from cxrtool.train.events import RunWarning, SetupDone
