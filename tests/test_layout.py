@@ -33,7 +33,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "trust": {"dicom", "images", "preprocess", "modelfile", "models", "data"},
     "train": {"images", "preprocess", "modelfile", "models", "data", "trust"},
     "explain": {"images", "preprocess", "modelfile", "models", "trust"},
-    "export": {"images", "preprocess", "modelfile", "models", "runtimes", "trust"},
+    "export": {"images", "preprocess", "modelfile", "models", "runtimes", "trust", "train"},
     "infer": {"dicom", "images", "preprocess", "modelfile", "models", "runtimes", "trust"},
     "results": {"dicom", "images", "preprocess", "modelfile", "models", "explain", "trust"},
     "report": {"images", "modelfile"},

@@ -21,7 +21,7 @@ from cxrtool.config import RESIZE_MODES, PreprocessCfg
 from cxrtool.errors import CxrError
 from cxrtool.fsutil import check_writable_output
 from cxrtool.models.registry import DEFAULT_ARCH
-from cxrtool.train.config import AMP, BALANCE, OPTIMIZERS, SCHEDULERS, TrainConfig
+from cxrtool.train.config import AMP, BALANCE, EVAL_DEFAULTS, OPTIMIZERS, SCHEDULERS, TrainConfig
 
 EXIT_INTERRUPTED = 130
 
@@ -57,14 +57,14 @@ def _fmt(v: Any) -> str:
 
 
 class _TrainView:
-    """Renders fit() events (:data:`cxrtool.train.loop.Event`): a progress bar per epoch, one summary line per epoch."""
+    """Renders fit() events (:data:`cxrtool.train.events.Event`): a progress bar per epoch, one summary line per epoch."""
 
     def __init__(self) -> None:
         self.bar = progress()
         self.task: Any = None
 
     def __call__(self, event: Any) -> None:
-        from cxrtool.train import loop as ev
+        from cxrtool.train import events as ev
 
         if isinstance(event, ev.RunWarning):
             err.print(Text.assemble(("warning:", "yellow"), " ", event.message))
@@ -129,6 +129,7 @@ Balance, Optimizer, Scheduler, Amp, Resize = (
     _choice(n, v) for n, v in (("Balance", BALANCE), ("Optimizer", OPTIMIZERS), ("Scheduler", SCHEDULERS), ("Amp", AMP), ("Resize", RESIZE_MODES))
 )
 _T = TrainConfig()  # the defaults every help text shows
+_E = EVAL_DEFAULTS  # evaluate's, the same object the core's signature uses
 #: flag name -> TrainConfig key, where they differ
 _KEYS = {"rotate": "aug_rotate"}
 
@@ -278,16 +279,16 @@ def evaluate(
     checkpoint: Annotated[Path, typer.Argument(help="A cxrtool .safetensors checkpoint.", exists=True, dir_okay=False)],
     manifest: Annotated[Path, typer.Argument(help="Manifest CSV with labels.", exists=True, dir_okay=False)],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for metrics.json, predictions.csv and the PNGs.")],
-    split: Annotated[str, typer.Option("--split", help="Rows of this split ('all' for every row).")] = "test",
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per forward pass.")] = 64,
-    bootstrap: Annotated[int, typer.Option("--bootstrap", min=0, help="Bootstrap resamples for the 95% intervals (0: none).")] = 1000,
+    split: Annotated[str, typer.Option("--split", help="Rows of this split ('all' for every row).")] = _E.split,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per forward pass.")] = _E.batch_size,
+    bootstrap: Annotated[int, typer.Option("--bootstrap", min=0, help="Bootstrap resamples for the 95% intervals (0: none).")] = _E.bootstrap,
     threshold: Annotated[
         Optional[float],
         typer.Option("--threshold", show_default="the one stored with the model", help="Multilabel decision threshold."),
     ] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed.")] = 0,
-    device: Annotated[str, typer.Option("--device", callback=device_option(auto=True), help="auto, cpu, cuda or cuda:N.")] = "auto",
-    workers: Annotated[int, typer.Option("--workers", "-j", min=0, help="Data loader processes.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed.")] = _E.seed,
+    device: Annotated[str, typer.Option("--device", callback=device_option(auto=True), help="auto, cpu, cuda or cuda:N.")] = _E.device,
+    workers: Annotated[int, typer.Option("--workers", "-j", min=0, help="Data loader processes.")] = _E.workers,
 ) -> None:
     """Metrics of a checkpoint on a manifest split: JSON with bootstrap CIs, per-image CSV, confusion matrix and ROC PNGs.
 

@@ -99,7 +99,7 @@ def run_demo(
     note = on_note or (lambda _: None)
 
     def epochs(stage: str) -> Callable[[Any], None]:
-        from cxrtool.train.loop import EpochEnded, StepDone
+        from cxrtool.train.events import EpochEnded, StepDone
 
         last = [time.perf_counter()]
 

@@ -54,6 +54,7 @@ from cxrtool.modelfile import (
 from cxrtool.modelfile.write import set_ir_metadata, set_onnx_metadata
 from cxrtool.export.parity import ParityError
 from cxrtool.task import Task
+from cxrtool.train.metrics import auc_score
 
 MIN_AGREEMENT = 0.99
 MAX_AUC_DROP = 0.005
@@ -99,15 +100,9 @@ class Int8Check:
 
 def _class_aucs(probs: np.ndarray, labels: np.ndarray, task: Task, names: Sequence[str]) -> dict[str, float]:
     """One-vs-rest AUC of every class that has both positives and negatives among the films."""
-    from sklearn.metrics import roc_auc_score
-
     truth = labels if task.multilabel else np.eye(len(names))[labels]
-    out = {}
-    for k, name in enumerate(names):
-        y = truth[:, k]
-        if 0 < y.sum() < len(y):
-            out[name] = float(roc_auc_score(y, probs[:, k]))
-    return out
+    aucs = {name: auc_score(probs[:, k], truth[:, k]) for k, name in enumerate(names)}
+    return {name: auc for name, auc in aucs.items() if auc is not None}
 
 
 def compare_int8(

@@ -1,4 +1,8 @@
-"""The training configuration: defaults < TOML file < command-line flags; stored resolved in every checkpoint."""
+"""The training configuration: defaults < TOML file < command-line flags; stored resolved in every checkpoint.
+
+Also ``evaluate``'s defaults (:class:`EvalDefaults`): this module stays light (no torch), so the
+CLI's help reads them here and the core's signature uses the same values.
+"""
 
 from __future__ import annotations
 
@@ -90,6 +94,22 @@ class TrainConfig:
         if unknown:
             raise CxrError(f"{source}: unknown option(s) {', '.join(unknown)}")
         return cls(**dict(data))
+
+
+@dataclass(frozen=True)
+class EvalDefaults:
+    """The defaults of :func:`cxrtool.train.evaluate.evaluate` and ``cxrtool evaluate``, in one place."""
+
+    split: str = "test"
+    batch_size: int = 64
+    device: str = "auto"
+    amp: str = "none"
+    workers: int = 0
+    bootstrap: int = 1000  # bootstrap resamples for the 95% intervals
+    seed: int = 0  # bootstrap seed
+
+
+EVAL_DEFAULTS = EvalDefaults()
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:

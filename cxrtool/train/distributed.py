@@ -85,7 +85,8 @@ def all_sum(values: list[float], info: DistInfo, device: torch.device) -> list[f
 
 
 def broadcast_file(path: Path, info: DistInfo) -> bytes | None:
-    """Rank 0's bytes of ``path`` on every rank (the others need not see its filesystem); None if rank 0 has no such file."""
+    """Rank 0's bytes of ``path`` on every rank (the others need not see its filesystem); None if rank 0 has no
+    such file."""
     box = [path.read_bytes() if info.is_main and path.is_file() else None]
     if info.enabled:
         dist.broadcast_object_list(box, src=0)

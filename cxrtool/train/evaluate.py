@@ -1,4 +1,5 @@
-"""``evaluate``: a checkpoint on one manifest split -> metrics JSON, predictions CSV, confusion, ROC and reliability PNGs.
+"""``evaluate``: a checkpoint on one manifest split -> metrics JSON, predictions CSV, confusion, ROC and
+reliability PNGs.
 
 Preprocessing comes from the checkpoint's card, so the numbers are for exactly the input the
 model was trained on.  An unreadable image becomes an error row in the CSV and is left out of
@@ -31,10 +32,11 @@ from cxrtool.data import ManifestDataset
 from cxrtool.errors import CxrError
 from cxrtool.fsutil import atomic_write_text
 from cxrtool.manifest import read_manifest
-from cxrtool.models.checkpoint import load_checkpoint
 from cxrtool.modelfile import file_sha256
-from cxrtool.train.metrics import bootstrap_ci, compute_metrics
+from cxrtool.models.checkpoint import load_checkpoint
 from cxrtool.task import Task
+from cxrtool.train.config import EVAL_DEFAULTS
+from cxrtool.train.metrics import bootstrap_ci, compute_metrics
 from cxrtool.train.plots import plot_confusion, plot_reliability, plot_roc
 from cxrtool.train.runtime import Runtime, resolve_device, resolve_runtime
 from cxrtool.trust import Assessment, load_trust
@@ -56,13 +58,13 @@ def evaluate(
     manifest: str | Path,
     out_dir: str | Path,
     *,
-    split: str | None = "test",
-    batch_size: int = 64,
-    device: str = "auto",
-    amp: str = "none",
-    workers: int = 0,
-    bootstrap: int = 1000,
-    seed: int = 0,
+    split: str | None = EVAL_DEFAULTS.split,
+    batch_size: int = EVAL_DEFAULTS.batch_size,
+    device: str = EVAL_DEFAULTS.device,
+    amp: str = EVAL_DEFAULTS.amp,
+    workers: int = EVAL_DEFAULTS.workers,
+    bootstrap: int = EVAL_DEFAULTS.bootstrap,
+    seed: int = EVAL_DEFAULTS.seed,
     threshold: float | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> EvalResult:
@@ -101,7 +103,8 @@ def evaluate(
     metrics["shortcut"] = split_shortcut(card, thumbs[ok], t)
     if trust.has_ood:
         flagged = [v.flagged for v, good in zip(verdicts, ok) if good]
-        metrics |= {"ood_flagged": int(sum(flagged)), "ood_flagged_share": float(np.mean(flagged)), "ood_threshold": trust.ood.threshold}
+        metrics |= {"ood_flagged": int(sum(flagged)), "ood_flagged_share": float(np.mean(flagged))}
+        metrics["ood_threshold"] = trust.ood.threshold
     metrics |= {"checkpoint": str(checkpoint), "checkpoint_sha256": file_sha256(checkpoint), "manifest": str(manifest)}
     metrics |= {"split": split, "task": task.name, "class_names": card.class_names, "failed": len(failures)}
 
@@ -118,7 +121,8 @@ def evaluate(
     plot_reliability(curves, files[3], title=f"reliability, {split or 'all'} {n_ok}")
     if not task.multilabel:
         files.append(out / "confusion_matrix.png")
-        plot_confusion(np.asarray(metrics["confusion_matrix"]), card.class_names, files[-1], title=f"{split or 'all'} {n_ok}")
+        cm = np.asarray(metrics["confusion_matrix"])
+        plot_confusion(cm, card.class_names, files[-1], title=f"{split or 'all'} {n_ok}")
     return EvalResult(metrics, int(ok.sum()), failures, files)
 
 
@@ -154,5 +158,7 @@ def _predictions_csv(
             writer.writerow([row["path"], row.get("label", ""), "", *[""] * len(class_names), "", "", err])
         else:
             score = "" if v.ood_score is None else f"{v.ood_score:.4f}"
-            writer.writerow([row["path"], row.get("label", ""), task.decide(v.probs, class_names), *[f"{x:.6f}" for x in v.probs], score, v.flag, ""])
+            probs = [f"{x:.6f}" for x in v.probs]
+            decision = task.decide(v.probs, class_names)
+            writer.writerow([row["path"], row.get("label", ""), decision, *probs, score, v.flag, ""])
     return buf.getvalue()

@@ -10,24 +10,18 @@ At the end of a finished run (unless ``trust = false``) ``best.safetensors`` get
 statistics (:mod:`cxrtool.trust`): OOD Gaussians on the training split, temperature and OOD
 threshold on the validation split.
 
-Progress is reported as typed events (:data:`Event`), one dataclass per kind, to ``on_event``.
+Progress is reported as typed events (:data:`cxrtool.train.events.Event`), one dataclass per kind, to
+``on_event``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
 import functools
-import hashlib
-import io
 import json
-import math
 import os
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -41,147 +35,51 @@ from cxrtool.data import AugmentCfg, EpochSampler, ManifestDataset, balanced_wei
 from cxrtool.errors import CxrError
 from cxrtool.fsutil import atomic_write_text
 from cxrtool.locks import owned_output
-from cxrtool.manifest import Manifest, read_manifest
+from cxrtool.modelfile import ModelCard
 from cxrtool.models import build_model
-from cxrtool.models.registry import DEFAULT_ARCH
 from cxrtool.models.checkpoint import save_checkpoint
-from cxrtool.modelfile import ModelCard, file_sha256
 from cxrtool.models.pretrained import InitReport, initialise, read_parent_card
+from cxrtool.models.registry import DEFAULT_ARCH
 from cxrtool.task import Task
 from cxrtool.train import distributed as D
 from cxrtool.train.config import RUNTIME_KEYS, TrainConfig, dump_toml
-from cxrtool.workers import die_with
+from cxrtool.train.events import (
+    EpochEnded,
+    EpochStarted,
+    Event,
+    EventFn,
+    FitResult,
+    InitDone,
+    RunWarning,
+    SetupDone,
+    StepDone,
+    Stopped,
+    TrustFitted,
+    TrustProgress,
+)
+from cxrtool.train.logs import EpochStats, write_logs
 from cxrtool.train.metrics import compute_metrics
-from cxrtool.train.runtime import grad_scaler, predict_logits, resolve_device, resolve_runtime, restore_scaler
-from cxrtool.train.state import STATE_FILE, load_state, rng_state, save_state, set_rng_state
+from cxrtool.train.rundata import init_loader_worker, read_data
+from cxrtool.train.runtime import (
+    grad_scaler,
+    predict_logits,
+    resolve_device,
+    resolve_runtime,
+    restore_scaler,
+)
+from cxrtool.train.signals import StopRequest, stop_on_signals
+from cxrtool.train.state import (
+    STATE_FILE,
+    Progress,
+    load_state,
+    rng_state,
+    save_state,
+    set_rng_state,
+)
 
 MONITORS = ("loss", "accuracy", "macro_f1", "auc_macro")
 #: on a GPU or under DDP, steps between reads of the loss (a host sync) and stop checks (an all_reduce)
 HOST_SYNC_EVERY = 20
-
-
-# ---------------------------------------------------------------- events
-
-
-@dataclass(frozen=True)
-class RunWarning:
-    """Something was degraded or skipped; training goes on."""
-
-    message: str
-
-
-@dataclass(frozen=True)
-class InitDone:
-    """Where the starting weights came from (:func:`cxrtool.models.pretrained.initialise`)."""
-
-    report: InitReport
-
-
-@dataclass(frozen=True)
-class SetupDone:
-    """Everything resolved; training starts (or resumes) at ``start_epoch``/``start_step``."""
-
-    arch: str
-    task: str
-    runtime: str
-    world_size: int
-    class_names: list[str]
-    n_train: int
-    n_val: int
-    steps_per_epoch: int
-    epochs: int
-    start_epoch: int
-    start_step: int
-    preprocess: PreprocessCfg
-    monitor: str
-
-
-@dataclass(frozen=True)
-class EpochStarted:
-    epoch: int  # 1-based
-    steps: int
-    start_step: int
-    frozen: bool
-
-
-@dataclass(frozen=True)
-class StepDone:
-    epoch: int  # 1-based
-    step: int
-    steps: int
-    loss: float
-    lr: float
-    images_per_s: float
-
-
-@dataclass(frozen=True)
-class EpochEnded:
-    """One epoch's log record (as in ``log.jsonl``) and the run status after it."""
-
-    epoch: int
-    train_loss: float
-    val_loss: float
-    val_metrics: dict[str, Any]  # accuracy, macro_f1, auc_macro, per_class, ...
-    images_per_s: float
-    best: bool
-    status: str
-
-
-@dataclass(frozen=True)
-class Stopped:
-    """A stop request ended the run early; ``state`` resumes it."""
-
-    epoch: int  # 0-based epoch the run stopped in
-    step: int
-    state: Path
-
-
-@dataclass(frozen=True)
-class TrustProgress:
-    """Films run through the best model so far while its trust statistics are fitted (val, then train)."""
-
-    done: int
-    total: int
-
-
-@dataclass(frozen=True)
-class TrustFitted:
-    """``checkpoint`` got its OOD statistics and temperature (:mod:`cxrtool.trust`)."""
-
-    checkpoint: Path
-    temperature: float
-    ece: float
-    ece_calibrated: float
-    threshold: float
-    n_train: int
-    n_val: int
-
-
-Event = RunWarning | InitDone | SetupDone | EpochStarted | StepDone | EpochEnded | Stopped | TrustProgress | TrustFitted
-EventFn = Callable[[Event], None]
-
-
-class StopRequest:
-    """Asks the loop to stop after the current step (set by SIGINT/SIGTERM, or by code)."""
-
-    def __init__(self) -> None:
-        self.requested = False
-
-    def set(self) -> None:
-        self.requested = True
-
-
-@dataclass
-class FitResult:
-    out_dir: Path
-    status: str  # completed | early_stopped | interrupted
-    epochs_done: int
-    monitor: str
-    best_value: float | None
-    best_epoch: int | None
-    history: list[dict[str, Any]] = field(default_factory=list)
-    model: nn.Module | None = None  # the final weights (this rank's), for notebooks and tests
-    rank: int = 0  # under torchrun, only rank 0 reports
 
 
 def monitor_name(cfg: TrainConfig, task: Task) -> str:
@@ -206,26 +104,6 @@ def resume_config(out_dir: str | Path, overrides: dict[str, Any] | None = None) 
     return TrainConfig.from_dict(data).validate()
 
 
-@contextlib.contextmanager
-def _stop_on_signals(stop: StopRequest) -> Iterator[None]:
-    """SIGINT/SIGTERM set ``stop``; a second SIGINT raises KeyboardInterrupt.  Main thread only."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        if stop.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        stop.set()
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-
-
 def fit(
     cfg: TrainConfig, *, resume: bool = False, on_event: EventFn | None = None, stop: StopRequest | None = None
 ) -> FitResult:
@@ -236,79 +114,10 @@ def fit(
     stop = stop or StopRequest()
     try:
         owner = owned_output(cfg.out_dir) if dist_info.is_main else contextlib.nullcontext()  # one run per --out
-        with owner, _stop_on_signals(stop):
+        with owner, stop_on_signals(stop):
             return _Run(cfg, dist_info, on_event, stop, resume).run()
     finally:
         D.teardown(dist_info)
-
-
-@dataclass
-class _Data:
-    """The manifests a run trains and validates on (what ``_read_data`` found)."""
-
-    task: Task
-    class_names: list[str]
-    train: Manifest
-    val: Manifest
-    info: dict[str, Any]  # the card's ``dataset`` field
-
-
-@dataclass
-class _Progress:
-    """Everything that changes while training and is saved for ``--resume``."""
-
-    epoch: int = 0  # epochs finished
-    step: int = 0  # steps done in the current epoch
-    run_loss: list[float] = field(default_factory=lambda: [0.0, 0.0])  # summed loss, samples this epoch
-    best_value: float | None = None
-    best_epoch: int | None = None
-    bad_epochs: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
-    status: str = "running"
-
-    def to_state(self) -> dict[str, Any]:
-        return {
-            "status": self.status, "epoch": self.epoch, "step": self.step, "run_loss": self.run_loss,
-            "best_value": self.best_value, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
-            "history": json.dumps(self.history),
-        }  # fmt: skip
-
-    @classmethod
-    def from_state(cls, state: dict[str, Any], *, is_main: bool) -> _Progress:
-        return cls(
-            epoch=state["epoch"], step=state["step"], run_loss=list(state["run_loss"]) if is_main else [0.0, 0.0],
-            best_value=state["best_value"], best_epoch=state["best_epoch"], bad_epochs=state["bad_epochs"],
-            history=json.loads(state["history"]),
-            status="running" if state["status"] in ("running", "interrupted") else state["status"],
-        )  # fmt: skip
-
-
-@dataclass(frozen=True)
-class _EpochStats:
-    seconds: float
-    seen: int  # images, all ranks
-    frozen: bool
-
-
-def _read_data(cfg: TrainConfig) -> _Data:
-    full = read_manifest(cfg.manifest)
-    task, class_names = full.task.with_threshold(cfg.threshold), full.class_names
-    if not class_names:
-        raise CxrError(f"{cfg.manifest}: no class labels")
-    val_src = read_manifest(cfg.val_manifest) if cfg.val_manifest else full
-    train_m, val_m = full.select(cfg.train_split), val_src.select(cfg.val_split)
-    for m, split, src in ((train_m, cfg.train_split, cfg.manifest), (val_m, cfg.val_split, cfg.val_manifest or cfg.manifest)):
-        if not m.rows:
-            raise CxrError(f"{src}: no rows with split {split!r}")
-        missing = [str(m.resolve(r)) for r in m.rows if not m.resolve(r).is_file()]
-        if missing:
-            raise CxrError(f"{src}: {len(missing)} image file(s) not found, e.g. {missing[0]}")
-    info = {
-        "manifest": str(cfg.manifest), "manifest_sha256": file_sha256(cfg.manifest), "val_manifest": cfg.val_manifest,
-        "splits": [cfg.train_split, cfg.val_split], "n_train": len(train_m.rows), "n_val": len(val_m.rows),
-        "rows_sha256": _rows_fingerprint(train_m, val_m),
-    }  # fmt: skip
-    return _Data(task, list(class_names), train_m, val_m, info)
 
 
 def _build(cfg: TrainConfig, n_classes: int) -> tuple[str, PreprocessCfg, nn.Module]:
@@ -331,7 +140,7 @@ def _build(cfg: TrainConfig, n_classes: int) -> tuple[str, PreprocessCfg, nn.Mod
 class _Run:
     """One training run.  Everything is set up in :meth:`__init__`, in this order: runtime, data,
     model, datasets and sampler, weights (initialised or resumed), loss, optimiser; what changes
-    while training lives in ``self.progress`` (a :class:`_Progress`, saved for ``--resume``)."""
+    while training lives in ``self.progress`` (a :class:`Progress`, saved for ``--resume``)."""
 
     def __init__(self, cfg: TrainConfig, info: D.DistInfo, on_event: EventFn | None, stop: StopRequest, resume: bool):
         self.cfg, self.info, self.stop, self._on_event = cfg, info, stop, on_event
@@ -341,7 +150,7 @@ class _Run:
         self.runtime, warnings = resolve_runtime(device, cfg.amp, cfg.channels_last)
         for w in warnings:
             self.emit(RunWarning(w))
-        self.data = _read_data(cfg)
+        self.data = read_data(cfg)
         self.task, self.class_names = self.data.task, self.data.class_names
         self.arch, self.preprocess, model = _build(cfg, len(self.class_names))
         self.train_ds, self.val_ds, self.sampler, self.steps_per_epoch = self._datasets()
@@ -360,7 +169,7 @@ class _Run:
         self.criterion = self._criterion()
         self.opt, self.sched = self._optimiser()
         self.scaler = grad_scaler(self.runtime)
-        self.progress = _Progress()
+        self.progress = Progress()
         if state is not None:
             self._restore(state)
 
@@ -373,7 +182,9 @@ class _Run:
         cfg = self.cfg
         aug = None
         if cfg.augment:
-            aug = AugmentCfg(cfg.aug_rotate, cfg.aug_scale, cfg.aug_translate, cfg.aug_brightness, cfg.aug_contrast, cfg.hflip)
+            aug = AugmentCfg(
+                cfg.aug_rotate, cfg.aug_scale, cfg.aug_translate, cfg.aug_brightness, cfg.aug_contrast, cfg.hflip
+            )
         common = {"class_names": self.class_names, "task": self.task, "preprocess": self.preprocess, "seed": cfg.seed}
         train_ds = ManifestDataset(self.data.train, augment_cfg=aug, **common)
         val_ds = ManifestDataset(self.data.val, **common)
@@ -382,7 +193,9 @@ class _Run:
             if self.task.multilabel:
                 raise CxrError("--balance sampler is for multiclass manifests; use --balance loss for multilabel")
             weights = balanced_weights(train_ds.targets, len(self.class_names))
-        sampler = EpochSampler(len(train_ds), seed=cfg.seed, weights=weights, num_replicas=self.info.world_size, rank=self.info.rank)
+        sampler = EpochSampler(
+            len(train_ds), seed=cfg.seed, weights=weights, num_replicas=self.info.world_size, rank=self.info.rank
+        )
         if sampler.per_rank < cfg.batch_size:
             raise CxrError(
                 f"{cfg.manifest}: {len(train_ds)} training images give {sampler.per_rank} per process, "
@@ -395,7 +208,7 @@ class _Run:
             dataset, batch_size=self.cfg.batch_size, sampler=sampler, num_workers=self.cfg.workers,
             pin_memory=self.runtime.cuda, drop_last=drop_last,
             generator=torch.Generator().manual_seed(self.cfg.seed + epoch),  # keeps the global RNG untouched
-            worker_init_fn=functools.partial(_init_loader_worker, os.getpid()) if self.cfg.workers else None,
+            worker_init_fn=functools.partial(init_loader_worker, os.getpid()) if self.cfg.workers else None,
         )  # fmt: skip
 
     def _criterion(self) -> nn.Module:
@@ -410,7 +223,8 @@ class _Run:
             weight = torch.tensor(per_class.sum() / (len(per_class) * per_class), dtype=torch.float32)
         elif self.cfg.balance == "loss":
             pos = counts.sum(0)
-            pos_weight = torch.tensor(np.where(pos > 0, (len(counts) - pos) / np.maximum(pos, 1), 1.0), dtype=torch.float32)
+            ratio = np.where(pos > 0, (len(counts) - pos) / np.maximum(pos, 1), 1.0)
+            pos_weight = torch.tensor(ratio, dtype=torch.float32)
         return self.task.loss(class_weight=weight, pos_weight=pos_weight).to(self.runtime.device)
 
     def _optimiser(self) -> tuple[torch.optim.Optimizer, Any]:
@@ -433,7 +247,7 @@ class _Run:
             self.sched.load_state_dict(state["scheduler"])
         restore_scaler(self.scaler, state["scaler"])
         set_rng_state(state["rng"])
-        self.progress = _Progress.from_state(state, is_main=self.info.is_main)
+        self.progress = Progress.from_state(state, is_main=self.info.is_main)
 
     # ------------------------------------------------------------------ run
     def run(self) -> FitResult:
@@ -463,7 +277,9 @@ class _Run:
             self._save_state()
         if p.status != "interrupted" and cfg.trust:
             self._fit_trust()  # every rank extracts features for its shard (no rank waits out a barrier)
-        return FitResult(self.out, p.status, p.epoch, self.monitor, p.best_value, p.best_epoch, p.history, self.model, self.info.rank)
+        return FitResult(
+            self.out, p.status, p.epoch, self.monitor, p.best_value, p.best_epoch, p.history, self.model, self.info.rank
+        )
 
     def _set_frozen(self, frozen: bool) -> nn.Module:
         """Freeze or unfreeze the backbone and return the module to call (DDP-wrapped when distributed)."""
@@ -480,7 +296,7 @@ class _Run:
         # Buffers are synced from rank 0 at wrap time and before validation, not at every forward.
         return DistributedDataParallel(self.model, device_ids=ids, forward_sync_buffers=False)
 
-    def _train_epoch(self) -> _EpochStats | None:
+    def _train_epoch(self) -> EpochStats | None:
         """Train the rest of the current epoch; None if a stop request cut it short."""
         cfg, rt, p = self.cfg, self.runtime, self.progress
         frozen = p.epoch < cfg.freeze_epochs
@@ -513,10 +329,12 @@ class _Run:
             p.run_loss[0] += float(pending)
             pending.zero_()
             elapsed = time.perf_counter() - t0
-            self.emit(StepDone(p.epoch + 1, p.step, self.steps_per_epoch, float(loss.detach()), self.opt.param_groups[0]["lr"], seen / elapsed if elapsed > 0 else 0.0))
+            rate = seen / elapsed if elapsed > 0 else 0.0
+            lr = self.opt.param_groups[0]["lr"]
+            self.emit(StepDone(p.epoch + 1, p.step, self.steps_per_epoch, float(loss.detach()), lr, rate))
             if D.any_rank(self.stop.requested, self.info, rt.device) and p.step < self.steps_per_epoch:
                 return None
-        return _EpochStats(time.perf_counter() - t0, seen, frozen)
+        return EpochStats(time.perf_counter() - t0, seen, frozen)
 
     def _validate(self) -> tuple[float, dict[str, Any]]:
         if self.info.enabled:
@@ -535,7 +353,7 @@ class _Run:
         probs = self.task.probs_tensor(logits_t).numpy()
         return loss, compute_metrics(self.task, probs, targets_t.numpy(), self.class_names)
 
-    def _end_epoch(self, stats: _EpochStats) -> None:
+    def _end_epoch(self, stats: EpochStats) -> None:
         cfg, p = self.cfg, self.progress
         loss_sum, count = D.all_sum(p.run_loss, self.info, self.runtime.device)
         val_loss, metrics = self._validate()
@@ -557,7 +375,8 @@ class _Run:
             "val_loss": val_loss,
         }  # fmt: skip
         record |= {f"val_{k}": v for k, v in metrics.items() if k not in ("n", "threshold")}
-        record |= {"images_per_s": images_per_s, "epoch_time_s": stats.seconds, "best": improved, "monitor": self.monitor}
+        record |= {"images_per_s": images_per_s, "epoch_time_s": stats.seconds}
+        record |= {"best": improved, "monitor": self.monitor}
         p.history.append(record)
         if cfg.patience and p.bad_epochs >= cfg.patience and p.epoch < cfg.epochs:
             p.status = "early_stopped"
@@ -566,7 +385,7 @@ class _Run:
             save_checkpoint(self.out / "last.safetensors", self.model, self._card(card_metrics))
             if improved:
                 save_checkpoint(self.out / "best.safetensors", self.model, self._card(card_metrics))
-            self._write_logs()
+            write_logs(self.out, p.history)
         self._save_state()
         self.emit(EpochEnded(p.epoch, train_loss, val_loss, metrics, images_per_s, improved, p.status))
 
@@ -590,7 +409,9 @@ class _Run:
             (Path(tmp) / best.name).write_bytes(data)
             model, card = load_checkpoint(Path(tmp) / best.name)
         model = model.to(self.runtime.device)
-        common = {"class_names": self.class_names, "task": self.task, "preprocess": self.preprocess, "skip_errors": True}
+        common = {
+            "class_names": self.class_names, "task": self.task, "preprocess": self.preprocess, "skip_errors": True
+        }
         train, val = ManifestDataset(self.data.train, **common), ManifestDataset(self.data.val, **common)
         done, total = [0], len(train) + len(val)
 
@@ -600,12 +421,14 @@ class _Run:
 
         try:
             fitted = fit_trust(
-                model, card, train, val, splits=(self.cfg.train_split, self.cfg.val_split), quantile=self.cfg.ood_quantile,
+                model, card, train, val, splits=(self.cfg.train_split, self.cfg.val_split),
+                quantile=self.cfg.ood_quantile,
                 device=self.runtime.device, batch_size=self.cfg.batch_size, workers=self.cfg.workers, on_batch=on_batch,
                 shard=(self.info.rank, self.info.world_size), gather=functools.partial(D.all_gather, info=self.info),
             )  # fmt: skip
         except CxrError as exc:
-            self.emit(RunWarning(f"no OOD statistics or temperature fitted ({exc}); add them later with `cxrtool calibrate {best} MANIFEST`"))
+            later = f"add them later with `cxrtool calibrate {best} MANIFEST`"
+            self.emit(RunWarning(f"no OOD statistics or temperature fitted ({exc}); {later}"))
             return
         if not self.info.is_main:
             return
@@ -613,7 +436,8 @@ class _Run:
         c, ood = fitted.calibration, fitted.ood
         if fitted.shortcut:
             self.emit(RunWarning(fitted.shortcut))
-        self.emit(TrustFitted(best, c["temperature"], c["ece"], c["ece_calibrated"], ood.threshold, ood.info["n_train"], ood.info["n_val"]))
+        n_train, n_val = ood.info["n_train"], ood.info["n_val"]
+        self.emit(TrustFitted(best, c["temperature"], c["ece"], c["ece_calibrated"], ood.threshold, n_train, n_val))
 
     # --------------------------------------------------------------- output
     def _card(self, metrics: dict[str, Any]) -> ModelCard:
@@ -621,17 +445,6 @@ class _Run:
             arch=self.arch, task=self.task, class_names=list(self.class_names), preprocess=self.preprocess,
             config=self.cfg.to_dict(), metrics=metrics, dataset=self.data.info, lineage=self.report.lineage,
         )  # fmt: skip
-
-    def _write_logs(self) -> None:
-        history = self.progress.history
-        atomic_write_text(self.out / "log.jsonl", "".join(json.dumps(r) + "\n" for r in history))
-        rows = [_flatten(r) for r in history]
-        columns = list(dict.fromkeys(k for row in rows for k in row))
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic_write_text(self.out / "log.csv", buf.getvalue())
 
     def _save_state(self) -> None:
         if not self.info.is_main:
@@ -652,32 +465,3 @@ class _Run:
         )
 
 
-def _init_loader_worker(owner_pid: int, worker_id: int) -> None:
-    """Loader workers leave Ctrl-C to the main process (it finishes the step and saves) and die with it."""
-    die_with(owner_pid)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _rows_fingerprint(*manifests: Manifest) -> str:
-    """Hash of the (path, label, split) rows a run trains and validates on."""
-    h = hashlib.sha256()
-    for m in manifests:
-        for r in m.rows:
-            h.update(json.dumps([r.get("path"), r.get("label"), r.get("split")] + m.multi_hot(r)).encode())
-    return h.hexdigest()
-
-
-def _flatten(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested dicts to ``a:b`` columns for the CSV log (``val_per_class:covid:recall``)."""
-    out: dict[str, Any] = {}
-    for k, v in record.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out |= _flatten(v, f"{key}:")
-        elif isinstance(v, list):
-            out[key] = json.dumps(v)
-        elif isinstance(v, float) and math.isnan(v):
-            out[key] = ""
-        else:
-            out[key] = v
-    return out

@@ -1,9 +1,10 @@
-"""Classification metrics in numpy (no scikit-learn dependency), for training logs and ``evaluate``.
+"""Classification metrics for training logs, ``evaluate`` and the INT8 gate.
 
 Conventions: per-class precision/recall/specificity/F1 are ``None`` where undefined (0/0), and a
 class with no true and no predicted samples is left out of macro-F1 rather than counted as 0 --
 a finding absent from a small validation set says nothing about the model.  AUC is ``None`` when
-only one of positive/negative is present.
+only one of positive/negative is present.  ROC and AUC are scikit-learn's (the one AUC of the
+package); a non-finite score is an error there (``ValueError``), never a number.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from sklearn.metrics import roc_auc_score
+from sklearn.metrics import roc_curve as sklearn_roc_curve
 
 from cxrtool.task import Task
 
@@ -21,31 +24,16 @@ def _div(a: float, b: float) -> float | None:
 
 
 def auc_score(scores: np.ndarray, labels: np.ndarray) -> float | None:
-    """ROC AUC as the Mann-Whitney U statistic (ties count one half)."""
+    """ROC AUC (ties count one half); ``None`` when the labels hold only one of positive/negative."""
     labels = np.asarray(labels).astype(bool)
-    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
-    if n_pos == 0 or n_neg == 0:
+    if labels.all() or not labels.any():
         return None
-    order = np.argsort(scores, kind="mergesort")
-    sorted_scores = np.asarray(scores)[order]
-    ranks = np.empty(len(scores), dtype=np.float64)
-    # average ranks of tied groups
-    _, start, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
-    avg = start + (counts - 1) / 2.0 + 1.0
-    ranks[order] = np.repeat(avg, counts)
-    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    return float(roc_auc_score(labels, np.asarray(scores)))
 
 
 def roc_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """False- and true-positive rates at every distinct threshold, from (0, 0) to (1, 1)."""
-    labels = np.asarray(labels).astype(bool)
-    order = np.argsort(-np.asarray(scores), kind="mergesort")
-    s, y = np.asarray(scores)[order], labels[order]
-    last_of_group = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]
-    tps = np.cumsum(y)[last_of_group]
-    fps = (last_of_group + 1) - tps
-    tpr = np.r_[0.0, tps / max(int(y.sum()), 1)]
-    fpr = np.r_[0.0, fps / max(int((~y).sum()), 1)]
+    fpr, tpr, _ = sklearn_roc_curve(np.asarray(labels).astype(bool), np.asarray(scores), drop_intermediate=False)
     return fpr, tpr
 
 

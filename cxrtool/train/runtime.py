@@ -84,7 +84,9 @@ def resolve_runtime(device: torch.device, amp: str, channels_last: bool | None) 
         if amp == "auto" or amp == "bf16":
             dtype = torch.bfloat16 if native_bf16(device) else torch.float16
             if amp == "bf16" and dtype is torch.float16:
-                warnings.append("this GPU has no native bf16 (compute capability < 8.0); using fp16 autocast with a grad scaler")
+                warnings.append(
+                    "this GPU has no native bf16 (compute capability < 8.0); using fp16 autocast with a grad scaler"
+                )
         elif amp == "fp16":
             dtype = torch.float16
     elif amp == "bf16":

@@ -6,7 +6,9 @@ holds only tensors and plain Python values (RNG states included, as tensors and 
 
 from __future__ import annotations
 
+import json
 import random
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,36 @@ from cxrtool.fsutil import atomic_path, remove_stale_temps
 
 STATE_FILE = "train_state.pt"
 FORMAT = "cxrtool-train-state/1"
+
+
+@dataclass
+class Progress:
+    """Everything that changes while training and is saved for ``--resume``."""
+
+    epoch: int = 0  # epochs finished
+    step: int = 0  # steps done in the current epoch
+    run_loss: list[float] = field(default_factory=lambda: [0.0, 0.0])  # summed loss, samples this epoch
+    best_value: float | None = None
+    best_epoch: int | None = None
+    bad_epochs: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    status: str = "running"
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "status": self.status, "epoch": self.epoch, "step": self.step, "run_loss": self.run_loss,
+            "best_value": self.best_value, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
+            "history": json.dumps(self.history),
+        }  # fmt: skip
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], *, is_main: bool) -> Progress:
+        return cls(
+            epoch=state["epoch"], step=state["step"], run_loss=list(state["run_loss"]) if is_main else [0.0, 0.0],
+            best_value=state["best_value"], best_epoch=state["best_epoch"], bad_epochs=state["bad_epochs"],
+            history=json.loads(state["history"]),
+            status="running" if state["status"] in ("running", "interrupted") else state["status"],
+        )  # fmt: skip
 
 
 def rng_state() -> dict[str, Any]:

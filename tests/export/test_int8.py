@@ -15,6 +15,7 @@ from cxrtool.errors import CxrError
 from cxrtool.export.calib_films import calibration_set
 from cxrtool.export.int8 import Int8CheckError, compare_int8, export_int8
 from cxrtool.modelfile import INT8_KEY, BatchProfile, ModelCard, model_id, default_int8_path, int8_info, read_ir_card, read_ir_metadata, read_onnx_card
+from cxrtool.train.metrics import auc_score
 
 CLASSES = ["covid", "normal", "viral_pneumonia"]
 CARD = ModelCard(arch="densenet121", task="multiclass", class_names=CLASSES, preprocess=PreprocessCfg(input_size=32))
@@ -93,6 +94,18 @@ class TestGate:
         assert check.top1_agreement == 1.0
         assert check.auc_int8["normal"] < check.auc_fp32["normal"] - 0.1
         assert not check.ok and check.failures == [f"macro-AUC drop {check.auc_drop:.4f} > 0.005"]
+
+    def test_gate_auc_is_the_metrics_auc_and_skips_one_outcome_classes(self):
+        """The INT8 gate's per-class AUC is :func:`cxrtool.train.metrics.auc_score` (one AUC in the package);
+        a class absent from the held-out films has no AUC and is left out of the macro."""
+        rng = np.random.default_rng(1)
+        labels = np.array([0, 1] * 30)  # no viral_pneumonia film
+        ref = rng.normal(size=(60, 3)) + 2 * np.eye(3)[labels]
+        check = compare_int8(ref, ref, labels.tolist(), CARD, min_agreement=0.0)
+        probs = CARD.task.probs(ref)
+        expected = {c: auc_score(probs[:, k], labels == k) for k, c in enumerate(CLASSES[:2])}
+        assert check.auc_fp32 == pytest.approx(expected) and set(check.auc_fp32) == {"covid", "normal"}
+        assert check.macro_auc_fp32 == pytest.approx(np.mean(list(expected.values())))
 
     def test_multilabel_uses_worst_class(self):
         card = ModelCard(arch="densenet121", task="multilabel", class_names=["a", "b"])

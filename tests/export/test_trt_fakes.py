@@ -340,6 +340,7 @@ class TestFallbacks:
         card = ModelCard(arch="densenet121", task="multiclass", class_names=["a", "b"])
         write_sidecar(engine, EngineSidecar(card, "fp16", BatchProfile(), "input", "logits", "10.3.0", "GPU", "8.0", "e" * 64, "m.onnx", "o" * 64, "c" * 64))
         (tmp_path / "films").mkdir()
+        (tmp_path / "films" / "a.png").write_bytes(b"not read: the backend check comes first")
         try:
             run = CliRunner().invoke(app, ["predict", str(tmp_path / "films"), "--model", str(engine), "--out", str(tmp_path / "p.csv"), "--backend", "tensorrt", "--device", "cuda"])
         finally:

@@ -25,6 +25,16 @@ def test_auc_matches_pairwise_definition_with_ties() -> None:
     assert auc_score(scores, np.ones(40)) is None
 
 
+def test_auc_undefined_and_non_finite() -> None:
+    """One outcome only: no AUC (not 0.5); a NaN or inf score is an error, never a number."""
+    scores = np.linspace(0, 1, 6)
+    assert auc_score(scores, np.zeros(6)) is None
+    assert auc_score(scores, np.array([0, 0, 0, 1, 1, 1])) == 1.0
+    for bad in (np.nan, np.inf):
+        with pytest.raises(ValueError):
+            auc_score(np.r_[scores[:-1], bad], np.array([0, 0, 0, 1, 1, 1]))
+
+
 def test_roc_curve_ends_and_area() -> None:
     scores = np.array([0.9, 0.8, 0.7, 0.6, 0.2])
     labels = np.array([1, 0, 1, 0, 0])

@@ -17,14 +17,15 @@ from typer.testing import CliRunner
 
 from cxrtool.cli.main import app
 from cxrtool.errors import CxrError
+from cxrtool.labels import CHESTXRAY14
 from cxrtool.manifest import read_manifest, write_manifest
+from cxrtool.modelfile import file_sha256, read_card
 from cxrtool.models import build_model
 from cxrtool.models.checkpoint import load_checkpoint, load_state_dict
-from cxrtool.modelfile import file_sha256, read_card
-from cxrtool.labels import CHESTXRAY14
 from cxrtool.models.pretrained import initialise
 from cxrtool.train.config import TrainConfig, resolve_config
-from cxrtool.train.loop import RunWarning, SetupDone, fit, resume_config
+from cxrtool.train.events import RunWarning, SetupDone
+from cxrtool.train.loop import fit, resume_config
 
 pytestmark = pytest.mark.shared_data
 COVID3 = ["covid", "normal", "viral_pneumonia"]
@@ -133,7 +134,8 @@ sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
 from tiny_arch import register_tiny_arch
 register_tiny_arch()
 from cxrtool.train.config import TrainConfig
-from cxrtool.train.loop import StepDone, fit
+from cxrtool.train.events import StepDone
+from cxrtool.train.loop import fit
 def interrupt(event):
     if isinstance(event, StepDone) and event.epoch == 2 and event.step == 1:
         signal.raise_signal(signal.SIGINT)  # the real handler: finish this step, save, stop

@@ -239,7 +239,8 @@ def test_renamed_file_needs_its_output_names(txrv_file: Path, tmp_path: Path) ->
 
 def test_stage2_with_neuron_keeping_runs_end_to_end(txrv_file: Path, covid_small: Path, tmp_path: Path) -> None:
     from cxrtool.train.config import TrainConfig
-    from cxrtool.train.loop import InitDone, fit
+    from cxrtool.train.events import InitDone
+    from cxrtool.train.loop import fit
 
     events = []
     cfg = TrainConfig(

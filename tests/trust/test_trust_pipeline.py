@@ -35,7 +35,8 @@ def test_training_fits_trust_into_the_best_checkpoint(trusted: Path) -> None:
 
 def test_no_trust_flag_leaves_a_plain_checkpoint(films: Path, tiny_arch: str, tmp_path: Path) -> None:
     from cxrtool.train.config import TrainConfig
-    from cxrtool.train.loop import TrustFitted, fit
+    from cxrtool.train.events import TrustFitted
+    from cxrtool.train.loop import fit
 
     events: list = []
     cfg = TrainConfig(manifest=str(films), out_dir=str(tmp_path), init="none", arch=tiny_arch, input_size=32, epochs=1, batch_size=12,
