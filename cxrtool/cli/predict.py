@@ -67,6 +67,8 @@ def predict(
     from cxrtool.modelfile.loaded import open_model
 
     with user_errors():
+        connection = connection_options(ca_file, token_env, token_file, basic_auth_env, basic_auth_file, http_timeout)
+        sources, dicomweb_source = split_inputs(inputs, dicomweb, qido, connection)
         total = check_inputs(inputs)
         options = PredictOptions(
             batch_size=batch_size,
@@ -78,8 +80,6 @@ def predict(
             reject_ood=reject_ood,
         )
         check_writable_output(out, "file")
-        connection = connection_options(ca_file, token_env, token_file, basic_auth_env, basic_auth_file, http_timeout)
-        sources, dicomweb_source = split_inputs(inputs, dicomweb, qido, connection)
         stow = None
         if dicom_out is not None and is_dicomweb_url(dicom_out):
             from cxrtool.dicomweb.destination import StowDestination

@@ -91,7 +91,7 @@ def _one(path: str, prediction, info, maker, destination: StowDestination, clien
                 film = Path(path)
             else:
                 return StoredResult(path, "skipped", reason="not a DICOM file: no DICOM result")
-            heatmap = maker.make(film, prediction.top[0])[0] if maker else None
+            heatmap = maker.make(film, prediction.top[0]) if maker else None
             folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="cxrtool-results-"))
             files = write_dicom_results(film, prediction, heatmap, folder, info)
             outcomes = destination.send(files)

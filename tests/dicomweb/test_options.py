@@ -6,7 +6,12 @@ import pytest
 from typer.testing import CliRunner
 
 from cxrtool.dicomweb import parse_dicomweb_url
-from cxrtool.dicomweb.connection import ConnectionOptions, check_transport, make_client, system_ca_bundle
+from cxrtool.dicomweb.connection import (
+    ConnectionOptions,
+    check_transport,
+    make_client,
+    system_ca_bundle,
+)
 from cxrtool.dicomweb.source import parse_qido
 from cxrtool.errors import CxrError
 

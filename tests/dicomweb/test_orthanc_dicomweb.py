@@ -12,6 +12,8 @@ from highdicom.sr import Comprehensive3DSR
 from highdicom.sr.utils import find_content_items
 from typer.testing import CliRunner
 
+from cxrtool.modelfile.loaded import open_model
+
 pytestmark = [pytest.mark.pacs, pytest.mark.filterwarnings("ignore::UserWarning")]
 
 
@@ -152,7 +154,7 @@ def test_stow_retries_503_and_every_object_arrives_once(orthanc, tiny_web_ckpt, 
         destination = StowDestination(
             parse_dicomweb_url(proxy.dicomweb), attempts=5, first_backoff=0.05, sleep=waits.append
         )
-        results = store_results(out, destination, model=tiny_web_ckpt)
+        results = store_results(out, destination, model=open_model(tiny_web_ckpt))
     finally:
         proxy.stop()
     assert [r.status for r in results] == ["stored", "stored"] and all(r.objects == 2 for r in results)
@@ -192,7 +194,7 @@ def test_stow_that_keeps_failing_is_reported_per_film(orthanc, tiny_web_ckpt, ch
         destination = StowDestination(
             parse_dicomweb_url(proxy.dicomweb), attempts=3, first_backoff=0.01, sleep=lambda s: None
         )
-        results = store_results(out, destination, model=tiny_web_ckpt)
+        results = store_results(out, destination, model=open_model(tiny_web_ckpt))
     finally:
         proxy.stop()
     assert [r.status for r in results] == ["failed", "failed"]

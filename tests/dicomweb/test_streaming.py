@@ -8,6 +8,8 @@ import pydicom
 import pytest
 from dicomweb_helpers import Proxy, study_of_copies
 
+from cxrtool.modelfile.loaded import open_model
+
 pytestmark = [pytest.mark.pacs, pytest.mark.filterwarnings("ignore::UserWarning")]
 
 
@@ -104,7 +106,7 @@ def test_non_image_series_and_cxrtool_results_are_not_inputs(orthanc, tiny_web_c
     assert [
         r.status
         for r in store_results(
-            tmp_path / "a.csv", StowDestination(parse_dicomweb_url(orthanc.dicomweb)), model=tiny_web_ckpt
+            tmp_path / "a.csv", StowDestination(parse_dicomweb_url(orthanc.dicomweb)), model=open_model(tiny_web_ckpt)
         )
     ] == ["stored", "stored"]
     source = _source(address)

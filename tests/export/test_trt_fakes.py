@@ -433,7 +433,7 @@ def test_tensorrt_rows_carry_the_same_ood_score_and_flag_as_onnx_runtime(fakes, 
     assert all(r.ood_score is not None for r in got)
     np.testing.assert_allclose([r.ood_score for r in got], [r.ood_score for r in want], rtol=1e-5)
     assert [r.flag for r in got] == [r.flag for r in want]
-    assert {r.flag for r in want} == {FLAG_OK, FLAG_OOD}  # both verdicts occur, so the comparison can tell
+    assert {FLAG_OK, FLAG_OOD} <= {r.flag for r in want}  # both verdicts occur (noise films may also fail the view check)
 
 
 class TestSignedQdq:
