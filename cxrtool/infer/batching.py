@@ -34,11 +34,9 @@ def predict_batch(backend: Backend, paths: list[str], inputs: np.ndarray, trust:
     trust = trust or load_trust(backend.path, backend.card)
     logits, features = backend.run_features(inputs) if trust.has_ood else (backend.run(inputs), None)
     reasons = check_finite(logits, paths)
-    if features is not None:
-        features = np.nan_to_num(features)
     verdicts = trust.assess(np.nan_to_num(logits), features, [header_reason(p) for p in paths])  # bad rows are reported, not computed
     return [
-        Prediction(path, error=reason) if reason else Prediction(path, probs=v.probs, ood_score=v.ood_score, flag=v.flag)
+        Prediction(path, error=reason or v.error) if reason or v.error else Prediction(path, probs=v.probs, ood_score=v.ood_score, flag=v.flag)
         for path, v, reason in zip(paths, verdicts, reasons)
     ]
 
