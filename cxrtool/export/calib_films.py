@@ -119,9 +119,10 @@ def _from_folder(folder: Path, card: ModelCard) -> CalibrationSet:
 
 
 def _from_manifest(path: Path, card: ModelCard) -> CalibrationSet:
-    from cxrtool.manifest import read_manifest
+    from cxrtool.manifest import check_for_model, read_manifest
 
     manifest = read_manifest(path)
+    check_for_model(manifest, None, card.class_names, card.task, source=path, labelled=False)  # the check calibrate makes
     calib: list[Path] = []
     holdout: list[tuple[Path, dict[str, str]]] = []
     for row in manifest.rows:

@@ -169,8 +169,8 @@ def _check_depths(depths: Any) -> None:
 def check_trust_tensors(ood: Mapping[str, Any], tensors: Mapping[str, np.ndarray], prefix: str, n_classes: int | None = None) -> None:
     """The OOD means and precision matrices: present, of the shapes the card's depths give, and finite.
 
-    ``ood`` is a card's (already :func:`check_card`-ed) ``ood`` dict; ``n_classes``, when given, is
-    the number of class means a depth may have besides one (multilabel models fit one).
+    ``ood`` is a card's (already :func:`check_card`-ed) ``ood`` dict; ``n_classes``, when given, bounds
+    the class means of a depth (one per class present in the fitting split; multilabel models fit one).
     """
     import numpy as np
 
@@ -187,7 +187,7 @@ def check_trust_tensors(ood: Mapping[str, Any], tensors: Mapping[str, np.ndarray
             want_rows = shape[0] if shape[0] is not None else array.shape[0] if array.ndim == 2 else -1
             if array.ndim != 2 or array.shape != (want_rows, shape[1]):
                 raise ValueError(f"OOD tensor {key} has shape {tuple(array.shape)}; the card's depth {depth['name']!r} needs {(want_rows, shape[1])}")
-            if part == "means" and n_classes is not None and array.shape[0] not in (1, n_classes):
+            if part == "means" and n_classes is not None and not 1 <= array.shape[0] <= n_classes:
                 raise ValueError(f"OOD tensor {key} has {array.shape[0]} class means for a {n_classes}-class model")
             if not np.isfinite(array).all():
                 raise ValueError(f"OOD tensor {key} holds NaN or infinite values")
