@@ -100,17 +100,20 @@ def predict(
     err.print(f"{summary.predicted} predicted in {summary.seconds:.1f} s ({summary.images_per_s:.1f} images/s), {summary.flagged} flagged")
     for notice in summary.notices:
         err.print(notice, soft_wrap=True)
+    dicom_failed = 0
     if dicom_out is not None:  # post-pass over the rows just written (cxrtool.results)
-        from cxrtool.results.write import results_for_predictions, summary_line
+        from cxrtool.results.write import failed_count, results_for_predictions, summary_line
 
         with user_errors():
-            err.print(summary_line(results_for_predictions(summary.out, dicom_out, model=model), dicom_out), soft_wrap=True)
+            results = results_for_predictions(summary.out, dicom_out, model=model)
+            err.print(summary_line(results, dicom_out), soft_wrap=True)
+        dicom_failed = failed_count(results)
     if html is not None:
         from cxrtool.report.html import build_report
 
         with user_errors():
             err.print(f"report: {build_report(summary.out, html, model=model).path}", soft_wrap=True)
-    raise typer.Exit(EXIT_SOME_FAILED if summary.failed else EXIT_OK)
+    raise typer.Exit(EXIT_SOME_FAILED if summary.failed or dicom_failed else EXIT_OK)
 
 
 def register(app: typer.Typer) -> None:

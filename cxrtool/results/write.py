@@ -24,7 +24,8 @@ INDEX_COLUMNS = ("path", "status", "sr", "sc", "reason")
 
 @dataclass
 class DicomResult:
-    """One input's row in ``dicom_results.csv``: ``written``, ``exists`` (rerun) or ``skipped`` with a reason."""
+    """One input's row in ``dicom_results.csv``: ``written``, ``exists`` (rerun), ``skipped`` (not a DICOM, no
+    prediction) or ``failed`` (a DICOM film no result could be made for), with a reason."""
 
     path: str
     status: str
@@ -157,8 +158,8 @@ def _one(path: str, out_dir, info: ModelInfo, error, analyse, no_heatmap: str, o
                 files = write_dicom_results(path, prediction, heatmap, out_dir, info)
                 sc = str(files[1]) if len(files) > 1 else ""
                 result = DicomResult(path, "written", str(files[0]), sc, reason="" if sc else no_heatmap)
-        except CxrError as exc:
-            result = DicomResult(path, "skipped", reason=one_line(exc))
+        except CxrError as exc:  # a header no result can be made from (no Study UID, an unknown SOP class...)
+            result = DicomResult(path, "failed", reason=one_line(exc))
         except Exception as exc:  # one bad film never stops the rest
             result = DicomResult(path, "failed", reason=one_line(f"{type(exc).__name__}: {exc}"))
     if on_file is not None:
@@ -222,6 +223,11 @@ def write_index(out_dir: str | Path, results: Sequence[DicomResult]) -> Path:
         writer.writeheader()
         writer.writerows(rows.values())
     return index
+
+
+def failed_count(results: Sequence[DicomResult]) -> int:
+    """DICOM films that got no result: each one makes ``predict``/``explain --dicom-out`` exit 1."""
+    return sum(r.status == "failed" for r in results)
 
 
 def summary_line(results: Sequence[DicomResult], out_dir: str | Path) -> str:
