@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cxrtool.errors import CxrError
-from cxrtool.fsutil import NAME_ERRORS, atomic_open, safe_text
+from cxrtool.fsutil import NAME_ERRORS, atomic_open, open_names, safe_text
 from cxrtool.task import Task, get_task
 
 CORE_COLUMNS: tuple[str, ...] = ("path", "label", "split", "group", "source")
@@ -129,7 +129,7 @@ def read_manifest(path: str | Path) -> Manifest:
     """Read a manifest CSV; fails with a one-line error if a core column is missing."""
     path = Path(path)
     try:
-        with open(path, newline="", encoding="utf-8", errors=NAME_ERRORS) as fh:  # names not valid UTF-8 round-trip
+        with open_names(path) as fh:  # names not valid UTF-8 round-trip
             reader = csv.DictReader(fh)
             columns = list(reader.fieldnames or [])
             rows = [dict(r) for r in reader]

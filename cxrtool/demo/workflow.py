@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cxrtool.errors import CxrError
+from cxrtool.fsutil import NAME_ERRORS
 
 SAMPLE = Path(__file__).resolve().parent / "sample"
 ATTRIBUTION = Path(__file__).resolve().parent / "ATTRIBUTION.md"
@@ -73,13 +74,13 @@ def _listing(out: Path) -> list[str]:
 def write_marker(out: Path) -> None:
     """``DEMO.txt``: the caveat and the listing of what the demo wrote, so a later demo recognises its own folder."""
     body = "\n".join([CAVEAT, "", _LISTING, *_listing(out)])
-    (out / MARKER).write_text(body + "\n", encoding="utf-8", errors="surrogateescape")
+    (out / MARKER).write_text(body + "\n", encoding="utf-8", errors=NAME_ERRORS)
 
 
 def _own_demo_folder(out: Path) -> bool:
     """True when ``out`` holds a marker whose listing is exactly what is there (an earlier, untouched demo)."""
     try:
-        text = (out / MARKER).read_text(encoding="utf-8", errors="surrogateescape")
+        text = (out / MARKER).read_text(encoding="utf-8", errors=NAME_ERRORS)
     except OSError:
         return False
     _, sep, listed = text.partition(_LISTING + "\n")

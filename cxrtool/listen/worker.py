@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 
 from cxrtool.errors import one_line
+from cxrtool.fsutil import open_names
 from cxrtool.listen.outbox import Outbox
 from cxrtool.listen.spool import Spool
 
@@ -108,7 +109,7 @@ class Worker:
 
     def _row(self, path: Path) -> dict:
         found: dict = {}
-        with open(self.predictions, encoding="utf-8", newline="") as fh:
+        with open_names(self.predictions) as fh:
             for row in csv.DictReader(fh):
                 if row["path"] == str(path):
                     found = row

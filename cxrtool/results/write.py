@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cxrtool.errors import CxrError, one_line
-from cxrtool.fsutil import atomic_open, atomic_path
+from cxrtool.fsutil import NAME_ERRORS, atomic_open, atomic_path, open_names
 from cxrtool.results.content import FilmPrediction, Heatmap, ModelInfo
 
 INDEX_NAME = "dicom_results.csv"
@@ -200,12 +200,12 @@ def _row_classes(row: dict) -> list[str]:
 
 def _read_rows(path: Path) -> Iterable[dict]:
     if path.suffix.lower() == ".jsonl":
-        with open(path, encoding="utf-8") as fh:
+        with open_names(path) as fh:
             for line in fh:
                 if line.strip():
                     yield json.loads(line)
     else:
-        with open(path, encoding="utf-8", newline="") as fh:
+        with open_names(path) as fh:
             yield from csv.DictReader(fh)
 
 
@@ -214,11 +214,11 @@ def write_index(out_dir: str | Path, results: Sequence[DicomResult]) -> Path:
     index = Path(out_dir) / INDEX_NAME
     rows: dict[str, dict] = {}
     if index.exists():
-        with open(index, encoding="utf-8", newline="") as fh:
+        with open_names(index) as fh:
             rows = {r["path"]: r for r in csv.DictReader(fh)}
     for r in results:
         rows[r.path] = {"path": r.path, "status": r.status, "sr": r.sr, "sc": r.sc, "reason": r.reason}
-    with atomic_open(index, "w", newline="", encoding="utf-8") as fh:
+    with atomic_open(index, "w", newline="", encoding="utf-8", errors=NAME_ERRORS) as fh:
         writer = csv.DictWriter(fh, fieldnames=INDEX_COLUMNS)
         writer.writeheader()
         writer.writerows(rows.values())
