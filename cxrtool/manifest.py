@@ -105,7 +105,8 @@ def check_for_model(
     if task.multilabel:
         missing = [c for c in names if label_column(c) not in manifest.columns]
         if missing:
-            raise CxrError(f"{source}: lacks the label columns {', '.join(label_column(c) for c in missing)} of the model's classes {names}")
+            columns = ", ".join(label_column(c) for c in missing)
+            raise CxrError(f"{source}: lacks the label columns {columns} of the model's classes {names}")
         try:
             present = {tuple(float(r.get(label_column(c)) or 0) for c in names) for r in selected.rows}
         except ValueError as exc:
@@ -121,7 +122,8 @@ def check_for_model(
         raise CxrError(f"{source}: {len(present)} distinct label(s) in {where}; at least {min_classes} are needed "
                        "(a single class cannot be calibrated)")  # fmt: skip
     if not any(os.access(selected.resolve(r), os.R_OK) and selected.resolve(r).is_file() for r in selected.rows):
-        raise CxrError(f"{source}: none of the {len(selected.rows)} films of {where} is a readable file (first: {safe_text(selected.rows[0]['path'])})")
+        first = safe_text(selected.rows[0]["path"])
+        raise CxrError(f"{source}: none of the {len(selected.rows)} films of {where} is readable (first: {first})")
     return selected
 
 

@@ -122,7 +122,8 @@ def _from_manifest(path: Path, card: ModelCard) -> CalibrationSet:
     from cxrtool.manifest import check_for_model, read_manifest
 
     manifest = read_manifest(path)
-    check_for_model(manifest, None, card.class_names, card.task, source=path, labelled=False)  # the check calibrate makes
+    # the check calibrate makes (classes, readable films); rows without a label only go unchecked here
+    check_for_model(manifest, None, card.class_names, card.task, source=path, labelled=False)
     calib: list[Path] = []
     holdout: list[tuple[Path, dict[str, str]]] = []
     for row in manifest.rows:

@@ -36,7 +36,9 @@ def predict_batch(backend: Backend, paths: list[str], inputs: np.ndarray, trust:
     reasons = check_finite(logits, paths)
     verdicts = trust.assess(np.nan_to_num(logits), features, [header_reason(p) for p in paths])  # bad rows are reported, not computed
     return [
-        Prediction(path, error=reason or v.error) if reason or v.error else Prediction(path, probs=v.probs, ood_score=v.ood_score, flag=v.flag)
+        Prediction(path, error=reason or v.error)
+        if reason or v.error
+        else Prediction(path, probs=v.probs, ood_score=v.ood_score, flag=v.flag)
         for path, v, reason in zip(paths, verdicts, reasons)
     ]
 

@@ -118,8 +118,9 @@ class ModelCard:
             raise ValueError("field 'class_names' repeats a name")
         if not isinstance(data["arch"], str):
             raise ValueError("field 'arch' must be a string")
-        for key, kind in (("preprocess", dict), ("config", dict), ("metrics", dict), ("dataset", dict), ("lineage", list),
-                          ("calibration", dict), ("ood", dict)):  # fmt: skip
+        kinds = {"preprocess": dict, "config": dict, "metrics": dict, "dataset": dict, "lineage": list,
+                 "calibration": dict, "ood": dict}  # fmt: skip
+        for key, kind in kinds.items():
             if not isinstance(data.get(key) or kind(), kind):
                 raise ValueError(f"field {key!r} must be a JSON {kind.__name__.replace('dict', 'object')}")
         check_card(data)

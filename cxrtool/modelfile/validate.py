@@ -75,6 +75,10 @@ DEPTH_RULES: tuple[Rule, ...] = (
 )
 
 
+_MEAN = Rule("mean", "float")
+_STD = Rule("std", "float", 0.0, None, low_open=True)
+
+
 def loads_bounded(text: str, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
     """``json.loads`` that refuses nesting deeper than ``max_depth`` (a clean ``ValueError``, not RecursionError)."""
     depth = 0
@@ -141,7 +145,7 @@ def check_card(data: Mapping[str, Any]) -> None:
             if not isinstance(values, (list, tuple)) or len(values) != channels:
                 raise ValueError(f"field 'preprocess.{key}' must be a list of {channels} numbers (one per channel)")
             for i, v in enumerate(values):
-                check_value(f"preprocess.{key}[{i}]", v, Rule("", "float", 0.0, None, low_open=True) if key == "std" else Rule("", "float"))
+                check_value(f"preprocess.{key}[{i}]", v, _STD if key == "std" else _MEAN)
     ood = data.get("ood")
     if ood:
         _check_depths(ood.get("depths") if isinstance(ood, Mapping) else None)
@@ -162,11 +166,14 @@ def _check_depths(depths: Any) -> None:
         names.add(name)
         check_rules(depth, DEPTH_RULES, where)
         if depth["start"] != expected_start or depth["stop"] <= depth["start"]:
-            raise ValueError(f"field '{where}start/stop' ({depth['start']}..{depth['stop']}) does not continue the feature layout at {expected_start}")
+            span = f"{depth['start']}..{depth['stop']}"
+            raise ValueError(f"field '{where}start/stop' ({span}) does not continue the features at {expected_start}")
         expected_start = depth["stop"]
 
 
-def check_trust_tensors(ood: Mapping[str, Any], tensors: Mapping[str, np.ndarray], prefix: str, n_classes: int | None = None) -> None:
+def check_trust_tensors(
+    ood: Mapping[str, Any], tensors: Mapping[str, np.ndarray], prefix: str, n_classes: int | None = None
+) -> None:
     """The OOD means and precision matrices: present, of the shapes the card's depths give, and finite.
 
     ``ood`` is a card's (already :func:`check_card`-ed) ``ood`` dict; ``n_classes``, when given, bounds
@@ -186,7 +193,9 @@ def check_trust_tensors(ood: Mapping[str, Any], tensors: Mapping[str, np.ndarray
                 raise ValueError(f"OOD tensor {key} has dtype {array.dtype}, not floating point")
             want_rows = shape[0] if shape[0] is not None else array.shape[0] if array.ndim == 2 else -1
             if array.ndim != 2 or array.shape != (want_rows, shape[1]):
-                raise ValueError(f"OOD tensor {key} has shape {tuple(array.shape)}; the card's depth {depth['name']!r} needs {(want_rows, shape[1])}")
+                need = (want_rows, shape[1])
+                found = tuple(array.shape)
+                raise ValueError(f"OOD tensor {key} has shape {found}; the card's depth {depth['name']!r} needs {need}")
             if part == "means" and n_classes is not None and not 1 <= array.shape[0] <= n_classes:
                 raise ValueError(f"OOD tensor {key} has {array.shape[0]} class means for a {n_classes}-class model")
             if not np.isfinite(array).all():

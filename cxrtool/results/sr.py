@@ -106,7 +106,9 @@ def _source_image(ref: Dataset) -> SourceImageForMeasurementGroup:
     by :func:`~cxrtool.results.study.study_reference`), and the SR's own Modality is always ``SR``.
     The film decoded as an image, so it is one.
     """
-    return SourceImageForMeasurementGroup(referenced_sop_class_uid=ref.SOPClassUID, referenced_sop_instance_uid=ref.SOPInstanceUID)
+    return SourceImageForMeasurementGroup(
+        referenced_sop_class_uid=ref.SOPClassUID, referenced_sop_instance_uid=ref.SOPInstanceUID
+    )
 
 
 def _library_view(ref: Dataset) -> Dataset:

@@ -76,7 +76,8 @@ class Trust:
             if card.ood:
                 check_trust_tensors(card.ood, tensors, TRUST_PREFIX, len(card.class_names))
         except ValueError as exc:
-            raise CxrError(f"{source}: damaged trust statistics: {one_line(exc)}; refit them with `cxrtool calibrate`") from None
+            refit = "refit them with `cxrtool calibrate`"
+            raise CxrError(f"{source}: damaged trust statistics: {one_line(exc)}; {refit}") from None
         ood = None
         if card.ood:
             try:
@@ -124,7 +125,8 @@ class Trust:
                 out.append(Assessment(p, None, "", "calibrated probabilities are not finite"))
                 continue
             if s is not None and not np.isfinite(s):
-                out.append(Assessment(p, None, "", f"ood_score is not finite ({s}); the film's features or the model's OOD statistics are broken"))
+                why = f"ood_score is not finite ({s}); the film's features or the model's OOD statistics are broken"
+                out.append(Assessment(p, None, "", why))
                 continue
             if r:
                 flag = header_flag(r)

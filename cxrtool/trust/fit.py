@@ -187,7 +187,9 @@ def calibrate_checkpoint(
     preprocess = resolve_preprocess(card.preprocess)
 
     def dataset(name: str) -> ManifestDataset:
-        return ManifestDataset(selected[name], class_names=card.class_names, task=card.task, preprocess=preprocess, skip_errors=True)
+        return ManifestDataset(
+            selected[name], class_names=card.class_names, task=card.task, preprocess=preprocess, skip_errors=True
+        )
 
     train = None if fit_split == KEEP else dataset(fit_split)
     val = dataset(split)

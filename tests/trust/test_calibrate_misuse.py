@@ -97,7 +97,7 @@ def test_calibrate_refuses_labels_that_are_not_the_models_classes(trusted: Path,
 def test_calibrate_refuses_a_split_whose_films_are_all_missing(trusted: Path, films: Path, tmp_path: Path) -> None:
     rows = [dict(r, path=str(tmp_path / f"gone{i}.png")) if r["split"] == "val" else r for i, r in enumerate(_rows(films))]
     result = _calibrate(trusted, _write(tmp_path / "gone.csv", rows), tmp_path / "cal.safetensors")
-    assert result.exit_code == 2 and "readable file" in result.output, result.output
+    assert result.exit_code == 2 and "is readable" in result.output, result.output
 
 
 def test_export_int8_with_wrong_classes_fails_before_the_onnx_export(trusted: Path, films: Path, tmp_path: Path, monkeypatch) -> None:
