@@ -54,7 +54,8 @@ def atomic_open(dst: str | Path, mode: str = "w", **kwargs) -> Iterator[IO]:
 
 
 def atomic_write_text(dst: str | Path, text: str) -> None:
-    with atomic_open(dst, "w", encoding="utf-8") as fh:
+    """UTF-8, with file names in ``text`` kept byte for byte (:data:`NAME_ERRORS`)."""
+    with atomic_open(dst, "w", encoding="utf-8", errors=NAME_ERRORS) as fh:
         fh.write(text)
 
 
@@ -193,6 +194,16 @@ Python decodes a name that is not valid UTF-8 (Latin-1 ``é`` from a Windows sha
 surrogates; writing with this handler puts the original bytes back, so the name in the file is
 byte-for-byte the name on disk and reading it back with the same handler finds the file again.
 """
+
+
+def open_names(path: str | Path, mode: str = "r") -> IO[str]:
+    """Open one of cxrtool's own CSV/JSONL files (manifests, predictions, result indexes) as text.
+
+    The one policy for files that hold file names, reading and writing alike: UTF-8 with
+    :data:`NAME_ERRORS` and ``newline=""`` (the csv module's requirement), so a Latin-1 name written
+    byte for byte is read back as the same name instead of a ``UnicodeDecodeError``.
+    """
+    return open(path, mode, encoding="utf-8", errors=NAME_ERRORS, newline="")
 
 
 def safe_text(text: str) -> str:

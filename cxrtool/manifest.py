@@ -16,13 +16,14 @@ Any other columns (``status``, ``error``, ``dup_group``...) are kept as they are
 from __future__ import annotations
 
 import csv
+import os
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cxrtool.errors import CxrError
-from cxrtool.fsutil import NAME_ERRORS, atomic_open
+from cxrtool.fsutil import NAME_ERRORS, atomic_open, open_names, safe_text
 from cxrtool.task import Task, get_task
 
 CORE_COLUMNS: tuple[str, ...] = ("path", "label", "split", "group", "source")
@@ -76,11 +77,61 @@ class Manifest:
         return Counter(r.get(by, "") for r in self.rows)
 
 
+def check_for_model(
+    manifest: Manifest,
+    split: str | None,
+    class_names: Sequence[str],
+    task: Task,
+    *,
+    source: str | Path,
+    labelled: bool = True,
+    min_classes: int = 1,
+) -> Manifest:
+    """The rows of ``split`` (None: all) checked against a model before any work: the one check
+    ``calibrate`` and ``export --int8 --calib`` share.
+
+    Refused with a one-line :class:`CxrError` naming ``source``: no rows in the split; a label that
+    is not one of the model's classes (an unlabelled row too when ``labelled``); a multilabel
+    manifest for a multiclass model or one lacking a ``y:`` column of the model; fewer than
+    ``min_classes`` distinct labels present (one class cannot set a temperature: the fit runs to its
+    bound); no row whose film is a readable file.  Single missing films are left to the reader,
+    which skips and counts them.
+    """
+    where = f"split {split!r}" if split is not None else "the manifest"
+    selected = manifest.select(split)
+    if not selected.rows:
+        raise CxrError(f"{source}: no rows with split {split!r}" if split is not None else f"{source}: no rows")
+    names = list(class_names)
+    if task.multilabel:
+        missing = [c for c in names if label_column(c) not in manifest.columns]
+        if missing:
+            columns = ", ".join(label_column(c) for c in missing)
+            raise CxrError(f"{source}: lacks the label columns {columns} of the model's classes {names}")
+        try:
+            present = {tuple(float(r.get(label_column(c)) or 0) for c in names) for r in selected.rows}
+        except ValueError as exc:
+            raise CxrError(f"{source}: a non-numeric y: value in {where} ({exc})") from None
+    else:
+        if manifest.label_columns:
+            raise CxrError(f"{source}: has y: columns (multilabel) but the model is multiclass with classes {names}")
+        foreign = sorted({r["label"] for r in selected.rows if r["label"] not in names and (labelled or r["label"])})
+        if foreign:
+            raise CxrError(f"{source}: label(s) {foreign[:5]} in {where} are not the model's classes {names}")
+        present = {r["label"] for r in selected.rows if r["label"]}
+    if len(present) < min_classes:
+        raise CxrError(f"{source}: {len(present)} distinct label(s) in {where}; at least {min_classes} are needed "
+                       "(a single class cannot be calibrated)")  # fmt: skip
+    if not any(os.access(selected.resolve(r), os.R_OK) and selected.resolve(r).is_file() for r in selected.rows):
+        first = safe_text(selected.rows[0]["path"])
+        raise CxrError(f"{source}: none of the {len(selected.rows)} films of {where} is readable (first: {first})")
+    return selected
+
+
 def read_manifest(path: str | Path) -> Manifest:
     """Read a manifest CSV; fails with a one-line error if a core column is missing."""
     path = Path(path)
     try:
-        with open(path, newline="", encoding="utf-8", errors=NAME_ERRORS) as fh:  # names not valid UTF-8 round-trip
+        with open_names(path) as fh:  # names not valid UTF-8 round-trip
             reader = csv.DictReader(fh)
             columns = list(reader.fieldnames or [])
             rows = [dict(r) for r in reader]

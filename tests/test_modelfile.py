@@ -165,3 +165,32 @@ def test_train_init_with_a_damaged_card_is_an_error_not_a_foreign_state_dict(tmp
 
     save_file({"w": np.zeros(2, np.float32)}, str(tmp_path / "plain.safetensors"))
     assert read_parent_card(str(tmp_path / "plain.safetensors")) is None  # a foreign state dict
+
+
+class TestEveryCardGoesThroughTheValidator:
+    """ONNX metadata, OpenVINO rt_info and TensorRT sidecars are parsed by the same checked parser (issue 22)."""
+
+    BAD = {"arch": "densenet121", "task": "multiclass", "class_names": ["a", "b"], "calibration": {"temperature": float("inf")}}
+
+    def test_onnx_and_ir_metadata_cards(self):
+        from cxrtool.modelfile import CARD_KEY, read_ir_card, read_onnx_card
+
+        for reader, name in ((read_onnx_card, "m.onnx"), (read_ir_card, "m.int8.xml")):
+            with pytest.raises(CxrError, match=r"^m\.(onnx|int8\.xml): .*'calibration\.temperature' must be finite"):
+                reader(name, {CARD_KEY: json.dumps(self.BAD)})
+
+    def test_tensorrt_sidecar(self, tmp_path):
+        from cxrtool.modelfile import SIDECAR_FORMAT, read_sidecar
+
+        engine = tmp_path / "m.engine"
+        sidecar = {"format": SIDECAR_FORMAT, "card": self.BAD, "profile": {"min": 1, "opt": 4, "max": 8}}
+        (tmp_path / "m.engine.json").write_text(json.dumps(sidecar))
+        with pytest.raises(CxrError, match="calibration.temperature"):
+            read_sidecar(engine)
+        sidecar |= {"card": self.BAD | {"calibration": {}}, "profile": {"min": 1, "opt": 4, "max": 1e9}}
+        (tmp_path / "m.engine.json").write_text(json.dumps(sidecar))
+        with pytest.raises(CxrError, match="profile.max"):
+            read_sidecar(engine)
+        (tmp_path / "m.engine.json").write_text('{"format": "' + SIDECAR_FORMAT + '", "x": ' + "[" * 100_000 + "]" * 100_000 + "}")
+        with pytest.raises(CxrError, match="nested deeper"):
+            read_sidecar(engine)

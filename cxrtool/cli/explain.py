@@ -105,12 +105,14 @@ def explain(
         for line in summary_lines(report.shortcut):
             stdout.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
     stdout.print(f"results: {report.csv_path}", highlight=False, soft_wrap=True)
+    dicom_failed = 0
     if dicom_out is not None:  # post-pass over the DICOM inputs (cxrtool.results)
-        from cxrtool.results.write import results_for_explain, summary_line
+        from cxrtool.results.write import failed_count, results_for_explain, summary_line
 
         with user_errors():
             results = results_for_explain(report.rows, dicom_out, model=loaded, composite=composite.value)
             err.print(summary_line(results, dicom_out), soft_wrap=True)
+        dicom_failed = failed_count(results)
     if html is not None:
         from cxrtool.report.html import build_report
 
@@ -118,4 +120,5 @@ def explain(
             err.print(f"report: {build_report(None, html, explain_dir=out, model=loaded).path}", soft_wrap=True)
     if report.n_failed:
         err.print(f"{report.n_failed} of {total} files failed", highlight=False)
+    if report.n_failed or dicom_failed:
         raise typer.Exit(EXIT_SOME_FAILED)

@@ -145,11 +145,12 @@ def predict(
         err.print(stow_line(stored, stow), soft_wrap=True)
         results_failed = any(r.status == "failed" for r in stored)
     elif dicom_out is not None:  # post-pass over the rows just written (cxrtool.results)
-        from cxrtool.results.write import results_for_predictions, summary_line
+        from cxrtool.results.write import failed_count, results_for_predictions, summary_line
 
         with user_errors():
             results = results_for_predictions(summary.out, dicom_out, model=loaded)
             err.print(summary_line(results, dicom_out), soft_wrap=True)
+        results_failed = failed_count(results) > 0
     if html is not None:
         from cxrtool.report.html import build_report
 

@@ -9,6 +9,7 @@ thumbnails and a few epochs this shows how the tool is used; the model diagnoses
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cxrtool.errors import CxrError
+from cxrtool.fsutil import NAME_ERRORS
 
 SAMPLE = Path(__file__).resolve().parent / "sample"
 ATTRIBUTION = Path(__file__).resolve().parent / "ATTRIBUTION.md"
@@ -56,9 +58,59 @@ class DemoResult:
     numbers: dict[str, Any] = field(default_factory=dict)
 
 
-def _check_out(out: Path) -> None:
-    if out.exists() and any(out.iterdir()) and not (out / "DEMO.txt").is_file():
-        raise CxrError(f"{out}: exists and is not an earlier demo folder; choose an empty or new folder")
+MARKER = "DEMO.txt"
+_LISTING = "Files written by `cxrtool demo` (it replaces this folder only while it holds exactly these):"
+
+
+def _listing(out: Path) -> list[str]:
+    """Every file and link below ``out`` except the marker, relative, sorted (links are not followed)."""
+    found = []
+    for root, dirs, files in os.walk(out):
+        for name in files + [d for d in dirs if (Path(root) / d).is_symlink()]:
+            rel = (Path(root) / name).relative_to(out).as_posix()
+            if rel != MARKER:
+                found.append(rel)
+    return sorted(found)
+
+
+def write_marker(out: Path) -> None:
+    """``DEMO.txt``: the caveat and the listing of what the demo wrote, so a later demo recognises its own folder."""
+    body = "\n".join([CAVEAT, "", _LISTING, *_listing(out)])
+    (out / MARKER).write_text(body + "\n", encoding="utf-8", errors=NAME_ERRORS)
+
+
+def _own_demo_folder(out: Path) -> bool:
+    """True when ``out`` holds a marker whose listing is exactly what is there (an earlier, untouched demo)."""
+    try:
+        text = (out / MARKER).read_text(encoding="utf-8", errors=NAME_ERRORS)
+    except OSError:
+        return False
+    _, sep, listed = text.partition(_LISTING + "\n")
+    return bool(sep) and listed.splitlines() == _listing(out)
+
+
+def prepare_out(out: Path) -> None:
+    """Refuse, before any work, an output the demo may not write or may not empty; then empty an earlier demo.
+
+    Only a folder this demo made is emptied (its contents, never the folder itself, which may be a
+    mount point); a symbolic link, a folder with other files, or a marker that does not list what is
+    there is refused untouched.
+    """
+    from cxrtool.fsutil import check_writable_output
+
+    if out.is_symlink():
+        raise CxrError(f"{out}: is a symbolic link; give the demo a real folder (it would empty the link's target)")
+    check_writable_output(out, "dir")
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if not _own_demo_folder(out):
+        raise CxrError(f"{out}: exists and is not an untouched earlier demo folder (its {MARKER} does not list exactly "
+                       "what is there); choose an empty or new folder")  # fmt: skip
+    for child in out.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
 
 
 def run_demo(
@@ -86,16 +138,19 @@ def run_demo(
 
     t0 = time.perf_counter()
     out = Path(out)
-    _check_out(out)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    (out / "DEMO.txt").write_text(CAVEAT + "\n", encoding="utf-8")
+    prepare_out(out)
+    out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(ATTRIBUTION, out / "ATTRIBUTION.md")
     salt = load_or_create_salt(out / ".salt")
+    write_marker(out)
     nih = sample / "nih"
     total = 10
-    step = on_step or (lambda *_: None)
+    told = on_step or (lambda *_: None)
+
+    def step(number: int, total: int, title: str, detail: str) -> None:
+        write_marker(out)  # after every step: an interrupted demo is still recognised as one (up to its last step)
+        told(number, total, title, detail)
+
     note = on_note or (lambda _: None)
 
     def epochs(stage: str) -> Callable[[Any], None]:

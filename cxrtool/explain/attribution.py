@@ -292,10 +292,13 @@ def _explain_files(
             folders.append(stem.parent.as_posix() if stem.parent != Path(".") else "")
         predicted_names += [card.class_names[int(k)] for k in predicted]
         own: list[np.ndarray | None] = [None] * len(good)
+        rows += [{"path": str(path), "error": v.error} for (path, _, _), v in zip(good, verdicts) if v.error]
         for target, rel, booked in zip(targets, result.relevance, result.bias_share):
             maps = rel.sum(1).numpy()  # grey pixel relevance = sum over its replicated channels
             index = predicted if target is None else torch.full_like(predicted, target)
             for i, (path, stem, gray) in enumerate(good):
+                if verdicts[i].error:  # a non-finite probability or OOD score: an error row (below), never a flag
+                    continue
                 try:
                     row = _write_outputs(out_dir, path, stem, gray, maps[i], int(index[i]), int(predicted[i]), logits[i], probs[i], card.class_names, options, verdicts[i])
                     row["bias_share"] = float(booked[i])  # relevance_sum + bias_share = target_logit

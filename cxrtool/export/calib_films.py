@@ -119,9 +119,11 @@ def _from_folder(folder: Path, card: ModelCard) -> CalibrationSet:
 
 
 def _from_manifest(path: Path, card: ModelCard) -> CalibrationSet:
-    from cxrtool.manifest import read_manifest
+    from cxrtool.manifest import check_for_model, read_manifest
 
     manifest = read_manifest(path)
+    # the check calibrate makes (classes, readable films); rows without a label only go unchecked here
+    check_for_model(manifest, None, card.class_names, card.task, source=path, labelled=False)
     calib: list[Path] = []
     holdout: list[tuple[Path, dict[str, str]]] = []
     for row in manifest.rows:

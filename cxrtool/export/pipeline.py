@@ -92,6 +92,11 @@ def export_model(
     if suffix == ".onnx" and onnx:
         raise CxrError(f"{model}: already ONNX; --onnx needs the .safetensors checkpoint")
     precision = engine_precision(fp16=fp16, int8=int8, calib=calib)
+    if int8 and calib is not None:  # a bad --calib is refused before the (slow) ONNX export, not after it
+        from cxrtool.export.calib_films import calibration_set
+        from cxrtool.modelfile import read_any_card
+
+        calibration_set(calib, read_any_card(model))
     if trt:  # validate before the (slow) ONNX export
         from cxrtool.runtimes.trt_runner import cuda_problem
         from cxrtool.runtimes.trtlib import cuda_index

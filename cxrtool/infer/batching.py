@@ -44,12 +44,12 @@ def predict_batch(
     trust = trust or load_trust(backend.path, backend.card)
     logits, features = backend.run_features(inputs) if trust.has_ood else (backend.run(inputs), None)
     reasons = check_finite(logits, paths)
-    if features is not None:
-        features = np.nan_to_num(features)
     # bad rows are reported, not computed
     verdicts = trust.assess(np.nan_to_num(logits), features, [gate(p) for p in paths], view_verdicts(inputs))
     return [
-        Prediction(path, error=reason) if reason else Prediction(path, probs=v.probs, ood_score=v.ood_score, flag=v.flag)
+        Prediction(path, error=reason or v.error)
+        if reason or v.error
+        else Prediction(path, probs=v.probs, ood_score=v.ood_score, flag=v.flag)
         for path, v, reason in zip(paths, verdicts, reasons)
     ]
 

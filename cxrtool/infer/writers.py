@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cxrtool.errors import CxrError
-from cxrtool.fsutil import NAME_ERRORS, display_path
+from cxrtool.fsutil import NAME_ERRORS, display_path, open_names
 from cxrtool.infer.rows import Prediction, RowFormat
 
 #: reason given instead of a row whose text cannot be stored (a lone surrogate that no file name makes)
@@ -47,7 +47,7 @@ class PredictionWriter(abc.ABC):
     def open(self, *, append: bool) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fresh = not append or not self.path.exists() or self.path.stat().st_size == 0
-        self.fh = open(self.path, "a" if append else "w", encoding="utf-8", errors=NAME_ERRORS, newline="")
+        self.fh = open_names(self.path, "a" if append else "w")
         if fresh:
             self._start()
 
@@ -79,7 +79,7 @@ class PredictionWriter(abc.ABC):
             raise CxrError(f"{display_path(self.path)}: was written by model {found}, not {want}; use another --out (or --overwrite)")
 
     def _read(self) -> io.TextIOBase:
-        return open(self.path, encoding="utf-8", errors=NAME_ERRORS, newline="")
+        return open_names(self.path)
 
 
 class CsvWriter(PredictionWriter):

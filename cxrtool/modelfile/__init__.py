@@ -24,6 +24,7 @@ from typing import Any
 from cxrtool import __version__
 from cxrtool.config import PreprocessCfg
 from cxrtool.errors import CxrError, one_line
+from cxrtool.modelfile.validate import PROFILE_RULES, check_card, check_rules, loads_bounded
 from cxrtool.task import Task, get_task
 
 CHECKPOINT_FORMAT = "cxrtool-checkpoint/1"
@@ -116,6 +117,12 @@ class ModelCard:
             raise ValueError("field 'class_names' repeats a name")
         if not isinstance(data["arch"], str):
             raise ValueError("field 'arch' must be a string")
+        kinds = {"preprocess": dict, "config": dict, "metrics": dict, "dataset": dict, "lineage": list,
+                 "calibration": dict, "ood": dict}  # fmt: skip
+        for key, kind in kinds.items():
+            if not isinstance(data.get(key) or kind(), kind):
+                raise ValueError(f"field {key!r} must be a JSON {kind.__name__.replace('dict', 'object')}")
+        check_card(data)
         kwargs = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         try:
             kwargs["task"] = get_task(data["task"])
@@ -125,18 +132,11 @@ class ModelCard:
             kwargs["preprocess"] = PreprocessCfg.from_dict(data.get("preprocess") or {})
         except (ValueError, TypeError) as exc:
             raise ValueError(f"field 'preprocess': {exc}") from None
-        for key, kind in (("config", dict), ("metrics", dict), ("dataset", dict), ("lineage", list), ("calibration", dict), ("ood", dict)):
-            if not isinstance(kwargs.get(key, kind()), kind):
-                raise ValueError(f"field {key!r} must be a JSON {kind.__name__.replace('dict', 'object')}")
         return cls(**kwargs)
 
     @classmethod
     def from_json(cls, text: str) -> ModelCard:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"not valid JSON ({exc.msg} at position {exc.pos})") from None
-        return cls.from_dict(data)
+        return cls.from_dict(loads_bounded(text))
 
 
 def parse_card(text: str, *, source: str | Path, where: str) -> ModelCard:
@@ -266,7 +266,13 @@ def read_export_metadata(path: str | Path) -> dict[str, str]:
 def int8_info(path: str | Path) -> dict[str, Any]:
     """The INT8 record (precision, calibration fingerprint, check numbers) of an INT8 export, ``{}`` if none."""
     meta = read_export_metadata(path)
-    return json.loads(meta[INT8_KEY]) if INT8_KEY in meta else {}
+    if INT8_KEY not in meta:
+        return {}
+    try:
+        info = loads_bounded(meta[INT8_KEY])
+    except ValueError as exc:
+        raise CxrError(f"{path}: damaged INT8 record in its metadata: {one_line(exc)}") from None
+    return info if isinstance(info, dict) else {}
 
 
 def default_engine_path(model: str | Path) -> Path:
@@ -374,12 +380,15 @@ class EngineSidecar:
 
     @classmethod
     def from_json(cls, text: str) -> EngineSidecar:
-        data = json.loads(text)
+        data = loads_bounded(text)
         if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
             found = data.get("format") if isinstance(data, dict) else None
             raise ValueError(f"format {found!r}, expected {SIDECAR_FORMAT!r}")
         data["card"] = ModelCard.from_dict(data["card"])
-        data["profile"] = BatchProfile(**data["profile"])
+        if not isinstance(data.get("profile"), dict):
+            raise ValueError("field 'profile' must be a JSON object")
+        check_rules(data["profile"], PROFILE_RULES, "profile.")
+        data["profile"] = BatchProfile(**{k: data["profile"][k] for k in ("min", "opt", "max")})
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in data.items() if k in known})
 

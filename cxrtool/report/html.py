@@ -21,7 +21,7 @@ from PIL import Image
 
 from cxrtool import __version__
 from cxrtool.errors import CxrError
-from cxrtool.fsutil import atomic_write_text
+from cxrtool.fsutil import atomic_write_text, safe_text
 from cxrtool.report.inputs import ReportRow, read_explain_rows, read_overlays, read_predictions
 
 if TYPE_CHECKING:
@@ -180,5 +180,5 @@ def build_report(
         card=card,
         table=table,
     )
-    atomic_write_text(out, html)
+    atomic_write_text(out, safe_text(html))  # a name that is not UTF-8 is shown escaped (\xe9), never a crash
     return ReportResult(out, len(rows), len(errors), len(flagged), n_thumbs, n_overlays, per_class)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cxrtool.errors import CxrError
-from cxrtool.fsutil import NAME_ERRORS
+from cxrtool.fsutil import open_names
 
 PROB_PREFIX = "p:"
 PREDICT_COLUMNS = ("path", "predicted", "model_id", "error")  # what every predict CSV has
@@ -64,7 +64,8 @@ def read_predictions(path: str | Path) -> tuple[list[ReportRow], list[str]]:
     """Rows of a predict output (``.csv`` or ``.jsonl``) and the class names in column order."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with open_names(path) as fh:
+            text = fh.read()
     except OSError as exc:
         raise CxrError(f"{path}: cannot read predictions ({exc.strerror or exc})") from None
     if path.suffix.lower() == ".jsonl":
@@ -97,7 +98,7 @@ def _explain_records(explain_dir: str | Path) -> tuple[Path, list[dict[str, str]
     """``explain.csv`` of an explain output folder and its rows."""
     csv_path = Path(explain_dir) / "explain.csv"
     try:
-        with open(csv_path, newline="", encoding="utf-8", errors=NAME_ERRORS) as fh:
+        with open_names(csv_path) as fh:
             return csv_path, list(csv.DictReader(fh))
     except OSError as exc:
         raise CxrError(f"{csv_path}: cannot read explain results ({exc.strerror or exc})") from None

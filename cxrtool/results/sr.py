@@ -70,7 +70,7 @@ def build_sr(source: Dataset, prediction: FilmPrediction, model: ModelInfo, ids:
             uid=stable_uid("tracking", ids.sop_uid), identifier="cxrtool classification"
         ),
         algorithm_id=algorithm,
-        source_images=[SourceImageForMeasurementGroup.from_source_image(ref)],
+        source_images=[_source_image(ref)],
         qualitative_evaluations=evaluations or None,
         measurements=measurements,
     )
@@ -95,6 +95,19 @@ def build_sr(source: Dataset, prediction: FilmPrediction, model: ModelInfo, ids:
         coding_schemes=[CodingSchemeIdentificationItem(designator=cx.SCHEME, name=cx.SCHEME_NAME)],
         is_complete=True,
         specific_character_set=ref.get("SpecificCharacterSet"),
+    )
+
+
+def _source_image(ref: Dataset) -> SourceImageForMeasurementGroup:
+    """The measurement group's reference to the film, by its UIDs alone.
+
+    ``SourceImageForMeasurementGroup.from_source_image`` reads the source's *Modality* only to refuse
+    SR/SEG/PR sources; a film's Modality is often missing, lower-case (``dx``) or too long (all dropped
+    by :func:`~cxrtool.results.study.study_reference`), and the SR's own Modality is always ``SR``.
+    The film decoded as an image, so it is one.
+    """
+    return SourceImageForMeasurementGroup(
+        referenced_sop_class_uid=ref.SOPClassUID, referenced_sop_instance_uid=ref.SOPInstanceUID
     )
 
 

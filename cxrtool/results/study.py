@@ -27,6 +27,11 @@ TYPE2 = (
     "ReferringPhysicianName",
 )
 REQUIRED = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+#: Type 1 image attributes the SR's Image Library entry reads
+IMAGE_REQUIRED = ("Rows", "Columns")
+#: what a result says when the source's Specific Character Set is not one highdicom accepts: pydicom has
+#: already decoded the values to text, and this is the encoding they are written back in
+UTF8_CHARSET = "ISO_IR 192"
 
 
 def study_reference(source: Dataset) -> Dataset:
@@ -37,14 +42,18 @@ def study_reference(source: Dataset) -> Dataset:
     CxrError
         The source lacks a UID that a reference to it needs.
     """
-    missing = [k for k in REQUIRED if not str(source.get(k) or "").strip()]
+    missing = [k for k in REQUIRED + IMAGE_REQUIRED if not str(source.get(k) or "").strip()]
     if missing:
         raise CxrError(f"no DICOM result: the film has no {', '.join(missing)}")
+    if str(source.SOPClassUID) not in _image_sop_classes():
+        raise CxrError(f"no DICOM result: SOP Class UID {source.SOPClassUID} is not an image storage class "
+                       "a result can refer to")  # fmt: skip
     ref = Dataset()
     for elem in source:
         if elem.tag.group != 0x7FE0:  # pixel data stays behind
             ref.add(copy.deepcopy(elem))
-    _drop_invalid_values(ref)
+    _drop_invalid_values(ref)  # a Modality of "dx" or over 16 characters goes here; nothing needs it (results/sr.py)
+    _usable_charset(ref)
     for keyword in TYPE2:
         if keyword not in ref or ref[keyword].value is None:
             setattr(ref, keyword, "")
@@ -70,3 +79,23 @@ def _drop_invalid_values(ref: Dataset) -> None:
                 validate_value(elem.VR, value, config.RAISE)
         except ValueError:
             del ref[elem.tag]
+
+
+def _image_sop_classes() -> frozenset[str]:
+    """SOP classes highdicom knows the modules of (it copies the patient and study modules by them)."""
+    from highdicom._standard_utils import get_sop_class_iod_map  # what highdicom.base looks the source up in
+
+    return frozenset(get_sop_class_iod_map())
+
+
+def _usable_charset(ref: Dataset) -> None:
+    """Replace a Specific Character Set highdicom refuses (``ISO_IR 999``) by UTF-8, in which the text is written."""
+    from highdicom.enum import SpecificCharacterSetValues
+
+    value = ref.get("SpecificCharacterSet")
+    values = [value] if isinstance(value, str) else list(value or [])
+    try:
+        for v in values:
+            SpecificCharacterSetValues(v)
+    except ValueError:
+        ref.SpecificCharacterSet = UTF8_CHARSET

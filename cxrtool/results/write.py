@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cxrtool.errors import CxrError, one_line
-from cxrtool.fsutil import atomic_open, atomic_path
+from cxrtool.fsutil import NAME_ERRORS, atomic_open, atomic_path, open_names
 from cxrtool.results.content import FilmPrediction, Heatmap, ModelInfo
 
 if TYPE_CHECKING:
@@ -32,7 +32,8 @@ INDEX_COLUMNS = ("path", "status", "sr", "sc", "reason")
 
 @dataclass
 class DicomResult:
-    """One input's row in ``dicom_results.csv``: ``written``, ``exists`` (rerun) or ``skipped`` with a reason."""
+    """One input's row in ``dicom_results.csv``: ``written``, ``exists`` (rerun), ``skipped`` (not a DICOM, no
+    prediction) or ``failed`` (a DICOM film no result could be made for), with a reason."""
 
     path: str
     status: str
@@ -197,8 +198,8 @@ def _one(path: str, out_dir, info: ModelInfo, error, analyse, no_heatmap: str, o
                 files = write_dicom_results(path, prediction, heatmap, out_dir, info)
                 sc = str(files[1]) if len(files) > 1 else ""
                 result = DicomResult(path, "written", str(files[0]), sc, reason="" if sc else no_heatmap)
-        except CxrError as exc:
-            result = DicomResult(path, "skipped", reason=one_line(exc))
+        except CxrError as exc:  # a header no result can be made from (no Study UID, an unknown SOP class...)
+            result = DicomResult(path, "failed", reason=one_line(exc))
         except Exception as exc:  # one bad film never stops the rest
             result = DicomResult(path, "failed", reason=one_line(f"{type(exc).__name__}: {exc}"))
     if on_file is not None:
@@ -247,12 +248,12 @@ def _row_classes(row: dict) -> list[str]:
 
 def _read_rows(path: Path) -> Iterable[dict]:
     if path.suffix.lower() == ".jsonl":
-        with open(path, encoding="utf-8") as fh:
+        with open_names(path) as fh:
             for line in fh:
                 if line.strip():
                     yield json.loads(line)
     else:
-        with open(path, encoding="utf-8", newline="") as fh:
+        with open_names(path) as fh:
             yield from csv.DictReader(fh)
 
 
@@ -261,15 +262,20 @@ def write_index(out_dir: str | Path, results: Sequence[DicomResult]) -> Path:
     index = Path(out_dir) / INDEX_NAME
     rows: dict[str, dict] = {}
     if index.exists():
-        with open(index, encoding="utf-8", newline="") as fh:
+        with open_names(index) as fh:
             rows = {r["path"]: r for r in csv.DictReader(fh)}
     for r in results:
         rows[r.path] = {"path": r.path, "status": r.status, "sr": r.sr, "sc": r.sc, "reason": r.reason}
-    with atomic_open(index, "w", newline="", encoding="utf-8") as fh:
+    with atomic_open(index, "w", newline="", encoding="utf-8", errors=NAME_ERRORS) as fh:
         writer = csv.DictWriter(fh, fieldnames=INDEX_COLUMNS)
         writer.writeheader()
         writer.writerows(rows.values())
     return index
+
+
+def failed_count(results: Sequence[DicomResult]) -> int:
+    """DICOM films that got no result: each one makes ``predict``/``explain --dicom-out`` exit 1."""
+    return sum(r.status == "failed" for r in results)
 
 
 def summary_line(results: Sequence[DicomResult], out_dir: str | Path) -> str:

@@ -13,6 +13,10 @@ Flags, in order of precedence:
   (run by the caller on the model inputs, :func:`~cxrtool.trust.view.view_verdicts`) say so;
 * ``out_of_distribution``: ``ood_score`` is above the model's threshold;
 * ``ok``: neither (also for a model without OOD statistics: ``ood_score`` is then None).
+
+A film whose calibrated probabilities or OOD score are not finite (NaN/Inf features, an overflow)
+gets no flag at all: its :attr:`Assessment.error` says why, and every command reports it as an
+error row, so a broken number can never read as ``ok``.
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ from weakref import WeakKeyDictionary
 
 import numpy as np
 
-from cxrtool.errors import CxrError
+from cxrtool.errors import CxrError, one_line
 from cxrtool.modelfile import TRUST_PREFIX, ModelCard
+from cxrtool.modelfile.validate import check_card, check_trust_tensors
 from cxrtool.trust.temperature import scaled_probs
 from cxrtool.trust.ood import OodModel
 from cxrtool.trust.view import view_flag
@@ -51,11 +56,15 @@ def header_flag(reason: str) -> str:
 
 @dataclass(frozen=True)
 class Assessment:
-    """One film's verdict: calibrated probabilities, OOD score (None without statistics) and flag."""
+    """One film's verdict: calibrated probabilities, OOD score (None without statistics) and flag.
+
+    ``error`` (then ``flag`` is empty) when a number is not finite: the film must be an error row.
+    """
 
     probs: np.ndarray
     ood_score: float | None
     flag: str
+    error: str | None = None
 
     @property
     def flagged(self) -> bool:
@@ -72,16 +81,21 @@ class Trust:
 
     @classmethod
     def from_card(cls, card: ModelCard, tensors: dict[str, np.ndarray], *, source: str | Path = "model") -> Trust:
-        temperature = float(card.calibration.get("temperature", 1.0))
-        if not temperature > 0:
-            raise CxrError(f"{source}: model card field 'calibration': temperature must be positive, not {temperature}")
+        """Checked first (:mod:`cxrtool.modelfile.validate`): a damaged file never reaches a score or a flag."""
+        try:
+            check_card(card.to_dict())
+            if card.ood:
+                check_trust_tensors(card.ood, tensors, TRUST_PREFIX, len(card.class_names))
+        except ValueError as exc:
+            refit = "refit them with `cxrtool calibrate`"
+            raise CxrError(f"{source}: damaged trust statistics: {one_line(exc)}; {refit}") from None
         ood = None
         if card.ood:
             try:
                 ood = OodModel.from_stored(card.ood, tensors, TRUST_PREFIX)
             except (ValueError, KeyError, TypeError) as exc:
                 raise CxrError(f"{source}: damaged OOD statistics ({exc}); refit them with `cxrtool calibrate`") from None
-        return cls(card, temperature, ood)
+        return cls(card, float(card.calibration.get("temperature", 1.0)), ood)
 
     @classmethod
     def card_only(cls, card: ModelCard) -> Trust:
@@ -124,6 +138,13 @@ class Trust:
         views = list(views) if views is not None else [None] * n
         out = []
         for p, s, h, v in zip(probs, scores, headers, views):
+            if not np.isfinite(p).all():
+                out.append(Assessment(p, None, "", "calibrated probabilities are not finite"))
+                continue
+            if s is not None and not np.isfinite(s):
+                why = f"ood_score is not finite ({s}); the film's features or the model's OOD statistics are broken"
+                out.append(Assessment(p, None, "", why))
+                continue
             view = (h.view if h is not None else None) or v
             if h is not None and h.reason:
                 flag = header_flag(h.reason)

@@ -207,33 +207,40 @@ def calibrate_checkpoint(
     import copy
 
     from cxrtool.config import resolve_preprocess
-    from cxrtool.manifest import read_manifest
-    from cxrtool.modelfile import file_sha256
+    from cxrtool.fsutil import check_writable_output
+    from cxrtool.manifest import Manifest, check_for_model, read_manifest
+    from cxrtool.modelfile import file_sha256, read_card
     from cxrtool.models.checkpoint import load_checkpoint, save_checkpoint
     from cxrtool.train.runtime import resolve_device
     from cxrtool.trust.assess import load_trust
 
     checkpoint = Path(checkpoint)
     out = Path(out) if out is not None else default_calibrated_path(checkpoint)
+    check_writable_output(out, "file")  # before a minute of work, as predict does
     if out.exists() and out.resolve() == checkpoint.resolve():
         raise CxrError(f"{out}: calibrate writes a new checkpoint; choose another --out than the input")
-    model, card = load_checkpoint(checkpoint)
-    dev = resolve_device(device)
-    model = model.to(dev)
+    card = read_card(checkpoint)
     rows = read_manifest(manifest)
-    preprocess = resolve_preprocess(card.preprocess)
 
-    def dataset(name: str) -> ManifestDataset:
-        selected = rows.select(name)
-        if not selected.rows:
-            raise CxrError(f"{manifest}: no rows with split {name!r}")
-        return ManifestDataset(selected, class_names=card.class_names, task=card.task, preprocess=preprocess, skip_errors=True)
+    def checked(name: str) -> Manifest:  # two classes at least: one cannot set a temperature or class Gaussians
+        return check_for_model(rows, name, card.class_names, card.task, source=manifest, min_classes=2)
 
+    selected = {name: checked(name) for name in dict.fromkeys([split] if fit_split == KEEP else [fit_split, split])}
     keep = None
     if fit_split == KEEP:
         keep = load_trust(checkpoint, card).ood
         if keep is None:
             raise CxrError(f"{checkpoint}: has no OOD statistics to keep; give --fit-split a split name (e.g. train)")
+    model, card = load_checkpoint(checkpoint)
+    dev = resolve_device(device)
+    model = model.to(dev)
+    preprocess = resolve_preprocess(card.preprocess)
+
+    def dataset(name: str) -> ManifestDataset:
+        return ManifestDataset(
+            selected[name], class_names=card.class_names, task=card.task, preprocess=preprocess, skip_errors=True
+        )
+
     train = None if fit_split == KEEP else dataset(fit_split)
     val = dataset(split)
     fit = fit_trust(model, card, train, val, keep=keep, splits=(fit_split, split), quantile=quantile, device=dev,

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cxrtool.cli.main import app
-from cxrtool.demo.workflow import ATTRIBUTION, SAMPLE, DemoSize, run_demo
+from cxrtool.demo.workflow import ATTRIBUTION, SAMPLE, DemoSize, prepare_out, run_demo, write_marker
 from cxrtool.errors import CxrError
 from cxrtool.manifest import read_manifest
 from cxrtool.modelfile import read_card
@@ -65,9 +65,9 @@ def test_demo_end_to_end_small(tmp_path: Path, tiny_arch: str):
     steps: list[tuple[int, str, str]] = []
     size = DemoSize(arch=tiny_arch, input_size=32, stage1_epochs=1, stage2_epochs=1, batch_size=16, scan_films=4, bootstrap=10)
     out = tmp_path / "demo"
-    out.mkdir()
-    (out / "DEMO.txt").write_text("an earlier demo")
-    (out / "extra.txt").write_text("x")
+    (out / "runs").mkdir(parents=True)
+    (out / "runs" / "extra.txt").write_text("x")
+    write_marker(out)  # an earlier demo that wrote runs/extra.txt
     notes: list[str] = []
     res = run_demo(out, size=size, sample=sample, on_step=lambda n, total, title, detail: steps.append((n, title, detail)), on_note=notes.append)
     assert [s[1] for s in steps] == ["prep dicom", "prep nih", "train stage 1", "train stage 2", "evaluate", "export --onnx", "predict", "explain", "report", "done"]
@@ -98,11 +98,12 @@ def test_demo_end_to_end_small(tmp_path: Path, tiny_arch: str):
     assert "truncated_download.png" in html and "Model card" in html
     assert read_manifest(out / "nih3.csv").class_names == ["effusion", "normal", "opacity"]
 
-    assert not (out / "extra.txt").exists()  # an earlier demo folder is replaced
+    assert not (out / "runs" / "extra.txt").exists()  # an earlier demo folder is replaced
+    assert "runs/stage2/best.safetensors" in (out / "DEMO.txt").read_text().splitlines()  # and its listing is the new one
     other = tmp_path / "mine"
     other.mkdir()
     (other / "thesis.tex").write_text("x")
-    with pytest.raises(CxrError, match="not an earlier demo"):
+    with pytest.raises(CxrError, match="not an untouched earlier demo"):
         run_demo(other, size=size, sample=sample)
     assert (other / "thesis.tex").read_text() == "x"
 
@@ -110,3 +111,78 @@ def test_demo_end_to_end_small(tmp_path: Path, tiny_arch: str):
 def test_demo_help_says_what_it_is():
     res = CliRunner().invoke(app, ["demo", "--help"])
     assert res.exit_code == 0 and "not diagnostic" in res.output
+
+
+# --- the output folder: checked before any work, and only the demo's own folder is ever emptied ---------------------
+
+
+@pytest.fixture()
+def read_only_dir(tmp_path: Path):
+    """A folder on a read-only tmpfs mount (root's access() says writable there; only the mount flag tells)."""
+    import subprocess
+
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mnt)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here ({done.stderr.decode(errors='replace').strip()})")
+    yield mnt
+    subprocess.run(["umount", str(mnt)], check=False)
+
+
+def _demo_cli(out: Path):
+    return CliRunner().invoke(app, ["demo", str(out)])
+
+
+def test_demo_into_a_read_only_folder_is_exit_2_before_any_work(read_only_dir: Path) -> None:
+    res = _demo_cli(read_only_dir / "demo")
+    assert res.exit_code == 2 and "read-only" in res.output, res.output
+
+
+def test_demo_under_proc_is_exit_2(tmp_path: Path) -> None:
+    res = _demo_cli(Path("/proc/cxrtool-demo"))
+    assert res.exit_code == 2 and "kernel filesystem" in res.output, res.output
+
+
+def test_demo_into_a_symlink_is_refused_and_the_target_kept(tmp_path: Path) -> None:
+    target = tmp_path / "real"
+    target.mkdir()
+    (target / "thesis.tex").write_text("x")
+    write_marker(target)
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    res = _demo_cli(link)
+    assert res.exit_code == 2 and "symbolic link" in res.output, res.output
+    assert (target / "thesis.tex").read_text() == "x" and link.is_symlink()
+
+
+def test_a_folder_with_a_foreign_demo_txt_is_never_deleted(tmp_path: Path) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "DEMO.txt").write_text("my notes about the demo\n")
+    (out / "thesis.tex").write_text("x")
+    res = _demo_cli(out)
+    assert res.exit_code == 2 and "not an untouched earlier demo" in res.output, res.output
+    assert (out / "thesis.tex").read_text() == "x" and (out / "DEMO.txt").is_file()
+
+
+def test_an_earlier_demo_with_a_users_file_added_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    (out / "runs").mkdir(parents=True)
+    (out / "runs" / "a.csv").write_text("a")
+    write_marker(out)
+    (out / "runs" / "my_notes.txt").write_text("keep me")  # added after the demo wrote its listing
+    with pytest.raises(CxrError, match="not an untouched earlier demo"):
+        prepare_out(out)
+    assert (out / "runs" / "my_notes.txt").read_text() == "keep me" and (out / "runs" / "a.csv").exists()
+
+
+def test_an_untouched_earlier_demo_is_emptied_but_the_folder_kept(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    (out / "runs").mkdir(parents=True)
+    (out / "runs" / "a.csv").write_text("a")
+    (out / ".salt").write_text("s")
+    write_marker(out)
+    inode = out.stat().st_ino
+    prepare_out(out)
+    assert out.is_dir() and list(out.iterdir()) == [] and out.stat().st_ino == inode  # a mount point stays a mount point

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -166,11 +167,78 @@ def test_cli_predict_and_explain_dicom_out(shared_data, tiny_results_ckpt, tmp_p
     assert len(list((tmp_path / "dcm2").glob("*.sc.dcm"))) == 1
 
 
-def test_film_without_study_uid_is_skipped_with_its_reason(shared_data, tiny_results_ckpt, tmp_path):
+def test_film_without_study_uid_fails_with_its_reason(shared_data, tiny_results_ckpt, tmp_path):
     ds = pydicom.dcmread(shared_data / "dicom" / "nonchest" / "pydicom_dicomdirtests_CR1_6154.dcm")
     del ds.StudyInstanceUID
     film = tmp_path / "no_study.dcm"
     ds.save_as(film)
     (result,) = results_for_files([film], tiny_results_ckpt, tmp_path / "out")
-    assert result.status == "skipped" and "StudyInstanceUID" in result.reason
+    assert result.status == "failed" and "StudyInstanceUID" in result.reason
     assert not list((tmp_path / "out").glob("*.dcm"))
+
+
+# --- bad source headers (issue 22): what is valid is still written; what cannot be is a named failure, exit 1 -------
+
+
+def _film_with(shared_data, tmp_path, name: str, **header) -> "Path":
+    ds = pydicom.dcmread(shared_data / "dicom" / "chest" / "udacity_nih_test1.dcm")
+    for keyword, value in header.items():
+        if value is None:
+            delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+    path = tmp_path / f"{name}.dcm"
+    ds.save_as(path)
+    return path
+
+
+@pytest.mark.parametrize("modality", [None, "dx", "DIGITALRADIOGRAPHYX"], ids=["missing", "lower-case", "over 16 characters"])
+def test_bad_modality_still_gets_a_valid_sr_and_sc(shared_data, tiny_results_ckpt, tmp_path, dciodvfy, modality):
+    film = _film_with(shared_data, tmp_path, "film", Modality=modality)
+    (result,) = results_for_files([film], tiny_results_ckpt, tmp_path / "out")
+    assert result.status == "written", result
+    sr, sc = pydicom.dcmread(result.sr), pydicom.dcmread(result.sc)
+    assert sr.Modality == "SR" and sc.Modality == "OT"
+    source = read_dataset(film, stop_before_pixels=True)
+    for path in (result.sr, result.sc):
+        _check_valid(path, source, dciodvfy)
+    group = Comprehensive3DSR.from_dataset(sr)
+    refs = [i for i in find_content_items(group, value_type="IMAGE", recursive=True)]
+    assert refs and all(i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID for i in refs)
+
+
+def test_unknown_character_set_is_written_as_utf8(shared_data, tiny_results_ckpt, tmp_path):
+    film = _film_with(shared_data, tmp_path, "charset", SpecificCharacterSet="ISO_IR 999")
+    (result,) = results_for_files([film], tiny_results_ckpt, tmp_path / "out")
+    assert result.status == "written", result
+    assert pydicom.dcmread(result.sr).SpecificCharacterSet == "ISO_IR 192"
+
+
+def test_private_sop_class_is_a_named_failure(shared_data, tiny_results_ckpt, tmp_path):
+    film = _film_with(shared_data, tmp_path, "private", SOPClassUID="1.2.3.4")
+    (result,) = results_for_files([film], tiny_results_ckpt, tmp_path / "out")
+    assert result.status == "failed" and "SOP Class UID 1.2.3.4 is not an image" in result.reason
+
+
+def test_dicom_result_failures_make_predict_and_explain_exit_1(shared_data, tiny_results_ckpt, tmp_path):
+    from cxrtool.cli.main import app
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    _film_with(shared_data, folder, "dx", Modality="dx")
+    _film_with(shared_data, folder, "no_study", StudyInstanceUID=None)
+    runner = CliRunner()
+    res = runner.invoke(app, ["predict", str(folder), "-m", str(tiny_results_ckpt), "-o", str(tmp_path / "p.csv"),
+                              "--backend", "torch", "--workers", "0", "--dicom-out", str(tmp_path / "dcm")])
+    assert res.exit_code == 1, res.output
+    rows = {Path(r["path"]).name: r for r in csv.DictReader(open(tmp_path / "dcm" / "dicom_results.csv", newline=""))}
+    assert rows["dx.dcm"]["status"] == "written" and rows["no_study.dcm"]["status"] == "failed"
+    assert "StudyInstanceUID" in rows["no_study.dcm"]["reason"]
+    res = runner.invoke(app, ["explain", str(folder), "-m", str(tiny_results_ckpt), "-o", str(tmp_path / "ex"),
+                              "--dicom-out", str(tmp_path / "dcm2")])
+    assert res.exit_code == 1, res.output
+
+    (folder / "no_study.dcm").unlink()  # control: only the Modality problem left, which is handled -> exit 0
+    res = runner.invoke(app, ["predict", str(folder), "-m", str(tiny_results_ckpt), "-o", str(tmp_path / "p2.csv"),
+                              "--backend", "torch", "--workers", "0", "--dicom-out", str(tmp_path / "dcm3")])
+    assert res.exit_code == 0, res.output
