@@ -72,7 +72,7 @@ def main() -> None:
     import torch
 
     from cxrtool.export.onnx import export_onnx
-    from cxrtool.infer.backends import load_backend
+    from cxrtool.infer.loading import load_backend
     from cxrtool.inputs import iter_input_files
     from cxrtool.modelfile import default_onnx_path
     from cxrtool.preprocess import load_input

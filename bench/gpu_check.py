@@ -294,7 +294,7 @@ def predict_all(model: dict[str, Any], engines: dict[str, Any], films: Path) -> 
     """img/s at batch 16 and 64 per backend; top-1 agreement, OOD-score and flag parity with torch on 64 films."""
     import numpy as np
 
-    from cxrtool.infer.backends import load_backend
+    from cxrtool.infer.loading import load_backend
     from cxrtool.models.checkpoint import read_card
     from cxrtool.trust import load_trust
 

@@ -19,7 +19,8 @@ import time
 import torch
 
 from cxrtool.models import build_model
-from cxrtool.train.runtime import Runtime, grad_scaler, resolve_device, resolve_runtime
+from cxrtool.devices import resolve_device
+from cxrtool.train.runtime import Runtime, grad_scaler, resolve_runtime
 
 
 def measure(arch: str, runtime: Runtime, *, size: int, batch: int, steps: int, warmup: int, repeats: int) -> float:

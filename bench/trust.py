@@ -302,7 +302,7 @@ def main() -> int:
     from sklearn.metrics import roc_auc_score
 
     from cxrtool.export.onnx import export_onnx
-    from cxrtool.infer.backends import load_backend
+    from cxrtool.infer.loading import load_backend
     from cxrtool.modelfile import read_card
     from cxrtool.trust import load_trust
     from cxrtool.trust.temperature import ece, scaled_probs

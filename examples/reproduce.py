@@ -246,11 +246,11 @@ def write_report(args, curves, runner, best_variant, best_seed, eval_dir, explai
 
 
 def _shortcut_lines(args, explain_dir, ok) -> list[str]:
-    """Data-side shortcut audit (``cxrtool.explain.shortcut``) of the test films: probes on true and predicted classes."""
+    """Data-side shortcut audit (``cxrtool.trust.shortcut``) of the test films: probes on true and predicted classes."""
     import numpy as np
 
     from cxrtool.config import PreprocessCfg
-    from cxrtool.explain.shortcut import map_comparison, probe, summary_lines, thumbnail
+    from cxrtool.trust.shortcut import map_comparison, probe, summary_lines, thumbnail
     from cxrtool.preprocess import load_gray
 
     cfg = PreprocessCfg(input_size=args.input_size)
@@ -258,7 +258,7 @@ def _shortcut_lines(args, explain_dir, ok) -> list[str]:
     own = [r for r in ok if r["target"] == r["predicted"]]
     thumbs = np.stack([thumbnail(load_gray(Path(r["path"]), cfg)) for r in own])
     labels = np.array([truth.get(Path(r["path"]).resolve(), "") for r in own])
-    lines = ["Data-side shortcut audit of the same films (`cxrtool.explain.shortcut`: cross-validated linear probes on "
+    lines = ["Data-side shortcut audit of the same films (`cxrtool.trust.shortcut`: cross-validated linear probes on "
              "8x8 thumbnails, which keep no lung detail; balanced accuracy vs chance):", ""]
     for name, y in (("true class", labels), ("adult (covid) vs child (normal, viral)", np.where(labels == "covid", "adult", "child")),
                     ("normal vs viral (both children)", labels)):

@@ -18,7 +18,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "cxrtool"
 
 #: top-level modules every package may use: they import only each other (and ``cxrtool`` itself)
-SHARED = {"cxrtool", "errors", "config", "task", "labels", "workers", "fsutil", "locks", "manifest", "privacy", "inputs", "cpu"}
+SHARED = {"cxrtool", "errors", "config", "task", "labels", "workers", "fsutil", "locks", "manifest", "privacy", "inputs", "cpu", "devices"}
 
 #: unit -> the units it may import (besides :data:`SHARED`); a unit is a package or a top-level module
 MAY_IMPORT: dict[str, set[str]] = {
@@ -36,10 +36,11 @@ MAY_IMPORT: dict[str, set[str]] = {
     "export": {"images", "preprocess", "modelfile", "models", "runtimes", "trust", "train"},
     "infer": {"dicom", "images", "preprocess", "modelfile", "models", "runtimes", "trust"},
     "results": {"dicom", "images", "preprocess", "modelfile", "models", "explain", "trust"},
-    "report": {"images", "modelfile"},
-    "listen": {"dicom", "images", "modelfile", "infer", "results", "explain", "trust"},
-    "envinfo": {"dicom"},
-    "demo": {"dicom", "images", "prep", "models", "modelfile", "train", "export", "infer", "explain", "report"},
+    "report": {"images", "modelfile", "trust"},
+    "dicomweb": {"dicom", "images", "preprocess", "modelfile", "trust", "results", "report"},
+    "listen": {"dicom", "images", "modelfile", "infer", "results", "explain", "trust", "dicomweb"},
+    "envinfo": {"dicom", "models"},
+    "demo": {"dicom", "images", "prep", "models", "modelfile", "train", "trust", "export", "infer", "explain", "report"},
     "cli": {"*"},
     "__main__": {"cli"},
 }

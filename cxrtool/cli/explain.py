@@ -57,7 +57,7 @@ def explain(
     from cxrtool.inputs import max_pixels
     from cxrtool.modelfile.loaded import open_model
     from cxrtool.models.checkpoint import model_from_loaded
-    from cxrtool.train.runtime import resolve_device
+    from cxrtool.devices import resolve_device
     from cxrtool.trust import load_trust
     from cxrtool.trust.assess import NO_STATS_NOTICE
 
@@ -99,7 +99,7 @@ def explain(
                       fmt(row["mean_share_outside_lung"]), fmt(row["ratio_outside_lung"]))
     stdout.print(table)
     if report.shortcut:
-        from cxrtool.explain.shortcut import summary_lines
+        from cxrtool.trust.shortcut import summary_lines
 
         stdout.print("Shortcut audit (data side: can the classes be told apart without the lungs?)", markup=False)
         for line in summary_lines(report.shortcut):

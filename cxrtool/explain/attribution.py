@@ -176,7 +176,7 @@ class ExplainReport:
     rows: list[dict[str, object]]
     summary: list[dict[str, object]]
     csv_path: Path
-    shortcut: dict[str, object] = field(default_factory=dict)  # :func:`~cxrtool.explain.shortcut.shortcut_audit`
+    shortcut: dict[str, object] = field(default_factory=dict)  # :func:`~cxrtool.trust.shortcut.shortcut_audit`
 
     @property
     def n_failed(self) -> int:
@@ -250,7 +250,7 @@ def _explain_files(
     on_file: Callable[[Path, str | None], None] | None,
     trust: Trust,
 ) -> ExplainReport:
-    from cxrtool.explain.shortcut import shortcut_audit, thumbnail
+    from cxrtool.trust.shortcut import shortcut_audit, thumbnail
     from cxrtool.preprocess import load_gray, normalize
     from cxrtool.trust.gate import header_verdict
     from cxrtool.trust.view import view_verdicts

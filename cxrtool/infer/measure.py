@@ -234,7 +234,7 @@ def run_bench(
     BenchReport
         Rows, ratios, decode time, agreement and machine information.
     """
-    from cxrtool.infer.backends import load_backend
+    from cxrtool.infer.loading import load_backend
 
     models = [Path(m) for m in models]
     step = on_step or (lambda text: None)

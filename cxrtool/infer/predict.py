@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from cxrtool.config import resolve_preprocess
 from cxrtool.errors import CxrError
 from cxrtool.fsutil import display_path
-from cxrtool.explain.shortcut import card_warning
+from cxrtool.trust.shortcut import card_warning
 from cxrtool.infer.batching import HeaderFn, iter_predictions
 from cxrtool.infer.decode_pool import DecodeFn, decode_file, default_workers
 from cxrtool.infer.jobs import JobSource, select_paths
@@ -176,7 +176,7 @@ def predict_to_file(
             raise CxrError(f"{display_path(out)}: already exists; pass --resume to continue it or --overwrite to replace it")
 
         if isinstance(model, (str, Path, LoadedModel)):
-            from cxrtool.infer.backends import load_backend
+            from cxrtool.infer.loading import load_backend
 
             engine = load_backend(model, backend=backend, device=device)
         else:

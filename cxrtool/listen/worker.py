@@ -99,7 +99,7 @@ class Worker:
 
     def _load(self, model: str | Path, backend: str, device: str, composite: str | None) -> None:
         """The one loaded model, backend and heatmap maker kept for the worker's lifetime."""
-        from cxrtool.infer.backends import load_backend
+        from cxrtool.infer.loading import load_backend
         from cxrtool.modelfile.loaded import open_model
         from cxrtool.results.heatmap import HeatmapMaker
 

@@ -2,7 +2,7 @@
 
 :func:`open_model` is the one place a run reads a model file.  The :class:`LoadedModel` it returns
 is handed to everything that needs the model: backends are built from its bytes
-(:func:`cxrtool.infer.backends.load_backend`), predict names its rows with :attr:`LoadedModel.model_id`,
+(:func:`cxrtool.infer.loading.load_backend`), predict names its rows with :attr:`LoadedModel.model_id`,
 trust statistics come from its bytes or metadata (:func:`cxrtool.trust.load_trust`), and the DICOM
 results, the HTML report and explain read its card.  A checkpoint's exports (``engines/``) are opened
 the same way, once each, when ``auto`` or an explicit backend needs them (:meth:`LoadedModel.exports`).

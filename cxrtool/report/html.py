@@ -83,7 +83,7 @@ def _resolve(row_path: str, base: Path) -> Path:
 
 
 def _card_context(model: LoadedModel) -> dict[str, Any]:
-    from cxrtool.explain.shortcut import card_warning
+    from cxrtool.trust.shortcut import card_warning
 
     card = model.card
     scalars = {k: v for k, v in card.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}

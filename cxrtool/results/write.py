@@ -226,7 +226,7 @@ def _heatmap_maker(model: LoadedModel | None, composite: str | None):
 
 def _card_extra(card) -> tuple[tuple[str, str], ...]:
     """Algorithm parameters the card adds to every result: the training data's shortcut warning, when it has one."""
-    from cxrtool.explain.shortcut import card_warning
+    from cxrtool.trust.shortcut import card_warning
 
     warning = card_warning(card.dataset) if card is not None else None
     return (("training_data", warning),) if warning else ()

@@ -38,7 +38,8 @@ from cxrtool.task import Task
 from cxrtool.train.config import EVAL_DEFAULTS
 from cxrtool.train.metrics import bootstrap_ci, compute_metrics
 from cxrtool.train.plots import plot_confusion, plot_reliability, plot_roc
-from cxrtool.train.runtime import Runtime, resolve_device, resolve_runtime
+from cxrtool.devices import resolve_device
+from cxrtool.train.runtime import Runtime, resolve_runtime
 from cxrtool.trust import Assessment, load_trust
 from cxrtool.trust.fit import split_shortcut, thumbnails
 from cxrtool.trust.temperature import calibration_metrics, reliability, scaled_probs

@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader
 
 from cxrtool.config import PreprocessCfg, resolve_preprocess
 from cxrtool.data import AugmentCfg, EpochSampler, ManifestDataset, balanced_weights
+from cxrtool.devices import resolve_device
 from cxrtool.errors import CxrError
 from cxrtool.fsutil import atomic_write_text
 from cxrtool.locks import owned_output
@@ -63,7 +64,6 @@ from cxrtool.train.rundata import init_loader_worker, read_data
 from cxrtool.train.runtime import (
     grad_scaler,
     predict_logits,
-    resolve_device,
     resolve_runtime,
     restore_scaler,
 )

@@ -15,7 +15,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from cxrtool.errors import CxrError
 
 
 @dataclass(frozen=True)
@@ -46,19 +45,6 @@ class Runtime:
     def describe(self) -> str:
         amp = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype]
         return f"{self.device} {amp}{' channels_last' if self.channels_last else ''}"
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` picks CUDA when present; plain ``cuda`` means this process's local rank."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise CxrError(f"device {name!r} requested but no CUDA device is available")
-        return torch.device(f"cuda:{local_rank}" if name == "cuda" else name)
-    if name != "cpu":
-        raise CxrError(f"device must be auto, cpu or cuda[:N], not {name!r}")
-    return torch.device("cpu")
 
 
 def native_bf16(device: torch.device) -> bool:

@@ -33,7 +33,7 @@ class Outputs:
     features: np.ndarray
     targets: np.ndarray
     failed: int
-    thumbs: np.ndarray  # 8x8 thumbnails of the inputs, for the shortcut verdict (cxrtool.explain.shortcut)
+    thumbs: np.ndarray  # 8x8 thumbnails of the inputs, for the shortcut verdict (cxrtool.trust.shortcut)
 
 
 def thumbnails(x: torch.Tensor) -> np.ndarray:
@@ -42,7 +42,7 @@ def thumbnails(x: torch.Tensor) -> np.ndarray:
     The inputs are normalised films (an affine map of the grey film); the shortcut probe
     standardises its inputs, so its verdict is the same as on the grey film's thumbnail.
     """
-    from cxrtool.explain.shortcut import THUMB_SIDE
+    from cxrtool.trust.shortcut import THUMB_SIDE
 
     return torch.nn.functional.adaptive_avg_pool2d(x[:, :1].float(), THUMB_SIDE).flatten(1).cpu().numpy()
 
@@ -101,7 +101,7 @@ class TrustFit:
 
     def apply(self, card: ModelCard) -> dict[str, torch.Tensor]:
         """Write the fields into ``card``; return the tensors to save with the checkpoint."""
-        from cxrtool.explain.shortcut import CARD_KEY
+        from cxrtool.trust.shortcut import CARD_KEY
 
         card.calibration = dict(self.calibration)
         card.ood = self.ood.params()
@@ -164,8 +164,8 @@ def fit_trust(
 
 
 def split_shortcut(card: ModelCard, thumbs: np.ndarray, targets: np.ndarray) -> str | None:
-    """:func:`~cxrtool.explain.shortcut.shortcut_verdict` on one split's films and true labels (multiclass only)."""
-    from cxrtool.explain.shortcut import shortcut_verdict
+    """:func:`~cxrtool.trust.shortcut.shortcut_verdict` on one split's films and true labels (multiclass only)."""
+    from cxrtool.trust.shortcut import shortcut_verdict
 
     if card.task.multilabel or len(targets) == 0:
         return None
@@ -211,7 +211,7 @@ def calibrate_checkpoint(
     from cxrtool.manifest import Manifest, check_for_model, read_manifest
     from cxrtool.modelfile import file_sha256, read_card
     from cxrtool.models.checkpoint import load_checkpoint, save_checkpoint
-    from cxrtool.train.runtime import resolve_device
+    from cxrtool.devices import resolve_device
     from cxrtool.trust.assess import load_trust
 
     checkpoint = Path(checkpoint)

@@ -203,7 +203,7 @@ def test_written_model_round_trips_its_metadata(int8_export, onnx_file, checkpoi
 
 
 def test_openvino_backend_runs_the_int8_file(int8_export, onnx_file, real_batch):
-    from cxrtool.infer.backends import load_backend
+    from cxrtool.infer.loading import load_backend
 
     done, _ = int8_export
     backend = load_backend(done.path, backend="openvino")

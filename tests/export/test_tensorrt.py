@@ -14,7 +14,7 @@ import pytest
 from cxrtool.config import PreprocessCfg
 from cxrtool.errors import CxrError
 from cxrtool.runtimes.trtlib import cuda_index
-from cxrtool.infer.backends import load_backend
+from cxrtool.infer.loading import load_backend
 from cxrtool.infer.trt_backend import TensorRTBackend
 from cxrtool.modelfile.loaded import open_model
 from cxrtool.runtimes.trt_runner import plan_chunks

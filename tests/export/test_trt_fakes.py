@@ -408,7 +408,7 @@ def test_build_runs_in_the_target_devices_context(monkeypatch, tmp_path):
 def test_tensorrt_rows_carry_the_same_ood_score_and_flag_as_onnx_runtime(fakes, tmp_path):
     """The trust gate on TensorRT: same features output, same ``ood_score`` and ``flag`` per film as ONNX Runtime."""
     from cxrtool.export.pipeline import build_engine
-    from cxrtool.infer.backends import load_backend
+    from cxrtool.infer.loading import load_backend
     from cxrtool.infer.batching import predict_batch
     from cxrtool.infer.trt_backend import TensorRTBackend
     from cxrtool.modelfile.loaded import open_model

@@ -59,7 +59,7 @@ def test_unknown_backend_filter_is_a_clear_error(tiny_ckpt):
 
 @pytest.mark.slow
 def test_bench_measures_every_available_backend_of_checkpoint_and_onnx(tiny_ckpt, tiny_onnx, shared_data):
-    from cxrtool.infer.backends import available_backends
+    from cxrtool.infer.loading import available_backends
 
     report = run_bench([tiny_onnx, tiny_ckpt], data=shared_data / "covid3", batch_sizes=(4,), images=16, min_time=0.2)
     expected = {"torch", *available_backends(tiny_onnx)}

@@ -26,7 +26,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 def direct_probs(ckpt: Path, paths: list[Path]) -> dict[str, np.ndarray]:
     """The same model run by hand, one file at a time: what the pipeline must reproduce."""
-    from cxrtool.infer.backends import load_backend
+    from cxrtool.infer.loading import load_backend
 
     engine = load_backend(ckpt, backend="torch")
     return {
@@ -232,7 +232,7 @@ def test_output_suffix_and_options_are_checked_before_any_work(tiny_ckpt, tmp_pa
 
 @pytest.mark.slow
 def test_onnx_backends_predict_the_same_as_torch_on_real_films(tiny_ckpt, tiny_onnx, real_dicoms, shared_data, tmp_path):
-    from cxrtool.infer.backends import available_backends, load_backend
+    from cxrtool.infer.loading import available_backends, load_backend
 
     films = sorted((shared_data / "covid3" / "covid").iterdir())[:8] + real_dicoms
     ref = predict_to_file(films, tiny_ckpt, tmp_path / "torch.csv", PredictOptions(workers=1))

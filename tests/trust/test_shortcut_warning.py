@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from cxrtool.cli.main import app
 from cxrtool.config import PreprocessCfg
-from cxrtool.explain.shortcut import (
+from cxrtool.trust.shortcut import (
     CARD_KEY,
     WARNING_PREFIX,
     card_warning,

@@ -15,7 +15,7 @@ from cxrtool.trust import load_trust
 @pytest.mark.slow
 def test_trained_checkpoint_has_statistics_and_backends_agree(trained_checkpoint: Path, shared_data: Path, tmp_path: Path) -> None:
     from cxrtool.export.onnx import export_onnx
-    from cxrtool.infer.backends import load_backend
+    from cxrtool.infer.loading import load_backend
 
     card = read_card(trained_checkpoint)
     assert [d["name"] for d in card.ood["depths"]] == ["transition1", "transition2", "transition3", "penultimate"]

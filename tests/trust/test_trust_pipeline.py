@@ -70,7 +70,7 @@ def test_calibrate_an_old_checkpoint_writes_a_new_one_naming_it(old_checkpoint: 
 
 def test_every_backend_gives_the_same_ood_score(trusted: Path, shared_data: Path, tmp_path: Path) -> None:
     from cxrtool.export.onnx import export_onnx
-    from cxrtool.infer.backends import load_backend
+    from cxrtool.infer.loading import load_backend
     from cxrtool.modelfile import FEATURES_NAME
 
     films = sorted((shared_data / "covid3").rglob("*.png"))[::40] + [shared_data / "dicom" / "nonchest" / "RG3_RLE.dcm"]

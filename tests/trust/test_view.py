@@ -141,7 +141,7 @@ def test_a_lateral_film_gets_the_view_flag_through_every_backend(trusted: Path, 
     calib = [{"path": str(f), "label": c, "split": s} for c in ("covid", "normal", "viral_pneumonia")
              for s, fs in (("train", slice(0, 6)), ("test", slice(40, 44))) for f in sorted((shared_data / "covid3_256" / c).glob("*.png"))[fs]]  # fmt: skip
     int8 = export_int8(onnx_path, write_manifest(tmp_path / "calib.csv", calib), min_agreement=0.0, max_auc_drop=1.0).path
-    from cxrtool.infer.backends import load_backend
+    from cxrtool.infer.loading import load_backend
 
     runs = {"torch": (trusted, "torch", {}), "onnxruntime": (onnx_path, "onnxruntime", {}),
             "openvino": (onnx_path, "openvino", {"precision": "f32"}), "int8": (int8, "openvino", {})}  # fmt: skip

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cxrtool.explain.shortcut import (
+from cxrtool.trust.shortcut import (
     map_comparison,
     probe,
     shortcut_audit,
