@@ -15,16 +15,22 @@ install: $(BIN)/python
 	@echo "installing cxrtool and its dependencies into $(VENV) (pinned by constraints.txt)"
 	@start=$$(date +%s); \
 	$(BIN)/pip install --progress-bar on -c constraints.txt -e '.[test]' && \
+	touch $(VENV)/.installed && \
 	echo "installed in $$(( $$(date +%s) - start )) s: activate with 'source $(VENV)/bin/activate' or run $(BIN)/cxrtool"
 
-# the tests need an installed environment, not a reinstall on every run
-test: $(BIN)/python
+# installed once, and again only when the dependencies change (so `make test` alone works on a fresh clone)
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(MAKE) install
+
+# the tests need an installed environment, not a reinstall on every run; ruff first (rules in pyproject.toml)
+test: $(VENV)/.installed
+	$(BIN)/ruff check cxrtool tests bench examples
 	$(BIN)/python -m pytest -q
 
-test-slow: $(BIN)/python
+test-slow: $(VENV)/.installed
 	$(BIN)/python -m pytest -q -m slow
 
-test-gpu: $(BIN)/python
+test-gpu: $(VENV)/.installed
 	$(BIN)/python -m pytest -q -m gpu
 
 # one NVIDIA GPU: installs the [trt] extra if absent, runs test-gpu, then a short benchmark (< 8 min);

@@ -44,7 +44,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--zennit", action="store_true", help="also time stock zennit (slow)")
     ap.add_argument("--composites", default=",".join(COMPOSITES))
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default); 1 is steadier on a loaded machine")
+    ap.add_argument(
+        "--threads", type=int, default=0, help="torch threads (0: torch's default); 1 is steadier on a loaded machine"
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -57,7 +59,9 @@ def main() -> None:
             m.running_var.uniform_(0.5, 2.0)
     x = torch.randn(args.batch, 3, args.size, args.size)
     bounds = PreprocessCfg(input_size=args.size).input_bounds()
-    print(f"load average {os.getloadavg()}, torch threads {torch.get_num_threads()}, batch {args.batch}, {args.size} px")
+    print(
+        f"load average {os.getloadavg()}, torch threads {torch.get_num_threads()}, batch {args.batch}, {args.size} px"
+    )
 
     fast_model = copy.deepcopy(model).to(memory_format=torch.channels_last)
     x_cl = x.contiguous(memory_format=torch.channels_last)
@@ -74,7 +78,10 @@ def main() -> None:
     # the baseline is the faster forward: explain runs channels-last, so the ratio must not gain from the layout
     label, base = min(forwards.items(), key=lambda kv: kv[1])
     for name, t in forwards.items():
-        print(f"{'forward ' + name:32s} {t / args.batch:8.4f} s/image {t / base:6.2f}x" + ("   <- baseline" if name == label else ""))
+        print(
+            f"{'forward ' + name:32s} {t / args.batch:8.4f} s/image {t / base:6.2f}x"
+            + ("   <- baseline" if name == label else "")
+        )
     for name in args.composites.split(","):
         explainer = Explainer(model, name, bounds)
         result = explainer.attribute(x)  # warm-up, and the conservation check of this very run

@@ -36,7 +36,12 @@ def make_checkpoint(folder: Path, size: int) -> Path:
 
     torch.manual_seed(0)
     model = build_model("densenet121", num_classes=3)
-    card = ModelCard(arch="densenet121", task="multiclass", class_names=["covid", "normal", "viral_pneumonia"], preprocess=PreprocessCfg(input_size=size))
+    card = ModelCard(
+        arch="densenet121",
+        task="multiclass",
+        class_names=["covid", "normal", "viral_pneumonia"],
+        preprocess=PreprocessCfg(input_size=size),
+    )
     return save_checkpoint(folder / "densenet121_random.safetensors", model, card)
 
 
@@ -84,7 +89,9 @@ def main() -> None:
     onnx_path = default_onnx_path(ckpt)
     if not onnx_path.exists():
         exported = export_onnx(ckpt, check_images=[args.images])
-        print(f"exported {onnx_path} in {exported.seconds:.0f} s, parity max |dlogit| {exported.parity.max_abs_diff:.2e}")
+        print(
+            f"exported {onnx_path} in {exported.seconds:.0f} s, parity max |dlogit| {exported.parity.max_abs_diff:.2e}"
+        )
 
     backends = {
         "torch fp32": load_backend(ckpt, backend="torch"),
@@ -110,7 +117,9 @@ def main() -> None:
     reference = logits_all(backends["torch fp32"].run, real)
     top2 = np.sort(reference, axis=1)[:, -2:]
     margin = top2[:, 1] - top2[:, 0]
-    print(f"torch logits: |max| {np.abs(reference).max():.3g}, top1-top2 margin median {np.median(margin):.3g}, min {margin.min():.3g}")
+    print(
+        f"torch logits: |max| {np.abs(reference).max():.3g}, top1-top2 margin median {np.median(margin):.3g}, min {margin.min():.3g}"
+    )
     rows = []
     speed: dict[tuple[str, int], float] = {}
     for name, b in backends.items():
@@ -121,15 +130,19 @@ def main() -> None:
             speed[name, bs] = images_per_s(b.run, real[:bs], args.repeats, args.seconds)
         rows.append((name, agree, diff))
 
-    header = f"{'backend':26s} {'top-1 vs torch':>14s} {'max|dlogit|':>11s}" + "".join(f" {'bs' + str(bs) + ' img/s':>11s}" for bs in args.batches)
+    header = f"{'backend':26s} {'top-1 vs torch':>14s} {'max|dlogit|':>11s}" + "".join(
+        f" {'bs' + str(bs) + ' img/s':>11s}" for bs in args.batches
+    )
     print("\n" + header)
     for name, agree, diff in rows:
         print(f"{name:26s} {agree:14.1%} {diff:11.2e}" + "".join(f" {speed[name, bs]:11.1f}" for bs in args.batches))
     print()
     for bs in args.batches:
         t, o = speed["torch fp32", bs], speed["onnxruntime fp32", bs]
-        print(f"batch {bs}: onnxruntime/torch {o / t:.2f}x, openvino auto/onnxruntime {speed['openvino auto', bs] / o:.2f}x, "
-              f"openvino auto throughput/onnxruntime {speed['openvino auto throughput', bs] / o:.2f}x")
+        print(
+            f"batch {bs}: onnxruntime/torch {o / t:.2f}x, openvino auto/onnxruntime {speed['openvino auto', bs] / o:.2f}x, "
+            f"openvino auto throughput/onnxruntime {speed['openvino auto throughput', bs] / o:.2f}x"
+        )
     print("uptime after:", subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
 
 

@@ -45,7 +45,11 @@ SIZE = 224
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", type=Path, help="folder of class folders of films (default: $CXRTOOL_SHARED_DATA/covid3_256, else synthetic)")
+    p.add_argument(
+        "--data",
+        type=Path,
+        help="folder of class folders of films (default: $CXRTOOL_SHARED_DATA/covid3_256, else synthetic)",
+    )
     p.add_argument("--out", type=Path, default=REPO / "runs" / "gpu-check")
     p.add_argument("--budget", type=float, default=330.0, help="seconds for the steps after the tests (then skipped)")
     p.add_argument("--skip-install", action="store_true")
@@ -55,8 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     if not torch.cuda.is_available():
-        print("gpu-check: no CUDA device (torch.cuda.is_available() is False); nothing was run. "
-              "Run it on a machine with an NVIDIA GPU and its driver.", file=sys.stderr)
+        print(
+            "gpu-check: no CUDA device (torch.cuda.is_available() is False); nothing was run. "
+            "Run it on a machine with an NVIDIA GPU and its driver.",
+            file=sys.stderr,
+        )
         return 2
     check = Check(args.out, args.budget)
     check.record["machine"] = machine(torch)
@@ -102,7 +109,10 @@ class Check:
         except Exception as exc:  # noqa: BLE001 -- one failed step is recorded; the others still run
             result, ok = None, False
             self.record["failed"].append(name)
-            self.record["steps"][name] = {"error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-3000:]}
+            self.record["steps"][name] = {
+                "error": f"{type(exc).__name__}: {exc}",
+                "trace": traceback.format_exc()[-3000:],
+            }
         entry = self.record["steps"].setdefault(name, {})
         entry["seconds"] = round(time.perf_counter() - t0, 1)
         if ok:
@@ -118,7 +128,9 @@ class Check:
 
     def summary(self) -> str:
         r = self.record
-        lines = [f"cxrtool gpu-check on {r['machine'].get('gpu')} ({r['machine'].get('cuda')}), {r.get('total_seconds', '?')} s"]
+        lines = [
+            f"cxrtool gpu-check on {r['machine'].get('gpu')} ({r['machine'].get('cuda')}), {r.get('total_seconds', '?')} s"
+        ]
         for name, entry in r["steps"].items():
             result = entry.get("result")
             if "error" in entry:
@@ -145,16 +157,26 @@ def jsonable(value: Any) -> Any:
 def machine(torch: Any) -> dict[str, Any]:
     props = torch.cuda.get_device_properties(0)
     return {
-        "gpu": torch.cuda.get_device_name(0), "gpus": torch.cuda.device_count(), "capability": f"{props.major}.{props.minor}",
-        "memory_gib": round(props.total_memory / 2**30, 1), "cuda": torch.version.cuda, "torch": torch.__version__,
-        "python": platform.python_version(), "cpu_cores": os.cpu_count(),
-    }  # fmt: skip
+        "gpu": torch.cuda.get_device_name(0),
+        "gpus": torch.cuda.device_count(),
+        "capability": f"{props.major}.{props.minor}",
+        "memory_gib": round(props.total_memory / 2**30, 1),
+        "cuda": torch.version.cuda,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu_cores": os.cpu_count(),
+    }
 
 
 def install_trt() -> dict[str, Any]:
     missing = [m for m in ("tensorrt", "pycuda") if importlib.util.find_spec(m) is None]
     if missing:
-        run = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", f"{REPO}[trt]"], capture_output=True, text=True, check=False)
+        run = subprocess.run(
+            [sys.executable, "-m", "pip", "install", "-q", "-e", f"{REPO}[trt]"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if run.returncode:
             raise RuntimeError(f"pip install -e '.[trt]' failed: {run.stderr[-1500:]}")
         importlib.invalidate_caches()
@@ -165,7 +187,13 @@ def install_trt() -> dict[str, Any]:
 
 def run_gpu_tests() -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    run = subprocess.run(["make", "-C", str(REPO), "test-gpu", f"VENV={sys.prefix}"], capture_output=True, text=True, env=env, check=False)
+    run = subprocess.run(
+        ["make", "-C", str(REPO), "test-gpu", f"VENV={sys.prefix}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     tail = run.stdout.strip().splitlines()[-1:] or [""]
     if run.returncode:
         raise RuntimeError(f"make test-gpu exit {run.returncode}: {tail[0]}\n{run.stdout[-3000:]}")
@@ -214,10 +242,25 @@ def train_model(films: Path, out: Path) -> dict[str, Any]:
         writer.writeheader()
         writer.writerows(rows)
     t0 = time.perf_counter()
-    result = fit(TrainConfig(manifest=str(manifest), out_dir=str(out / "run"), init="none", input_size=SIZE, epochs=3,
-                             batch_size=32, workers=4, device="cuda"))  # fmt: skip
+    result = fit(
+        TrainConfig(
+            manifest=str(manifest),
+            out_dir=str(out / "run"),
+            init="none",
+            input_size=SIZE,
+            epochs=3,
+            batch_size=32,
+            workers=4,
+            device="cuda",
+        )
+    )
     best = out / "run" / "best.safetensors"
-    return {"checkpoint": best, "films": len(rows), "seconds": round(time.perf_counter() - t0, 1), "history": result.history}
+    return {
+        "checkpoint": best,
+        "films": len(rows),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "history": result.history,
+    }
 
 
 def train_throughput() -> dict[str, Any]:
@@ -233,7 +276,10 @@ def train_throughput() -> dict[str, Any]:
     rows = {}
     for label, rt in {"fp32": Runtime(device), f"amp {amp.describe()}": amp}.items():
         rows[label] = round(bench.measure("densenet121", rt, size=SIZE, batch=32, steps=10, warmup=3, repeats=2), 1)
-    return {"rows": [f"train densenet121 {SIZE}px batch 32: {k}: {v} img/s" for k, v in rows.items()], "img_per_s": rows}
+    return {
+        "rows": [f"train densenet121 {SIZE}px batch 32: {k}: {v} img/s" for k, v in rows.items()],
+        "img_per_s": rows,
+    }
 
 
 def export_all(model: dict[str, Any], films: Path) -> dict[str, str]:
@@ -247,16 +293,28 @@ def export_all(model: dict[str, Any], films: Path) -> dict[str, str]:
     out["onnx"] = str(onnx)
     for precision in ("fp32", "fp16", "int8"):
         try:
-            done = export_model(onnx, onnx=False, trt=True, fp16=precision == "fp16", int8=precision == "int8",
-                                calib=films if precision == "int8" else None, profile=BatchProfile(1, 16, 64), device="cuda",
-                                check_images=[films], check_count=32)  # fmt: skip
+            done = export_model(
+                onnx,
+                onnx=False,
+                trt=True,
+                fp16=precision == "fp16",
+                int8=precision == "int8",
+                calib=films if precision == "int8" else None,
+                profile=BatchProfile(1, 16, 64),
+                device="cuda",
+                check_images=[films],
+                check_count=32,
+            )
             # next to the ONNX (the engine's OOD statistics are read from it), one name per precision
             engine = done.engine.path.with_name(f"{onnx.stem}.{precision}.engine")
             sidecar_path(done.engine.path).replace(sidecar_path(engine))
             done.engine.path.replace(engine)
             out[precision] = str(engine)
-            out[f"{precision}_parity"] = {"max_abs_diff": done.engine.parity.max_abs_diff, "top1": done.engine.parity.top1_agreement,
-                                          "build_s": round(done.engine.seconds, 1)}  # fmt: skip
+            out[f"{precision}_parity"] = {
+                "max_abs_diff": done.engine.parity.max_abs_diff,
+                "top1": done.engine.parity.top1_agreement,
+                "build_s": round(done.engine.seconds, 1),
+            }
         except Exception as exc:  # noqa: BLE001 -- an int8 gate refusal is a result, not a crash
             out["errors"][precision] = f"{type(exc).__name__}: {exc}"[:1000]
     return out
@@ -323,7 +381,9 @@ def predict_all(model: dict[str, Any], engines: dict[str, Any], films: Path) -> 
             ref_logits, ref_verdicts = reference
             scores = [(a.ood_score, b.ood_score) for a, b in zip(ref_verdicts, verdicts)]
             entry["top1_agreement"] = float(np.mean(ref_logits.argmax(1) == logits.argmax(1)))
-            entry["ood_score_max_abs_diff"] = max((abs(a - b) for a, b in scores if a is not None and b is not None), default=None)
+            entry["ood_score_max_abs_diff"] = max(
+                (abs(a - b) for a, b in scores if a is not None and b is not None), default=None
+            )
             entry["ood_scored"] = sum(b is not None for _, b in scores)
             entry["flag_agreement"] = float(np.mean([a.flag == b.flag for a, b in zip(ref_verdicts, verdicts)]))
         results[label] = entry
@@ -349,8 +409,11 @@ def explain_speed(model: dict[str, Any], films: Path) -> dict[str, Any]:
 
     lrp = _speed(lambda: explainer.attribute(x), len(x))
     fwd = _speed(plain, len(x))
-    return {"rows": [f"explain batch 16 on cuda: {lrp:.1f} img/s; forward {fwd:.1f} img/s ({fwd / lrp:.1f}x)"],
-            "lrp_img_per_s": round(lrp, 1), "forward_img_per_s": round(fwd, 1)}  # fmt: skip
+    return {
+        "rows": [f"explain batch 16 on cuda: {lrp:.1f} img/s; forward {fwd:.1f} img/s ({fwd / lrp:.1f}x)"],
+        "lrp_img_per_s": round(lrp, 1),
+        "forward_img_per_s": round(fwd, 1),
+    }
 
 
 if __name__ == "__main__":

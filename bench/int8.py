@@ -43,7 +43,9 @@ def random_checkpoint(workdir: Path, size: int) -> Path:
     ckpt = workdir / f"densenet121_random_{size}.safetensors"
     if not ckpt.exists():
         torch.manual_seed(0)
-        card = ModelCard(arch="densenet121", task="multiclass", class_names=CLASSES, preprocess=PreprocessCfg(input_size=size))
+        card = ModelCard(
+            arch="densenet121", task="multiclass", class_names=CLASSES, preprocess=PreprocessCfg(input_size=size)
+        )
         save_checkpoint(ckpt, build_model("densenet121", num_classes=3), card)
     return ckpt
 
@@ -56,7 +58,9 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=64, help="held-out films used by the bench (0 = all)")
     parser.add_argument("--min-time", type=float, default=3.0)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/cxrtool-bench-int8"))
-    parser.add_argument("--workers", type=int, default=None, help="decode processes of the end-to-end runs (default: predict's)")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="decode processes of the end-to-end runs (default: predict's)"
+    )
     args = parser.parse_args()
 
     from cxrtool.cpu import cpu_flags
@@ -90,25 +94,38 @@ def main() -> int:
         print(f"FAIL  INT8 export refused: {exc}")
         return 1
     c = done.check
-    print(f"INT8 written: {done.path} ({done.seconds:.0f} s); gate: {c.summary()}; features cos min {c.features_cosine_min}")
+    print(
+        f"INT8 written: {done.path} ({done.seconds:.0f} s); gate: {c.summary()}; features cos min {c.features_cosine_min}"
+    )
     assert done.path == default_int8_path(ckpt)
 
     holdout = calibration_set(args.data, read_card(ckpt)).holdout
     with tempfile.TemporaryDirectory(prefix="holdout-") as tmp:
         for i, f in enumerate(holdout):  # the bench reads a folder: the held-out films, linked
             (Path(tmp) / f"{i:04d}_{f.name}").symlink_to(f)
-        report = run_bench([ckpt], data=Path(tmp), batch_sizes=(16,), images=args.images, min_time=args.min_time,
-                            workers=args.workers, on_step=log)
+        report = run_bench(
+            [ckpt],
+            data=Path(tmp),
+            batch_sizes=(16,),
+            images=args.images,
+            min_time=args.min_time,
+            workers=args.workers,
+            on_step=log,
+        )
     (args.workdir / "bench_int8.json").write_text(json.dumps(report.to_dict(), indent=2))
 
     m = report.machine
-    print(f"{m['cpu']}, {m['cores']} cores, load {m['load_before']} -> {m['load_after']}; decode {report.decode_ms:.1f} ms/film;"
-          f" {report.inputs['images']} held-out films at {report.inputs['input_size']} px")
+    print(
+        f"{m['cpu']}, {m['cores']} cores, load {m['load_before']} -> {m['load_after']}; decode {report.decode_ms:.1f} ms/film;"
+        f" {report.inputs['images']} held-out films at {report.inputs['input_size']} px"
+    )
     print(f"{'variant':15} {'batch':>5} {'model':>8} {'e2e':>8} {'ideal':>8} {'e2e/ideal':>9} {'top-1 vs torch':>14}")
     for r in report.rows:
         v = report.variants[r.variant]
-        print(f"{r.variant:15} {r.batch_size:5d} {r.model_ips:8.1f} {r.e2e_ips or 0:8.1f} {r.ideal_e2e_ips or 0:8.1f} "
-              f"{r.e2e_ratio or 0:9.2f} {v['top1_agreement']:14.1%}")
+        print(
+            f"{r.variant:15} {r.batch_size:5d} {r.model_ips:8.1f} {r.e2e_ips or 0:8.1f} {r.ideal_e2e_ips or 0:8.1f} "
+            f"{r.e2e_ratio or 0:9.2f} {v['top1_agreement']:14.1%}"
+        )
     speed = {r.variant: r.model_ips for r in report.rows if r.batch_size == 16}
     results: list[tuple[str, bool, str]] = []
     if "openvino-int8" in speed and "onnxruntime" in speed:
@@ -118,10 +135,18 @@ def main() -> int:
         results.append(("INT8 top-1 agreement with torch fp32 >= 99%", agree >= 0.99, f"{agree:.1%}"))
     a = report.auto
     if a.get("vs_fastest_fp32") is not None:
-        results.append((f"auto ({a['variant']}) >= fastest fp32 ({a['fastest_fp32']})", a["vs_fastest_fp32"] >= 1.0, f"{a['vs_fastest_fp32']:.2f}x"))
+        results.append(
+            (
+                f"auto ({a['variant']}) >= fastest fp32 ({a['fastest_fp32']})",
+                a["vs_fastest_fp32"] >= 1.0,
+                f"{a['vs_fastest_fp32']:.2f}x",
+            )
+        )
     for r in report.rows:
         if r.e2e_ratio is not None:
-            results.append((f"e2e >= 0.9x ideal: {r.variant} b{r.batch_size}", r.e2e_ratio >= 0.9, f"{r.e2e_ratio:.2f}"))
+            results.append(
+                (f"e2e >= 0.9x ideal: {r.variant} b{r.batch_size}", r.e2e_ratio >= 0.9, f"{r.e2e_ratio:.2f}")
+            )
     failed = False
     for target, ok, detail in results:
         print(f"{'PASS' if ok else 'FAIL'}  {target}: {detail}")

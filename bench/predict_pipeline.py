@@ -27,14 +27,16 @@ def make_models(workdir: Path, data: Path) -> list[Path]:
     import torch
 
     from cxrtool.config import PreprocessCfg
+    from cxrtool.modelfile import ModelCard
     from cxrtool.models import build_model
     from cxrtool.models.checkpoint import save_checkpoint
-    from cxrtool.modelfile import ModelCard
 
     ckpt = workdir / "densenet121_random.safetensors"
     if not ckpt.exists():
         torch.manual_seed(0)
-        card = ModelCard(arch="densenet121", task="multiclass", class_names=CLASSES, preprocess=PreprocessCfg(input_size=224))
+        card = ModelCard(
+            arch="densenet121", task="multiclass", class_names=CLASSES, preprocess=PreprocessCfg(input_size=224)
+        )
         save_checkpoint(ckpt, build_model("densenet121", num_classes=3), card)
     models = [ckpt]
     try:
@@ -53,11 +55,22 @@ def check(report) -> list[tuple[str, bool | None, str]]:
     results = []
     for r in report.rows:
         if r.e2e_ratio is not None:
-            results.append((f"e2e >= 0.9 x ideal: {r.variant} b{r.batch_size}", r.e2e_ratio >= 0.9,
-                            f"{r.e2e_ips:.1f} vs {r.ideal_e2e_ips:.1f} img/s = {r.e2e_ratio:.2f}"))
+            results.append(
+                (
+                    f"e2e >= 0.9 x ideal: {r.variant} b{r.batch_size}",
+                    r.e2e_ratio >= 0.9,
+                    f"{r.e2e_ips:.1f} vs {r.ideal_e2e_ips:.1f} img/s = {r.e2e_ratio:.2f}",
+                )
+            )
     speedups = {(q["variant"], q["baseline"], q["batch_size"]): q["speedup"] for q in report.ratios()}
     ort = speedups.get(("onnxruntime", "torch", 16))
-    results.append(("onnxruntime >= 2x torch (b16)", None if ort is None else ort >= 2.0, "not measured" if ort is None else f"{ort:.2f}x"))
+    results.append(
+        (
+            "onnxruntime >= 2x torch (b16)",
+            None if ort is None else ort >= 2.0,
+            "not measured" if ort is None else f"{ort:.2f}x",
+        )
+    )
     ov = speedups.get(("openvino-bf16", "onnxruntime", 16))
     if ov is None:
         results.append(("openvino bf16 >= 3x onnxruntime (b16)", None, "no bf16 variant ran (CPU without bf16?)"))
@@ -81,17 +94,28 @@ def main() -> int:
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     models = make_models(args.workdir, args.data)
-    report = run_bench(models, data=args.data, batch_sizes=(1, 16), images=args.images, min_time=args.min_time,
-                       workers=args.workers, on_step=lambda t: print(f"  {t}", file=sys.stderr))
+    report = run_bench(
+        models,
+        data=args.data,
+        batch_sizes=(1, 16),
+        images=args.images,
+        min_time=args.min_time,
+        workers=args.workers,
+        on_step=lambda t: print(f"  {t}", file=sys.stderr),
+    )
     (args.workdir / "bench.json").write_text(json.dumps(report.to_dict(), indent=2))
     m = report.machine
-    print(f"{m['cpu']}, {m['cores']} cores, torch threads {m['torch_threads']}, load {m['load_before']} -> {m['load_after']}")
+    print(
+        f"{m['cpu']}, {m['cores']} cores, torch threads {m['torch_threads']}, load {m['load_before']} -> {m['load_after']}"
+    )
     print(f"decode {report.decode_ms:.1f} ms/image over {report.inputs['images']} films")
     print(f"{'variant':16} {'batch':>5} {'model':>8} {'e2e':>8} {'ideal':>8} {'ratio':>6} {'top-1':>7}")
     for r in report.rows:
         v = report.variants[r.variant]
-        print(f"{r.variant:16} {r.batch_size:5d} {r.model_ips:8.1f} {r.e2e_ips or 0:8.1f} {r.ideal_e2e_ips or 0:8.1f} "
-              f"{r.e2e_ratio or 0:6.2f} {v['top1_agreement']:7.1%}")
+        print(
+            f"{r.variant:16} {r.batch_size:5d} {r.model_ips:8.1f} {r.e2e_ips or 0:8.1f} {r.ideal_e2e_ips or 0:8.1f} "
+            f"{r.e2e_ratio or 0:6.2f} {v['top1_agreement']:7.1%}"
+        )
     failed = False
     for target, ok, detail in check(report):
         print(f"{'PASS' if ok else 'n/a ' if ok is None else 'FAIL'}  {target}: {detail}")

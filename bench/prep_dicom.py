@@ -114,15 +114,17 @@ def throughput(root: Path, copies: int, workers: int, repeats: int) -> None:
 
             return go
 
-        print(f"{n} files ({len(readable)} DCMTK-readable fixtures x {copies}), {os.cpu_count()} CPUs, "
-              f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        print(
+            f"{n} files ({len(readable)} DCMTK-readable fixtures x {copies}), {os.cpu_count()} CPUs, "
+            f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+        )
         results = {
             "dcmj2pnm, one process per file, sequential": _timed(dcmtk(1), repeats),
             f"dcmj2pnm, {workers} in parallel": _timed(dcmtk(workers), repeats),
             "dcmj2pnm to uncompressed PGM, sequential": _timed(dcmtk(1, "pgm"), repeats),
             "cxrtool prep dicom -j 1": _timed(ours(1), repeats),
             f"cxrtool prep dicom -j {workers}": _timed(ours(workers), repeats),
-        }  # fmt: skip
+        }
         base = n / results["dcmj2pnm, one process per file, sequential"][0]
         print("| setting | best s | median s | images/s (best) | ratio vs dcmj2pnm sequential |\n|---|---|---|---|---|")
         for name, (best, med) in results.items():

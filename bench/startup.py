@@ -27,8 +27,23 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "onnxruntime", "openvino", "zennit", "matplotlib")
-COMMANDS = [[], ["predict"], ["explain"], ["train"], ["evaluate"], ["calibrate"], ["export"], ["bench"], ["report"],
-            ["demo"], ["listen"], ["doctor"], ["prep", "dicom"], ["prep", "nih"], ["prep", "folder"]]  # fmt: skip
+COMMANDS = [
+    [],
+    ["predict"],
+    ["explain"],
+    ["train"],
+    ["evaluate"],
+    ["calibrate"],
+    ["export"],
+    ["bench"],
+    ["report"],
+    ["demo"],
+    ["listen"],
+    ["doctor"],
+    ["prep", "dicom"],
+    ["prep", "nih"],
+    ["prep", "folder"],
+]
 _PROBE = (
     "import runpy, sys\nsys.argv = ['cxrtool', *sys.argv[1:]]\ncode = 0\n"
     "try:\n    runpy.run_module('cxrtool', run_name='__main__')\nexcept SystemExit as exc:\n    code = exc.code\n"
@@ -135,8 +150,10 @@ def main() -> int:
             continue
         runs = [first_row(model, args.data, backend) for _ in range(args.repeats)]
         best_first = min(r[0] for r in runs)
-        print(f"predict {backend:12s} first row after {best_first:.2f} s (whole run {min(r[1] for r in runs):.1f} s); "
-              f"imports {import_seconds(module):.2f} s")  # fmt: skip
+        print(
+            f"predict {backend:12s} first row after {best_first:.2f} s (whole run {min(r[1] for r in runs):.1f} s); "
+            f"imports {import_seconds(module):.2f} s"
+        )
         missed |= backend == "onnxruntime" and not best_first < 2.0
     return 1 if missed else 0
 

@@ -18,8 +18,8 @@ import time
 
 import torch
 
-from cxrtool.models import build_model
 from cxrtool.devices import resolve_device
+from cxrtool.models import build_model
 from cxrtool.train.runtime import Runtime, grad_scaler, resolve_runtime
 
 

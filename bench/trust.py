@@ -47,7 +47,9 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("CXRTOOL_SHARED_DATA") or REPO.parent / "shared" / "data")  # as the tests find it
 
 
-def train_fixture_model(workdir: Path, data: Path, size: int = 64, epochs: int = 7, val_fraction: float = 0.15) -> tuple[Path, Path]:
+def train_fixture_model(
+    workdir: Path, data: Path, size: int = 64, epochs: int = 7, val_fraction: float = 0.15
+) -> tuple[Path, Path]:
     """The tests' ``trained_checkpoint`` recipe by default (trust statistics fitted at the end, as ``train`` does)."""
     from cxrtool.prep.folder import FolderOptions, prep_folder
     from cxrtool.train.config import TrainConfig
@@ -58,12 +60,30 @@ def train_fixture_model(workdir: Path, data: Path, size: int = 64, epochs: int =
     run = workdir / f"run_{size}px_{epochs}ep{tag}"
     best = run / "best.safetensors"
     if not manifest.exists():
-        prep_folder(data / "covid3_256", manifest, FolderOptions(val_fraction=val_fraction, groups=data / "covid3" / "manifest.csv", groups_path_col="file_256"), salt="tests")
+        prep_folder(
+            data / "covid3_256",
+            manifest,
+            FolderOptions(
+                val_fraction=val_fraction, groups=data / "covid3" / "manifest.csv", groups_path_col="file_256"
+            ),
+            salt="tests",
+        )
     done = run / "bench-trained"  # an interrupted run leaves a best.safetensors of its early epochs
     if not done.exists():
         shutil.rmtree(run, ignore_errors=True)
-        cfg = TrainConfig(manifest=str(manifest), out_dir=str(run), init="none", input_size=size, epochs=epochs, batch_size=32,
-                          lr=2e-3, monitor="accuracy", seed=0, workers=0, device="cpu")  # fmt: skip
+        cfg = TrainConfig(
+            manifest=str(manifest),
+            out_dir=str(run),
+            init="none",
+            input_size=size,
+            epochs=epochs,
+            batch_size=32,
+            lr=2e-3,
+            monitor="accuracy",
+            seed=0,
+            workers=0,
+            device="cpu",
+        )
         if fit(cfg).status != "completed":
             raise SystemExit(f"training in {run} did not complete")
         done.touch()
@@ -107,7 +127,9 @@ def load_films(card, files: list[Path], *, dedupe: bool = False) -> tuple[list[P
     return kept, np.stack(xs), failures
 
 
-def features_of(backend, files: list[Path], *, dedupe: bool = False) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
+def features_of(
+    backend, files: list[Path], *, dedupe: bool = False
+) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
     """(names, logits, features, failures) through the shared loader; ``dedupe`` drops identical inputs."""
     kept, x, failures = load_films(backend.card, files, dedupe=dedupe)
     logits, feats = run_batches(backend, x)
@@ -149,9 +171,14 @@ def checks_of(backend, trust, files: list[Path], *, dedupe: bool = False) -> dic
     views = view_verdicts(x)
     verdicts = trust.assess(logits, feats, headers, views)
     return {
-        "names": [f.name for f in kept], "logits": logits, "features": feats, "thumbs": thumbnails(torch.from_numpy(x)),
-        "scores": np.array([v.ood_score for v in verdicts]), "flags": [v.flag for v in verdicts], "failures": failures,
-    }  # fmt: skip
+        "names": [f.name for f in kept],
+        "logits": logits,
+        "features": feats,
+        "thumbs": thumbnails(torch.from_numpy(x)),
+        "scores": np.array([v.ood_score for v in verdicts]),
+        "flags": [v.flag for v in verdicts],
+        "failures": failures,
+    }
 
 
 def flag_shares(flags: list[str]) -> dict[str, float]:
@@ -274,7 +301,9 @@ def time_predict(models: dict[str, Path], folder: Path, workdir: Path, repeats: 
     for _ in range(repeats):
         for name, model in models.items():
             out = workdir / f"pred_{name}.csv"
-            summary = predict_to_file([folder], model, out, PredictOptions(batch_size=16, overwrite=True), backend=backend)
+            summary = predict_to_file(
+                [folder], model, out, PredictOptions(batch_size=16, overwrite=True), backend=backend
+            )
             best[name] = min(best[name], summary.seconds)
     return best
 
@@ -288,14 +317,23 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--size", type=int, default=64, help="input size of the trained model (the tests' recipe: 64)")
     ap.add_argument("--epochs", type=int, default=7, help="epochs of the trained model (the tests' recipe: 7)")
-    ap.add_argument("--val-fraction", type=float, default=0.15,
-                    help="share of the films in the validation split (the tests' recipe: 0.15, 47 films; the ECE needs more)")
-    ap.add_argument("--copies", type=int, default=8, help="copies of the test films in the timed predict folder (8: 376 films)")
+    ap.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.15,
+        help="share of the films in the validation split (the tests' recipe: 0.15, 47 films; the ECE needs more)",
+    )
+    ap.add_argument(
+        "--copies", type=int, default=8, help="copies of the test films in the timed predict folder (8: 376 films)"
+    )
     ap.add_argument("--nih", type=int, default=1000, help="NIH thumbnails to score (all 1000 by default)")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--skip-parity", action="store_true", help="skip the ONNX Runtime / OpenVINO score parity")
-    ap.add_argument("--skip-overhead", action="store_true",
-                    help="skip the with/without statistics predict timing (the longest part)")
+    ap.add_argument(
+        "--skip-overhead",
+        action="store_true",
+        help="skip the with/without statistics predict timing (the longest part)",
+    )
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
 
@@ -305,8 +343,8 @@ def main() -> int:
     from cxrtool.infer.loading import load_backend
     from cxrtool.modelfile import read_card
     from cxrtool.trust import load_trust
-    from cxrtool.trust.temperature import ece, scaled_probs
     from cxrtool.trust.fit import calibrate_checkpoint
+    from cxrtool.trust.temperature import ece, scaled_probs
 
     t0 = time.perf_counter()
     if args.checkpoint:
@@ -319,8 +357,13 @@ def main() -> int:
     backend = load_backend(ckpt, backend="torch")
     trust = load_trust(ckpt, backend.card)
     card, ood = backend.card, trust.ood
-    r: dict = {"checkpoint": str(ckpt), "train_or_calibrate_s": round(train_s, 1), "threshold": ood.threshold,
-               "temperature": trust.temperature, "depths": [d.name for d in ood.depths]}  # fmt: skip
+    r: dict = {
+        "checkpoint": str(ckpt),
+        "train_or_calibrate_s": round(train_s, 1),
+        "threshold": ood.threshold,
+        "temperature": trust.temperature,
+        "depths": [d.name for d in ood.depths],
+    }
 
     # in distribution: test and val splits
     _, test_logits, test_f, _ = features_of(backend, split_files(manifest, "test"))
@@ -334,7 +377,9 @@ def main() -> int:
     _, val_logits, _, _ = features_of(backend, val_files)
     r["val_ece_before"] = ece(card.task, scaled_probs(card.task, val_logits), val_targets)
     r["val_ece_after"] = ece(card.task, scaled_probs(card.task, val_logits, trust.temperature), val_targets)
-    test_targets = np.array([card.class_names.index(row["label"]) for row in read_manifest(manifest).select("test").rows])
+    test_targets = np.array(
+        [card.class_names.index(row["label"]) for row in read_manifest(manifest).select("test").rows]
+    )
     r["test_ece_before"] = ece(card.task, scaled_probs(card.task, test_logits), test_targets)
     r["test_ece_after"] = ece(card.task, scaled_probs(card.task, test_logits, trust.temperature), test_targets)
     r["test_accuracy"] = float((test_logits.argmax(1) == test_targets).mean())
@@ -344,7 +389,9 @@ def main() -> int:
     names, _, far_f, far_fail = features_of(backend, nonchest_files(args.data), dedupe=True)
     far_scores = ood.score(far_f)
     r["nonchest_n"], r["nonchest_failed"] = len(far_scores), far_fail
-    r["nonchest_auroc"] = float(roc_auc_score(np.r_[np.zeros(len(test_scores)), np.ones(len(far_scores))], np.r_[test_scores, far_scores]))
+    r["nonchest_auroc"] = float(
+        roc_auc_score(np.r_[np.zeros(len(test_scores)), np.ones(len(far_scores))], np.r_[test_scores, far_scores])
+    )
     r["nonchest_flagged_share"] = float(np.mean(far_scores > ood.threshold))
     r["nonchest_scores"] = {n: round(float(s), 3) for n, s in zip(names, far_scores)}
 
@@ -353,7 +400,9 @@ def main() -> int:
     _, nih_logits, nih_f, _ = features_of(backend, nih)
     nih_scores = ood.score(nih_f)
     r["nih_n"], r["nih_flagged_share"] = len(nih_scores), float(np.mean(nih_scores > ood.threshold))
-    r["nih_auroc_vs_test"] = float(roc_auc_score(np.r_[np.zeros(len(test_scores)), np.ones(len(nih_scores))], np.r_[test_scores, nih_scores]))
+    r["nih_auroc_vs_test"] = float(
+        roc_auc_score(np.r_[np.zeros(len(test_scores)), np.ones(len(nih_scores))], np.r_[test_scores, nih_scores])
+    )
     r["nih_predicted"] = {c: int((nih_logits.argmax(1) == i).sum()) for i, c in enumerate(card.class_names)}
     chest = sorted((args.data / "dicom" / "chest").glob("*.dcm"))
     cnames, _, chest_f, _ = features_of(backend, chest)
@@ -363,10 +412,16 @@ def main() -> int:
 
     # parity: ONNX Runtime and OpenVINO (f32 and the CPU's default) against torch on real test films
     if not args.skip_parity:
-        onnx_path = export_onnx(ckpt, ckpt.parent / "engines" / f"{ckpt.stem}.onnx", check_images=split_files(manifest, "test")[:16]).path
+        onnx_path = export_onnx(
+            ckpt, ckpt.parent / "engines" / f"{ckpt.stem}.onnx", check_images=split_files(manifest, "test")[:16]
+        ).path
         ref = test_scores
         parity = {}
-        for name, opts in (("onnxruntime", {}), ("openvino_f32", {"precision": "f32"}), ("openvino_auto", {"precision": "auto"})):
+        for name, opts in (
+            ("onnxruntime", {}),
+            ("openvino_f32", {"precision": "f32"}),
+            ("openvino_auto", {"precision": "auto"}),
+        ):
             try:
                 b = load_backend(onnx_path, backend=name.split("_")[0], **opts)
             except Exception as exc:  # a runtime missing here: report, do not fail the bench
@@ -374,19 +429,29 @@ def main() -> int:
                 continue
             _, _, f, _ = features_of(b, split_files(manifest, "test"))
             s = load_trust(onnx_path, b.card).ood.score(f)
-            parity[name] = {"max_rel_diff": float((np.abs(s - ref) / np.maximum(1.0, np.abs(ref))).max()), "precision": b.describe().get("precision", "f32")}
+            parity[name] = {
+                "max_rel_diff": float((np.abs(s - ref) / np.maximum(1.0, np.abs(ref))).max()),
+                "precision": b.describe().get("precision", "f32"),
+            }
         r["parity"] = parity
 
     # per kind (issue 25): every check as predict applies it, and the OOD score against alternatives
     test = checks_of(backend, trust, split_files(manifest, "test"))
-    kinds = {name: checks_of(backend, trust, files, dedupe=True)
-             for name, files in kind_files(args.data, args.nih).items() if files}  # fmt: skip
+    kinds = {
+        name: checks_of(backend, trust, files, dedupe=True)
+        for name, files in kind_files(args.data, args.nih).items()
+        if files
+    }
     r["test_flags"] = flag_shares(test["flags"])
     r["kinds"] = {
-        name: {"n": len(k["names"]), "failed": len(k["failures"]), "ood_auroc": auroc(test["scores"], k["scores"]),
-               **{f"flagged_{c}": v for c, v in flag_shares(k["flags"]).items()}}
+        name: {
+            "n": len(k["names"]),
+            "failed": len(k["failures"]),
+            "ood_auroc": auroc(test["scores"], k["scores"]),
+            **{f"flagged_{c}": v for c, v in flag_shares(k["flags"]).items()},
+        }
         for name, k in kinds.items()
-    }  # fmt: skip
+    }
     r["lateral_missed"] = [n for n, f in zip(kinds["lateral"]["names"], kinds["lateral"]["flags"]) if f == "ok"]
     train_d = checks_of(backend, trust, split_files(manifest, "train"))
     val_d = checks_of(backend, trust, val_files)
@@ -395,9 +460,13 @@ def main() -> int:
     layout = [(d.name, d.stop - d.start) for d in ood.depths]
     for name, (fn, threshold) in alternative_scores(layout, train_d, train_y, val_d).items():
         ref = fn(test)
-        alt[name] = {"test_flagged": float(np.mean(ref > threshold)),
-                     **{kind: {"auroc": auroc(ref, fn(k)), "flagged": float(np.mean(fn(k) > threshold))}
-                        for kind, k in kinds.items()}}  # fmt: skip
+        alt[name] = {
+            "test_flagged": float(np.mean(ref > threshold)),
+            **{
+                kind: {"auroc": auroc(ref, fn(k)), "flagged": float(np.mean(fn(k) > threshold))}
+                for kind, k in kinds.items()
+            },
+        }
     r["ood_alternatives"] = alt
 
     folder = args.workdir / f"predict_in_{manifest.stem}_x{args.copies}"

@@ -21,15 +21,39 @@ def collect() -> dict[str, list[Row]]:
     """Sections of (item, value, ok) rows; ``ok`` is None where there is nothing to judge."""
     from cxrtool import __version__
 
-    libs: list[Row] = [("python", sys.version.split()[0], None), ("cxrtool", __version__, None), ("platform", platform.platform(), None)]
-    for name in ("torch", "torchvision", "numpy", "pydicom", "zennit", "onnx", "onnxruntime", "openvino", "safetensors", "tensorrt", "pycuda"):
+    libs: list[Row] = [
+        ("python", sys.version.split()[0], None),
+        ("cxrtool", __version__, None),
+        ("platform", platform.platform(), None),
+    ]
+    for name in (
+        "torch",
+        "torchvision",
+        "numpy",
+        "pydicom",
+        "zennit",
+        "onnx",
+        "onnxruntime",
+        "openvino",
+        "safetensors",
+        "tensorrt",
+        "pycuda",
+    ):
         v = _version(name)
         optional = name in ("tensorrt", "pycuda")
-        libs.append((name, v or ("not installed (optional: pip install 'cxrtool[trt]')" if optional else "not installed"), v is not None))
+        libs.append(
+            (
+                name,
+                v or ("not installed (optional: pip install 'cxrtool[trt]')" if optional else "not installed"),
+                v is not None,
+            )
+        )
     return {
-        "Libraries": libs, "Compute": _compute_rows(), "DICOM transfer syntaxes": _dicom_rows(),
+        "Libraries": libs,
+        "Compute": _compute_rows(),
+        "DICOM transfer syntaxes": _dicom_rows(),
         "Weight files for --init": _weight_rows(),
-    }  # fmt: skip
+    }
 
 
 def _weight_rows() -> list[Row]:

@@ -26,7 +26,9 @@ def atomic_path(dst: str | Path) -> Iterator[Path]:
     """
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{_short(dst.stem, len(dst.suffix))}.{os.getpid()}-", suffix=f".tmp{dst.suffix}", dir=dst.parent)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{_short(dst.stem, len(dst.suffix))}.{os.getpid()}-", suffix=f".tmp{dst.suffix}", dir=dst.parent
+    )
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the mode open() would
     tmp_path = Path(tmp)
@@ -61,9 +63,29 @@ def atomic_write_text(dst: str | Path, text: str) -> None:
 
 #: Kernel and virtual filesystems: writing a result there is always a mistake (and root's access() says yes).
 _PSEUDO_FS = frozenset(
-    {"proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "debugfs", "tracefs", "securityfs", "configfs",
-     "pstore", "bpf", "efivarfs", "binfmt_misc", "fusectl", "mqueue", "hugetlbfs", "autofs", "rpc_pipefs", "nsfs"}
-)  # fmt: skip
+    {
+        "proc",
+        "sysfs",
+        "devtmpfs",
+        "devpts",
+        "cgroup",
+        "cgroup2",
+        "debugfs",
+        "tracefs",
+        "securityfs",
+        "configfs",
+        "pstore",
+        "bpf",
+        "efivarfs",
+        "binfmt_misc",
+        "fusectl",
+        "mqueue",
+        "hugetlbfs",
+        "autofs",
+        "rpc_pipefs",
+        "nsfs",
+    }
+)
 _PSEUDO_ROOTS = (Path("/proc"), Path("/sys"))
 
 

@@ -21,6 +21,7 @@ from cxrtool.inputs import MAX_PIXELS_ENV, check_file, max_pixels, pixel_limit_p
 
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
 
+
 def load_image(path: str | Path, *, window: str = "dicom", frame: int = 0, limit: int | None = None) -> np.ndarray:
     """Read ``path`` as a grey float32 HxW array in [0, 1].
 
@@ -71,7 +72,9 @@ def _load_raster(path: Path, limit: int) -> np.ndarray:
     except Image.DecompressionBombError as exc:  # Pillow's own check (at twice the limit) came first
         found = re.search(r"\((\d+) pixels\)", str(exc))
         size = f"{int(found[1]):,} pixels" if found else "too many pixels"
-        raise ImageLoadError(path, f"image too large: {size}, over the limit of {limit:,} (${MAX_PIXELS_ENV})") from None
+        raise ImageLoadError(
+            path, f"image too large: {size}, over the limit of {limit:,} (${MAX_PIXELS_ENV})"
+        ) from None
     except MemoryError:
         raise ImageLoadError(path, "image too large to decode (out of memory)") from None
     except Exception as exc:  # Pillow's plugins raise many types on broken files (struct.error, IndexError...)

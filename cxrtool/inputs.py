@@ -37,7 +37,9 @@ def max_pixels() -> int:
     except ValueError:
         value = 0
     if value <= 0:
-        raise CxrError(f"${MAX_PIXELS_ENV} must be a positive whole number of pixels, not {os.environ[MAX_PIXELS_ENV]!r}")
+        raise CxrError(
+            f"${MAX_PIXELS_ENV} must be a positive whole number of pixels, not {os.environ[MAX_PIXELS_ENV]!r}"
+        )
     return value
 
 

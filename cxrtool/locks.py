@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
 from filelock import FileLock, Timeout
 
 from cxrtool.errors import CxrError, one_line
@@ -123,4 +124,3 @@ def _owner_pid(lock_file: Path) -> int | None:
         if pid is not None or time.monotonic() > deadline:
             return pid
         time.sleep(0.02)
-

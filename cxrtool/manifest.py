@@ -30,7 +30,6 @@ CORE_COLUMNS: tuple[str, ...] = ("path", "label", "split", "group", "source")
 LABEL_PREFIX = "y:"
 
 
-
 @dataclass
 class Manifest:
     """Rows of a manifest plus the folder its relative paths are resolved against."""
@@ -119,8 +118,10 @@ def check_for_model(
             raise CxrError(f"{source}: label(s) {foreign[:5]} in {where} are not the model's classes {names}")
         present = {r["label"] for r in selected.rows if r["label"]}
     if len(present) < min_classes:
-        raise CxrError(f"{source}: {len(present)} distinct label(s) in {where}; at least {min_classes} are needed "
-                       "(a single class cannot be calibrated)")  # fmt: skip
+        raise CxrError(
+            f"{source}: {len(present)} distinct label(s) in {where}; at least {min_classes} are needed "
+            "(a single class cannot be calibrated)"
+        )
     if not any(os.access(selected.resolve(r), os.R_OK) and selected.resolve(r).is_file() for r in selected.rows):
         first = safe_text(selected.rows[0]["path"])
         raise CxrError(f"{source}: none of the {len(selected.rows)} films of {where} is readable (first: {first})")

@@ -37,9 +37,13 @@ KEEP_MAP = "viral_pneumonia=Pneumonia"
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", type=Path, default=Path("../shared/data"), help="the shared data folder (nih/, covid3_256/, covid3/)")
+    ap.add_argument(
+        "--data", type=Path, default=Path("../shared/data"), help="the shared data folder (nih/, covid3_256/, covid3/)"
+    )
     ap.add_argument("--out", type=Path, default=Path("runs/reproduce"))
-    ap.add_argument("--report-dir", type=Path, default=Path("docs/reproduction"), help="where results.md and the PNGs go")
+    ap.add_argument(
+        "--report-dir", type=Path, default=Path("docs/reproduction"), help="where results.md and the PNGs go"
+    )
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--input-size", type=int, default=64)
     ap.add_argument("--stage1-epochs", type=int, default=6)
@@ -49,28 +53,81 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--arch", default="densenet121")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--imagenet", action="store_true", help="start stage 1 and 'single' from ImageNet weights (needs them offline)")
+    ap.add_argument(
+        "--imagenet", action="store_true", help="start stage 1 and 'single' from ImageNet weights (needs them offline)"
+    )
     args = ap.parse_args(argv)
 
     runner = Runner(args.out)
     data = args.data.resolve()
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    common = ["--arch", args.arch, "--input-size", str(args.input_size), "--batch-size", str(args.batch_size),
-              "--lr", str(args.lr), "--device", args.device, "--workers", str(args.workers)]
+    common = [
+        "--arch",
+        args.arch,
+        "--input-size",
+        str(args.input_size),
+        "--batch-size",
+        str(args.batch_size),
+        "--lr",
+        str(args.lr),
+        "--device",
+        args.device,
+        "--workers",
+        str(args.workers),
+    ]
 
     # 1. manifests
     nih_csv, covid_csv = out / "nih.csv", out / "covid3.csv"
-    runner.cxr(["prep", "nih", str(data / "nih" / "Data_Entry_2017_v2020.csv"), "--images", str(data / "nih" / "nih1000_64"),
-                "--drop-missing", "-o", str(nih_csv)], skip_if=nih_csv)
-    runner.cxr(["prep", "folder", str(data / "covid3_256"), "-o", str(covid_csv), "--groups", str(data / "covid3" / "manifest.csv"),
-                "--groups-path-col", "file_256"], skip_if=covid_csv)
+    runner.cxr(
+        [
+            "prep",
+            "nih",
+            str(data / "nih" / "Data_Entry_2017_v2020.csv"),
+            "--images",
+            str(data / "nih" / "nih1000_64"),
+            "--drop-missing",
+            "-o",
+            str(nih_csv),
+        ],
+        skip_if=nih_csv,
+    )
+    runner.cxr(
+        [
+            "prep",
+            "folder",
+            str(data / "covid3_256"),
+            "-o",
+            str(covid_csv),
+            "--groups",
+            str(data / "covid3" / "manifest.csv"),
+            "--groups-path-col",
+            "file_256",
+        ],
+        skip_if=covid_csv,
+    )
 
     # 2. stage 1 (ChestX-ray14, multilabel)
     stage1 = out / "stage1"
     init1 = "imagenet" if args.imagenet else "none"
-    runner.cxr(["train", str(nih_csv), "--init", init1, "--epochs", str(args.stage1_epochs), "--seed", "0", "-o", str(stage1), *common],
-               skip_if=stage1 / "log.jsonl", label="stage1", epochs=args.stage1_epochs)
+    runner.cxr(
+        [
+            "train",
+            str(nih_csv),
+            "--init",
+            init1,
+            "--epochs",
+            str(args.stage1_epochs),
+            "--seed",
+            "0",
+            "-o",
+            str(stage1),
+            *common,
+        ],
+        skip_if=stage1 / "log.jsonl",
+        label="stage1",
+        epochs=args.stage1_epochs,
+    )
 
     # 3. stage 2 variants x seeds
     inits = {
@@ -83,19 +140,45 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seeds:
         for variant in variants:
             run = out / f"{variant}_s{seed}"
-            runner.cxr(["train", str(covid_csv), *inits[variant], "--epochs", str(args.epochs), "--seed", str(seed),
-                        "--monitor", "macro_f1", "-o", str(run), *common],
-                       skip_if=run / "log.jsonl", label=f"{variant} seed {seed}", epochs=args.epochs)
+            runner.cxr(
+                [
+                    "train",
+                    str(covid_csv),
+                    *inits[variant],
+                    "--epochs",
+                    str(args.epochs),
+                    "--seed",
+                    str(seed),
+                    "--monitor",
+                    "macro_f1",
+                    "-o",
+                    str(run),
+                    *common,
+                ],
+                skip_if=run / "log.jsonl",
+                label=f"{variant} seed {seed}",
+                epochs=args.epochs,
+            )
 
     # 4. learning curves, best model, its test metrics and heatmaps
     curves = {v: [read_log(out / f"{v}_s{s}" / "log.jsonl") for s in args.seeds] for v in variants}
-    best_variant, best_seed = max(((v, s) for v in variants for s in args.seeds),
-                                  key=lambda vs: max(r["val_macro_f1"] for r in read_log(out / f"{vs[0]}_s{vs[1]}" / "log.jsonl")))
+    best_variant, best_seed = max(
+        ((v, s) for v in variants for s in args.seeds),
+        key=lambda vs: max(r["val_macro_f1"] for r in read_log(out / f"{vs[0]}_s{vs[1]}" / "log.jsonl")),
+    )
     best_ckpt = out / f"{best_variant}_s{best_seed}" / "best.safetensors"
     eval_dir, explain_dir = out / "eval_best", out / "explain_best"
-    runner.cxr(["evaluate", str(best_ckpt), str(covid_csv), "--split", "test", "-o", str(eval_dir)], skip_if=eval_dir / "metrics.json", label="evaluate")
+    runner.cxr(
+        ["evaluate", str(best_ckpt), str(covid_csv), "--split", "test", "-o", str(eval_dir)],
+        skip_if=eval_dir / "metrics.json",
+        label="evaluate",
+    )
     test_images = [str(p) for p in test_films(covid_csv)]
-    runner.cxr(["explain", *test_images, "--model", str(best_ckpt), "--out", str(explain_dir)], skip_if=explain_dir / "explain.csv", label="explain")
+    runner.cxr(
+        ["explain", *test_images, "--model", str(best_ckpt), "--out", str(explain_dir)],
+        skip_if=explain_dir / "explain.csv",
+        label="explain",
+    )
 
     report_dir = args.report_dir
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -203,18 +286,39 @@ def write_report(args, curves, runner, best_variant, best_seed, eval_dir, explai
             best = [max(x[key] for x in r[:n_epochs]) for r in runs]
             cells += [f"{m:.3f} ± {sd:.3f}" for m, sd in map(_mean_sd, (first_half, last, best))]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Per-epoch validation macro-F1 (mean over seeds):", "", "| epoch | " + " | ".join(curves) + " |", "|---" * (len(curves) + 1) + "|"]
+    lines += [
+        "",
+        "Per-epoch validation macro-F1 (mean over seeds):",
+        "",
+        "| epoch | " + " | ".join(curves) + " |",
+        "|---" * (len(curves) + 1) + "|",
+    ]
     for i in range(n_epochs):
-        lines.append(f"| {i + 1} | " + " | ".join(f"{statistics.fmean(r[i]['val_macro_f1'] for r in runs):.3f}" for runs in curves.values()) + " |")
+        lines.append(
+            f"| {i + 1} | "
+            + " | ".join(f"{statistics.fmean(r[i]['val_macro_f1'] for r in runs):.3f}" for runs in curves.values())
+            + " |"
+        )
     metrics = json.loads((eval_dir / "metrics.json").read_text())
-    lines += ["", f"Best run by validation macro-F1: `{best_variant}` seed {best_seed}. Its test-split metrics (`cxrtool evaluate`):", "",
-              "```json", json.dumps(metrics, indent=1, default=str)[:3000], "```", ""]
+    lines += [
+        "",
+        f"Best run by validation macro-F1: `{best_variant}` seed {best_seed}. Its test-split metrics (`cxrtool evaluate`):",
+        "",
+        "```json",
+        json.dumps(metrics, indent=1, default=str)[:3000],
+        "```",
+        "",
+    ]
     with open(explain_dir / "explain.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     ok = [r for r in rows if not r.get("error")]
-    lines += ["Shortcut audit of the best model on the test films (`cxrtool explain`): mean share of positive relevance "
-              "per region, and that share divided by the region's area (1.0 = what a uniform heatmap gives).", "",
-              "| target | n | border band | / uniform | outside lung box | / uniform |", "|---|---|---|---|---|---|"]
+    lines += [
+        "Shortcut audit of the best model on the test films (`cxrtool explain`): mean share of positive relevance "
+        "per region, and that share divided by the region's area (1.0 = what a uniform heatmap gives).",
+        "",
+        "| target | n | border band | / uniform | outside lung box | / uniform |",
+        "|---|---|---|---|---|---|",
+    ]
     for target in sorted({r["target"] for r in ok}):
         sel = [r for r in ok if r["target"] == target]
         cells = [target, str(len(sel))]
@@ -224,9 +328,12 @@ def write_report(args, curves, runner, best_variant, best_seed, eval_dir, explai
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines += _shortcut_lines(args, explain_dir, ok)
-    lines += ["Relevance maps of the best model on the first two test films of each true class (`cxrtool explain`, "
-              "target = predicted class; red for, blue against). Only the relevance is copied here, not the films: the "
-              "data's licences do not allow redistributing them; the full panels are in the run's explain folder.", ""]
+    lines += [
+        "Relevance maps of the best model on the first two test films of each true class (`cxrtool explain`, "
+        "target = predicted class; red for, blue against). Only the relevance is copied here, not the films: the "
+        "data's licences do not allow redistributing them; the full panels are in the run's explain folder.",
+        "",
+    ]
     truth = [(path.stem, label) for path, label in test_films(args.out / "covid3.csv").items()]
     for label in sorted({t for _, t in truth}):
         for stem in [s for s, t in truth if t == label][:2]:
@@ -236,7 +343,15 @@ def write_report(args, curves, runner, best_variant, best_seed, eval_dir, explai
                 dst = report_dir / f"heatmap_{label}_{stem}.png"
                 Image.fromarray(rgb).resize((192, 192), Image.Resampling.NEAREST).save(dst)
                 lines.append(f"![{label} {stem}]({dst.name})")
-    lines += ["", "![learning curves](learning_curves.png)", "", "## Exact commands", "", "| step | seconds | command |", "|---|---|---|"]
+    lines += [
+        "",
+        "![learning curves](learning_curves.png)",
+        "",
+        "## Exact commands",
+        "",
+        "| step | seconds | command |",
+        "|---|---|---|",
+    ]
     for label, cmd, sec in runner.log:
         if len(cmd) > 400:  # explain lists every test film: show the shape of the command, not 47 paths
             head, _, tail = cmd.partition(" --model ")
@@ -250,18 +365,24 @@ def _shortcut_lines(args, explain_dir, ok) -> list[str]:
     import numpy as np
 
     from cxrtool.config import PreprocessCfg
-    from cxrtool.trust.shortcut import map_comparison, probe, summary_lines, thumbnail
     from cxrtool.preprocess import load_gray
+    from cxrtool.trust.shortcut import map_comparison, probe, summary_lines, thumbnail
 
     cfg = PreprocessCfg(input_size=args.input_size)
     truth = test_films(args.out / "covid3.csv")
     own = [r for r in ok if r["target"] == r["predicted"]]
     thumbs = np.stack([thumbnail(load_gray(Path(r["path"]), cfg)) for r in own])
     labels = np.array([truth.get(Path(r["path"]).resolve(), "") for r in own])
-    lines = ["Data-side shortcut audit of the same films (`cxrtool.trust.shortcut`: cross-validated linear probes on "
-             "8x8 thumbnails, which keep no lung detail; balanced accuracy vs chance):", ""]
-    for name, y in (("true class", labels), ("adult (covid) vs child (normal, viral)", np.where(labels == "covid", "adult", "child")),
-                    ("normal vs viral (both children)", labels)):
+    lines = [
+        "Data-side shortcut audit of the same films (`cxrtool.trust.shortcut`: cross-validated linear probes on "
+        "8x8 thumbnails, which keep no lung detail; balanced accuracy vs chance):",
+        "",
+    ]
+    for name, y in (
+        ("true class", labels),
+        ("adult (covid) vs child (normal, viral)", np.where(labels == "covid", "adult", "child")),
+        ("normal vs viral (both children)", labels),
+    ):
         keep = labels != "covid" if name.startswith("normal") else np.ones(len(labels), bool)
         if (p := probe(thumbs[keep], y[keep], "8x8 thumbnail", name)) is not None:
             lines.append(f"- {p.line()}")

@@ -55,10 +55,21 @@ def trained_checkpoint(shared_data: Path, tmp_path_factory: pytest.TempPathFacto
     groups = FolderOptions(groups=shared_data / "covid3" / "manifest.csv", groups_path_col="file_256")
     prep_folder(shared_data / "covid3_256", manifest, groups, salt="tests")
     cfg = TrainConfig(
-        manifest=str(manifest), out_dir=str(root / "run"), init="none", input_size=64, epochs=7, batch_size=32,
-        lr=2e-3, monitor="accuracy", seed=0, workers=0, device="cpu",
+        manifest=str(manifest),
+        out_dir=str(root / "run"),
+        init="none",
+        input_size=64,
+        epochs=7,
+        batch_size=32,
+        lr=2e-3,
+        monitor="accuracy",
+        seed=0,
+        workers=0,
+        device="cpu",
     )
     result = fit(cfg)
     assert result.status == "completed", result.status
-    assert result.best_value is not None and result.best_value >= 0.7, f"val accuracy {result.best_value}: training is broken"
+    assert result.best_value is not None and result.best_value >= 0.7, (
+        f"val accuracy {result.best_value}: training is broken"
+    )
     return root / "run" / "best.safetensors"

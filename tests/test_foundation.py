@@ -76,7 +76,11 @@ class TestLoader:
         if mode == "I;16":
             im = Image.fromarray(base.astype(np.uint16) * 257)
         elif mode in ("I", "F"):
-            im = Image.fromarray(base.astype(np.int32) * 257) if mode == "I" else Image.fromarray(base.astype(np.float32) / 255)
+            im = (
+                Image.fromarray(base.astype(np.int32) * 257)
+                if mode == "I"
+                else Image.fromarray(base.astype(np.float32) / 255)
+            )
         else:
             im = im.convert(mode)
         suffix = ".tiff" if mode in ("CMYK", "I", "F", "LA") else ".png"
@@ -167,7 +171,12 @@ class TestModel:
     def test_checkpoint_roundtrip_and_strict(self, tmp_path):
         torch.manual_seed(0)
         model = build_model("densenet121", num_classes=3, in_chans=1).eval()
-        card = ModelCard(arch="densenet121", task="multiclass", class_names=["a", "b", "c"], preprocess=PreprocessCfg(input_size=32, channels=1, mean=(0.5,), std=(0.25,)))
+        card = ModelCard(
+            arch="densenet121",
+            task="multiclass",
+            class_names=["a", "b", "c"],
+            preprocess=PreprocessCfg(input_size=32, channels=1, mean=(0.5,), std=(0.25,)),
+        )
         path = save_checkpoint(tmp_path / "m.safetensors", model, card)
         loaded, card2 = load_checkpoint(path)
         assert card2.class_names == ["a", "b", "c"] and card2.preprocess == card.preprocess
@@ -179,6 +188,10 @@ class TestModel:
         from safetensors.torch import load_file, save_file
 
         bad = ModelCard(arch="densenet121", task="multiclass", class_names=list("abcd"), preprocess=card.preprocess)
-        save_file(load_file(str(path)), str(tmp_path / "bad.safetensors"), metadata={"format": "cxrtool-checkpoint/1", "card": bad.to_json()})
+        save_file(
+            load_file(str(path)),
+            str(tmp_path / "bad.safetensors"),
+            metadata={"format": "cxrtool-checkpoint/1", "card": bad.to_json()},
+        )
         with pytest.raises(CxrError, match="shape mismatch keys: classifier.bias"):
             load_checkpoint(tmp_path / "bad.safetensors")

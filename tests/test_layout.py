@@ -18,7 +18,21 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "cxrtool"
 
 #: top-level modules every package may use: they import only each other (and ``cxrtool`` itself)
-SHARED = {"cxrtool", "errors", "config", "task", "labels", "workers", "fsutil", "locks", "manifest", "privacy", "inputs", "cpu", "devices"}
+SHARED = {
+    "cxrtool",
+    "errors",
+    "config",
+    "task",
+    "labels",
+    "workers",
+    "fsutil",
+    "locks",
+    "manifest",
+    "privacy",
+    "inputs",
+    "cpu",
+    "devices",
+}
 
 #: unit -> the units it may import (besides :data:`SHARED`); a unit is a package or a top-level module
 MAY_IMPORT: dict[str, set[str]] = {
@@ -40,7 +54,19 @@ MAY_IMPORT: dict[str, set[str]] = {
     "dicomweb": {"dicom", "images", "preprocess", "modelfile", "trust", "results", "report"},
     "listen": {"dicom", "images", "modelfile", "infer", "results", "explain", "trust", "dicomweb"},
     "envinfo": {"dicom", "models"},
-    "demo": {"dicom", "images", "prep", "models", "modelfile", "train", "trust", "export", "infer", "explain", "report"},
+    "demo": {
+        "dicom",
+        "images",
+        "prep",
+        "models",
+        "modelfile",
+        "train",
+        "trust",
+        "export",
+        "infer",
+        "explain",
+        "report",
+    },
     "cli": {"*"},
     "__main__": {"cli"},
 }
@@ -64,7 +90,9 @@ def _modules() -> dict[str, Path]:
 
 def _is_type_checking(node: ast.If) -> bool:
     test = node.test
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _resolve(name: str) -> str | None:
@@ -94,7 +122,10 @@ def _imports(module: str) -> frozenset[str]:
                 if child.level:
                     anchor = package.split(".")[: len(package.split(".")) - child.level + 1]
                     base = ".".join([*anchor, base] if base else anchor)
-                names.update(f"{base}.{a.name}" if _resolve(f"{base}.{a.name}") == f"{base}.{a.name}" else base for a in child.names)
+                names.update(
+                    f"{base}.{a.name}" if _resolve(f"{base}.{a.name}") == f"{base}.{a.name}" else base
+                    for a in child.names
+                )
             visit(child)
 
     visit(ast.parse(file.read_text(encoding="utf-8")))
@@ -179,5 +210,11 @@ def test_the_core_never_imports_the_cli_or_its_libraries():
         text = file.read_text(encoding="utf-8")
         tree = ast.parse(text)
         for node in ast.walk(tree):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             assert not [n for n in names if n.split(".")[0] in ("typer", "rich", "click")], module

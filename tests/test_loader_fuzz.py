@@ -67,7 +67,11 @@ def mutated(draw: st.DrawFn, seed: bytes) -> bytes:
         elif op == "cut":
             del data[at:]
         else:
-            value = draw(st.sampled_from([b"\x00\x00", b"\xff\xff", b"\xff\xff\xff\xff", b"\x00\x00\x00\x80", b"\x01\x00", b"\xff\x7f"]))
+            value = draw(
+                st.sampled_from(
+                    [b"\x00\x00", b"\xff\xff", b"\xff\xff\xff\xff", b"\x00\x00\x00\x80", b"\x01\x00", b"\xff\x7f"]
+                )
+            )
             data[at : at + len(value)] = value
     return bytes(data)
 
@@ -98,7 +102,9 @@ def _check_prep(data: bytes) -> None:
     with tempfile.TemporaryDirectory(prefix="cxrtool-fuzz-") as tmp:
         src, out = Path(tmp) / "mutant.dcm", Path(tmp) / "out"
         src.write_bytes(data)
-        rows = prepare_file(src, out / "mutant.png", options=PrepOptions(keep_phi=True), input_name="mutant.dcm", out_root=out)
+        rows = prepare_file(
+            src, out / "mutant.png", options=PrepOptions(keep_phi=True), input_name="mutant.dcm", out_root=out
+        )
         assert rows and all(r["status"] in ("ok", "failed", "skipped") for r in rows)
         for r in rows:
             if r["status"] == FAILED:
@@ -108,8 +114,13 @@ def _check_prep(data: bytes) -> None:
 def _fuzz(kind: str, seed: bytes, n: int, derandomize: bool):
     suffix = {"png": ".png", "jpeg": ".jpg"}.get(kind, ".dcm")
 
-    @settings(max_examples=n, deadline=None, derandomize=derandomize, database=None,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @settings(
+        max_examples=n,
+        deadline=None,
+        derandomize=derandomize,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
     @given(data=mutated(seed))
     def run(data: bytes) -> None:
         _check_load(data, suffix)

@@ -35,7 +35,12 @@ def write_raw_checkpoint(path: Path, card_text: str) -> Path:
 
 class TestCard:
     def test_round_trip_keeps_task_threshold_and_preprocessing(self):
-        card = ModelCard("densenet121", Multilabel(threshold=0.3), ["A", "B"], PreprocessCfg(input_size=64, channels=1, mean=(0.5,), std=(0.25,)))
+        card = ModelCard(
+            "densenet121",
+            Multilabel(threshold=0.3),
+            ["A", "B"],
+            PreprocessCfg(input_size=64, channels=1, mean=(0.5,), std=(0.25,)),
+        )
         back = ModelCard.from_json(card.to_json())
         assert back == card
         assert back.task.threshold == 0.3 and back.task.multilabel and back.preprocess.channels == 1
@@ -54,7 +59,12 @@ class TestCard:
             (json.dumps({"arch": "densenet121", "task": "multiclass", "class_names": []}), "'class_names' must be"),
             (json.dumps({"arch": "densenet121", "task": "multiclass", "class_names": ["a", "a"]}), "repeats"),
             (json.dumps({"arch": "densenet121", "task": "regression", "class_names": ["a"]}), "field 'task'"),
-            (json.dumps({"arch": "densenet121", "task": "multiclass", "class_names": ["a"], "preprocess": {"channels": 2}}), "field 'preprocess'"),
+            (
+                json.dumps(
+                    {"arch": "densenet121", "task": "multiclass", "class_names": ["a"], "preprocess": {"channels": 2}}
+                ),
+                "field 'preprocess'",
+            ),
             (json.dumps([1, 2]), "not a JSON object"),
         ],
     )
@@ -70,7 +80,9 @@ class TestCard:
 
         card = ModelCard("resnet9000", "multiclass", ["a", "b"])
         path = write_raw_checkpoint(tmp_path / "arch.safetensors", card.to_json())
-        with pytest.raises(CxrError, match=r"arch\.safetensors: model card field 'arch': unknown architecture 'resnet9000'"):
+        with pytest.raises(
+            CxrError, match=r"arch\.safetensors: model card field 'arch': unknown architecture 'resnet9000'"
+        ):
             load_checkpoint(path)
 
     def test_not_a_checkpoint(self, tmp_path):
@@ -170,7 +182,12 @@ def test_train_init_with_a_damaged_card_is_an_error_not_a_foreign_state_dict(tmp
 class TestEveryCardGoesThroughTheValidator:
     """ONNX metadata, OpenVINO rt_info and TensorRT sidecars are parsed by the same checked parser (issue 22)."""
 
-    BAD = {"arch": "densenet121", "task": "multiclass", "class_names": ["a", "b"], "calibration": {"temperature": float("inf")}}
+    BAD = {
+        "arch": "densenet121",
+        "task": "multiclass",
+        "class_names": ["a", "b"],
+        "calibration": {"temperature": float("inf")},
+    }
 
     def test_onnx_and_ir_metadata_cards(self):
         from cxrtool.modelfile import CARD_KEY, read_ir_card, read_onnx_card
@@ -191,6 +208,8 @@ class TestEveryCardGoesThroughTheValidator:
         (tmp_path / "m.engine.json").write_text(json.dumps(sidecar))
         with pytest.raises(CxrError, match="profile.max"):
             read_sidecar(engine)
-        (tmp_path / "m.engine.json").write_text('{"format": "' + SIDECAR_FORMAT + '", "x": ' + "[" * 100_000 + "]" * 100_000 + "}")
+        (tmp_path / "m.engine.json").write_text(
+            '{"format": "' + SIDECAR_FORMAT + '", "x": ' + "[" * 100_000 + "]" * 100_000 + "}"
+        )
         with pytest.raises(CxrError, match="nested deeper"):
             read_sidecar(engine)

@@ -120,7 +120,10 @@ def report_internal_error(exc: BaseException, *, debug: bool) -> int:
     where = f"traceback written to {log}" if log else "the traceback could not be written to a log file"
     hint = "" if debug else f"; --debug or {DEBUG_ENV}=1 shows it here"
     err.print(
-        Text.assemble(("internal error:", "bold red"), f" {type(exc).__name__}: {one_line(exc)} ({where}{hint}). This is a bug in cxrtool."),
+        Text.assemble(
+            ("internal error:", "bold red"),
+            f" {type(exc).__name__}: {one_line(exc)} ({where}{hint}). This is a bug in cxrtool.",
+        ),
         soft_wrap=True,
     )
     return EXIT_INTERNAL

@@ -18,19 +18,53 @@ _DEFAULTS = {name: p.default for name, p in inspect.signature(run_bench).paramet
 
 
 def bench(
-    model: Annotated[list[Path], typer.Option("--model", "-m", help="Checkpoint and/or exported ONNX file (repeat the option).")],
-    data: Annotated[Optional[Path], typer.Option(help="Folder of real films: decode time, end-to-end predict and top-1 agreement.", exists=True, file_okay=False)] = None,
-    backend: Annotated[Optional[list[BenchBackend]], typer.Option(show_default="all available", help="Only these backends (repeatable).")] = None,
+    model: Annotated[
+        list[Path], typer.Option("--model", "-m", help="Checkpoint and/or exported ONNX file (repeat the option).")
+    ],
+    data: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Folder of real films: decode time, end-to-end predict and top-1 agreement.",
+            exists=True,
+            file_okay=False,
+        ),
+    ] = None,
+    backend: Annotated[
+        Optional[list[BenchBackend]],
+        typer.Option(show_default="all available", help="Only these backends (repeatable)."),
+    ] = None,
     batch_size: Annotated[
         Optional[list[int]],
-        typer.Option("--batch-size", "-b", min=1, show_default=" and ".join(map(str, _DEFAULTS["batch_sizes"])), help="Batch sizes (repeatable)."),
+        typer.Option(
+            "--batch-size",
+            "-b",
+            min=1,
+            show_default=" and ".join(map(str, _DEFAULTS["batch_sizes"])),
+            help="Batch sizes (repeatable).",
+        ),
     ] = None,
-    images: Annotated[int, typer.Option(min=0, help="Films sampled evenly from --data (0 = all).")] = _DEFAULTS["images"],
-    min_time: Annotated[float, typer.Option(min=0.0, help="Seconds of timed model-only runs per row.")] = _DEFAULTS["min_time"],
-    workers: Annotated[Optional[int], typer.Option(min=0, show_default="predict's choice per backend", help="Decode processes for end-to-end runs.")] = None,
-    device: Annotated[str, typer.Option(callback=device_option(auto=False), help="cpu, cuda or cuda:N.")] = _DEFAULTS["device"],
-    as_json: Annotated[bool, typer.Option("--json", help="Print the full report as JSON on stdout instead of tables.")] = False,
-    save: Annotated[bool, typer.Option("--save", help="Store the model-only speeds for this machine; `--backend auto` then picks by them.")] = False,
+    images: Annotated[int, typer.Option(min=0, help="Films sampled evenly from --data (0 = all).")] = _DEFAULTS[
+        "images"
+    ],
+    min_time: Annotated[float, typer.Option(min=0.0, help="Seconds of timed model-only runs per row.")] = _DEFAULTS[
+        "min_time"
+    ],
+    workers: Annotated[
+        Optional[int],
+        typer.Option(min=0, show_default="predict's choice per backend", help="Decode processes for end-to-end runs."),
+    ] = None,
+    device: Annotated[str, typer.Option(callback=device_option(auto=False), help="cpu, cuda or cuda:N.")] = _DEFAULTS[
+        "device"
+    ],
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the full report as JSON on stdout instead of tables.")
+    ] = False,
+    save: Annotated[
+        bool,
+        typer.Option(
+            "--save", help="Store the model-only speeds for this machine; `--backend auto` then picks by them."
+        ),
+    ] = False,
 ) -> None:
     """Measure model-only and end-to-end images/s for every available backend and batch size, in one run."""
     from rich.table import Table
@@ -88,9 +122,16 @@ def bench(
     if report.auto:
         a = report.auto
         versus = f", {a['vs_fastest_fp32']:.2f}x the fastest fp32 ({a['fastest_fp32']})" if a["vs_fastest_fp32"] else ""
-        out.print(f"auto picks {a['variant']} (batch {a['batch_size']}{versus}): {a['reason']}", markup=False, highlight=False, soft_wrap=True)
+        out.print(
+            f"auto picks {a['variant']} (batch {a['batch_size']}{versus}): {a['reason']}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
     if report.saved_to:
-        err.print(f"saved the speeds for `--backend auto` to {report.saved_to}", markup=False, highlight=False, soft_wrap=True)
+        err.print(
+            f"saved the speeds for `--backend auto` to {report.saved_to}", markup=False, highlight=False, soft_wrap=True
+        )
 
 
 def _fmt(value: float | None, spec: str) -> str:

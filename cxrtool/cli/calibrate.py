@@ -13,20 +13,36 @@ from cxrtool.trust.ood import DEFAULT_QUANTILE, KEEP
 
 
 def calibrate(
-    checkpoint: Annotated[Path, typer.Argument(help="A cxrtool checkpoint (.safetensors).", exists=True, dir_okay=False)],
-    manifest: Annotated[Path, typer.Argument(help="Manifest CSV with labels (the training manifest, or a site's own films).", exists=True, dir_okay=False)],
-    split: Annotated[str, typer.Option("--split", help="Rows that set the temperature, the OOD scaling and the threshold.")] = "val",
+    checkpoint: Annotated[
+        Path, typer.Argument(help="A cxrtool checkpoint (.safetensors).", exists=True, dir_okay=False)
+    ],
+    manifest: Annotated[
+        Path,
+        typer.Argument(
+            help="Manifest CSV with labels (the training manifest, or a site's own films).", exists=True, dir_okay=False
+        ),
+    ],
+    split: Annotated[
+        str, typer.Option("--split", help="Rows that set the temperature, the OOD scaling and the threshold.")
+    ] = "val",
     fit_split: Annotated[
-        str, typer.Option("--fit-split", help=f"Rows the OOD Gaussians are fitted on; '{KEEP}' reuses the checkpoint's own.")
+        str,
+        typer.Option(
+            "--fit-split", help=f"Rows the OOD Gaussians are fitted on; '{KEEP}' reuses the checkpoint's own."
+        ),
     ] = "train",
     quantile: Annotated[
-        float, typer.Option("--quantile", min=0.5, max=0.999, help="Share of --split films that pass the OOD threshold.")
+        float,
+        typer.Option("--quantile", min=0.5, max=0.999, help="Share of --split films that pass the OOD threshold."),
     ] = DEFAULT_QUANTILE,
     out_path: Annotated[
-        Optional[Path], typer.Option("--out", "-o", show_default="<name>.calibrated.safetensors beside it", help="New checkpoint.")
+        Optional[Path],
+        typer.Option("--out", "-o", show_default="<name>.calibrated.safetensors beside it", help="New checkpoint."),
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per model call.")] = 64,
-    device: Annotated[str, typer.Option("--device", callback=device_option(auto=True), help="auto, cpu, cuda or cuda:N.")] = "cpu",
+    device: Annotated[
+        str, typer.Option("--device", callback=device_option(auto=True), help="auto, cpu, cuda or cuda:N.")
+    ] = "cpu",
     workers: Annotated[int, typer.Option("--workers", "-j", min=0, help="Data loader processes.")] = 0,
 ) -> None:
     """Refit temperature (validation NLL), OOD statistics and threshold; write a new checkpoint whose lineage names the old one.
@@ -42,15 +58,27 @@ def calibrate(
         task = bar.add_task("calibrating", total=None, info="")
         with bar:
             result = calibrate_checkpoint(
-                checkpoint, manifest, out_path, split=split, fit_split=fit_split, quantile=quantile, batch_size=batch_size,
-                workers=workers, device=device, on_batch=lambda n: bar.advance(task, n),
-            )  # fmt: skip
+                checkpoint,
+                manifest,
+                out_path,
+                split=split,
+                fit_split=fit_split,
+                quantile=quantile,
+                batch_size=batch_size,
+                workers=workers,
+                device=device,
+                on_batch=lambda n: bar.advance(task, n),
+            )
     c, ood = result.fit.calibration, result.fit.ood
     out.print(f"wrote {result.out}")
-    out.print(f"temperature {c['temperature']:.4f} on {c['n']} {split} films: ECE {c['ece']:.4f} -> {c['ece_calibrated']:.4f}, "
-              f"NLL {c['nll']:.4f} -> {c['nll_calibrated']:.4f}")  # fmt: skip
-    out.print(f"OOD: Gaussians from {ood.info.get('n_train', '?')} {ood.info.get('train_split', fit_split)} films over "
-              f"{len(ood.depths)} depths; threshold {ood.threshold:.4f} lets {quantile:.0%} of {split} films pass")  # fmt: skip
+    out.print(
+        f"temperature {c['temperature']:.4f} on {c['n']} {split} films: ECE {c['ece']:.4f} -> {c['ece_calibrated']:.4f}, "
+        f"NLL {c['nll']:.4f} -> {c['nll_calibrated']:.4f}"
+    )
+    out.print(
+        f"OOD: Gaussians from {ood.info.get('n_train', '?')} {ood.info.get('train_split', fit_split)} films over "
+        f"{len(ood.depths)} depths; threshold {ood.threshold:.4f} lets {quantile:.0%} of {split} films pass"
+    )
     if result.fit.failed:
         err.print(warning(f"{result.fit.failed} unreadable film(s) left out"))
 

@@ -11,7 +11,9 @@ from cxrtool.cli._console import err, out, styled, user_errors
 
 
 def demo(
-    directory: Annotated[Path, typer.Argument(help="Output folder (created; an earlier demo there is replaced).", file_okay=False)] = Path("cxrtool-demo"),
+    directory: Annotated[
+        Path, typer.Argument(help="Output folder (created; an earlier demo there is replaced).", file_okay=False)
+    ] = Path("cxrtool-demo"),
 ) -> None:
     """Run prep dicom, prep nih, stage-1 and stage-2 training, evaluate, export, predict, explain and the HTML report
     on a small licence-clean sample that ships with cxrtool. It demonstrates the workflow; its model is not diagnostic."""

@@ -11,9 +11,9 @@ from rich.text import Text
 from cxrtool.cli._console import EXIT_SOME_FAILED, err, error, out, user_errors, warning
 from cxrtool.cli._options import default_of, device_option
 from cxrtool.export import onnx as onnx_export
+from cxrtool.export.parity import DEFAULT_CHECK_COUNT
 from cxrtool.export.trt_options import DEFAULT_TOLERANCE as TRT_TOLERANCE
 from cxrtool.modelfile import BatchProfile
-from cxrtool.export.parity import DEFAULT_CHECK_COUNT
 
 if TYPE_CHECKING:
     from cxrtool.export.pipeline import ExportResult
@@ -25,35 +25,65 @@ def register(app: typer.Typer) -> None:
 
 
 def export(
-    model: Annotated[Path, typer.Argument(help="A cxrtool checkpoint (.safetensors); for --trt alone also an exported .onnx.")],
-    onnx: Annotated[bool, typer.Option("--onnx", help="Write engines/<name>.onnx (dynamic batch, model card in its metadata).")] = False,
-    trt: Annotated[bool, typer.Option("--trt", help="Build a TensorRT engine from the ONNX export (needs TensorRT 10+ and a GPU).")] = False,
+    model: Annotated[
+        Path, typer.Argument(help="A cxrtool checkpoint (.safetensors); for --trt alone also an exported .onnx.")
+    ],
+    onnx: Annotated[
+        bool, typer.Option("--onnx", help="Write engines/<name>.onnx (dynamic batch, model card in its metadata).")
+    ] = False,
+    trt: Annotated[
+        bool, typer.Option("--trt", help="Build a TensorRT engine from the ONNX export (needs TensorRT 10+ and a GPU).")
+    ] = False,
     out_dir: Annotated[
-        Optional[Path], typer.Option("--out-dir", show_default="engines/ next to the checkpoint", help="Folder for the files.")
+        Optional[Path],
+        typer.Option("--out-dir", show_default="engines/ next to the checkpoint", help="Folder for the files."),
     ] = None,
     check_images: Annotated[
         Optional[list[Path]],
-        typer.Option("--check-images", help="Real films (files or folders) for the parity check; repeatable. Without it seeded noise is used."),
+        typer.Option(
+            "--check-images",
+            help="Real films (files or folders) for the parity check; repeatable. Without it seeded noise is used.",
+        ),
     ] = None,
-    check_count: Annotated[int, typer.Option("--check-count", min=1, help="How many check films to use, spread over the folder.")] = DEFAULT_CHECK_COUNT,
+    check_count: Annotated[
+        int, typer.Option("--check-count", min=1, help="How many check films to use, spread over the folder.")
+    ] = DEFAULT_CHECK_COUNT,
     tolerance: Annotated[
         float, typer.Option("--tolerance", min=0.0, help="Max abs logit difference ONNX Runtime vs torch.")
     ] = onnx_export.DEFAULT_TOLERANCE,
     opset: Annotated[int, typer.Option("--opset", min=13, help="ONNX opset.")] = onnx_export.DEFAULT_OPSET,
-    fp16: Annotated[bool, typer.Option("--fp16", help="TensorRT: fp16 engine (the ONNX converted to fp16, strongly typed build).")] = False,
+    fp16: Annotated[
+        bool, typer.Option("--fp16", help="TensorRT: fp16 engine (the ONNX converted to fp16, strongly typed build).")
+    ] = False,
     int8: Annotated[
         bool,
-        typer.Option("--int8", help="NNCF INT8 (needs --calib): an OpenVINO IR, or with --trt a Q/DQ ONNX and its engine; written only if held-out films agree with fp32."),
+        typer.Option(
+            "--int8",
+            help="NNCF INT8 (needs --calib): an OpenVINO IR, or with --trt a Q/DQ ONNX and its engine; written only if held-out films agree with fp32.",
+        ),
     ] = False,
     calib: Annotated[
-        Optional[Path], typer.Option("--calib", help="INT8: folder of films or manifest .csv; train rows calibrate, val/test rows (a quarter of a folder) check.")
+        Optional[Path],
+        typer.Option(
+            "--calib",
+            help="INT8: folder of films or manifest .csv; train rows calibrate, val/test rows (a quarter of a folder) check.",
+        ),
     ] = None,
-    min_batch: Annotated[int, typer.Option("--min-batch", help="TensorRT profile: smallest batch.")] = default_of(BatchProfile, "min"),
+    min_batch: Annotated[int, typer.Option("--min-batch", help="TensorRT profile: smallest batch.")] = default_of(
+        BatchProfile, "min"
+    ),
     opt_batch: Annotated[
         int, typer.Option("--opt-batch", help="TensorRT profile: batch the kernels are tuned for.")
     ] = default_of(BatchProfile, "opt"),
-    max_batch: Annotated[int, typer.Option("--max-batch", help="TensorRT profile: largest batch.")] = default_of(BatchProfile, "max"),
-    device: Annotated[str, typer.Option("--device", callback=device_option(auto=False), help="TensorRT: GPU to build for (cuda or cuda:N).")] = "cuda",
+    max_batch: Annotated[int, typer.Option("--max-batch", help="TensorRT profile: largest batch.")] = default_of(
+        BatchProfile, "max"
+    ),
+    device: Annotated[
+        str,
+        typer.Option(
+            "--device", callback=device_option(auto=False), help="TensorRT: GPU to build for (cuda or cuda:N)."
+        ),
+    ] = "cuda",
     trt_tolerance: Annotated[
         Optional[float],
         typer.Option(
@@ -65,9 +95,9 @@ def export(
     ] = None,
 ) -> None:
     """Export a checkpoint to ONNX, NNCF INT8 and/or TensorRT; each file is written only if it passes its check against fp32."""
+    from cxrtool.export.parity import ParityError
     from cxrtool.export.pipeline import export_model
     from cxrtool.fsutil import check_writable_output
-    from cxrtool.export.parity import ParityError
 
     with user_errors():
         if out_dir is not None:
@@ -108,7 +138,14 @@ def _render(result: ExportResult) -> None:
     elif result.engine is not None or result.int8 is not None:
         err.print(f"reused the current ONNX export {result.onnx_path}", highlight=False, soft_wrap=True)
     if result.engine is not None:
-        steps.append((f"tensorrt {result.engine.sidecar.precision} vs onnx", result.engine.path, result.engine.parity, result.engine.seconds))
+        steps.append(
+            (
+                f"tensorrt {result.engine.sidecar.precision} vs onnx",
+                result.engine.path,
+                result.engine.parity,
+                result.engine.seconds,
+            )
+        )
     table = Table(title="parity check", title_justify="left")
     for column in ("step", "MB", "inputs", "max |Δlogit|", "tolerance", "top-1 agree", "seconds"):
         table.add_column(column, justify="left" if column in ("step", "inputs") else "right")
@@ -137,13 +174,33 @@ def _render_int8(done) -> None:
 
     c, calib = done.check, done.calibration
     out.print(f"wrote {done.path}", highlight=False, soft_wrap=True)
-    table = Table(title=f"INT8 check on held-out films (calibration {calib['calibration_films']} films, fingerprint {calib['fingerprint'][:12]})", title_justify="left")
-    for column in ("attempt", "films", "top-1 agree", "macro-AUC fp32", "macro-AUC int8", "AUC drop", "features cos min", "seconds"):
+    table = Table(
+        title=f"INT8 check on held-out films (calibration {calib['calibration_films']} films, fingerprint {calib['fingerprint'][:12]})",
+        title_justify="left",
+    )
+    for column in (
+        "attempt",
+        "films",
+        "top-1 agree",
+        "macro-AUC fp32",
+        "macro-AUC int8",
+        "AUC drop",
+        "features cos min",
+        "seconds",
+    ):
         table.add_column(column, justify="left" if column == "attempt" else "right")
 
     def fmt(value, spec):
         return "-" if value is None else format(value, spec)
 
-    table.add_row(c.attempt, str(c.films), f"{c.top1_agreement:.1%}", fmt(c.macro_auc_fp32, ".4f"), fmt(c.macro_auc_int8, ".4f"),
-                  fmt(c.auc_drop, "+.4f"), fmt(c.features_cosine_min, ".4f"), f"{done.seconds:.0f}")
+    table.add_row(
+        c.attempt,
+        str(c.films),
+        f"{c.top1_agreement:.1%}",
+        fmt(c.macro_auc_fp32, ".4f"),
+        fmt(c.macro_auc_int8, ".4f"),
+        fmt(c.auc_drop, "+.4f"),
+        fmt(c.features_cosine_min, ".4f"),
+        f"{done.seconds:.0f}",
+    )
     out.print(table)

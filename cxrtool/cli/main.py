@@ -102,9 +102,12 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", callback=_version, is_eager=True)] = False,
+    version: Annotated[
+        bool, typer.Option("--version", help="Print the version and exit.", callback=_version, is_eager=True)
+    ] = False,
     debug: Annotated[
-        bool, typer.Option("--debug", envvar=DEBUG_ENV, help="On an internal error (exit 3) also print the traceback here.")
+        bool,
+        typer.Option("--debug", envvar=DEBUG_ENV, help="On an internal error (exit 3) also print the traceback here."),
     ] = False,
 ) -> None:
     """Chest X-ray COVID-19 / viral pneumonia / normal classification with LRP heatmaps.

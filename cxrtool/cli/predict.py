@@ -7,10 +7,20 @@ from typing import Annotated, Optional
 
 import typer
 
-from cxrtool.cli._console import EXIT_OK, EXIT_SOME_FAILED, err, failed, out as stdout, progress, styled, user_errors
+from cxrtool.cli._console import EXIT_OK, EXIT_SOME_FAILED, err, failed, progress, styled, user_errors
+from cxrtool.cli._console import out as stdout
 from cxrtool.cli._dicomweb import (
-    DEFAULT_TIMEOUT, BasicAuthEnv, BasicAuthFile, CaFile, DicomwebRoot, HttpTimeout, Qido, TokenEnv, TokenFile,
-    connection_options, split_inputs,
+    DEFAULT_TIMEOUT,
+    BasicAuthEnv,
+    BasicAuthFile,
+    CaFile,
+    DicomwebRoot,
+    HttpTimeout,
+    Qido,
+    TokenEnv,
+    TokenFile,
+    connection_options,
+    split_inputs,
 )
 from cxrtool.cli._options import Backend, Window, check_inputs, default_of, device_option, parse_shard_option
 from cxrtool.dicomweb.urls import is_dicomweb_url
@@ -20,36 +30,64 @@ from cxrtool.infer.predict import PredictOptions
 
 
 def predict(
-    model: Annotated[Path, typer.Option("--model", "-m", help="cxrtool checkpoint (.safetensors), ONNX file or TensorRT engine.")],
+    model: Annotated[
+        Path, typer.Option("--model", "-m", help="cxrtool checkpoint (.safetensors), ONNX file or TensorRT engine.")
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output .csv or .jsonl, written as results complete.")],
     inputs: Annotated[
         Optional[list[str]],
-        typer.Argument(metavar="PATHS", help="Image/DICOM files and folders (searched recursively), "
-                       "or a dicomweb+http(s)://…/studies/UID[/series/UID] address."),
+        typer.Argument(
+            metavar="PATHS",
+            help="Image/DICOM files and folders (searched recursively), "
+            "or a dicomweb+http(s)://…/studies/UID[/series/UID] address.",
+        ),
     ] = None,
-    backend: Annotated[Backend, typer.Option(help="Runtime; auto picks the fastest available for the device and model file.")] = Backend.auto,
+    backend: Annotated[
+        Backend, typer.Option(help="Runtime; auto picks the fastest available for the device and model file.")
+    ] = Backend.auto,
     device: Annotated[str, typer.Option(callback=device_option(auto=False), help="cpu, cuda or cuda:N.")] = "cpu",
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per model call.")] = default_of(PredictOptions, "batch_size"),
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per model call.")] = default_of(
+        PredictOptions, "batch_size"
+    ),
     workers: Annotated[
         Optional[int],
-        typer.Option(min=0, show_default="cores - 1; inline for ONNX Runtime / OpenVINO on <= 2 cores", help="Decode processes (0 = decode inline)."),
+        typer.Option(
+            min=0,
+            show_default="cores - 1; inline for ONNX Runtime / OpenVINO on <= 2 cores",
+            help="Decode processes (0 = decode inline).",
+        ),
     ] = None,
     shard: Annotated[
-        Optional[str], typer.Option(callback=parse_shard_option, help="Predict only shard i of n (1-based, e.g. 2/4), stable across machines.")
+        Optional[str],
+        typer.Option(
+            callback=parse_shard_option, help="Predict only shard i of n (1-based, e.g. 2/4), stable across machines."
+        ),
     ] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue an existing output, skipping files it already has.")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an existing output, skipping files it already has.")
+    ] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
     window: Annotated[
         Optional[Window], typer.Option(show_default="the model's", help="DICOM display policy override.")
     ] = None,
     dicom_out: Annotated[
         Optional[str],
-        typer.Option("--dicom-out", help="Also write a DICOM SR (+ heatmap SC from a checkpoint) per DICOM input "
-                     "to this folder, or STOW-RS them into each film's study at a dicomweb+http(s):// service root."),
+        typer.Option(
+            "--dicom-out",
+            help="Also write a DICOM SR (+ heatmap SC from a checkpoint) per DICOM input "
+            "to this folder, or STOW-RS them into each film's study at a dicomweb+http(s):// service root.",
+        ),
     ] = None,
-    html: Annotated[Optional[Path], typer.Option("--html", help="Also write a self-contained HTML report of the rows here.", dir_okay=False)] = None,
+    html: Annotated[
+        Optional[Path],
+        typer.Option("--html", help="Also write a self-contained HTML report of the rows here.", dir_okay=False),
+    ] = None,
     reject_ood: Annotated[
-        bool, typer.Option("--reject-ood", help="Leave the predicted class empty for flagged films (out of distribution, header gate or view check).")
+        bool,
+        typer.Option(
+            "--reject-ood",
+            help="Leave the predicted class empty for flagged films (out of distribution, header gate or view check).",
+        ),
     ] = False,
     dicomweb: DicomwebRoot = None,
     qido: Qido = None,
@@ -124,18 +162,25 @@ def predict(
     if summary.skipped_shard:
         table.add_row("other shards", str(summary.skipped_shard))
     stdout.print(table)
-    model_line = f"model {summary.model_id}, {summary.backend} on {summary.device}" + (f" (auto: {summary.choice})" if summary.choice else "")
+    model_line = f"model {summary.model_id}, {summary.backend} on {summary.device}" + (
+        f" (auto: {summary.choice})" if summary.choice else ""
+    )
     stdout.print(model_line, soft_wrap=True)
     for path, reason in summary.failures:
         err.print(failed(display_path(path), reason), soft_wrap=True)
     if summary.failed > len(summary.failures):
-        err.print(f"... and {summary.failed - len(summary.failures)} more failures (see the error column of {display_path(summary.out)})")
-    err.print(f"{summary.predicted} predicted in {summary.seconds:.1f} s ({summary.images_per_s:.1f} images/s), {summary.flagged} flagged")
+        err.print(
+            f"... and {summary.failed - len(summary.failures)} more failures (see the error column of {display_path(summary.out)})"
+        )
+    err.print(
+        f"{summary.predicted} predicted in {summary.seconds:.1f} s ({summary.images_per_s:.1f} images/s), {summary.flagged} flagged"
+    )
     for notice in summary.notices:
         err.print(notice, soft_wrap=True)
     results_failed = False
     if stow is not None:  # post-pass: SR + SC of each row STOWed into its study (cxrtool.dicomweb.results)
-        from cxrtool.dicomweb.results import store_results, summary_line as stow_line
+        from cxrtool.dicomweb.results import store_results
+        from cxrtool.dicomweb.results import summary_line as stow_line
 
         with user_errors():
             stored = store_results(summary.out, stow, model=loaded)

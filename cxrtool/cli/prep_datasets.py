@@ -11,16 +11,21 @@ from rich.text import Text
 
 from cxrtool.cli._console import EXIT_OK, EXIT_SOME_FAILED, err, failed, out, progress, styled, user_errors
 from cxrtool.cli._options import default_of
+from cxrtool.fsutil import check_writable_output
 from cxrtool.prep.folder import FolderOptions
 from cxrtool.prep.nih import NihOptions
-from cxrtool.fsutil import check_writable_output
 
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Manifest CSV to write (atomically).", dir_okay=False)]
 SeedOpt = Annotated[int, typer.Option(help="Seed of the split assignment (same seed, same splits).")]
-KeepPhiOpt = Annotated[bool, typer.Option("--keep-phi", help="Write patient ids as they are instead of salted pseudonyms.")]
+KeepPhiOpt = Annotated[
+    bool, typer.Option("--keep-phi", help="Write patient ids as they are instead of salted pseudonyms.")
+]
 SaltOpt = Annotated[
     Optional[Path],
-    typer.Option(show_default="$CXRTOOL_SALT, else ~/.config/cxrtool/salt, created on first use", help="Salt file for pseudonyms."),
+    typer.Option(
+        show_default="$CXRTOOL_SALT, else ~/.config/cxrtool/salt, created on first use",
+        help="Salt file for pseudonyms.",
+    ),
 ]
 
 
@@ -42,30 +47,55 @@ def _split_table(title: str, counts: dict, classes: list[str]) -> Table:
 
 
 def nih(
-    data_entry: Annotated[Path, typer.Argument(help="Data_Entry_2017.csv or Data_Entry_2017_v2020.csv.", exists=True, dir_okay=False)],
+    data_entry: Annotated[
+        Path, typer.Argument(help="Data_Entry_2017.csv or Data_Entry_2017_v2020.csv.", exists=True, dir_okay=False)
+    ],
     out_path: OutOpt,
     images: Annotated[
-        Optional[list[Path]], typer.Option("--images", help="Folder searched recursively for the image files by name (repeatable; first match wins).")
+        Optional[list[Path]],
+        typer.Option(
+            "--images", help="Folder searched recursively for the image files by name (repeatable; first match wins)."
+        ),
     ] = None,
-    drop_missing: Annotated[bool, typer.Option(help="Leave out rows whose image is not under --images (else kept with status=missing).")] = False,
-    train_val_list: Annotated[Optional[Path], typer.Option(show_default="next to the CSV", help="Official train_val_list.txt.")] = None,
-    test_list: Annotated[Optional[Path], typer.Option(show_default="next to the CSV", help="Official test_list.txt.")] = None,
-    val_fraction: Annotated[float, typer.Option(help="Share of train_val carved out, patient by patient, as the val split.")] = default_of(
-        NihOptions, "val_fraction"
-    ),
-    test_fraction: Annotated[float, typer.Option(help="Test share, used only when no official split lists exist.")] = default_of(
-        NihOptions, "test_fraction"
-    ),
+    drop_missing: Annotated[
+        bool, typer.Option(help="Leave out rows whose image is not under --images (else kept with status=missing).")
+    ] = False,
+    train_val_list: Annotated[
+        Optional[Path], typer.Option(show_default="next to the CSV", help="Official train_val_list.txt.")
+    ] = None,
+    test_list: Annotated[
+        Optional[Path], typer.Option(show_default="next to the CSV", help="Official test_list.txt.")
+    ] = None,
+    val_fraction: Annotated[
+        float, typer.Option(help="Share of train_val carved out, patient by patient, as the val split.")
+    ] = default_of(NihOptions, "val_fraction"),
+    test_fraction: Annotated[
+        float, typer.Option(help="Test share, used only when no official split lists exist.")
+    ] = default_of(NihOptions, "test_fraction"),
     seed: SeedOpt = default_of(NihOptions, "seed"),
-    views: Annotated[Optional[str], typer.Option(show_default="all views", help="Keep only these View Positions, e.g. 'PA' or 'PA,AP'.")] = None,
-    max_follow_up: Annotated[Optional[int], typer.Option(metavar="N", show_default="all visits", help="Keep only images with Follow-up # <= N (0 = first visits).")] = None,
-    one_per_patient: Annotated[bool, typer.Option(help="Keep one image per patient (lowest follow-up left after the other filters).")] = False,
+    views: Annotated[
+        Optional[str],
+        typer.Option(show_default="all views", help="Keep only these View Positions, e.g. 'PA' or 'PA,AP'."),
+    ] = None,
+    max_follow_up: Annotated[
+        Optional[int],
+        typer.Option(
+            metavar="N", show_default="all visits", help="Keep only images with Follow-up # <= N (0 = first visits)."
+        ),
+    ] = None,
+    one_per_patient: Annotated[
+        bool, typer.Option(help="Keep one image per patient (lowest follow-up left after the other filters).")
+    ] = False,
     label_map: Annotated[
         Optional[str],
-        typer.Option("--map", help="Relabel to TARGET=FINDING[|FINDING],...  e.g. 'viral_pneumonia=Pneumonia,normal=No Finding' (multiclass output)."),
+        typer.Option(
+            "--map",
+            help="Relabel to TARGET=FINDING[|FINDING],...  e.g. 'viral_pneumonia=Pneumonia,normal=No Finding' (multiclass output).",
+        ),
     ] = None,
     conflict: Annotated[
-        str, typer.Option(help="--map: images matching several targets are 'drop'ped or take the 'first' target listed.")
+        str,
+        typer.Option(help="--map: images matching several targets are 'drop'ped or take the 'first' target listed."),
     ] = default_of(NihOptions, "conflict"),
     keep_phi: KeepPhiOpt = False,
     salt_file: SaltOpt = None,
@@ -110,47 +140,69 @@ def nih(
         line.append(f"){': ' + examples if examples else ''}")
         summary.add_row("missing images", line)
         if report.repeated_names:
-            summary.add_row("repeated names", f"{report.repeated_names} files share a name with an earlier one (first used)")
+            summary.add_row(
+                "repeated names", f"{report.repeated_names} files share a name with an earlier one (first used)"
+            )
     else:
         summary.add_row("images", "not checked (no --images): paths are bare file names")
-    summary.add_row("split", "official test list + patient-wise val" if report.official_split else "patient-wise train/val/test (no official lists)")
+    summary.add_row(
+        "split",
+        "official test list + patient-wise val"
+        if report.official_split
+        else "patient-wise train/val/test (no official lists)",
+    )
     summary.add_row("patients", ", ".join(f"{s} {n:,}" for s, n in report.patients.items()))
     crossing = styled(str(report.patients_crossing), "red" if report.patients_crossing else "green")
     summary.add_row("patients in 2+ splits", crossing)
     summary.add_row("written", f"{report.rows_written:,} rows, {report.task}, in {report.total_seconds:.2f} s")
     err.print(summary)
     names = report.class_names if report.task == "multiclass" else [*report.class_names, "No Finding"]
-    err.print(_split_table("images per class and split" + (" (an image counts once per finding)" if report.task == "multilabel" else ""), report.counts, names))
+    err.print(
+        _split_table(
+            "images per class and split"
+            + (" (an image counts once per finding)" if report.task == "multilabel" else ""),
+            report.counts,
+            names,
+        )
+    )
     out.print(str(out_path), highlight=False, soft_wrap=True)
     raise typer.Exit(EXIT_OK if report.ok else EXIT_SOME_FAILED)
 
 
 def folder(
-    root: Annotated[Path, typer.Argument(help="Dataset root with one subfolder per class.", exists=True, file_okay=False)],
+    root: Annotated[
+        Path, typer.Argument(help="Dataset root with one subfolder per class.", exists=True, file_okay=False)
+    ],
     out_path: OutOpt,
-    val_fraction: Annotated[float, typer.Option(help="Share of images in the val split.")] = default_of(FolderOptions, "val_fraction"),
-    test_fraction: Annotated[float, typer.Option(help="Share of images in the test split.")] = default_of(FolderOptions, "test_fraction"),
+    val_fraction: Annotated[float, typer.Option(help="Share of images in the val split.")] = default_of(
+        FolderOptions, "val_fraction"
+    ),
+    test_fraction: Annotated[float, typer.Option(help="Share of images in the test split.")] = default_of(
+        FolderOptions, "test_fraction"
+    ),
     seed: SeedOpt = default_of(FolderOptions, "seed"),
-    dup_threshold: Annotated[int, typer.Option(help="Max Hamming distance (of 256 pHash bits) for near-duplicates.")] = default_of(
-        FolderOptions, "dup_threshold"
-    ),
-    dedup: Annotated[bool, typer.Option("--dedup/--no-dedup", help="Group near-duplicate images (perceptual hash).")] = default_of(
-        FolderOptions, "dedup"
-    ),
-    groups: Annotated[Optional[Path], typer.Option(help="CSV mapping image paths to patient ids.", exists=True, dir_okay=False)] = None,
-    groups_path_col: Annotated[str, typer.Option(help="--groups column with the image path (matched on its trailing parts).")] = default_of(
-        FolderOptions, "groups_path_col"
-    ),
-    groups_id_col: Annotated[str, typer.Option(help="--groups column with the patient id (empty = unknown).")] = default_of(
-        FolderOptions, "groups_id_col"
-    ),
+    dup_threshold: Annotated[
+        int, typer.Option(help="Max Hamming distance (of 256 pHash bits) for near-duplicates.")
+    ] = default_of(FolderOptions, "dup_threshold"),
+    dedup: Annotated[
+        bool, typer.Option("--dedup/--no-dedup", help="Group near-duplicate images (perceptual hash).")
+    ] = default_of(FolderOptions, "dedup"),
+    groups: Annotated[
+        Optional[Path], typer.Option(help="CSV mapping image paths to patient ids.", exists=True, dir_okay=False)
+    ] = None,
+    groups_path_col: Annotated[
+        str, typer.Option(help="--groups column with the image path (matched on its trailing parts).")
+    ] = default_of(FolderOptions, "groups_path_col"),
+    groups_id_col: Annotated[
+        str, typer.Option(help="--groups column with the patient id (empty = unknown).")
+    ] = default_of(FolderOptions, "groups_id_col"),
     keep_phi: KeepPhiOpt = False,
     salt_file: SaltOpt = None,
     workers: Annotated[int, typer.Option(help="Processes for hashing.", min=1)] = default_of(FolderOptions, "workers"),
 ) -> None:
     """Class-per-subfolder dataset -> manifest with stratified splits that keep patients and near-duplicates together."""
-    from cxrtool.prep.folder import prep_folder
     from cxrtool.locks import owned_output
+    from cxrtool.prep.folder import prep_folder
 
     with user_errors():
         check_writable_output(out_path, "file")
@@ -170,13 +222,20 @@ def folder(
         )
         with owned_output(out_path):  # one run per manifest; a second one refuses (exit 2)
             report = prep_folder(
-                root, out_path, options, salt=_salt(keep_phi, salt_file), progress=lambda done, total: bar.update(task, completed=done, total=total)
+                root,
+                out_path,
+                options,
+                salt=_salt(keep_phi, salt_file),
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
             )
 
     for path, why in report.failed:
         err.print(failed(path, why), soft_wrap=True)
     if dedup:
-        dups = Table(title=f"{len(report.dup_groups)} near-duplicate groups (threshold {dup_threshold}/256 bits)", title_justify="left")
+        dups = Table(
+            title=f"{len(report.dup_groups)} near-duplicate groups (threshold {dup_threshold}/256 bits)",
+            title_justify="left",
+        )
         for col in ("group", "max dist", "images"):
             dups.add_column(col)
         for g in report.dup_groups:
@@ -190,9 +249,15 @@ def folder(
     if report.outside_classes:
         summary.add_row("ignored", f"{report.outside_classes} files directly in ROOT (not in a class folder)")
     if groups:
-        summary.add_row("patient ids", f"{report.group_matches} images listed in --groups, {report.patients_known} distinct patients")
+        summary.add_row(
+            "patient ids",
+            f"{report.group_matches} images listed in --groups, {report.patients_known} distinct patients",
+        )
         if report.group_ambiguous:
-            summary.add_row(styled("ambiguous", "yellow"), f"{len(report.group_ambiguous)} images match entries with different ids: {', '.join(report.group_ambiguous[:3])}")
+            summary.add_row(
+                styled("ambiguous", "yellow"),
+                f"{len(report.group_ambiguous)} images match entries with different ids: {', '.join(report.group_ambiguous[:3])}",
+            )
     leak = styled(str(report.leaking_groups), "red" if report.leaking_groups else "green")
     summary.add_row("groups in 2+ splits", leak)
     err.print(summary)

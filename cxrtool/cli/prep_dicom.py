@@ -24,8 +24,12 @@ def _default_workers() -> int:
 
 
 def dicom(
-    src: Annotated[Path, typer.Argument(help="DICOM file or folder tree (files are recognised by content).")],  # missing: check_paths; a link loop: a failed row
-    dst: Annotated[Path, typer.Argument(file_okay=False, help="Output folder; mirrors SRC's tree with one PNG per image.")],
+    src: Annotated[
+        Path, typer.Argument(help="DICOM file or folder tree (files are recognised by content).")
+    ],  # missing: check_paths; a link loop: a failed row
+    dst: Annotated[
+        Path, typer.Argument(file_okay=False, help="Output folder; mirrors SRC's tree with one PNG per image.")
+    ],
     window: Annotated[
         Window,
         typer.Option(
@@ -35,14 +39,37 @@ def dicom(
         ),
     ] = Window(default_of(PrepOptions, "window")),
     bits: Annotated[Bits, typer.Option("--bits", help="PNG bit depth.")] = Bits(str(default_of(PrepOptions, "bits"))),
-    size: Annotated[Optional[int], typer.Option("--size", min=8, metavar="SIZE", show_default="the film's own size", help="Resize so the long side is SIZE (anti-aliased).")] = None,
-    all_frames: Annotated[bool, typer.Option("--all-frames", help="Write every frame of multi-frame files (NAME_f0000.png ...).")] = False,
-    strict: Annotated[bool, typer.Option("--strict", help="Skip files whose header is not a chest CR/DX/DR (modality, body part, view).")] = False,
-    keep_phi: Annotated[bool, typer.Option("--keep-phi", help="Write real Patient IDs to the manifest instead of salted pseudonyms.")] = False,
-    workers: Annotated[int, typer.Option("--workers", "-j", min=1, show_default="cores, at most 4", help="Worker processes.")] = _default_workers(),
-    manifest: Annotated[Optional[Path], typer.Option("--manifest", show_default="DST/manifest.csv", help="Manifest CSV to write.")] = None,
+    size: Annotated[
+        Optional[int],
+        typer.Option(
+            "--size",
+            min=8,
+            metavar="SIZE",
+            show_default="the film's own size",
+            help="Resize so the long side is SIZE (anti-aliased).",
+        ),
+    ] = None,
+    all_frames: Annotated[
+        bool, typer.Option("--all-frames", help="Write every frame of multi-frame files (NAME_f0000.png ...).")
+    ] = False,
+    strict: Annotated[
+        bool,
+        typer.Option("--strict", help="Skip files whose header is not a chest CR/DX/DR (modality, body part, view)."),
+    ] = False,
+    keep_phi: Annotated[
+        bool, typer.Option("--keep-phi", help="Write real Patient IDs to the manifest instead of salted pseudonyms.")
+    ] = False,
+    workers: Annotated[
+        int, typer.Option("--workers", "-j", min=1, show_default="cores, at most 4", help="Worker processes.")
+    ] = _default_workers(),
+    manifest: Annotated[
+        Optional[Path], typer.Option("--manifest", show_default="DST/manifest.csv", help="Manifest CSV to write.")
+    ] = None,
     salt_file: Annotated[
-        Optional[Path], typer.Option("--salt-file", show_default="$CXRTOOL_SALT, else ~/.config/cxrtool/salt", help="Salt for pseudonyms.")
+        Optional[Path],
+        typer.Option(
+            "--salt-file", show_default="$CXRTOOL_SALT, else ~/.config/cxrtool/salt", help="Salt for pseudonyms."
+        ),
     ] = None,
 ) -> None:
     """Convert DICOM files to PNG the way a viewer shows them (modality LUT, VOI, MONOCHROME1), with a manifest.
@@ -62,7 +89,13 @@ def dicom(
             check_writable_output(manifest, "file")
         salt = "" if keep_phi else load_or_create_salt(salt_file or default_salt_path())
         options = PrepOptions(
-            window=window.value, bits=int(bits.value), size=size, all_frames=all_frames, strict=strict, keep_phi=keep_phi, salt=salt
+            window=window.value,
+            bits=int(bits.value),
+            size=size,
+            all_frames=all_frames,
+            strict=strict,
+            keep_phi=keep_phi,
+            salt=salt,
         )
         with progress() as bar:
             task = bar.add_task("prep dicom", total=None, info="")
@@ -96,7 +129,12 @@ def _print_summary(summary) -> None:
     table.add_column("result")
     table.add_column("files", justify="right")
     c = summary.counts
-    for label, key in (("converted", "ok"), ("already done (resumed)", "resumed"), ("skipped", "skipped"), ("failed", "failed")):
+    for label, key in (
+        ("converted", "ok"),
+        ("already done (resumed)", "resumed"),
+        ("skipped", "skipped"),
+        ("failed", "failed"),
+    ):
         table.add_row(label, str(c.get(key, 0)))
     table.add_row("PNG frames in manifest", str(c.get("frames", 0)))
     out.print(table)
@@ -105,7 +143,9 @@ def _print_summary(summary) -> None:
         err.print(f"skipped {n}: {reason}", highlight=False, soft_wrap=True)
     flagged = sum(1 for r in summary.rows if r["status"] == "ok" and r.get("checks"))
     if flagged:
-        err.print(f"{flagged} converted file(s) have header warnings (column 'checks'; --strict skips them)", highlight=False)
+        err.print(
+            f"{flagged} converted file(s) have header warnings (column 'checks'; --strict skips them)", highlight=False
+        )
     err.print(f"manifest: {summary.manifest}", highlight=False, soft_wrap=True)
 
 

@@ -15,20 +15,40 @@ OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Manifest CSV to write
 
 def _map_opt(example: str) -> Any:
     """``--map``, with an example valid for the dataset at hand."""
-    return Annotated[Optional[str], typer.Option("--map", help=f"Rename or include dataset classes: DATASET_CLASS=LABEL,... (e.g. '{example}').")]
+    return Annotated[
+        Optional[str],
+        typer.Option("--map", help=f"Rename or include dataset classes: DATASET_CLASS=LABEL,... (e.g. '{example}')."),
+    ]
 
 
 def _exclude_opt(example: str) -> Any:
-    return Annotated[Optional[list[str]], typer.Option("--exclude", help=f"Leave out a dataset class (repeatable; e.g. {example}).")]
+    return Annotated[
+        Optional[list[str]], typer.Option("--exclude", help=f"Leave out a dataset class (repeatable; e.g. {example}).")
+    ]
 
 
 #: Datasets with official splits: val is carved from the train part, patient by patient.
-ValOpt = Annotated[float, typer.Option(help="Share of the official train part carved out, patient by patient, as val (when the download has no val split).")]
+ValOpt = Annotated[
+    float,
+    typer.Option(
+        help="Share of the official train part carved out, patient by patient, as val (when the download has no val split)."
+    ),
+]
 TestOpt = Annotated[float, typer.Option(help="Test share for images without an official split.")]
 SeedOpt = Annotated[int, typer.Option(help="Seed of the split assignment.")]
-DedupOpt = Annotated[bool, typer.Option("--dedup/--no-dedup", help="Hash every image: unreadable files are named, near-duplicates kept in one split.")]
-KeepPhiOpt = Annotated[bool, typer.Option("--keep-phi", help="Write patient ids as they are instead of salted pseudonyms.")]
-SaltOpt = Annotated[Optional[Path], typer.Option(show_default="$CXRTOOL_SALT, else ~/.config/cxrtool/salt", help="Salt file for pseudonyms.")]
+DedupOpt = Annotated[
+    bool,
+    typer.Option(
+        "--dedup/--no-dedup", help="Hash every image: unreadable files are named, near-duplicates kept in one split."
+    ),
+]
+KeepPhiOpt = Annotated[
+    bool, typer.Option("--keep-phi", help="Write patient ids as they are instead of salted pseudonyms.")
+]
+SaltOpt = Annotated[
+    Optional[Path],
+    typer.Option(show_default="$CXRTOOL_SALT, else ~/.config/cxrtool/salt", help="Salt file for pseudonyms."),
+]
 WorkersOpt = Annotated[int, typer.Option(help="Processes for hashing.", min=1)]
 
 
@@ -36,9 +56,15 @@ def _options(label_map, exclude, val_fraction, test_fraction, seed, dedup, keep_
     from cxrtool.prep.layouts import LayoutOptions
 
     return LayoutOptions(
-        label_map=label_map, exclude=tuple(exclude or ()), val_fraction=val_fraction, test_fraction=test_fraction,
-        seed=seed, dedup=dedup, keep_phi=keep_phi, workers=workers,
-    )  # fmt: skip
+        label_map=label_map,
+        exclude=tuple(exclude or ()),
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        seed=seed,
+        dedup=dedup,
+        keep_phi=keep_phi,
+        workers=workers,
+    )
 
 
 def _salt(keep_phi: bool, salt_file: Path | None) -> str | None:
@@ -50,7 +76,14 @@ def _salt(keep_phi: bool, salt_file: Path | None) -> str | None:
 def _run(fn, root: Path, out_path: Path, options, salt: str | None, **kwargs) -> None:
     with user_errors(), progress(transient=True) as bar:
         task = bar.add_task("hashing", total=None, info="")
-        report = fn(root, out_path, options, salt=salt, progress=lambda done, total: bar.update(task, completed=done, total=total), **kwargs)
+        report = fn(
+            root,
+            out_path,
+            options,
+            salt=salt,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+            **kwargs,
+        )
     _render(report)
     raise typer.Exit(EXIT_OK if report.ok else EXIT_SOME_FAILED)
 
@@ -63,7 +96,10 @@ def _render(report) -> None:
     if len(report.missing) > 10:
         err.print(f"... {len(report.missing) - 10} more listed images missing")
     summary = Table(title=f"prep {report.dataset}: {report.root}", title_justify="left", show_header=False)
-    summary.add_row("images", f"{report.images:,} kept in {report.seconds:.1f} s, {len(report.failed)} unreadable, {len(report.missing)} missing")
+    summary.add_row(
+        "images",
+        f"{report.images:,} kept in {report.seconds:.1f} s, {len(report.failed)} unreadable, {len(report.missing)} missing",
+    )
     for reason, n in report.dropped.items():
         summary.add_row("dropped", f"{n:,}  {reason}")
     for what, n in report.ignored.items():
@@ -72,7 +108,10 @@ def _render(report) -> None:
     summary.add_row("patients", f"{report.patients:,}" if report.patients else "no ids in this dataset")
     if report.dup_groups:
         summary.add_row("near-duplicate groups", f"{report.dup_groups:,}")
-    for label, n in (("patients in 2+ splits", report.patients_crossing), ("duplicate groups in 2+ splits", report.dups_crossing)):
+    for label, n in (
+        ("patients in 2+ splits", report.patients_crossing),
+        ("duplicate groups in 2+ splits", report.dups_crossing),
+    ):
         summary.add_row(label, styled("0", "green") if not n else styled(f"{n} (in the official split)", "red"))
     for note in report.notes:
         summary.add_row("note", note)
@@ -88,15 +127,26 @@ def _render(report) -> None:
     out.print(str(report.out), soft_wrap=True)
 
 
-RootArg = Annotated[Path, typer.Argument(help="The unpacked download (or the folder above it).", exists=True, file_okay=False)]
+RootArg = Annotated[
+    Path, typer.Argument(help="The unpacked download (or the folder above it).", exists=True, file_okay=False)
+]
 
 
 def radiography(
-    root: RootArg, out_path: OutOpt, label_map: _map_opt("Lung_Opacity=lung_opacity") = None, exclude: _exclude_opt("COVID") = None,
-    val_fraction: Annotated[float, typer.Option(help="Share of images in the val split (no patient ids: near-duplicates stay together).")] = 0.15,
-    test_fraction: TestOpt = 0.15, seed: SeedOpt = 0, dedup: DedupOpt = True, keep_phi: KeepPhiOpt = False,
-    salt_file: SaltOpt = None, workers: WorkersOpt = 1,
-) -> None:  # fmt: skip
+    root: RootArg,
+    out_path: OutOpt,
+    label_map: _map_opt("Lung_Opacity=lung_opacity") = None,
+    exclude: _exclude_opt("COVID") = None,
+    val_fraction: Annotated[
+        float, typer.Option(help="Share of images in the val split (no patient ids: near-duplicates stay together).")
+    ] = 0.15,
+    test_fraction: TestOpt = 0.15,
+    seed: SeedOpt = 0,
+    dedup: DedupOpt = True,
+    keep_phi: KeepPhiOpt = False,
+    salt_file: SaltOpt = None,
+    workers: WorkersOpt = 1,
+) -> None:
     """COVID-19 Radiography Database (COVID / Normal / Viral Pneumonia / Lung_Opacity, images/ + masks/) -> manifest.
 
     Labels covid, normal, viral_pneumonia; Lung_Opacity only with --map Lung_Opacity=NAME; masks ignored.
@@ -110,14 +160,29 @@ def radiography(
 
 
 def covidx(
-    root: RootArg, out_path: OutOpt,
-    train_file: Annotated[Optional[Path], typer.Option(show_default="ROOT/train*.txt", help="Train split file.", exists=True, dir_okay=False)] = None,
-    val_file: Annotated[Optional[Path], typer.Option(show_default="ROOT/val*.txt if any", help="Val split file.", exists=True, dir_okay=False)] = None,
-    test_file: Annotated[Optional[Path], typer.Option(show_default="ROOT/test*.txt", help="Test split file.", exists=True, dir_okay=False)] = None,
-    label_map: _map_opt("pneumonia=other_pneumonia") = None, exclude: _exclude_opt("pneumonia") = None, val_fraction: ValOpt = 0.1,
+    root: RootArg,
+    out_path: OutOpt,
+    train_file: Annotated[
+        Optional[Path],
+        typer.Option(show_default="ROOT/train*.txt", help="Train split file.", exists=True, dir_okay=False),
+    ] = None,
+    val_file: Annotated[
+        Optional[Path],
+        typer.Option(show_default="ROOT/val*.txt if any", help="Val split file.", exists=True, dir_okay=False),
+    ] = None,
+    test_file: Annotated[
+        Optional[Path],
+        typer.Option(show_default="ROOT/test*.txt", help="Test split file.", exists=True, dir_okay=False),
+    ] = None,
+    label_map: _map_opt("pneumonia=other_pneumonia") = None,
+    exclude: _exclude_opt("pneumonia") = None,
+    val_fraction: ValOpt = 0.1,
     seed: SeedOpt = 0,
-    dedup: DedupOpt = True, keep_phi: KeepPhiOpt = False, salt_file: SaltOpt = None, workers: WorkersOpt = 1,
-) -> None:  # fmt: skip
+    dedup: DedupOpt = True,
+    keep_phi: KeepPhiOpt = False,
+    salt_file: SaltOpt = None,
+    workers: WorkersOpt = 1,
+) -> None:
     """COVIDx CXR (split files of 'patient_id filename class source' lines + image folders) -> manifest.
 
     Official splits kept (checked patient-wise); a patient-wise val is carved from train when no val file exists.
@@ -131,10 +196,17 @@ def covidx(
 
 
 def kermany(
-    root: RootArg, out_path: OutOpt, label_map: _map_opt("bacteria=bacterial") = None, exclude: _exclude_opt("bacteria") = None,
+    root: RootArg,
+    out_path: OutOpt,
+    label_map: _map_opt("bacteria=bacterial") = None,
+    exclude: _exclude_opt("bacteria") = None,
     val_fraction: ValOpt = 0.1,
-    seed: SeedOpt = 0, dedup: DedupOpt = True, keep_phi: KeepPhiOpt = False, salt_file: SaltOpt = None, workers: WorkersOpt = 1,
-) -> None:  # fmt: skip
+    seed: SeedOpt = 0,
+    dedup: DedupOpt = True,
+    keep_phi: KeepPhiOpt = False,
+    salt_file: SaltOpt = None,
+    workers: WorkersOpt = 1,
+) -> None:
     """Kermany paediatric pneumonia (chest_xray/{train,val,test}/{NORMAL,PNEUMONIA}) -> manifest.
 
     normal, viral_pneumonia (the _virus_ files) and bacterial_pneumonia (--exclude bacteria to drop it).

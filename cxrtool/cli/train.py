@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-
 from rich.text import Text
 
 from cxrtool.cli._console import EXIT_SOME_FAILED, err, failed, out, progress, user_errors
@@ -88,17 +87,35 @@ class _TrainView:
             info = f"loss {event.loss:.4f}  {event.images_per_s:.1f} img/s  lr {event.lr:.2e}"
             self.bar.update(self.task, completed=event.step, info=info)
         elif isinstance(event, ev.EpochEnded):
-            values = {"train_loss": event.train_loss, "val_loss": event.val_loss, **{f"val_{k}": v for k, v in event.val_metrics.items()}}
+            values = {
+                "train_loss": event.train_loss,
+                "val_loss": event.val_loss,
+                **{f"val_{k}": v for k, v in event.val_metrics.items()},
+            }
             keys = ("train_loss", "val_loss", "val_accuracy", "val_macro_f1", "val_auc_macro")
             line = "  ".join(f"{k} {_fmt(values.get(k))}" for k in keys)
-            self.bar.console.print(Text.assemble(f"epoch {event.epoch}: {line}  {event.images_per_s:.1f} img/s", ("  best" if event.best else "", "green")), soft_wrap=True)
+            self.bar.console.print(
+                Text.assemble(
+                    f"epoch {event.epoch}: {line}  {event.images_per_s:.1f} img/s",
+                    ("  best" if event.best else "", "green"),
+                ),
+                soft_wrap=True,
+            )
         elif isinstance(event, ev.Stopped):
-            self.bar.console.print(Text.assemble(("stopped", "yellow"), f" at epoch {event.epoch + 1} step {event.step}; state saved to {event.state}"), soft_wrap=True)
+            self.bar.console.print(
+                Text.assemble(
+                    ("stopped", "yellow"),
+                    f" at epoch {event.epoch + 1} step {event.step}; state saved to {event.state}",
+                ),
+                soft_wrap=True,
+            )
         elif isinstance(event, ev.TrustProgress):
             if self.task is None or self.bar.tasks[-1].description != "trust statistics":
                 if self.task is not None:
                     self.bar.remove_task(self.task)
-                self.task = self.bar.add_task("trust statistics", total=event.total, info="films through the best model")
+                self.task = self.bar.add_task(
+                    "trust statistics", total=event.total, info="films through the best model"
+                )
             self.bar.update(self.task, completed=event.done)
         elif isinstance(event, ev.TrustFitted):
             self.bar.console.print(
@@ -113,7 +130,9 @@ class _TrainView:
         for note in report.notes:
             err.print(f"  {note}", markup=False)
         if report.kept:
-            err.print("  kept output neurons: " + ", ".join(f"{new} <- {old}" for new, old in report.kept), markup=False)
+            err.print(
+                "  kept output neurons: " + ", ".join(f"{new} <- {old}" for new, old in report.kept), markup=False
+            )
         if report.source != "none":
             err.print("  fresh output neurons: " + (", ".join(report.fresh) or "none"), markup=False)
 
@@ -126,7 +145,14 @@ def _choice(name: str, values: tuple[str, ...]) -> type[Enum]:
 
 
 Balance, Optimizer, Scheduler, Amp, Resize = (
-    _choice(n, v) for n, v in (("Balance", BALANCE), ("Optimizer", OPTIMIZERS), ("Scheduler", SCHEDULERS), ("Amp", AMP), ("Resize", RESIZE_MODES))
+    _choice(n, v)
+    for n, v in (
+        ("Balance", BALANCE),
+        ("Optimizer", OPTIMIZERS),
+        ("Scheduler", SCHEDULERS),
+        ("Amp", AMP),
+        ("Resize", RESIZE_MODES),
+    )
 )
 _T = TrainConfig()  # the defaults every help text shows
 _E = EVAL_DEFAULTS  # evaluate's, the same object the core's signature uses
@@ -159,17 +185,40 @@ def _given(ctx: typer.Context) -> dict[str, Any]:
 
 def train(
     ctx: typer.Context,
-    manifest: Annotated[Optional[Path], typer.Argument(help="Training manifest CSV (or 'manifest' in --config).", show_default=False)] = None,
-    out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", show_default="required unless --resume or --config gives it", help="Output folder for checkpoints, logs and resume state.")] = None,
+    manifest: Annotated[
+        Optional[Path], typer.Argument(help="Training manifest CSV (or 'manifest' in --config).", show_default=False)
+    ] = None,
+    out_dir: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--out",
+            "-o",
+            show_default="required unless --resume or --config gives it",
+            help="Output folder for checkpoints, logs and resume state.",
+        ),
+    ] = None,
     config: Annotated[
-        Optional[Path], typer.Option("--config", "-c", help="TOML file with any of these options (flags win).", exists=True, dir_okay=False)
+        Optional[Path],
+        typer.Option(
+            "--config", "-c", help="TOML file with any of these options (flags win).", exists=True, dir_okay=False
+        ),
     ] = None,
     resume: Annotated[
         Optional[Path],
-        typer.Option("--resume", help="Continue the run in this output folder (its stored config is used).", exists=True, file_okay=False),
+        typer.Option(
+            "--resume",
+            help="Continue the run in this output folder (its stored config is used).",
+            exists=True,
+            file_okay=False,
+        ),
     ] = None,
-    val_manifest: Annotated[Optional[Path], typer.Option("--val-manifest", show_default="the training manifest", help="Validation manifest.")] = None,
-    train_split: Annotated[str, typer.Option("--train-split", help="Split name of the training rows.")] = _T.train_split,
+    val_manifest: Annotated[
+        Optional[Path],
+        typer.Option("--val-manifest", show_default="the training manifest", help="Validation manifest."),
+    ] = None,
+    train_split: Annotated[
+        str, typer.Option("--train-split", help="Split name of the training rows.")
+    ] = _T.train_split,
     val_split: Annotated[str, typer.Option("--val-split", help="Split name of the validation rows.")] = _T.val_split,
     balance: Annotated[
         Balance, typer.Option("--balance", help="sampler: class-balanced draws; loss: class weights.")
@@ -184,12 +233,18 @@ def train(
         ),
     ] = None,
     arch: Annotated[
-        Optional[str], typer.Option("--arch", show_default=f"the --init checkpoint's, else {DEFAULT_ARCH}", help="Architecture.")
+        Optional[str],
+        typer.Option("--arch", show_default=f"the --init checkpoint's, else {DEFAULT_ARCH}", help="Architecture."),
     ] = None,
     keep_neurons: Annotated[
-        bool, typer.Option("--keep-neurons/--no-keep-neurons", help="Start new outputs that match an old class from its weights.")
+        bool,
+        typer.Option(
+            "--keep-neurons/--no-keep-neurons", help="Start new outputs that match an old class from its weights."
+        ),
     ] = _T.keep_neurons,
-    keep_map: Annotated[Optional[list[str]], typer.Option("--keep-map", help="NEW=OLD class pairing for neuron keeping (repeatable).")] = None,
+    keep_map: Annotated[
+        Optional[list[str]], typer.Option("--keep-map", help="NEW=OLD class pairing for neuron keeping (repeatable).")
+    ] = None,
     init_classes: Annotated[
         Optional[str],
         typer.Option(
@@ -198,21 +253,36 @@ def train(
         ),
     ] = None,
     input_size: Annotated[
-        Optional[int], typer.Option("--input-size", show_default=f"the parent's, else {PreprocessCfg.input_size}", help="Input side in px.")
+        Optional[int],
+        typer.Option(
+            "--input-size", show_default=f"the parent's, else {PreprocessCfg.input_size}", help="Input side in px."
+        ),
     ] = None,
     channels: Annotated[
-        Optional[int], typer.Option("--channels", show_default=f"the parent's, else {PreprocessCfg.channels}", help="1 or 3 input channels.")
+        Optional[int],
+        typer.Option(
+            "--channels", show_default=f"the parent's, else {PreprocessCfg.channels}", help="1 or 3 input channels."
+        ),
     ] = None,
     resize: Annotated[
-        Optional[Resize], typer.Option("--resize", show_default=f"the parent's, else {PreprocessCfg.resize}", help="How a film becomes square.")
+        Optional[Resize],
+        typer.Option(
+            "--resize", show_default=f"the parent's, else {PreprocessCfg.resize}", help="How a film becomes square."
+        ),
     ] = None,
-    freeze_epochs: Annotated[int, typer.Option("--freeze-epochs", help="Train only the head for the first N epochs.")] = _T.freeze_epochs,
+    freeze_epochs: Annotated[
+        int, typer.Option("--freeze-epochs", help="Train only the head for the first N epochs.")
+    ] = _T.freeze_epochs,
     epochs: Annotated[int, typer.Option("--epochs", help="Training epochs.")] = _T.epochs,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per step, per process.")] = _T.batch_size,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", "-b", help="Images per step, per process.")
+    ] = _T.batch_size,
     lr: Annotated[float, typer.Option("--lr", help="Peak learning rate.")] = _T.lr,
     optimizer: Annotated[Optimizer, typer.Option("--optimizer", help="Optimiser.")] = Optimizer(_T.optimizer),
     weight_decay: Annotated[float, typer.Option("--weight-decay", help="Decoupled weight decay.")] = _T.weight_decay,
-    scheduler: Annotated[Scheduler, typer.Option("--scheduler", help="cosine: per step, to 0.")] = Scheduler(_T.scheduler),
+    scheduler: Annotated[Scheduler, typer.Option("--scheduler", help="cosine: per step, to 0.")] = Scheduler(
+        _T.scheduler
+    ),
     monitor: Annotated[
         str,
         typer.Option(
@@ -220,21 +290,34 @@ def train(
             help="Validation metric for the best checkpoint: loss | accuracy | macro_f1 | auc_macro; auto: macro_f1 multiclass, auc_macro multilabel.",
         ),
     ] = _T.monitor,
-    patience: Annotated[int, typer.Option("--patience", help="Early stopping after N epochs without improvement (0: off).")] = _T.patience,
+    patience: Annotated[
+        int, typer.Option("--patience", help="Early stopping after N epochs without improvement (0: off).")
+    ] = _T.patience,
     seed: Annotated[int, typer.Option("--seed", help="Seed of initialisation, sampling and augmentation.")] = _T.seed,
     augment: Annotated[
         bool, typer.Option("--augment/--no-augment", help="Small rotation/scale/shift/brightness/contrast.")
     ] = _T.augment,
     rotate: Annotated[float, typer.Option("--rotate", help="Max rotation in degrees.")] = _T.aug_rotate,
-    hflip: Annotated[bool, typer.Option("--hflip/--no-hflip", help="Random horizontal flips (see the README).")] = _T.hflip,
-    device: Annotated[str, typer.Option("--device", callback=device_option(auto=True), help="auto, cpu, cuda or cuda:N.")] = _T.device,
+    hflip: Annotated[
+        bool, typer.Option("--hflip/--no-hflip", help="Random horizontal flips (see the README).")
+    ] = _T.hflip,
+    device: Annotated[
+        str, typer.Option("--device", callback=device_option(auto=True), help="auto, cpu, cuda or cuda:N.")
+    ] = _T.device,
     amp: Annotated[Amp, typer.Option("--amp", help="auto: bf16/fp16 on CUDA, off on CPU.")] = Amp(_T.amp),
     channels_last: Annotated[
-        Optional[bool], typer.Option("--channels-last/--no-channels-last", show_default="on for CUDA", help="channels_last memory format.")
+        Optional[bool],
+        typer.Option(
+            "--channels-last/--no-channels-last", show_default="on for CUDA", help="channels_last memory format."
+        ),
     ] = None,
     workers: Annotated[int, typer.Option("--workers", "-j", help="Data loader processes.")] = _T.workers,
     trust: Annotated[
-        bool, typer.Option("--trust/--no-trust", help="Fit OOD statistics and temperature into best.safetensors at the end (docs/trust.md).")
+        bool,
+        typer.Option(
+            "--trust/--no-trust",
+            help="Fit OOD statistics and temperature into best.safetensors at the end (docs/trust.md).",
+        ),
     ] = _T.trust,
 ) -> None:
     """Train a DenseNet on a manifest: multilabel (BCE) or multiclass (cross-entropy), as the manifest says.
@@ -278,16 +361,26 @@ def train(
 def evaluate(
     checkpoint: Annotated[Path, typer.Argument(help="A cxrtool .safetensors checkpoint.", exists=True, dir_okay=False)],
     manifest: Annotated[Path, typer.Argument(help="Manifest CSV with labels.", exists=True, dir_okay=False)],
-    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for metrics.json, predictions.csv and the PNGs.")],
+    out_dir: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder for metrics.json, predictions.csv and the PNGs.")
+    ],
     split: Annotated[str, typer.Option("--split", help="Rows of this split ('all' for every row).")] = _E.split,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per forward pass.")] = _E.batch_size,
-    bootstrap: Annotated[int, typer.Option("--bootstrap", min=0, help="Bootstrap resamples for the 95% intervals (0: none).")] = _E.bootstrap,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", "-b", min=1, help="Images per forward pass.")
+    ] = _E.batch_size,
+    bootstrap: Annotated[
+        int, typer.Option("--bootstrap", min=0, help="Bootstrap resamples for the 95% intervals (0: none).")
+    ] = _E.bootstrap,
     threshold: Annotated[
         Optional[float],
-        typer.Option("--threshold", show_default="the one stored with the model", help="Multilabel decision threshold."),
+        typer.Option(
+            "--threshold", show_default="the one stored with the model", help="Multilabel decision threshold."
+        ),
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed.")] = _E.seed,
-    device: Annotated[str, typer.Option("--device", callback=device_option(auto=True), help="auto, cpu, cuda or cuda:N.")] = _E.device,
+    device: Annotated[
+        str, typer.Option("--device", callback=device_option(auto=True), help="auto, cpu, cuda or cuda:N.")
+    ] = _E.device,
     workers: Annotated[int, typer.Option("--workers", "-j", min=0, help="Data loader processes.")] = _E.workers,
 ) -> None:
     """Metrics of a checkpoint on a manifest split: JSON with bootstrap CIs, per-image CSV, confusion matrix and ROC PNGs.
@@ -304,16 +397,33 @@ def evaluate(
         task = bar.add_task("evaluating", total=None, info="")
         with bar:
             result = run_evaluate(
-                checkpoint, manifest, out_dir, split=None if split == "all" else split, batch_size=batch_size,
-                device=device, workers=workers, bootstrap=bootstrap, seed=seed, threshold=threshold,
+                checkpoint,
+                manifest,
+                out_dir,
+                split=None if split == "all" else split,
+                batch_size=batch_size,
+                device=device,
+                workers=workers,
+                bootstrap=bootstrap,
+                seed=seed,
+                threshold=threshold,
                 on_batch=lambda n: bar.advance(task, n),
-            )  # fmt: skip
+            )
     m = result.metrics
     ci = m["ci"]
     summary = Table(title=f"{checkpoint.name} on {manifest.name} [{split}] n={result.n_ok}", title_justify="left")
     for col in ("metric", "value", "95% CI"):
         summary.add_column(col)
-    for key in ("accuracy", "macro_f1", "auc_macro", "ece", "ece_calibrated", "brier", "brier_calibrated", "ood_flagged_share"):
+    for key in (
+        "accuracy",
+        "macro_f1",
+        "auc_macro",
+        "ece",
+        "ece_calibrated",
+        "brier",
+        "brier_calibrated",
+        "ood_flagged_share",
+    ):
         if key not in m:
             continue
         interval = ci.get(key)

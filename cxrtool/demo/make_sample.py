@@ -33,7 +33,9 @@ DICOMS = {  # file in shared/data/dicom -> (source, licence)
     ),
 }
 NIH_SOURCE = "NIH ChestX-ray14 (https://nihcc.app.box.com/v/ChestXray-NIHCC), 64x64 thumbnail from dinbe0527/kcr2019d1@{commit} {path}, stored here as 8-bit grey PNG (same pixels: R=G=B)"
-NIH_LICENCE = "NIH Clinical Center: no restrictions on use; cite Wang et al., CVPR 2017; acknowledge the NIH Clinical Center"
+NIH_LICENCE = (
+    "NIH Clinical Center: no restrictions on use; cite Wang et al., CVPR 2017; acknowledge the NIH Clinical Center"
+)
 
 
 def sha256(path: Path) -> str:
@@ -42,9 +44,15 @@ def sha256(path: Path) -> str:
 
 def main(shared: Path) -> None:
     nih = shared / "nih"
-    rows = [r for r in csv.DictReader(open(nih / "images_manifest.csv", encoding="utf-8")) if r["file"].startswith("nih1000_64/")]
+    rows = [
+        r
+        for r in csv.DictReader(open(nih / "images_manifest.csv", encoding="utf-8"))
+        if r["file"].startswith("nih1000_64/")
+    ]
     normal = [r for r in rows if r["finding_labels"] == "No Finding"]
-    chosen = [r for r in rows if r["finding_labels"] != "No Finding"] + normal[:: max(1, len(normal) // N_NORMAL)][:N_NORMAL]
+    chosen = [r for r in rows if r["finding_labels"] != "No Finding"] + normal[:: max(1, len(normal) // N_NORMAL)][
+        :N_NORMAL
+    ]
     chosen.sort(key=lambda r: r["image_index"])
     if SAMPLE.exists():
         shutil.rmtree(SAMPLE)
@@ -55,16 +63,32 @@ def main(shared: Path) -> None:
         dst = SAMPLE / "nih" / "images" / r["image_index"]
         with Image.open(nih / r["file"]) as im:
             im.convert("L").save(dst, optimize=True)
-        attribution.append((dst.relative_to(HERE).as_posix(), NIH_SOURCE.format(commit=r["commit"][:12], path=r["source_path"]), NIH_LICENCE, sha256(dst)))
+        attribution.append(
+            (
+                dst.relative_to(HERE).as_posix(),
+                NIH_SOURCE.format(commit=r["commit"][:12], path=r["source_path"]),
+                NIH_LICENCE,
+                sha256(dst),
+            )
+        )
     names = {r["image_index"] for r in chosen}
     with open(nih / "Data_Entry_2017_v2020.csv", encoding="utf-8") as fh:
         header, *lines = fh.read().splitlines()
-    (SAMPLE / "nih" / "Data_Entry_2017_v2020.csv").write_text("\n".join([header, *(ln for ln in lines if ln.split(",", 1)[0] in names)]) + "\n")
+    (SAMPLE / "nih" / "Data_Entry_2017_v2020.csv").write_text(
+        "\n".join([header, *(ln for ln in lines if ln.split(",", 1)[0] in names)]) + "\n"
+    )
     for split_list in ("train_val_list.txt", "test_list.txt"):
         kept = [n for n in (nih / split_list).read_text().split() if n in names]
         (SAMPLE / "nih" / split_list).write_text("\n".join(kept) + "\n")
     for meta in ("Data_Entry_2017_v2020.csv", "train_val_list.txt", "test_list.txt"):
-        attribution.append((f"sample/nih/{meta}", f"NIH ChestX-ray14 {meta}, only the rows of the images above", NIH_LICENCE, sha256(SAMPLE / "nih" / meta)))
+        attribution.append(
+            (
+                f"sample/nih/{meta}",
+                f"NIH ChestX-ray14 {meta}, only the rows of the images above",
+                NIH_LICENCE,
+                sha256(SAMPLE / "nih" / meta),
+            )
+        )
     for rel, (source, licence) in DICOMS.items():
         dst = SAMPLE / "dicom" / Path(rel).name
         shutil.copyfile(shared / "dicom" / rel, dst)

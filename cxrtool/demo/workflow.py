@@ -47,8 +47,6 @@ class DemoSize:
     bootstrap: int = 200
 
 
-
-
 @dataclass
 class DemoResult:
     out: Path
@@ -104,8 +102,10 @@ def prepare_out(out: Path) -> None:
     if not out.exists() or not any(out.iterdir()):
         return
     if not _own_demo_folder(out):
-        raise CxrError(f"{out}: exists and is not an untouched earlier demo folder (its {MARKER} does not list exactly "
-                       "what is there); choose an empty or new folder")  # fmt: skip
+        raise CxrError(
+            f"{out}: exists and is not an untouched earlier demo folder (its {MARKER} does not list exactly "
+            "what is there); choose an empty or new folder"
+        )
     for child in out.iterdir():
         if child.is_dir() and not child.is_symlink():
             shutil.rmtree(child)
@@ -114,27 +114,32 @@ def prepare_out(out: Path) -> None:
 
 
 def run_demo(
-    out: str | Path, *, size: DemoSize = DemoSize(), on_step: Step | None = None, on_note: Callable[[str], None] | None = None, sample: Path = SAMPLE
+    out: str | Path,
+    *,
+    size: DemoSize = DemoSize(),
+    on_step: Step | None = None,
+    on_note: Callable[[str], None] | None = None,
+    sample: Path = SAMPLE,
 ) -> DemoResult:
     """Run every step into ``out`` (an earlier demo there is replaced); see the module docstring.
 
     ``on_step`` hears of each finished step (number, total, title, what it did and wrote);
     ``on_note`` gets progress lines inside the long steps (one per training epoch).
     """
-    from cxrtool.prep.nih import NihOptions, prep_nih
     from cxrtool.dicom.prepare import PrepOptions, prepare_folder
     from cxrtool.explain.attribution import ExplainOptions, explain_files, plan_inputs
-    from cxrtool.trust import load_trust
     from cxrtool.export.pipeline import export_model
     from cxrtool.infer.predict import PredictOptions, predict_to_file
     from cxrtool.manifest import read_manifest
     from cxrtool.modelfile.loaded import open_model
     from cxrtool.models.checkpoint import model_from_loaded
+    from cxrtool.prep.nih import NihOptions, prep_nih
     from cxrtool.privacy import load_or_create_salt
     from cxrtool.report.html import build_report
     from cxrtool.train.config import TrainConfig
     from cxrtool.train.evaluate import evaluate
     from cxrtool.train.loop import fit
+    from cxrtool.trust import load_trust
 
     t0 = time.perf_counter()
     out = Path(out)
@@ -159,14 +164,20 @@ def run_demo(
         last = [time.perf_counter()]
 
         def on_event(event: Any) -> None:
-            if isinstance(event, StepDone) and time.perf_counter() - last[0] >= STEP_NOTE_S:  # a sign of life inside an epoch
+            if (
+                isinstance(event, StepDone) and time.perf_counter() - last[0] >= STEP_NOTE_S
+            ):  # a sign of life inside an epoch
                 last[0] = time.perf_counter()
-                note(f"{stage} epoch {event.epoch}: step {event.step}/{event.steps}, loss {event.loss:.3f}, {event.images_per_s:.0f} img/s")
+                note(
+                    f"{stage} epoch {event.epoch}: step {event.step}/{event.steps}, loss {event.loss:.3f}, {event.images_per_s:.0f} img/s"
+                )
             elif isinstance(event, EpochEnded):
                 last[0] = time.perf_counter()
                 metrics = {k: event.val_metrics.get(k) for k in ("macro_f1", "auc_macro")}
                 vals = "  ".join(f"val {k} {v:.3f}" for k, v in metrics.items() if isinstance(v, float))
-                note(f"{stage} epoch {event.epoch}: train loss {event.train_loss:.3f}  val loss {event.val_loss:.3f}  {vals}  {event.images_per_s:.0f} img/s")
+                note(
+                    f"{stage} epoch {event.epoch}: train loss {event.train_loss:.3f}  val loss {event.val_loss:.3f}  {vals}  {event.images_per_s:.0f} img/s"
+                )
 
         return on_event
 
@@ -174,38 +185,97 @@ def run_demo(
 
     dicom = prepare_folder(sample / "dicom", out / "dicom_png", options=PrepOptions(salt=salt, size=512))
     res.files["dicom"] = dicom.manifest
-    step(1, total, "prep dicom", f"{len(dicom.rows) - len(dicom.failed)} of {len(dicom.rows)} public test DICOMs rendered to PNG as a viewer shows them -> {out / 'dicom_png'}")
+    step(
+        1,
+        total,
+        "prep dicom",
+        f"{len(dicom.rows) - len(dicom.failed)} of {len(dicom.rows)} public test DICOMs rendered to PNG as a viewer shows them -> {out / 'dicom_png'}",
+    )
 
     images = (nih / "images",)
     lists = {"train_val_list": nih / "train_val_list.txt", "test_list": nih / "test_list.txt"}
     stage1_csv, stage2_csv = out / "nih14.csv", out / "nih3.csv"
-    r1 = prep_nih(nih / "Data_Entry_2017_v2020.csv", stage1_csv, NihOptions(images=images, drop_missing=True, **lists), salt=salt)
-    r2 = prep_nih(nih / "Data_Entry_2017_v2020.csv", stage2_csv, NihOptions(images=images, drop_missing=True, label_map=STAGE2_MAP, **lists), salt=salt)
-    step(2, total, "prep nih", f"{r1.rows_written} ChestX-ray14 thumbnails -> 14-finding manifest {stage1_csv}; "
-         f"{r2.rows_written} of them relabelled normal / effusion / opacity -> {stage2_csv} (official test split, patient-wise val)")  # fmt: skip
+    r1 = prep_nih(
+        nih / "Data_Entry_2017_v2020.csv", stage1_csv, NihOptions(images=images, drop_missing=True, **lists), salt=salt
+    )
+    r2 = prep_nih(
+        nih / "Data_Entry_2017_v2020.csv",
+        stage2_csv,
+        NihOptions(images=images, drop_missing=True, label_map=STAGE2_MAP, **lists),
+        salt=salt,
+    )
+    step(
+        2,
+        total,
+        "prep nih",
+        f"{r1.rows_written} ChestX-ray14 thumbnails -> 14-finding manifest {stage1_csv}; "
+        f"{r2.rows_written} of them relabelled normal / effusion / opacity -> {stage2_csv} (official test split, patient-wise val)",
+    )
 
-    common = {"arch": size.arch, "input_size": size.input_size, "batch_size": size.batch_size, "device": "cpu", "workers": 0, "lr": 1e-3}
+    common = {
+        "arch": size.arch,
+        "input_size": size.input_size,
+        "batch_size": size.batch_size,
+        "device": "cpu",
+        "workers": 0,
+        "lr": 1e-3,
+    }
 
     def trained(result: Any, stage: str) -> Path:
         if result.status == "interrupted":  # Ctrl-C / SIGTERM: fit saved its state; the demo stops here
             raise CxrError(f"interrupted during {stage} training; run the demo again to start over")
         return result.out_dir / "best.safetensors"
 
-    s1 = fit(TrainConfig(manifest=str(stage1_csv), out_dir=str(out / "runs" / "stage1"), init="none", epochs=size.stage1_epochs, **common), on_event=epochs("stage 1"))
+    s1 = fit(
+        TrainConfig(
+            manifest=str(stage1_csv),
+            out_dir=str(out / "runs" / "stage1"),
+            init="none",
+            epochs=size.stage1_epochs,
+            **common,
+        ),
+        on_event=epochs("stage 1"),
+    )
     stage1 = trained(s1, "stage-1")
     res.numbers["stage1_val_auc_macro"] = s1.best_value
-    step(3, total, "train stage 1", f"{size.arch} from scratch, multilabel (14 findings), {s1.epochs_done} epochs: best val {s1.monitor} {s1.best_value:.3f} -> {stage1}")
+    step(
+        3,
+        total,
+        "train stage 1",
+        f"{size.arch} from scratch, multilabel (14 findings), {s1.epochs_done} epochs: best val {s1.monitor} {s1.best_value:.3f} -> {stage1}",
+    )
 
-    s2 = fit(TrainConfig(manifest=str(stage2_csv), out_dir=str(out / "runs" / "stage2"), init=str(stage1), keep_neurons=True, keep_map=dict(KEEP_MAP), epochs=size.stage2_epochs, **common), on_event=epochs("stage 2"))
+    s2 = fit(
+        TrainConfig(
+            manifest=str(stage2_csv),
+            out_dir=str(out / "runs" / "stage2"),
+            init=str(stage1),
+            keep_neurons=True,
+            keep_map=dict(KEEP_MAP),
+            epochs=size.stage2_epochs,
+            **common,
+        ),
+        on_event=epochs("stage 2"),
+    )
     stage2 = trained(s2, "stage-2")
     res.numbers["stage2_val_macro_f1"] = s2.best_value
     kept = ", ".join(f"{new} <- {old}" for new, old in KEEP_MAP.items())
-    step(4, total, "train stage 2", f"3 classes from the stage-1 weights, output neurons kept ({kept}), {s2.epochs_done} epochs: best val {s2.monitor} {s2.best_value:.3f} -> {stage2}")
+    step(
+        4,
+        total,
+        "train stage 2",
+        f"3 classes from the stage-1 weights, output neurons kept ({kept}), {s2.epochs_done} epochs: best val {s2.monitor} {s2.best_value:.3f} -> {stage2}",
+    )
 
     ev = evaluate(stage2, stage2_csv, out / "eval", split="test", device="cpu", bootstrap=size.bootstrap)
     res.numbers.update({f"test_{k}": ev.metrics.get(k) for k in ("accuracy", "macro_f1", "auc_macro")})
-    step(5, total, "evaluate", f"test split, n={ev.n_ok}: accuracy {ev.metrics['accuracy']:.3f}, macro F1 {ev.metrics['macro_f1']:.3f}, "
-         f"macro AUC {ev.metrics['auc_macro']:.3f} -> {out / 'eval'}")  # fmt: skip
+    step(
+        5,
+        total,
+        "evaluate",
+        f"test split, n={ev.n_ok}: accuracy {ev.metrics['accuracy']:.3f}, macro F1 {ev.metrics['macro_f1']:.3f}, "
+        f"macro AUC {ev.metrics['auc_macro']:.3f} -> {out / 'eval'}",
+    )
 
     scans = out / "scans"
     manifest3 = read_manifest(stage2_csv)
@@ -216,24 +286,40 @@ def run_demo(
     for dcm in sorted((sample / "dicom").iterdir()):
         shutil.copyfile(dcm, scans / dcm.name)
     good = next(scans.glob("*.png")).read_bytes()
-    (scans / "truncated_download.png").write_bytes(good[: len(good) // 3])  # a real-world failure: shown as an error row
+    (scans / "truncated_download.png").write_bytes(
+        good[: len(good) // 3]
+    )  # a real-world failure: shown as an error row
     exported = export_model(stage2, onnx=True, check_images=[scans], check_count=8)
     onnx_path = exported.onnx_path
     parity = exported.onnx.parity if exported.onnx else None
-    detail = f"max |logit difference| vs torch {parity.max_abs_diff:.1e} on {parity.n_inputs} films" if parity else "reused"
+    detail = (
+        f"max |logit difference| vs torch {parity.max_abs_diff:.1e} on {parity.n_inputs} films" if parity else "reused"
+    )
     step(6, total, "export --onnx", f"{detail} -> {onnx_path}")
 
     preds = out / "predictions.csv"
-    summary = predict_to_file([scans], onnx_path, preds, PredictOptions(workers=0, batch_size=16), backend="onnxruntime", device="cpu")
-    step(7, total, "predict", f"{summary.predicted} films ({len(test_rows)} test thumbnails, {summary.predicted - len(test_rows)} DICOMs) with ONNX Runtime, "
-         f"{summary.failed} unreadable (the truncated file, on purpose) -> {preds}")  # fmt: skip
+    summary = predict_to_file(
+        [scans], onnx_path, preds, PredictOptions(workers=0, batch_size=16), backend="onnxruntime", device="cpu"
+    )
+    step(
+        7,
+        total,
+        "predict",
+        f"{summary.predicted} films ({len(test_rows)} test thumbnails, {summary.predicted - len(test_rows)} DICOMs) with ONNX Runtime, "
+        f"{summary.failed} unreadable (the truncated file, on purpose) -> {preds}",
+    )
 
     model = open_model(stage2)
     net = model_from_loaded(model)
     explained = explain_files(
         plan_inputs([scans]), net, model.card, out / "heatmaps", ExplainOptions(batch_size=8), trust=load_trust(model)
     )
-    step(8, total, "explain", f"LRP heatmaps of the predicted class for {len(explained.rows) - explained.n_failed} films -> {out / 'heatmaps'}")
+    step(
+        8,
+        total,
+        "explain",
+        f"LRP heatmaps of the predicted class for {len(explained.rows) - explained.n_failed} films -> {out / 'heatmaps'}",
+    )
 
     page = build_report(
         preds, res.report, explain_dir=out / "heatmaps", model=model, title="cxrtool demo report", caveats=[CAVEAT]
@@ -241,7 +327,16 @@ def run_demo(
     step(9, total, "report", f"{page.rows} rows, {page.overlays} heatmaps embedded -> {res.report}")
 
     res.seconds = time.perf_counter() - t0
-    res.files.update({"stage1": stage1, "stage2": stage2, "onnx": onnx_path, "predictions": preds, "heatmaps": out / "heatmaps", "report": res.report})
+    res.files.update(
+        {
+            "stage1": stage1,
+            "stage2": stage2,
+            "onnx": onnx_path,
+            "predictions": preds,
+            "heatmaps": out / "heatmaps",
+            "report": res.report,
+        }
+    )
     step(10, total, "done", f"in {res.seconds:.0f} s; open {res.report} in a browser")
     note(CAVEAT)
     return res

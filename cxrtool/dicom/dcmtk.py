@@ -49,7 +49,9 @@ def dcmj2pnm_command(
     return [DCMJ2PNM, "--quiet", "--frame", str(frame + 1), *window_args(path, window), *out_args, str(path), str(out)]
 
 
-def dcmtk_render(path: str | Path, *, window: str = "dicom", bits: int = 8, frame: int = 0, timeout: float = 120) -> np.ndarray:
+def dcmtk_render(
+    path: str | Path, *, window: str = "dicom", bits: int = 8, frame: int = 0, timeout: float = 120
+) -> np.ndarray:
     """Render one frame (0-based) with ``dcmj2pnm``; raises ``RuntimeError`` when DCMTK cannot read it."""
     from PIL import Image
 

@@ -53,7 +53,9 @@ def decode_frame(src: bytes, runner: DecodeRunner) -> bytes:
         img.SetPlanarConfiguration(runner.planar_configuration)
     img.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.GetTSType(str(runner.transfer_syntax))))
     bits = runner.bits_stored
-    img.SetPixelFormat(gdcm.PixelFormat(runner.samples_per_pixel, runner.bits_allocated, bits, bits - 1, runner.pixel_representation))
+    img.SetPixelFormat(
+        gdcm.PixelFormat(runner.samples_per_pixel, runner.bits_allocated, bits, bits - 1, runner.pixel_representation)
+    )
     frame = img.GetBuffer()  # GDCM returns char* as str: re-encode it to the raw bytes
     data = frame.encode("utf-8", "surrogateescape")
     expected = runner.rows * runner.columns * runner.samples_per_pixel * (runner.bits_allocated // 8)

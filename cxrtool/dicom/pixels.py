@@ -341,7 +341,13 @@ def render_unit(
 
 
 def render(
-    ds: Dataset, *, window: str = "dicom", frame: int = 0, bits: int = 8, size: int | None = None, limit: int | None = None
+    ds: Dataset,
+    *,
+    window: str = "dicom",
+    frame: int = 0,
+    bits: int = 8,
+    size: int | None = None,
+    limit: int | None = None,
 ) -> tuple[np.ndarray, Voi]:
     """The whole chain for one frame: an 8- or 16-bit grey image as a viewer would show it, and the VOI used."""
     arr, voi = render_unit(ds, window=window, frame=frame, limit=limit)

@@ -141,7 +141,9 @@ def frame_path(png: Path, frame: int, *, all_frames: bool) -> Path:
     return png.with_name(f"{png.stem}_f{frame:04d}.png") if all_frames else png
 
 
-def prepare_file(src: str | Path, png: str | Path, *, options: PrepOptions, input_name: str, out_root: str | Path) -> list[Row]:
+def prepare_file(
+    src: str | Path, png: str | Path, *, options: PrepOptions, input_name: str, out_root: str | Path
+) -> list[Row]:
     """Convert one file; never raises for a bad input (the row says what went wrong).
 
     Parameters
@@ -255,7 +257,10 @@ def _resumable(manifest: Path, options: PrepOptions) -> dict[str, list[Row]]:
         for name, rows in by_input.items()
         if name
         and all(
-            r.get("status") == OK and r.get("settings") == options.settings and r.get("path") and old.resolve(r).is_file()
+            r.get("status") == OK
+            and r.get("settings") == options.settings
+            and r.get("path")
+            and old.resolve(r).is_file()
             for r in rows
         )
     }
@@ -364,7 +369,10 @@ def _run(todo: list[tuple[int, tuple]], workers: int) -> Iterator[tuple[int, lis
             yield i, _task(args)
         return
     pool = ProcessPoolExecutor(
-        max_workers=min(workers, len(todo)), mp_context=get_context("spawn"), initializer=die_with, initargs=(os.getpid(),)
+        max_workers=min(workers, len(todo)),
+        mp_context=get_context("spawn"),
+        initializer=die_with,
+        initargs=(os.getpid(),),
     )  # workers end with this run, even after a kill -9
     try:
         futures = {pool.submit(_task, args): (i, args) for i, args in todo}

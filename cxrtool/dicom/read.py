@@ -136,7 +136,9 @@ def _check_inflated_size(path: Path, data: bytes) -> None:
     except zlib.error:
         return  # not valid deflate: pydicom's own error names it
     if total > bound:
-        raise ImageLoadError(path, f"deflated data set inflates to more than {bound:,} bytes (decompression bomb; ${MAX_PIXELS_ENV})")
+        raise ImageLoadError(
+            path, f"deflated data set inflates to more than {bound:,} bytes (decompression bomb; ${MAX_PIXELS_ENV})"
+        )
 
 
 def truncation(ds: Dataset, size: int) -> str | None:
@@ -150,7 +152,11 @@ def truncation(ds: Dataset, size: int) -> str | None:
     end: int | None = 0
     for tag in ds.keys():  # noqa: SIM118 (iterating the Dataset would convert the raw elements)
         elem = ds.get_item(tag, keep_deferred=True)  # never convert (a bad VR would raise here)
-        length, value, tell = getattr(elem, "length", None), getattr(elem, "value", None), getattr(elem, "value_tell", None)
+        length, value, tell = (
+            getattr(elem, "length", None),
+            getattr(elem, "value", None),
+            getattr(elem, "value_tell", None),
+        )
         if length is None or tell is None or length == UNDEFINED_LENGTH or not isinstance(value, (bytes, bytearray)):
             end = None  # a sequence or converted element: its end is not known from here
             continue

@@ -23,9 +23,10 @@ from cxrtool.dicomweb.urls import DicomwebUrl, parse_dicomweb_url
 from cxrtool.errors import CxrError, ImageLoadError, one_line
 
 if TYPE_CHECKING:
-    from cxrtool.trust.gate import HeaderVerdict
     import numpy as np
     from dicomweb_client import DICOMwebClient
+
+    from cxrtool.trust.gate import HeaderVerdict
 
 #: WADO-RS media types: the instance as stored (compressed stays compressed), else explicit VR little endian
 AS_STORED = (("application/dicom", "*"),)

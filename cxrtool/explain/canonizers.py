@@ -71,13 +71,18 @@ def merged_convs(model: nn.Module) -> set[str]:
 def post_concat_norms(model: nn.Module) -> list[str]:
     """Names of the batch norms that follow a concatenation (kept, with the identity relevance rule)."""
     merged = {bn for _, bn in densenet_merge_pairs(model)}
-    return [name for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and name not in merged]
+    return [
+        name
+        for name, m in model.named_modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and name not in merged
+    ]
 
 
 def transitions(model: nn.Module) -> list[str]:
     """Names of DenseNet transition blocks (``norm, relu, conv, pool`` Sequentials)."""
     return [
-        name for name, m in model.named_modules()
+        name
+        for name, m in model.named_modules()
         if isinstance(m, nn.Sequential) and list(m._modules) == ["norm", "relu", "conv", "pool"]
     ]
 

@@ -29,7 +29,15 @@ from cxrtool.explain.rule_specs import (
 if TYPE_CHECKING:  # the registry stays torch-free so ``cxrtool --help`` can list the names fast
     import torch.nn as nn
 
-__all__ = ["COMPOSITES", "DEFAULT_COMPOSITE", "Bounds", "CompositeSpec", "compile_lrp", "get_composite", "zennit_composite"]
+__all__ = [
+    "COMPOSITES",
+    "DEFAULT_COMPOSITE",
+    "Bounds",
+    "CompositeSpec",
+    "compile_lrp",
+    "get_composite",
+    "zennit_composite",
+]
 
 
 @dataclass(frozen=True)
@@ -59,7 +67,11 @@ def register_composite(spec: CompositeSpec) -> CompositeSpec:
     return spec
 
 
-register_composite(CompositeSpec("epsilon_plus_flat", FlatRule(), ZPlusRule(), "flat first layer, z+ convolutions, epsilon classifier (default)"))
+register_composite(
+    CompositeSpec(
+        "epsilon_plus_flat", FlatRule(), ZPlusRule(), "flat first layer, z+ convolutions, epsilon classifier (default)"
+    )
+)
 register_composite(
     CompositeSpec(
         "epsilon_gamma_box",

@@ -185,8 +185,14 @@ class Norm(Rule):
             back = grad.expand_as(x) / (x.shape[-1] * x.shape[-2])
         elif isinstance(layer, nn.AvgPool2d):  # the pool's own backward, without building a graph
             back = torch.ops.aten.avg_pool2d_backward(
-                grad, x, _pair(layer.kernel_size), _pair(layer.stride or layer.kernel_size), _pair(layer.padding),
-                layer.ceil_mode, layer.count_include_pad, layer.divisor_override,
+                grad,
+                x,
+                _pair(layer.kernel_size),
+                _pair(layer.stride or layer.kernel_size),
+                _pair(layer.padding),
+                layer.ceil_mode,
+                layer.count_include_pad,
+                layer.divisor_override,
             )
         else:
             with torch.enable_grad():
@@ -211,7 +217,12 @@ class _ConvRule(Rule):
         self.register_buffer("bias", bias)  # the forward always uses it
         self.register_buffer("rule_bias", bias if charge_bias else torch.zeros_like(bias))  # what the rule sees
         self.charges_bias = bool(self.rule_bias.any())
-        self.geometry = {"stride": conv.stride, "padding": conv.padding, "dilation": conv.dilation, "groups": conv.groups}
+        self.geometry = {
+            "stride": conv.stride,
+            "padding": conv.padding,
+            "dilation": conv.dilation,
+            "groups": conv.groups,
+        }
         self._counts: dict[tuple[int, ...], torch.Tensor] = {}  # receptive-field sizes per input shape (flat rule)
 
     def plain(self, x: torch.Tensor) -> torch.Tensor:
@@ -230,7 +241,8 @@ class _ConvRule(Rule):
         g = self.geometry
         stride, padding, dilation = (_pair(g[k]) for k in ("stride", "padding", "dilation"))
         extra = [
-            shape[2 + d] - ((grad.shape[2 + d] - 1) * stride[d] - 2 * padding[d] + dilation[d] * (weight.shape[2 + d] - 1) + 1)
+            shape[2 + d]
+            - ((grad.shape[2 + d] - 1) * stride[d] - 2 * padding[d] + dilation[d] * (weight.shape[2 + d] - 1) + 1)
             for d in (0, 1)
         ]
         return F.conv_transpose2d(grad, weight, None, stride, padding, extra, g["groups"], dilation)
@@ -250,11 +262,17 @@ class _ConvRule(Rule):
             return self._back(shape, torch.ones_like(self.weight), r_out / self._counts[key])
         shares = (r_out / self._counts[key]).sum(1, keepdim=True)
         one = torch.ones((1, 1, *self.weight.shape[2:]), dtype=r_out.dtype)
-        return self._back((shape[0], 1, *shape[2:]), one, shares).expand(shape).contiguous(memory_format=_format_of(r_out))
+        return (
+            self._back((shape[0], 1, *shape[2:]), one, shares).expand(shape).contiguous(memory_format=_format_of(r_out))
+        )
 
 
 def _format_of(t: torch.Tensor) -> torch.memory_format:
-    return torch.channels_last if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous() else torch.contiguous_format
+    return (
+        torch.channels_last
+        if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+        else torch.contiguous_format
+    )
 
 
 class ZPlus(_ConvRule):
@@ -375,10 +393,18 @@ class ZBox(_ConvRule):
     def relevance(self, x: torch.Tensor, r_out: torch.Tensor) -> torch.Tensor:
         low, high = self.low.expand_as(x), self.high.expand_as(x)
         b = self.rule_bias  # cancels: b - b+ - b- = 0, so ZBox never charges a bias
-        z = self._conv(x, self.weight, b) - self._conv(low, self.w_pos, b.clamp(min=0)) - self._conv(high, self.w_neg, b.clamp(max=0))
+        z = (
+            self._conv(x, self.weight, b)
+            - self._conv(low, self.w_pos, b.clamp(min=0))
+            - self._conv(high, self.w_neg, b.clamp(max=0))
+        )
         grad = r_out / stabilize(z)
         back = self._back
-        return x * back(x.shape, self.weight, grad) - low * back(x.shape, self.w_pos, grad) - high * back(x.shape, self.w_neg, grad)
+        return (
+            x * back(x.shape, self.weight, grad)
+            - low * back(x.shape, self.w_pos, grad)
+            - high * back(x.shape, self.w_neg, grad)
+        )
 
 
 class EpsilonLinear(Rule):

@@ -38,7 +38,14 @@ from typing import Any
 import numpy as np
 
 from cxrtool.errors import CxrError
-from cxrtool.export.calib_films import DEFAULT_CALIB_COUNT, CalibrationSet, calibration_set, iter_calibration_inputs, load_films
+from cxrtool.export.calib_films import (
+    DEFAULT_CALIB_COUNT,
+    CalibrationSet,
+    calibration_set,
+    iter_calibration_inputs,
+    load_films,
+)
+from cxrtool.export.parity import ParityError
 from cxrtool.modelfile import (
     FEATURES_NAME,
     INT8_IR_SUFFIX,
@@ -52,7 +59,6 @@ from cxrtool.modelfile import (
     read_onnx_metadata,
 )
 from cxrtool.modelfile.write import set_ir_metadata, set_onnx_metadata
-from cxrtool.export.parity import ParityError
 from cxrtool.task import Task
 from cxrtool.train.metrics import auc_score
 
@@ -92,8 +98,10 @@ class Int8Check:
         return not self.failures
 
     def summary(self) -> str:
-        auc = "AUC not checked (held-out films unlabelled)" if self.auc_drop is None else (
-            f"macro-AUC {self.macro_auc_int8:.4f} vs fp32 {self.macro_auc_fp32:.4f} (drop {self.auc_drop:+.4f})"
+        auc = (
+            "AUC not checked (held-out films unlabelled)"
+            if self.auc_drop is None
+            else (f"macro-AUC {self.macro_auc_int8:.4f} vs fp32 {self.macro_auc_fp32:.4f} (drop {self.auc_drop:+.4f})")
         )
         return f"{self.attempt}: top-1 agreement {self.top1_agreement:.1%} on {self.films} held-out films, {auc}"
 
@@ -131,7 +139,9 @@ def compare_int8(
             check.macro_auc_fp32 = float(np.mean(list(ref.values())))
             check.macro_auc_int8 = float(np.mean(list(got.values())))
             drops = {k: ref[k] - got[k] for k in ref}
-            check.auc_drop = max(drops.values()) if card.task.multilabel else check.macro_auc_fp32 - check.macro_auc_int8
+            check.auc_drop = (
+                max(drops.values()) if card.task.multilabel else check.macro_auc_fp32 - check.macro_auc_int8
+            )
             if check.auc_drop > max_auc_drop:
                 what = "worst per-class AUC" if card.task.multilabel else "macro-AUC"
                 check.failures.append(f"{what} drop {check.auc_drop:.4f} > {max_auc_drop}")
@@ -244,8 +254,15 @@ def export_int8(
                 raise CxrError(f"{calib}: none of the {len(cs.calibration)} calibration films loads")
             step(f"INT8 check ({attempt}) on {len(holdout)} held-out films")
             got = _int8_outputs(tmp_out, fmt, holdout)
-            check = compare_int8(reference[OUTPUT_NAME], got[OUTPUT_NAME], labels, card, attempt=attempt,
-                                 min_agreement=min_agreement, max_auc_drop=max_auc_drop)
+            check = compare_int8(
+                reference[OUTPUT_NAME],
+                got[OUTPUT_NAME],
+                labels,
+                card,
+                attempt=attempt,
+                min_agreement=min_agreement,
+                max_auc_drop=max_auc_drop,
+            )
             _check_outputs(reference, got, check)
             tried.append(check)
             if check.ok:
@@ -278,7 +295,10 @@ def _attempts(onnx_path: Path, fmt: str) -> list[tuple[str, Any]]:
     if fmt == "openvino":
         import openvino as ov
 
-        ops = [(op.get_type_name(), op.get_friendly_name()) for op in ov.Core().read_model(str(onnx_path)).get_ordered_ops()]
+        ops = [
+            (op.get_type_name(), op.get_friendly_name())
+            for op in ov.Core().read_model(str(onnx_path)).get_ordered_ops()
+        ]
         convs = [name for kind, name in ops if kind == "Convolution"]
         heads = [name for kind, name in ops if kind == "MatMul"]
     else:
@@ -303,7 +323,9 @@ def _calibration_targets(onnx_path: Path, calib: CalibrationSet, card: ModelCard
     return [(x, int(y)) for x, y in zip(inputs, top1)]
 
 
-def _quantize_to(path: Path, onnx_path: Path, fmt: str, dataset: Any, n: int, scope: Any, validation: list | None = None) -> None:
+def _quantize_to(
+    path: Path, onnx_path: Path, fmt: str, dataset: Any, n: int, scope: Any, validation: list | None = None
+) -> None:
     """``nncf.quantize``; with ``validation``, ``nncf.quantize_with_accuracy_control`` keeping top-1 agreement
     with fp32 on the calibration films within :data:`MAX_AC_DROP` (it reverts the most sensitive layers to fp32)."""
     import nncf
@@ -315,8 +337,14 @@ def _quantize_to(path: Path, onnx_path: Path, fmt: str, dataset: Any, n: int, sc
         model = ov.Core().read_model(str(onnx_path))
         if validation is not None:
             quantized = nncf.quantize_with_accuracy_control(
-                model, dataset, nncf.Dataset(validation), _agreement, max_drop=MAX_AC_DROP, target_device=nncf.TargetDevice.CPU,
-                preset=kwargs["preset"], subset_size=n,
+                model,
+                dataset,
+                nncf.Dataset(validation),
+                _agreement,
+                max_drop=MAX_AC_DROP,
+                target_device=nncf.TargetDevice.CPU,
+                preset=kwargs["preset"],
+                subset_size=n,
             )
         else:
             quantized = nncf.quantize(model, dataset, target_device=nncf.TargetDevice.CPU, **kwargs)
@@ -399,4 +427,3 @@ def _move_into_place(tmp: Path, out: Path, fmt: str) -> None:
     if fmt == "openvino":
         shutil.move(str(tmp.with_suffix(".bin")), str(out.with_suffix(".bin")))
     shutil.move(str(tmp), str(out))
-

@@ -24,9 +24,16 @@ from pathlib import Path
 from typing import Any
 
 from cxrtool.config import PreprocessCfg
-from cxrtool.modelfile import FEATURES_NAME, INPUT_NAME, OUTPUT_NAME, TRUST_TENSORS_KEY, default_onnx_path, onnx_metadata
-from cxrtool.runtimes.onnxrt import ort_session, run_ort_in_two_batches
 from cxrtool.export.parity import DEFAULT_CHECK_COUNT, ParityError, ParityReport, check_batch, compare_logits
+from cxrtool.modelfile import (
+    FEATURES_NAME,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    TRUST_TENSORS_KEY,
+    default_onnx_path,
+    onnx_metadata,
+)
+from cxrtool.runtimes.onnxrt import ort_session, run_ort_in_two_batches
 
 DEFAULT_OPSET = 18
 #: Max abs logit difference allowed between torch and ONNX Runtime, both fp32.  Kernels that only
@@ -92,8 +99,8 @@ def export_onnx(
     out = Path(out) if out is not None else default_onnx_path(checkpoint)
     batch, kind, skipped = check_batch(card.preprocess, check_images, check_count)
 
-    from cxrtool.trust import load_trust
     from cxrtool.modelfile.write import encode_tensors, set_onnx_metadata
+    from cxrtool.trust import load_trust
     from cxrtool.trust.store import checkpoint_tensors
 
     trust = load_trust(checkpoint, card)
@@ -135,7 +142,6 @@ def ood_score_rdiff(reference: Any, candidate: Any) -> float:
 
     a, b = np.asarray(reference, dtype=np.float64), np.asarray(candidate, dtype=np.float64)
     return float((np.abs(a - b) / np.maximum(1.0, np.abs(a))).max()) if a.size else 0.0
-
 
 
 def _to_onnx_proto(model, cfg: PreprocessCfg, opset: int):

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from cxrtool.errors import CxrError
+from cxrtool.export.parity import ParityError, ParityReport, check_batch, compare_logits
 from cxrtool.modelfile import (
     SOURCE_SHA_KEY,
     BatchProfile,
@@ -32,7 +33,6 @@ from cxrtool.modelfile import (
     read_onnx_metadata,
     write_sidecar,
 )
-from cxrtool.export.parity import ParityError, ParityReport, check_batch, compare_logits
 
 
 @dataclass
@@ -81,14 +81,18 @@ def export_model(
     model = Path(model)
     step = on_step or (lambda _msg: None)
     if fp16 and not trt:
-        raise CxrError("--fp16 is a TensorRT precision; add --trt (on the CPU, --int8 or OpenVINO bf16 are the fast paths)")
+        raise CxrError(
+            "--fp16 is a TensorRT precision; add --trt (on the CPU, --int8 or OpenVINO bf16 are the fast paths)"
+        )
     if not (onnx or trt or int8):
         raise CxrError("nothing to do: choose --onnx, --int8 --calib and/or --trt")
     if not model.is_file():
         raise CxrError(f"{model}: model file not found")
     suffix = model.suffix.lower()
     if suffix not in (".safetensors", ".onnx"):
-        raise CxrError(f"{model}: export takes a cxrtool checkpoint (.safetensors) or, for --trt/--int8, an exported .onnx")
+        raise CxrError(
+            f"{model}: export takes a cxrtool checkpoint (.safetensors) or, for --trt/--int8, an exported .onnx"
+        )
     if suffix == ".onnx" and onnx:
         raise CxrError(f"{model}: already ONNX; --onnx needs the .safetensors checkpoint")
     precision = engine_precision(fp16=fp16, int8=int8, calib=calib)
@@ -192,8 +196,8 @@ def build_engine(
     from cxrtool.export.trt_build import build_serialized, precision_onnx
     from cxrtool.export.trt_options import default_tolerance
     from cxrtool.fsutil import atomic_path
-    from cxrtool.runtimes.trt_runner import TrtRunner, current_gpu, device_context
     from cxrtool.runtimes.onnxrt import ort_session, run_ort_in_two_batches
+    from cxrtool.runtimes.trt_runner import TrtRunner, current_gpu, device_context
     from cxrtool.runtimes.trtlib import cuda_index, import_tensorrt
 
     start = time.perf_counter()
@@ -215,7 +219,9 @@ def build_engine(
     got = runner.infer(batch)
     reference = run_ort_in_two_batches(ort_session(reference_onnx), batch)
     if not np.isfinite(got).all():
-        raise ParityError(f"{out}: the TensorRT {precision} engine returns NaN/inf on the check inputs; nothing written")
+        raise ParityError(
+            f"{out}: the TensorRT {precision} engine returns NaN/inf on the check inputs; nothing written"
+        )
     report = compare_logits(reference, got, tolerance=tolerance, inputs=kind)
     report.skipped = skipped
     if not report.ok:
@@ -240,7 +246,11 @@ def build_engine(
             source_onnx_sha256=file_sha256(onnx_path),
             source_checkpoint_sha256=meta.get(SOURCE_SHA_KEY, ""),
             calibration={"qdq_onnx": onnx_path.name} if precision == "int8" else {},
-            parity={"max_abs_diff": report.max_abs_diff, "top1_agreement": report.top1_agreement, "inputs": f"{report.n_inputs} {kind}"},
+            parity={
+                "max_abs_diff": report.max_abs_diff,
+                "top1_agreement": report.top1_agreement,
+                "inputs": f"{report.n_inputs} {kind}",
+            },
         )
         write_sidecar(out, sidecar)
     return EngineBuild(out, sidecar, report, time.perf_counter() - start)

@@ -50,13 +50,19 @@ def to_signed_int8(model: Any, source: object = "model") -> int:
     nodes = [n for n in model.graph.node if n.op_type in QDQ_OPS]
     for node in nodes:
         if len(node.input) < 3 or not node.input[2]:
-            raise CxrError(f"{source}: {node.op_type} {node.name!r} has no zero point (UINT8 by default); cannot make it INT8")
+            raise CxrError(
+                f"{source}: {node.op_type} {node.name!r} has no zero point (UINT8 by default); cannot make it INT8"
+            )
         zp, scale = inits.get(node.input[2]), inits.get(node.input[1])
         if zp is None or scale is None:
-            raise CxrError(f"{source}: {node.op_type} {node.name!r} takes its scale or zero point from a node, not a constant")
+            raise CxrError(
+                f"{source}: {node.op_type} {node.name!r} takes its scale or zero point from a node, not a constant"
+            )
         if zp.data_type == TensorProto.UINT8:
             if np.any(numpy_helper.to_array(zp) != 0):
-                raise CxrError(f"{source}: {node.op_type} {node.name!r} is asymmetric (non-zero zero point); TensorRT needs symmetric Q/DQ")
+                raise CxrError(
+                    f"{source}: {node.op_type} {node.name!r} is asymmetric (non-zero zero point); TensorRT needs symmetric Q/DQ"
+                )
             unsigned.append(node)
         elif zp.data_type == TensorProto.INT8:
             signed_scales.add(scale.name)
@@ -65,13 +71,19 @@ def to_signed_int8(model: Any, source: object = "model") -> int:
     for node in unsigned:
         scale_name, zp_name = node.input[1], node.input[2]
         if scale_name in signed_scales:
-            raise CxrError(f"{source}: scale {scale_name!r} is shared by UINT8 and INT8 quantizers; cannot re-encode it")
+            raise CxrError(
+                f"{source}: scale {scale_name!r} is shared by UINT8 and INT8 quantizers; cannot re-encode it"
+            )
         if zp_name not in changed_zp:
-            inits[zp_name].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(inits[zp_name]).astype(np.int8), zp_name))
+            inits[zp_name].CopyFrom(
+                numpy_helper.from_array(numpy_helper.to_array(inits[zp_name]).astype(np.int8), zp_name)
+            )
             changed_zp.add(zp_name)
         if scale_name not in changed_scale:
             s = numpy_helper.to_array(inits[scale_name])
-            inits[scale_name].CopyFrom(numpy_helper.from_array((s.astype(np.float64) * 255 / 127).astype(s.dtype), scale_name))
+            inits[scale_name].CopyFrom(
+                numpy_helper.from_array((s.astype(np.float64) * 255 / 127).astype(s.dtype), scale_name)
+            )
             changed_scale.add(scale_name)
     quantized = {n.output[0] for n in unsigned if n.op_type == "QuantizeLinear"}
     for info in [*model.graph.value_info, *model.graph.output]:  # the declared types of the quantized tensors

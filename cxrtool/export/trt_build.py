@@ -25,8 +25,8 @@ from typing import Any
 
 from cxrtool.config import PreprocessCfg
 from cxrtool.errors import CxrError
-from cxrtool.modelfile import BatchProfile
 from cxrtool.export.qdq import QDQ_OPS, qdq_zero_point_types
+from cxrtool.modelfile import BatchProfile
 from cxrtool.runtimes.trtlib import network_flags
 
 
@@ -47,13 +47,19 @@ def precision_onnx(onnx_path: Path, precision: str) -> bytes:
     has_qdq = any(n.op_type in QDQ_OPS for n in model.graph.node)
     if precision == "int8":
         if not has_qdq:
-            raise CxrError(f"{onnx_path}: no QuantizeLinear/DequantizeLinear nodes; an INT8 engine needs the Q/DQ ONNX from `export --int8`")
+            raise CxrError(
+                f"{onnx_path}: no QuantizeLinear/DequantizeLinear nodes; an INT8 engine needs the Q/DQ ONNX from `export --int8`"
+            )
         unsigned = sorted({kind for kind in qdq_zero_point_types(model) if kind != "INT8"})
         if unsigned:  # a Q/DQ ONNX written before cxrtool re-encoded NNCF's UINT8 quantizers
-            raise CxrError(f"{onnx_path}: has {'/'.join(unsigned)} Q/DQ nodes; TensorRT takes INT8 only: run `export --trt --int8` again")
+            raise CxrError(
+                f"{onnx_path}: has {'/'.join(unsigned)} Q/DQ nodes; TensorRT takes INT8 only: run `export --trt --int8` again"
+            )
         return model.SerializeToString()
     if has_qdq:
-        raise CxrError(f"{onnx_path}: is a Q/DQ (INT8) ONNX; build it with --int8, or give the fp32 export for {precision}")
+        raise CxrError(
+            f"{onnx_path}: is a Q/DQ (INT8) ONNX; build it with --int8, or give the fp32 export for {precision}"
+        )
     if precision == "fp16":
         from onnxconverter_common import float16
 
@@ -77,7 +83,10 @@ def build_serialized(
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(onnx_bytes):
-        errors = "; ".join(" ".join(str(parser.get_error(i)).split()) for i in range(parser.num_errors)) or "no error recorded"
+        errors = (
+            "; ".join(" ".join(str(parser.get_error(i)).split()) for i in range(parser.num_errors))
+            or "no error recorded"
+        )
         raise CxrError(f"{source}: TensorRT's ONNX parser failed: {errors}")
     if network.num_inputs != 1:
         raise CxrError(f"{source}: expected one input, the network has {network.num_inputs}")

@@ -21,9 +21,13 @@ def engine_precision(*, fp16: bool, int8: bool, calib: str | Path | None) -> str
     only INT8 path TensorRT 11 has); fp16 and int8 are separate precisions, not a mix.
     """
     if fp16 and int8:
-        raise CxrError("choose one TensorRT precision: --fp16 or --int8 (an INT8 engine runs what its Q/DQ ONNX leaves unquantized in that file's own types)")
+        raise CxrError(
+            "choose one TensorRT precision: --fp16 or --int8 (an INT8 engine runs what its Q/DQ ONNX leaves unquantized in that file's own types)"
+        )
     if int8 and calib is None:
-        raise CxrError("--int8 needs --calib DIR|MANIFEST: films to calibrate on (a quarter is held back to check the result)")
+        raise CxrError(
+            "--int8 needs --calib DIR|MANIFEST: films to calibrate on (a quarter is held back to check the result)"
+        )
     if calib is not None and not int8:
         raise CxrError("--calib is only used with --int8")
     if calib is not None and not Path(calib).exists():

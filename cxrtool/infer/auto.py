@@ -72,7 +72,12 @@ def _version(module: str) -> str:
 def machine_key() -> str:
     """Stable id of "this machine" for speed purposes: CPU model, speed flags, cores, runtime versions."""
     flags = sorted(cpu_flags() & set(SPEED_FLAGS))
-    parts = [cpu_name(), ",".join(flags), str(os.cpu_count()), *(f"{m}={_version(m)}" for m in ("onnxruntime", "openvino", "torch"))]
+    parts = [
+        cpu_name(),
+        ",".join(flags),
+        str(os.cpu_count()),
+        *(f"{m}={_version(m)}" for m in ("onnxruntime", "openvino", "torch")),
+    ]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
@@ -114,7 +119,9 @@ def save_measurements(rows: list[tuple[Path, str, int, float]]) -> Path:
             stored[key] = {"model_ips": float(ips), "batch_size": int(batch_size), "file": Path(path).name}
     target = _cache_file()
     target.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(target, json.dumps({"machine": cpu_name(), "measurements": stored}, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(
+        target, json.dumps({"machine": cpu_name(), "measurements": stored}, indent=2, sort_keys=True) + "\n"
+    )
     return target
 
 
@@ -169,9 +176,14 @@ def rank(found: list[Candidate], device: str, measurements: dict[str, dict[str, 
         order = sorted(found, key=lambda c: -measured[id(c)]["model_ips"])
         best = measured[id(order[0])]
         others = ", ".join(f"{c.label} {measured[id(c)]['model_ips']:.1f}" for c in order[1:])
-        head = (f"fastest measured here (cxrtool bench --save): {order[0].label} {best['model_ips']:.1f} img/s "
-                f"at batch {best['batch_size']}" + (f" vs {others}" if others else ""))
-        return [Choice(c, head if i == 0 else f"measured {measured[id(c)]['model_ips']:.1f} img/s") for i, c in enumerate(order)]
+        head = (
+            f"fastest measured here (cxrtool bench --save): {order[0].label} {best['model_ips']:.1f} img/s "
+            f"at batch {best['batch_size']}" + (f" vs {others}" if others else "")
+        )
+        return [
+            Choice(c, head if i == 0 else f"measured {measured[id(c)]['model_ips']:.1f} img/s")
+            for i, c in enumerate(order)
+        ]
     missing = ", ".join(c.label for c in found if not measured[id(c)])
     return _rank_cpu(found, cpu_flags(), f"no bench measurement here for {missing}")
 
@@ -201,7 +213,10 @@ def _rank_cpu(found: list[Candidate], flags: set[str], why_not_measured: str) ->
 def _rank_cuda(found: list[Candidate]) -> list[Choice]:
     order = ["tensorrt", "torch", "onnxruntime"]
     ranked = sorted(found, key=lambda c: order.index(c.label) if c.label in order else len(order))
-    return [Choice(c, "TensorRT engine on a usable CUDA device" if c.label == "tensorrt" else f"{c.label} on CUDA") for c in ranked]
+    return [
+        Choice(c, "TensorRT engine on a usable CUDA device" if c.label == "tensorrt" else f"{c.label} on CUDA")
+        for c in ranked
+    ]
 
 
 def load_auto(model: LoadedModel, device: str, **options: Any) -> Any:
@@ -215,10 +230,15 @@ def load_auto(model: LoadedModel, device: str, **options: Any) -> Any:
         from cxrtool.runtimes.trt_runner import cuda_problem
 
         problem = cuda_problem(device)
-        notes.append(f"TensorRT not used: {problem}" if problem else "TensorRT not used: no current engine for this model")
+        notes.append(
+            f"TensorRT not used: {problem}" if problem else "TensorRT not used: no current engine for this model"
+        )
     ranked = rank(found, device)
     if not ranked:
-        raise CxrError(f"{path}: no available backend can run a '{path.suffix}' model on {device}" + "".join(f" ({n})" for n in notes))
+        raise CxrError(
+            f"{path}: no available backend can run a '{path.suffix}' model on {device}"
+            + "".join(f" ({n})" for n in notes)
+        )
     for choice in ranked:
         c = choice.candidate
         try:

@@ -23,9 +23,9 @@ from cxrtool.infer.rows import Prediction
 HeaderFn = Callable[[str], "HeaderVerdict | None"]
 
 if TYPE_CHECKING:
-    from cxrtool.trust.gate import HeaderVerdict
     from cxrtool.infer.backends import Backend
     from cxrtool.trust import Trust
+    from cxrtool.trust.gate import HeaderVerdict
 
 
 def predict_batch(

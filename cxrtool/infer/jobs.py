@@ -16,7 +16,6 @@ from typing import Protocol, runtime_checkable
 from cxrtool.errors import CxrError
 from cxrtool.inputs import iter_input_files
 
-
 _SHARD = re.compile(r"([0-9]+)/([0-9]+)")
 
 

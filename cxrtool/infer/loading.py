@@ -44,9 +44,12 @@ def load_backend(
         if match is None:
             exportable = path.suffix.lower() in (".safetensors", ".onnx")
             hint = (
-                "give it the checkpoint (.safetensors) the export was made from" if ".safetensors" in cls.suffixes
-                else "run `cxrtool export` on it first" if exportable else "give it another model file"
-            )  # fmt: skip
+                "give it the checkpoint (.safetensors) the export was made from"
+                if ".safetensors" in cls.suffixes
+                else "run `cxrtool export` on it first"
+                if exportable
+                else "give it another model file"
+            )
             raise CxrError(f"{path}: backend {backend!r} loads {', '.join(cls.suffixes)} files; {hint}")
         found, chosen = match
         if chosen is None:

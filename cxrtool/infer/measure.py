@@ -80,7 +80,14 @@ class BenchReport:
                 continue
             for r in self.rows:
                 if r.variant == num and (d := self.row(den, r.batch_size)):
-                    out.append({"variant": num, "baseline": den, "batch_size": r.batch_size, "speedup": r.model_ips / d.model_ips})
+                    out.append(
+                        {
+                            "variant": num,
+                            "baseline": den,
+                            "batch_size": r.batch_size,
+                            "speedup": r.model_ips / d.model_ips,
+                        }
+                    )
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -149,7 +156,9 @@ def _variant_specs(models: Sequence[Path], backends: Sequence[str] | None, devic
     return sorted(specs.values(), key=order)
 
 
-def _inputs(files: list[Path], cfg: PreprocessCfg, n_noise: int, step: Any) -> tuple[np.ndarray, float | None, list[Path]]:
+def _inputs(
+    files: list[Path], cfg: PreprocessCfg, n_noise: int, step: Any
+) -> tuple[np.ndarray, float | None, list[Path]]:
     """Preprocessed films, the mean decode time per film and the films that decoded; seeded noise when there are none.
 
     An unreadable file (the demo's deliberately truncated one) is left out, not fatal: the caller reports the count.
@@ -303,7 +312,9 @@ def _auto_choice(specs: list[Candidate], measured: list[tuple[Path, str, int, fl
 
     sizes = {bs for _, _, bs, _ in measured}
     bs = DECIDING_BATCH if DECIDING_BATCH in sizes else max(sizes)
-    numbers = {f"{_file_key(p)}|{label}": {"model_ips": ips, "batch_size": b} for p, label, b, ips in measured if b == bs}
+    numbers = {
+        f"{_file_key(p)}|{label}": {"model_ips": ips, "batch_size": b} for p, label, b, ips in measured if b == bs
+    }
     ranked = rank(specs, device, numbers)
     if not ranked:
         return {}
@@ -320,7 +331,9 @@ def _auto_choice(specs: list[Candidate], measured: list[tuple[Path, str, int, fl
     }
 
 
-def _time_e2e(engine: Backend, files: list[Path], batch_size: int, workers: int | None, tmp: Path, min_images: int) -> float:
+def _time_e2e(
+    engine: Backend, files: list[Path], batch_size: int, workers: int | None, tmp: Path, min_images: int
+) -> float:
     """Images/s of a full predict run over ``files``, repeated (as links) to at least ``min_images``.
 
     A run has fixed costs (reading the model's statistics, hashing the model file for its id): on

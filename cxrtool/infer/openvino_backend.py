@@ -37,7 +37,10 @@ def compile_config(precision: str, hint: str, threads: int | None, *, bf16_suppo
     if precision == "bf16" and not bf16_supported:
         raise CxrError("this CPU has no bf16 support (OpenVINO lists no BF16 capability); use precision f32 or auto")
     use_bf16 = precision == "bf16" or (precision == "auto" and bf16_supported)
-    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "bf16" if use_bf16 else "f32", "PERFORMANCE_HINT": hint.upper()}
+    config: dict[str, Any] = {
+        "INFERENCE_PRECISION_HINT": "bf16" if use_bf16 else "f32",
+        "PERFORMANCE_HINT": hint.upper(),
+    }
     if threads:
         config["INFERENCE_NUM_THREADS"] = int(threads)
     return config
@@ -49,7 +52,12 @@ class OpenVINOBackend(Backend):
     suffixes = (ONNX_SUFFIX, IR_SUFFIX)
 
     def __init__(
-        self, path: Path, card: ModelCard, device: str, compiled: Any, config: dict[str, Any],
+        self,
+        path: Path,
+        card: ModelCard,
+        device: str,
+        compiled: Any,
+        config: dict[str, Any],
         int8: dict[str, Any] | None = None,
     ):
         super().__init__(path, card, device)
@@ -132,4 +140,9 @@ class OpenVINOBackend(Backend):
 
     def describe(self) -> dict[str, Any]:
         hint = self.config["PERFORMANCE_HINT"].lower()
-        return {**super().describe(), "precision": self.precision, "hint": hint, "threads": self.config.get("INFERENCE_NUM_THREADS", "default")}
+        return {
+            **super().describe(),
+            "precision": self.precision,
+            "hint": hint,
+            "threads": self.config.get("INFERENCE_NUM_THREADS", "default"),
+        }

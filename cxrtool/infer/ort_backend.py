@@ -68,4 +68,8 @@ class OnnxRuntimeBackend(Backend):
         return logits, features
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "providers": ",".join(self.session.get_providers()), "threads": self.threads or "default"}
+        return {
+            **super().describe(),
+            "providers": ",".join(self.session.get_providers()),
+            "threads": self.threads or "default",
+        }

@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from cxrtool.infer.backends import Backend
 from cxrtool.errors import CxrError
+from cxrtool.infer.backends import Backend
 from cxrtool.modelfile import EngineSidecar, check_compatible
 from cxrtool.modelfile.loaded import LoadedModel
 from cxrtool.runtimes.trt_runner import TrtRunner, cuda_problem, current_gpu
@@ -45,7 +45,11 @@ class TensorRTBackend(Backend):
         trt = import_tensorrt()
         gpu_name, capability = current_gpu(index)
         check_compatible(
-            sidecar, path, tensorrt_version=trt.__version__, gpu_name=gpu_name, compute_capability=capability,
+            sidecar,
+            path,
+            tensorrt_version=trt.__version__,
+            gpu_name=gpu_name,
+            compute_capability=capability,
             engine_sha256=model.sha256,
         )
         return cls(path, sidecar, device, TrtRunner(model.data, index))

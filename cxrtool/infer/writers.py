@@ -76,7 +76,9 @@ class PredictionWriter(abc.ABC):
     def _check_model(self, found: str | None) -> None:
         want = self.fmt.meta["model_id"]
         if found and found != want:
-            raise CxrError(f"{display_path(self.path)}: was written by model {found}, not {want}; use another --out (or --overwrite)")
+            raise CxrError(
+                f"{display_path(self.path)}: was written by model {found}, not {want}; use another --out (or --overwrite)"
+            )
 
     def _read(self) -> io.TextIOBase:
         return open_names(self.path)
@@ -90,10 +92,14 @@ class CsvWriter(PredictionWriter):
             if reader.fieldnames is None:
                 return seen
             if list(reader.fieldnames) != self.fmt.columns():
-                raise CxrError(f"{display_path(self.path)}: its columns differ from this model's; use another --out (or --overwrite)")
+                raise CxrError(
+                    f"{display_path(self.path)}: its columns differ from this model's; use another --out (or --overwrite)"
+                )
             for row in reader:
                 if row.get("error") is None:
-                    raise CxrError(f"{display_path(self.path)}: line {reader.line_num} has missing columns; not a predict output?")
+                    raise CxrError(
+                        f"{display_path(self.path)}: line {reader.line_num} has missing columns; not a predict output?"
+                    )
                 self._check_model(row.get("model_id"))
                 seen.add(row["path"])
         return seen
@@ -116,9 +122,13 @@ class JsonlWriter(PredictionWriter):
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError:
-                    raise CxrError(f"{display_path(self.path)}: line {number} is not JSON; not a predict output?") from None
+                    raise CxrError(
+                        f"{display_path(self.path)}: line {number} is not JSON; not a predict output?"
+                    ) from None
                 if list(row.get("probabilities") or self.fmt.class_names) != self.fmt.class_names:
-                    raise CxrError(f"{display_path(self.path)}: its classes differ from this model's; use another --out (or --overwrite)")
+                    raise CxrError(
+                        f"{display_path(self.path)}: its classes differ from this model's; use another --out (or --overwrite)"
+                    )
                 self._check_model(row.get("model_id"))
                 seen.add(row["path"])
         return seen

@@ -35,6 +35,7 @@ def _attribute_names() -> frozenset[str]:
 
 def redact(text: str) -> str:
     """``text`` with UID-like tokens and quoted values replaced by their hash (attribute names kept)."""
+
     def quoted(match: re.Match) -> str:
         value = match[1] if match[1] is not None else match[2]
         return match[0] if value in _attribute_names() else f"<{value_hash(value)}>"

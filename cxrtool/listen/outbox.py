@@ -101,8 +101,12 @@ class Outbox:
                 delay = self.first_backoff
                 continue
             self.failures += 1
-            LOG.warning("destination %s unavailable; %d result(s) queued, retrying in %.0f s",
-                        self.sender.describe(), len(self.pending()), delay)
+            LOG.warning(
+                "destination %s unavailable; %d result(s) queued, retrying in %.0f s",
+                self.sender.describe(),
+                len(self.pending()),
+                delay,
+            )
             self._stop.wait(delay)
             delay = min(delay * 2, self.max_backoff)
 

@@ -73,8 +73,9 @@ def _reason(exc: BaseException) -> str:
     return getattr(exc, "strerror", None) or getattr(exc, "reason", None) or type(exc).__name__
 
 
-def build_ae(ae_title: str, allow: Sequence[Peer], *, max_associations: int, check_called_aet: bool,
-             accept_non_image: bool) -> Any:
+def build_ae(
+    ae_title: str, allow: Sequence[Peer], *, max_associations: int, check_called_aet: bool, accept_non_image: bool
+) -> Any:
     """The pynetdicom AE for ``listen``: contexts, AE title checks and the association limit set."""
     from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
     from pynetdicom.sop_class import Verification

@@ -79,8 +79,15 @@ class Listener:
             self.retried = self.spool.retry_failed() if config.retry_failed else 0
             sender = _sender(config)
             self.outbox = Outbox(config.out / "outbox", sender, max_backoff=config.max_backoff) if sender else None
-            self.worker = Worker(config.model, config.out, self.spool, self.outbox, backend=config.backend,
-                                 composite=config.composite, max_retry=config.max_retry)
+            self.worker = Worker(
+                config.model,
+                config.out,
+                self.spool,
+                self.outbox,
+                backend=config.backend,
+                composite=config.composite,
+                max_retry=config.max_retry,
+            )
         except BaseException:
             self._owned.close()
             raise
@@ -99,18 +106,33 @@ class Listener:
 
         quiet_library_loggers()
         c = self.config
-        ae = build_ae(c.ae_title, c.allow, max_associations=c.max_associations, check_called_aet=c.check_called_aet,
-                      accept_non_image=c.accept_non_image)
+        ae = build_ae(
+            c.ae_title,
+            c.allow,
+            max_associations=c.max_associations,
+            check_called_aet=c.check_called_aet,
+            accept_non_image=c.accept_non_image,
+        )
         handlers = [
-            (evt.EVT_REQUESTED, self._on_requested), (evt.EVT_C_ECHO, self._on_echo), (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_C_STORE, self._on_store),
         ]
         if self.outbox is not None:
             self.outbox.start()
         self.worker.start()  # films left from a previous run are processed first
         self._server = ae.start_server((c.bind, c.port), block=False, evt_handlers=handlers, ssl_context=self._ssl)
-        LOG.info("listening as %s on %s:%d%s (%d film(s) in the spool; %d moved back from failed/; "
-                 "%d stale temp file(s) removed)", c.ae_title, c.bind, self.port, " with TLS" if self._ssl else "",
-                 len(self.spool), self.retried, self.stale_removed)
+        LOG.info(
+            "listening as %s on %s:%d%s (%d film(s) in the spool; %d moved back from failed/; "
+            "%d stale temp file(s) removed)",
+            c.ae_title,
+            c.bind,
+            self.port,
+            " with TLS" if self._ssl else "",
+            len(self.spool),
+            self.retried,
+            self.stale_removed,
+        )
         return self
 
     def stop(self) -> None:
@@ -141,8 +163,11 @@ class Listener:
         sop_class = str(event.request.AffectedSOPClassUID or "")
         if sop_class not in IMAGE_SOP_CLASSES:  # only reachable with accept_non_image
             self.ignored += 1
-            LOG.info("object %s: %s is not an image the model reads; acknowledged and ignored",
-                     uid_key(uid), UID(sop_class).name)
+            LOG.info(
+                "object %s: %s is not an image the model reads; acknowledged and ignored",
+                uid_key(uid),
+                UID(sop_class).name,
+            )
             return SUCCESS
         with self._lock:
             if len(self.spool) >= self.config.max_queue:

@@ -34,10 +34,23 @@ if TYPE_CHECKING:
 LOG = logging.getLogger("cxrtool.listen")
 
 #: errors of the machine, not of the film: the film waits in the spool and is tried again
-TRANSIENT_ERRNOS = frozenset({
-    errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EAGAIN, errno.EBUSY, errno.ENOMEM,
-    errno.EMFILE, errno.ENFILE, errno.ESTALE, errno.ETIMEDOUT, errno.EACCES, errno.EPERM,
-})  # fmt: skip
+TRANSIENT_ERRNOS = frozenset(
+    {
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.EIO,
+        errno.EROFS,
+        errno.EAGAIN,
+        errno.EBUSY,
+        errno.ENOMEM,
+        errno.EMFILE,
+        errno.ENFILE,
+        errno.ESTALE,
+        errno.ETIMEDOUT,
+        errno.EACCES,
+        errno.EPERM,
+    }
+)
 
 
 def is_transient(exc: BaseException | None) -> bool:
@@ -62,9 +75,19 @@ class FilmError(Exception):
 class Worker:
     """Processes the spool until stopped; the film in progress is always finished first."""
 
-    def __init__(self, model: str | Path, out: str | Path, spool: Spool, outbox: Outbox | None, *,
-                 backend: str = "auto", device: str = "cpu", composite: str | None = None,
-                 first_retry: float = 1.0, max_retry: float = 300.0):
+    def __init__(
+        self,
+        model: str | Path,
+        out: str | Path,
+        spool: Spool,
+        outbox: Outbox | None,
+        *,
+        backend: str = "auto",
+        device: str = "cpu",
+        composite: str | None = None,
+        first_retry: float = 1.0,
+        max_retry: float = 300.0,
+    ):
         from cxrtool.config import resolve_preprocess
         from cxrtool.infer.rows import RowFormat
         from cxrtool.infer.writers import CsvWriter, drop_torn_tail
@@ -207,8 +230,13 @@ class Worker:
         """The film's row, from predict's own batching with the loaded backend (no file is re-read for it)."""
         from cxrtool.infer.batching import iter_predictions
 
-        rows = [r for batch in iter_predictions(self.engine, [str(path)], batch_size=1, workers=0, max_pending=1,
-                                                cfg=self.cfg, trust=self.trust) for r in batch]
+        rows = [
+            r
+            for batch in iter_predictions(
+                self.engine, [str(path)], batch_size=1, workers=0, max_pending=1, cfg=self.cfg, trust=self.trust
+            )
+            for r in batch
+        ]
         return rows[0]
 
     def _append(self, row: Prediction) -> None:
@@ -252,8 +280,11 @@ class Worker:
         if stale:
             if self.outbox is not None:
                 self.outbox.withdraw([p.name for p in stale])
-            LOG.info("film %s: new content for an instance analysed before; %d earlier result(s) replaced",
-                     path.name, len(stale))
+            LOG.info(
+                "film %s: new content for an instance analysed before; %d earlier result(s) replaced",
+                path.name,
+                len(stale),
+            )
 
     @staticmethod
     def _is_own_result(path: Path) -> bool:

@@ -117,8 +117,15 @@ class ModelCard:
             raise ValueError("field 'class_names' repeats a name")
         if not isinstance(data["arch"], str):
             raise ValueError("field 'arch' must be a string")
-        kinds = {"preprocess": dict, "config": dict, "metrics": dict, "dataset": dict, "lineage": list,
-                 "calibration": dict, "ood": dict}  # fmt: skip
+        kinds = {
+            "preprocess": dict,
+            "config": dict,
+            "metrics": dict,
+            "dataset": dict,
+            "lineage": list,
+            "calibration": dict,
+            "ood": dict,
+        }
         for key, kind in kinds.items():
             if not isinstance(data.get(key) or kind(), kind):
                 raise ValueError(f"field {key!r} must be a JSON {kind.__name__.replace('dict', 'object')}")
@@ -348,7 +355,9 @@ class BatchProfile:
 
     def __post_init__(self) -> None:
         if not 1 <= self.min <= self.opt <= self.max:
-            raise CxrError(f"batch sizes must satisfy 1 <= min <= opt <= max, got min={self.min} opt={self.opt} max={self.max}")
+            raise CxrError(
+                f"batch sizes must satisfy 1 <= min <= opt <= max, got min={self.min} opt={self.opt} max={self.max}"
+            )
 
 
 @dataclass
@@ -420,7 +429,13 @@ def read_sidecar(engine: str | Path) -> EngineSidecar:
 
 
 def check_compatible(
-    sidecar: EngineSidecar, engine: str | Path, *, tensorrt_version: str, gpu_name: str, compute_capability: str, engine_sha256: str | None = None
+    sidecar: EngineSidecar,
+    engine: str | Path,
+    *,
+    tensorrt_version: str,
+    gpu_name: str,
+    compute_capability: str,
+    engine_sha256: str | None = None,
 ) -> None:
     """Refuse an engine built for another TensorRT version or GPU model, or not the one the sidecar describes.
 
@@ -432,7 +447,11 @@ def check_compatible(
         raise CxrError(f"{engine}: the engine file does not match its sidecar (replaced or damaged); {rebuild}")
     built = f"TensorRT {sidecar.tensorrt_version} on {sidecar.gpu_name} (compute {sidecar.compute_capability})"
     here = f"TensorRT {tensorrt_version} on {gpu_name} (compute {compute_capability})"
-    if (sidecar.tensorrt_version, sidecar.gpu_name, sidecar.compute_capability) != (tensorrt_version, gpu_name, compute_capability):
+    if (sidecar.tensorrt_version, sidecar.gpu_name, sidecar.compute_capability) != (
+        tensorrt_version,
+        gpu_name,
+        compute_capability,
+    ):
         raise CxrError(f"{engine}: built for {built}, this machine has {here}; {rebuild}")
 
 

@@ -15,13 +15,41 @@ _TORCHVISION = "https://download.pytorch.org/models/"
 _TXRV_RELEASE = "https://github.com/mlmed/torchxrayvision/releases/download/v1/"
 _TXRV_SUFFIX = "-densenet121-d121-tw-lr001-rot45-tr15-sc15-seed0-best.pt"
 _CXR14 = (
-    "Atelectasis", "Consolidation", "Infiltration", "Pneumothorax", "Edema", "Emphysema", "Fibrosis", "Effusion",
-    "Pneumonia", "Pleural_Thickening", "Cardiomegaly", "Nodule", "Mass", "Hernia",
-)  # fmt: skip
+    "Atelectasis",
+    "Consolidation",
+    "Infiltration",
+    "Pneumothorax",
+    "Edema",
+    "Emphysema",
+    "Fibrosis",
+    "Effusion",
+    "Pneumonia",
+    "Pleural_Thickening",
+    "Cardiomegaly",
+    "Nodule",
+    "Mass",
+    "Hernia",
+)
 _CHEX = (
-    "Atelectasis", "Consolidation", "", "Pneumothorax", "Edema", "", "", "Effusion", "Pneumonia", "", "Cardiomegaly",
-    "", "", "", "Lung Lesion", "Fracture", "Lung Opacity", "Enlarged Cardiomediastinum",
-)  # fmt: skip
+    "Atelectasis",
+    "Consolidation",
+    "",
+    "Pneumothorax",
+    "Edema",
+    "",
+    "",
+    "Effusion",
+    "Pneumonia",
+    "",
+    "Cardiomegaly",
+    "",
+    "",
+    "",
+    "Lung Lesion",
+    "Fracture",
+    "Lung Opacity",
+    "Enlarged Cardiomediastinum",
+)
 
 
 @dataclass(frozen=True)
@@ -94,11 +122,15 @@ KNOWN: dict[str, WeightFile] = {
         WeightFile("densenet121", "torchvision", "densenet121", _TORCHVISION + "densenet121-a639ec97.pth"),
         WeightFile("densenet201", "torchvision", "densenet201", _TORCHVISION + "densenet201-c1103571.pth"),
         WeightFile(
-            "densenet121.tv_in1k", "timm", "densenet121",
+            "densenet121.tv_in1k",
+            "timm",
+            "densenet121",
             "https://huggingface.co/timm/densenet121.tv_in1k/resolve/main/model.safetensors",
         ),
         WeightFile(
-            "densenet201.tv_in1k", "timm", "densenet201",
+            "densenet201.tv_in1k",
+            "timm",
+            "densenet201",
             "https://huggingface.co/timm/densenet201.tv_in1k/resolve/main/model.safetensors",
         ),
         _txrv("nih", "nih", (*_CXR14, "", "", "", "")),
@@ -109,7 +141,7 @@ KNOWN: dict[str, WeightFile] = {
         _txrv("mimic_nb", "mimic_nb", _CHEX),
         _txrv("mimic_ch", "mimic_ch", _CHEX),
     )
-}  # fmt: skip
+}
 
 
 def imagenet_files(arch: str) -> list[WeightFile]:

@@ -20,7 +20,9 @@ if TYPE_CHECKING:
     from cxrtool.modelfile.loaded import LoadedModel
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, card: ModelCard, extra: dict[str, torch.Tensor] | None = None) -> Path:
+def save_checkpoint(
+    path: str | Path, model: nn.Module, card: ModelCard, extra: dict[str, torch.Tensor] | None = None
+) -> Path:
     """Write weights and card atomically (a crash never leaves a half-written checkpoint).
 
     ``extra``: tensors that are not weights (the OOD statistics, keys under ``TRUST_PREFIX``).

@@ -42,7 +42,9 @@ class DenseNetClassifier(nn.Sequential):
         One block per transition layer (global-average-pooled output) and ``penultimate`` (the pooled
         input of ``classifier``): early depths see texture and contrast, the last one the content.
         """
-        layout = [(name, m.conv.out_channels) for name, m in self.features.named_children() if name.startswith("transition")]
+        layout = [
+            (name, m.conv.out_channels) for name, m in self.features.named_children() if name.startswith("transition")
+        ]
         return [*layout, ("penultimate", self.classifier.in_features)]
 
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

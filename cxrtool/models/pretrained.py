@@ -230,10 +230,14 @@ def initialise(
     if init == "imagenet":
         state, weights, path = load_imagenet_state(arch)
         report = InitReport(source="imagenet", path=str(path), fresh=list(class_names))
-        report.lineage = [{
-            "source": "imagenet", "weights": f"{weights.kind}:{weights.name}", "file": path.name,
-            "sha256": file_sha256(path),
-        }]  # fmt: skip
+        report.lineage = [
+            {
+                "source": "imagenet",
+                "weights": f"{weights.kind}:{weights.name}",
+                "file": path.name,
+                "sha256": file_sha256(path),
+            }
+        ]
         _load_backbone(model, state, source=str(path), notes=report.notes)
         return report
 
@@ -262,8 +266,9 @@ def initialise(
             raise CxrError(f"{path}: --keep-neurons needs the old class names; give --init-classes for a state dict")
         if head is None:
             raise CxrError(f"{path}: --keep-neurons asked for, but the file has no classifier weights")
-        report.kept = keep_output_neurons(model.classifier, *head, old_names=old_names, new_names=class_names,
-                                          keep_map=keep_map)  # fmt: skip
+        report.kept = keep_output_neurons(
+            model.classifier, *head, old_names=old_names, new_names=class_names, keep_map=keep_map
+        )
     kept = {new for new, _ in report.kept}
     report.fresh = [c for c in class_names if c not in kept]
     return report

@@ -62,9 +62,12 @@ class TxrvWeights:
 def txrv_preprocess(channels: int = 1) -> PreprocessCfg:
     """The :class:`PreprocessCfg` that reproduces torchxrayvision's input (module docstring)."""
     return PreprocessCfg(
-        input_size=TXRV_SIZE, channels=channels, mean=(TXRV_MEAN,) * channels, std=(TXRV_STD,) * channels,
+        input_size=TXRV_SIZE,
+        channels=channels,
+        mean=(TXRV_MEAN,) * channels,
+        std=(TXRV_STD,) * channels,
         resize="center_crop",
-    )  # fmt: skip
+    )
 
 
 def resolve_txrv(spec: str) -> Path:
@@ -128,10 +131,14 @@ def read_txrv(obj: PickledObject, path: Path, *, labels: Sequence[str] | None = 
     if channels not in (1, 3):
         raise CxrError(f"{path}: first convolution takes {channels} channels; 1 or 3 are supported")
     entry: dict[str, Any] = {
-        "source": "torchxrayvision", "file": path.name, "sha256": file_sha256(path), "path": str(path.resolve()),
-        "weights": published.name if published else None, "url": published.url if published else None,
+        "source": "torchxrayvision",
+        "file": path.name,
+        "sha256": file_sha256(path),
+        "path": str(path.resolve()),
+        "weights": published.name if published else None,
+        "url": published.url if published else None,
         "class_names": [names[i] for i in keep],
-    }  # fmt: skip
+    }
     card = ModelCard(arch, "multilabel", entry["class_names"], preprocess=txrv_preprocess(channels), lineage=[entry])
     return TxrvWeights(state, card, notes)
 

@@ -22,8 +22,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from cxrtool.prep.layouts import ClassMap, Item, LayoutOptions, LayoutReport, Progress, build_manifest, norm_class
 from cxrtool.errors import CxrError
+from cxrtool.prep.layouts import ClassMap, Item, LayoutOptions, LayoutReport, Progress, build_manifest, norm_class
 
 NAME = "covidx-cxr"
 DEFAULT_MAP: dict[str, str | None] = {

@@ -104,7 +104,9 @@ def hash_files(paths: Sequence[Path], *, workers: int = 1, progress: Progress | 
     """Perceptual hash (hex) or failure reason per path, in order; ``workers`` > 1 uses processes."""
     results: list[tuple[str, str]] = []
     if workers > 1 and len(paths) > 1:
-        with ProcessPoolExecutor(max_workers=workers, initializer=die_with, initargs=(os.getpid(),)) as pool:  # die with this run
+        with ProcessPoolExecutor(
+            max_workers=workers, initializer=die_with, initargs=(os.getpid(),)
+        ) as pool:  # die with this run
             for res in pool.map(_hash_one, paths, chunksize=8):
                 results.append(res)
                 if progress:
@@ -229,7 +231,9 @@ def prep_folder(
 
     keys = [[f"patient:{p}"] * bool(p) + [f"dup:{d}"] * bool(d) for p, d in zip(patient, dup_of)]
     units = connected_units(keys)
-    splits = assign_splits([[lab] for lab in labels], units, {"train": 1 - v - t, "val": v, "test": t}, seed=options.seed)
+    splits = assign_splits(
+        [[lab] for lab in labels], units, {"train": 1 - v - t, "val": v, "test": t}, seed=options.seed
+    )
     report.leaking_groups = len(crossing_groups(patient, splits)) + len(crossing_groups(dup_of, splits))
 
     groups = _unit_names(units, patient, namer)

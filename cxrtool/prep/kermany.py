@@ -36,7 +36,11 @@ _SPLITS = {"train": "train", "val": "val", "test": "test"}
 
 
 def _has_layout(d: Path) -> bool:
-    return (d / "train").is_dir() and (d / "test").is_dir() and any((d / "train" / c).is_dir() for c in ("NORMAL", "PNEUMONIA"))
+    return (
+        (d / "train").is_dir()
+        and (d / "test").is_dir()
+        and any((d / "train" / c).is_dir() for c in ("NORMAL", "PNEUMONIA"))
+    )
 
 
 def parse_name(name: str, folder: str) -> tuple[str, str] | None:
@@ -51,7 +55,9 @@ def parse_name(name: str, folder: str) -> tuple[str, str] | None:
 def list_items(root: Path, report: LayoutReport) -> list[Item]:
     items: list[Item] = []
     for split_dir in sorted(d for d in root.iterdir() if d.is_dir() and d.name.lower() in _SPLITS):
-        for class_dir in sorted(d for d in split_dir.iterdir() if d.is_dir() and d.name.upper() in ("NORMAL", "PNEUMONIA")):
+        for class_dir in sorted(
+            d for d in split_dir.iterdir() if d.is_dir() and d.name.upper() in ("NORMAL", "PNEUMONIA")
+        ):
             for p in iter_input_files([class_dir]):
                 parsed = parse_name(p.name, class_dir.name)
                 if parsed is None:
@@ -62,9 +68,18 @@ def list_items(root: Path, report: LayoutReport) -> list[Item]:
     return items
 
 
-def prep_kermany(root: str | Path, out: str | Path, options: LayoutOptions = LayoutOptions(), *, salt: str | None, progress: Progress | None = None) -> LayoutReport:
+def prep_kermany(
+    root: str | Path,
+    out: str | Path,
+    options: LayoutOptions = LayoutOptions(),
+    *,
+    salt: str | None,
+    progress: Progress | None = None,
+) -> LayoutReport:
     """``chest_xray/`` -> manifest: normal / viral_pneumonia / bacterial_pneumonia, official splits kept."""
-    root = find_root(Path(root), _has_layout, "a chest_xray folder with train/ and test/ holding NORMAL/ and PNEUMONIA/")
+    root = find_root(
+        Path(root), _has_layout, "a chest_xray folder with train/ and test/ holding NORMAL/ and PNEUMONIA/"
+    )
     report = LayoutReport(NAME, Path(out), root)
     class_map = ClassMap(DEFAULT_MAP, options.label_map, options.exclude)
     items = list_items(root, report)

@@ -27,11 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
+from cxrtool.errors import CxrError
+from cxrtool.manifest import write_manifest
 from cxrtool.prep.common import GroupNamer, manifest_path
 from cxrtool.prep.phash import DEFAULT_THRESHOLD, from_hex, group_pairs, near_duplicate_pairs
 from cxrtool.prep.splits import assign_splits, connected_units, crossing_groups
-from cxrtool.errors import CxrError
-from cxrtool.manifest import write_manifest
 
 Progress = Callable[[int, int], None]
 SPLITS = ("train", "val", "test")
@@ -77,7 +77,9 @@ class ClassMap:
 
     def _check(self, raw: str) -> None:
         if norm_class(raw) not in self._known:
-            raise CxrError(f"unknown dataset class {raw.strip()!r} (this dataset has: {', '.join(self._known.values())})")
+            raise CxrError(
+                f"unknown dataset class {raw.strip()!r} (this dataset has: {', '.join(self._known.values())})"
+            )
 
     def __call__(self, raw: str) -> str | None:
         return self._map.get(norm_class(raw))
@@ -156,11 +158,17 @@ def build_manifest(
     for it in items:
         label = class_map(it.raw_class)
         if label is None:
-            report.dropped[f"class {it.raw_class!r} excluded" if class_map.known(it.raw_class) else f"class {it.raw_class!r} unknown"] += 1
+            report.dropped[
+                f"class {it.raw_class!r} excluded"
+                if class_map.known(it.raw_class)
+                else f"class {it.raw_class!r} unknown"
+            ] += 1
         else:
             kept.append((it, label))
     if not kept:
-        raise CxrError(f"{report.root}: no images left after class mapping ({dict(report.dropped) or 'no images found'})")
+        raise CxrError(
+            f"{report.root}: no images left after class mapping ({dict(report.dropped) or 'no images found'})"
+        )
 
     dup_of = [""] * len(kept)
     if options.dedup:
@@ -212,12 +220,22 @@ def _splits(items: Sequence[Item], labels: Sequence[str], dup_of: Sequence[str],
     result = [it.split if it.split in ("val", "test") else "" for it in items]
     for pool, fractions in (
         ("train", {"train": 1 - options.val_fraction, "val": options.val_fraction}),
-        ("", {"train": 1 - options.val_fraction - options.test_fraction, "val": options.val_fraction, "test": options.test_fraction}),
+        (
+            "",
+            {
+                "train": 1 - options.val_fraction - options.test_fraction,
+                "val": options.val_fraction,
+                "test": options.test_fraction,
+            },
+        ),
     ):
         idx = [i for i, it in enumerate(items) if it.split == pool]
         if not idx:
             continue
-        keys = [[f"patient:{items[i].patient}"] * bool(items[i].patient) + [f"dup:{dup_of[i]}"] * bool(dup_of[i]) for i in idx]
+        keys = [
+            [f"patient:{items[i].patient}"] * bool(items[i].patient) + [f"dup:{dup_of[i]}"] * bool(dup_of[i])
+            for i in idx
+        ]
         carved = assign_splits([[labels[i]] for i in idx], connected_units(keys), fractions, seed=options.seed)
         for i, s in zip(idx, carved):
             result[i] = s
@@ -237,5 +255,7 @@ def find_root(root: Path, looks_right: Callable[[Path], bool], what: str) -> Pat
         hits = [d for d in level if looks_right(d)]
         if hits:
             return hits[0]
-        level = [c for d in level for c in sorted(d.iterdir()) if c.is_dir() and not c.name.startswith((".", "__MACOSX"))]
+        level = [
+            c for d in level for c in sorted(d.iterdir()) if c.is_dir() and not c.name.startswith((".", "__MACOSX"))
+        ]
     raise CxrError(f"{root}: {what} not found here or in the folders below it")

@@ -31,16 +31,22 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
+from cxrtool.errors import CxrError
+from cxrtool.labels import CHESTXRAY14, NO_FINDING
+from cxrtool.manifest import label_column, write_manifest
 from cxrtool.prep.common import GroupNamer, manifest_path
 from cxrtool.prep.splits import assign_splits, connected_units, crossing_groups
-from cxrtool.errors import CxrError
-from cxrtool.manifest import label_column, write_manifest
-from cxrtool.labels import CHESTXRAY14, NO_FINDING
 from cxrtool.task import LABEL_SEPARATOR
 
 SOURCE = "nih-chestxray14"
 _ORDER = {f: i for i, f in enumerate(CHESTXRAY14)}
-_REQUIRED = {"image index": "image", "finding labels": "labels", "follow-up #": "follow_up", "patient id": "patient", "view position": "view"}
+_REQUIRED = {
+    "image index": "image",
+    "finding labels": "labels",
+    "follow-up #": "follow_up",
+    "patient id": "patient",
+    "view position": "view",
+}
 
 
 def _norm(name: str) -> str:
@@ -270,7 +276,9 @@ class NihReport:
         return not self.bad_rows and not self.missing_kept and not self.patients_crossing
 
 
-def prep_nih(csv_path: str | Path, out: str | Path, options: NihOptions = NihOptions(), *, salt: str | None = None) -> NihReport:
+def prep_nih(
+    csv_path: str | Path, out: str | Path, options: NihOptions = NihOptions(), *, salt: str | None = None
+) -> NihReport:
     """Build and write the manifest for a Data_Entry file; returns the report.
 
     Order of steps: parse -> ``views`` -> ``max_follow_up`` -> image lookup (missing dropped
@@ -279,7 +287,11 @@ def prep_nih(csv_path: str | Path, out: str | Path, options: NihOptions = NihOpt
     """
     t0 = time.perf_counter()
     csv_path, out = Path(csv_path), Path(out)
-    if not 0 <= options.val_fraction < 1 or not 0 <= options.test_fraction < 1 or options.val_fraction + options.test_fraction >= 1:
+    if (
+        not 0 <= options.val_fraction < 1
+        or not 0 <= options.test_fraction < 1
+        or options.val_fraction + options.test_fraction >= 1
+    ):
         raise CxrError("--val-fraction and --test-fraction must be in [0, 1) and sum to less than 1")
     targets = parse_label_map(options.label_map) if options.label_map else None
     lists = _split_lists(csv_path, options)
@@ -305,7 +317,9 @@ def prep_nih(csv_path: str | Path, out: str | Path, options: NihOptions = NihOpt
         views = {v.strip().upper() for v in options.views}
         records = keep(records, lambda r: r.view in views, f"view not in {','.join(sorted(views))}")
     if options.max_follow_up is not None:
-        records = keep(records, lambda r: r.follow_up <= options.max_follow_up, f"follow-up # > {options.max_follow_up}")
+        records = keep(
+            records, lambda r: r.follow_up <= options.max_follow_up, f"follow-up # > {options.max_follow_up}"
+        )
 
     found: dict[str, Path] = {}
     if options.images:
@@ -401,7 +415,11 @@ def _make_splits(
     """Split per record ("" = dropped): official test + patient-wise val carve, or all carved."""
     strata = [[labels[r.image]] if labels else list(r.findings or (NO_FINDING,)) for r in records]
     if lists is None:
-        fractions = {"train": 1 - options.val_fraction - options.test_fraction, "val": options.val_fraction, "test": options.test_fraction}
+        fractions = {
+            "train": 1 - options.val_fraction - options.test_fraction,
+            "val": options.val_fraction,
+            "test": options.test_fraction,
+        }
         units = connected_units([[r.patient] for r in records])
         return assign_splits(strata, units, fractions, seed=options.seed)
 
@@ -413,7 +431,12 @@ def _make_splits(
         report.dropped["in neither official split list"] += outside
     tv_idx = [i for i, s in enumerate(splits) if s == "trainval"]
     units = connected_units([[records[i].patient] for i in tv_idx])
-    carved = assign_splits([strata[i] for i in tv_idx], units, {"train": 1 - options.val_fraction, "val": options.val_fraction}, seed=options.seed)
+    carved = assign_splits(
+        [strata[i] for i in tv_idx],
+        units,
+        {"train": 1 - options.val_fraction, "val": options.val_fraction},
+        seed=options.seed,
+    )
     for i, s in zip(tv_idx, carved):
         splits[i] = s
     return splits

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cxrtool.prep.splits import connected_units
 from cxrtool.images import load_image
+from cxrtool.prep.splits import connected_units
 
 HASH_SIZE = 16  # 16x16 low-frequency DCT coefficients -> 256-bit hash
 HIGHFREQ_FACTOR = 4  # thumbnail side = HASH_SIZE * HIGHFREQ_FACTOR

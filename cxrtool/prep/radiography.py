@@ -65,9 +65,20 @@ def list_items(root: Path, report: LayoutReport) -> list[Item]:
     return items
 
 
-def prep_radiography(root: str | Path, out: str | Path, options: LayoutOptions = LayoutOptions(), *, salt: str | None, progress: Progress | None = None) -> LayoutReport:
+def prep_radiography(
+    root: str | Path,
+    out: str | Path,
+    options: LayoutOptions = LayoutOptions(),
+    *,
+    salt: str | None,
+    progress: Progress | None = None,
+) -> LayoutReport:
     """COVID-19 Radiography Database folder -> manifest (covid / normal / viral_pneumonia by default)."""
-    root = find_root(Path(root), lambda d: len(_class_dirs(d)) >= 2, "COVID-19 Radiography Database class folders (COVID, Normal, ...)")
+    root = find_root(
+        Path(root),
+        lambda d: len(_class_dirs(d)) >= 2,
+        "COVID-19 Radiography Database class folders (COVID, Normal, ...)",
+    )
     report = LayoutReport(NAME, Path(out), root)
     class_map = ClassMap(DEFAULT_MAP, options.label_map, options.exclude)
     items = list_items(root, report)

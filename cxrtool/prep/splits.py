@@ -100,7 +100,9 @@ def assign_splits(
         n_u = len(unit_items[u])
 
         def score(s: str) -> float:
-            labels = sum(c * (target[s] * label_total[k] - have[s][k]) / label_total[k] for k, c in unit_counts[u].items())
+            labels = sum(
+                c * (target[s] * label_total[k] - have[s][k]) / label_total[k] for k, c in unit_counts[u].items()
+            )
             return labels + n_u * (target[s] * n_total - size[s]) / n_total
 
         best = max(target, key=lambda s: (score(s), rng.random()))

@@ -154,11 +154,24 @@ def build_report(
         overlay = overlay_uri(overlay_path, thumb_size) if overlay_path else None
         n_thumbs += thumb is not None
         n_overlays += overlay is not None
-        table.append({"row": r, "name": Path(r.path).name, "thumb": thumb, "overlay": overlay, "top": max(r.probs.values(), default=0.0)})
+        table.append(
+            {
+                "row": r,
+                "name": Path(r.path).name,
+                "thumb": thumb,
+                "overlay": overlay,
+                "top": max(r.probs.values(), default=0.0),
+            }
+        )
     flagged = [t["row"] for t in table if t["row"].flagged]
     flags = Counter((r.flag.split(":", 1)[0] if r.flag else "") for r in flagged)
 
-    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html", "j2"]), trim_blocks=True, lstrip_blocks=True)
+    env = Environment(
+        loader=FileSystemLoader(TEMPLATES),
+        autoescape=select_autoescape(["html", "j2"]),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
     html = env.get_template(TEMPLATE).render(
         title=title or f"cxrtool report: {source.name}",
         caveats=[*caveats, DEFAULT_CAVEAT],
@@ -167,7 +180,8 @@ def build_report(
         source=str(source),
         explain_dir=str(explain_dir) if explain_dir else "",
         classes=classes,
-        per_class=[(c, per_class.get(c, 0)) for c in classes] + sorted((c, n) for c, n in per_class.items() if c not in classes),
+        per_class=[(c, per_class.get(c, 0)) for c in classes]
+        + sorted((c, n) for c, n in per_class.items() if c not in classes),
         total=len(rows),
         ok=len(table),
         errors=errors,

@@ -114,7 +114,12 @@ def read_explain_rows(explain_dir: str | Path) -> tuple[list[ReportRow], list[st
             continue
         prob = _float(rec.get("predicted_prob"))
         predicted = rec.get("predicted") or ""
-        rows[path] = ReportRow(path=path, predicted=predicted, probs={predicted: prob} if predicted and prob is not None else {}, error=rec.get("error") or "")
+        rows[path] = ReportRow(
+            path=path,
+            predicted=predicted,
+            probs={predicted: prob} if predicted and prob is not None else {},
+            error=rec.get("error") or "",
+        )
     if not rows:
         raise CxrError(f"{csv_path}: no rows")
     classes: list[str] = []

@@ -53,7 +53,9 @@ class FilmPrediction:
         return self.class_names[i], float(self.probs[i])
 
     @classmethod
-    def from_probs(cls, probs: Sequence[float], class_names: Sequence[str], predicted: str, **trust: object) -> FilmPrediction:
+    def from_probs(
+        cls, probs: Sequence[float], class_names: Sequence[str], predicted: str, **trust: object
+    ) -> FilmPrediction:
         return cls(tuple(class_names), tuple(float(p) for p in probs), predicted, **trust)  # type: ignore[arg-type]
 
     @classmethod

@@ -73,7 +73,9 @@ def render_picture(prediction: FilmPrediction, model: ModelInfo, heatmap: Heatma
     from cxrtool.explain import render
 
     h, w = display_shape(heatmap.film.shape)
-    film = np.asarray(Image.fromarray(heatmap.film.astype(np.float32), mode="F").resize((w, h), Image.Resampling.BILINEAR))
+    film = np.asarray(
+        Image.fromarray(heatmap.film.astype(np.float32), mode="F").resize((w, h), Image.Resampling.BILINEAR)
+    )
     film = np.clip(film, 0.0, 1.0)
     scale = render.symmetric_scale(heatmap.relevance)
     picture = render.overlay(film, relevance_on_film(heatmap.relevance, (h, w), heatmap.resize), scale)

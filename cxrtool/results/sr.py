@@ -48,7 +48,9 @@ def build_sr(source: Dataset, prediction: FilmPrediction, model: ModelInfo, ids:
         manufacturer_name=MANUFACTURER,
         model_name=model.model_id[:64],
     )
-    context = ObservationContext(observer_device_context=ObserverContext(observer_type=codes.DCM.Device, observer_identifying_attributes=device))
+    context = ObservationContext(
+        observer_device_context=ObserverContext(observer_type=codes.DCM.Device, observer_identifying_attributes=device)
+    )
     algorithm = AlgorithmIdentification(name=model.name, version=model.version, parameters=model.parameters)
 
     evaluations = [

@@ -46,8 +46,9 @@ def study_reference(source: Dataset) -> Dataset:
     if missing:
         raise CxrError(f"no DICOM result: the film has no {', '.join(missing)}")
     if str(source.SOPClassUID) not in _image_sop_classes():
-        raise CxrError(f"no DICOM result: SOP Class UID {source.SOPClassUID} is not an image storage class "
-                       "a result can refer to")  # fmt: skip
+        raise CxrError(
+            f"no DICOM result: SOP Class UID {source.SOPClassUID} is not an image storage class a result can refer to"
+        )
     ref = Dataset()
     for elem in source:
         if elem.tag.group != 0x7FE0:  # pixel data stays behind

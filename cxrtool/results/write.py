@@ -76,7 +76,10 @@ def write_dicom_results(
     study_reference(source)  # raises the one-line reason when the film cannot be referenced
     paths = result_paths(out_dir, source_path, source, model_info.model_id, content_key)
     if overwrite or not paths["sr"].exists():
-        _save(build_sr(source, prediction, model_info, result_ids(source, model_info.model_id, "sr", content_key)), paths["sr"])
+        _save(
+            build_sr(source, prediction, model_info, result_ids(source, model_info.model_id, "sr", content_key)),
+            paths["sr"],
+        )
     written = [paths["sr"]]
     if heatmap is not None:
         if overwrite or not paths["sc"].exists():
@@ -113,8 +116,12 @@ def results_for_predictions(
     results = []
     for row in _read_rows(Path(predictions)):
         names = list(card.class_names) if card else _row_classes(row)
-        info = ModelInfo(model_id=str(row.get("model_id") or ""), backend=str(row.get("backend") or ""), calibrated=_calibrated(card),
-                         extra=_card_extra(card))
+        info = ModelInfo(
+            model_id=str(row.get("model_id") or ""),
+            backend=str(row.get("backend") or ""),
+            calibrated=_calibrated(card),
+            extra=_card_extra(card),
+        )
 
         def analyse(path: str, row: dict = row, names: list[str] = names) -> tuple[FilmPrediction, Heatmap | None]:
             prediction = FilmPrediction.from_row(row, names)
@@ -142,7 +149,10 @@ def results_for_explain(
     """
     card = model.card
     info = ModelInfo(
-        model_id=model.model_id, backend="torch", calibrated=_calibrated(card), extra=(("composite", composite), *_card_extra(card))
+        model_id=model.model_id,
+        backend="torch",
+        calibrated=_calibrated(card),
+        extra=(("composite", composite), *_card_extra(card)),
     )
     by_path: dict[str, list[Mapping[str, Any]]] = {}
     for row in rows:

@@ -109,7 +109,9 @@ class TrtRunner:
             self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
             self.engine = self.runtime.deserialize_cuda_engine(engine_bytes)
             if self.engine is None:
-                raise CxrError("TensorRT could not deserialise the engine (built by another TensorRT version?); rebuild it")
+                raise CxrError(
+                    "TensorRT could not deserialise the engine (built by another TensorRT version?); rebuild it"
+                )
             self.context = self.engine.create_execution_context()
             if self.context is None:
                 raise CxrError("TensorRT could not create an execution context (out of GPU memory?)")
@@ -117,7 +119,9 @@ class TrtRunner:
             inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
             self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
             if len(inputs) != 1 or not self.outputs:
-                raise CxrError(f"engine has inputs {inputs} and outputs {self.outputs}; expected one input and the logits")
+                raise CxrError(
+                    f"engine has inputs {inputs} and outputs {self.outputs}; expected one input and the logits"
+                )
             self.input = inputs[0]
             self.logits = OUTPUT_NAME if OUTPUT_NAME in self.outputs else self.outputs[0]
             #: the pooled features the OOD score is computed on; None for an engine built before they existed
@@ -139,12 +143,16 @@ class TrtRunner:
     def _set_shape(self, size: int) -> None:
         shape = (size, *self.sample_shape)
         if not self.context.set_input_shape(self.input, shape):
-            raise CxrError(f"TensorRT refused input shape {shape} (engine profile: batch {self.min_batch}..{self.max_batch})")
+            raise CxrError(
+                f"TensorRT refused input shape {shape} (engine profile: batch {self.min_batch}..{self.max_batch})"
+            )
 
     def infer_outputs(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Every output for any number of samples (chunked and padded to fit the profile); empty in, empty out."""
         if batch.ndim != 4 or tuple(batch.shape[1:]) != self.sample_shape:
-            raise CxrError(f"input batch of shape {batch.shape}; this engine takes (N, {', '.join(map(str, self.sample_shape))})")
+            raise CxrError(
+                f"input batch of shape {batch.shape}; this engine takes (N, {', '.join(map(str, self.sample_shape))})"
+            )
         if len(batch) == 0:
             return {name: np.empty((0, *self.host[name].shape[1:]), np.float32) for name in self.outputs}
         parts: dict[str, list[np.ndarray]] = {name: [] for name in self.outputs}

@@ -27,14 +27,18 @@ def import_tensorrt() -> Any:
     try:
         import tensorrt as trt
     except ImportError:
-        raise CxrError("TensorRT is not installed (pip install 'cxrtool[trt]'; TensorRT is on PyPI and needs a CUDA GPU)") from None
+        raise CxrError(
+            "TensorRT is not installed (pip install 'cxrtool[trt]'; TensorRT is on PyPI and needs a CUDA GPU)"
+        ) from None
     except OSError as exc:  # the wheel is there but its CUDA libraries are not
         raise CxrError(f"TensorRT cannot load its libraries ({' '.join(str(exc).split())[:200]})") from None
     version = str(getattr(trt, "__version__", "0"))
     major = version.split(".")[0]
     if not major.isdigit() or int(major) not in SUPPORTED_MAJORS:
         supported = " and ".join(str(m) for m in SUPPORTED_MAJORS)
-        raise CxrError(f"TensorRT {version} is not supported; cxrtool supports TensorRT {supported} (pip install 'tensorrt>=10,<12')")
+        raise CxrError(
+            f"TensorRT {version} is not supported; cxrtool supports TensorRT {supported} (pip install 'tensorrt>=10,<12')"
+        )
     return trt
 
 
@@ -61,5 +65,7 @@ def network_flags(trt: Any) -> int:
         return 0
     flag = getattr(getattr(trt, "NetworkDefinitionCreationFlag", None), "STRONGLY_TYPED", None)
     if flag is None:
-        raise CxrError(f"TensorRT {getattr(trt, '__version__', '?')} has weak typing but no STRONGLY_TYPED network flag; use TensorRT >= 10.1")
+        raise CxrError(
+            f"TensorRT {getattr(trt, '__version__', '?')} has weak typing but no STRONGLY_TYPED network flag; use TensorRT >= 10.1"
+        )
     return 1 << int(flag)

@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader
 
 from cxrtool.config import resolve_preprocess
 from cxrtool.data import ManifestDataset
+from cxrtool.devices import resolve_device
 from cxrtool.errors import CxrError
 from cxrtool.fsutil import atomic_write_text
 from cxrtool.manifest import read_manifest
@@ -38,7 +39,6 @@ from cxrtool.task import Task
 from cxrtool.train.config import EVAL_DEFAULTS
 from cxrtool.train.metrics import bootstrap_ci, compute_metrics
 from cxrtool.train.plots import plot_confusion, plot_reliability, plot_roc
-from cxrtool.devices import resolve_device
 from cxrtool.train.runtime import Runtime, resolve_runtime
 from cxrtool.trust import Assessment, load_trust
 from cxrtool.trust.fit import split_shortcut, thumbnails
@@ -76,9 +76,7 @@ def evaluate(
     if not rows.rows:
         raise CxrError(f"{manifest}: no rows with split {split!r}")
     preprocess = resolve_preprocess(card.preprocess)
-    dataset = ManifestDataset(
-        rows, class_names=card.class_names, task=task, preprocess=preprocess, skip_errors=True
-    )
+    dataset = ManifestDataset(rows, class_names=card.class_names, task=task, preprocess=preprocess, skip_errors=True)
     runtime, _ = resolve_runtime(resolve_device(device), amp, None)
     model = runtime.prepare(model).eval()
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, pin_memory=runtime.cuda)

@@ -161,9 +161,14 @@ class _Run:
             self.report = InitReport(**json.loads(state["init_report"]))
         else:
             self.report = initialise(
-                model, cfg.init, arch=self.arch, class_names=self.class_names, keep_neurons=cfg.keep_neurons,
-                keep_map=cfg.keep_map, init_classes=cfg.init_classes,
-            )  # fmt: skip
+                model,
+                cfg.init,
+                arch=self.arch,
+                class_names=self.class_names,
+                keep_neurons=cfg.keep_neurons,
+                keep_map=cfg.keep_map,
+                init_classes=cfg.init_classes,
+            )
             self.emit(InitDone(self.report))
         self.model = self.runtime.prepare(model)
         self.criterion = self._criterion()
@@ -205,11 +210,15 @@ class _Run:
 
     def _loader(self, dataset: ManifestDataset, sampler: Any, epoch: int, *, drop_last: bool) -> DataLoader:
         return DataLoader(
-            dataset, batch_size=self.cfg.batch_size, sampler=sampler, num_workers=self.cfg.workers,
-            pin_memory=self.runtime.cuda, drop_last=drop_last,
+            dataset,
+            batch_size=self.cfg.batch_size,
+            sampler=sampler,
+            num_workers=self.cfg.workers,
+            pin_memory=self.runtime.cuda,
+            drop_last=drop_last,
             generator=torch.Generator().manual_seed(self.cfg.seed + epoch),  # keeps the global RNG untouched
             worker_init_fn=functools.partial(init_loader_worker, os.getpid()) if self.cfg.workers else None,
-        )  # fmt: skip
+        )
 
     def _criterion(self) -> nn.Module:
         """The task's loss; ``--balance loss`` weights classes (multiclass) or positives (multilabel)."""
@@ -254,12 +263,21 @@ class _Run:
         cfg, p = self.cfg, self.progress
         self.emit(
             SetupDone(
-                arch=self.arch, task=self.task.name, runtime=self.runtime.describe(), world_size=self.info.world_size,
-                class_names=list(self.class_names), n_train=len(self.train_ds), n_val=len(self.val_ds),
-                steps_per_epoch=self.steps_per_epoch, epochs=cfg.epochs, start_epoch=p.epoch, start_step=p.step,
-                preprocess=self.preprocess, monitor=self.monitor,
+                arch=self.arch,
+                task=self.task.name,
+                runtime=self.runtime.describe(),
+                world_size=self.info.world_size,
+                class_names=list(self.class_names),
+                n_train=len(self.train_ds),
+                n_val=len(self.val_ds),
+                steps_per_epoch=self.steps_per_epoch,
+                epochs=cfg.epochs,
+                start_epoch=p.epoch,
+                start_step=p.step,
+                preprocess=self.preprocess,
+                monitor=self.monitor,
             )
-        )  # fmt: skip
+        )
         if self.info.is_main and not self.resume:
             atomic_write_text(self.out / "config.toml", dump_toml(cfg))
         device = self.runtime.device
@@ -371,9 +389,12 @@ class _Run:
         train_loss = loss_sum / max(count, 1)
         images_per_s = stats.seen / max(stats.seconds, 1e-9)
         record: dict[str, Any] = {
-            "epoch": p.epoch, "lr": self.opt.param_groups[0]["lr"], "frozen": stats.frozen, "train_loss": train_loss,
+            "epoch": p.epoch,
+            "lr": self.opt.param_groups[0]["lr"],
+            "frozen": stats.frozen,
+            "train_loss": train_loss,
             "val_loss": val_loss,
-        }  # fmt: skip
+        }
         record |= {f"val_{k}": v for k, v in metrics.items() if k not in ("n", "threshold")}
         record |= {"images_per_s": images_per_s, "epoch_time_s": stats.seconds}
         record |= {"best": improved, "monitor": self.monitor}
@@ -410,7 +431,10 @@ class _Run:
             model, card = load_checkpoint(Path(tmp) / best.name)
         model = model.to(self.runtime.device)
         common = {
-            "class_names": self.class_names, "task": self.task, "preprocess": self.preprocess, "skip_errors": True
+            "class_names": self.class_names,
+            "task": self.task,
+            "preprocess": self.preprocess,
+            "skip_errors": True,
         }
         train, val = ManifestDataset(self.data.train, **common), ManifestDataset(self.data.val, **common)
         done, total = [0], len(train) + len(val)
@@ -421,11 +445,19 @@ class _Run:
 
         try:
             fitted = fit_trust(
-                model, card, train, val, splits=(self.cfg.train_split, self.cfg.val_split),
+                model,
+                card,
+                train,
+                val,
+                splits=(self.cfg.train_split, self.cfg.val_split),
                 quantile=self.cfg.ood_quantile,
-                device=self.runtime.device, batch_size=self.cfg.batch_size, workers=self.cfg.workers, on_batch=on_batch,
-                shard=(self.info.rank, self.info.world_size), gather=functools.partial(D.all_gather, info=self.info),
-            )  # fmt: skip
+                device=self.runtime.device,
+                batch_size=self.cfg.batch_size,
+                workers=self.cfg.workers,
+                on_batch=on_batch,
+                shard=(self.info.rank, self.info.world_size),
+                gather=functools.partial(D.all_gather, info=self.info),
+            )
         except CxrError as exc:
             later = f"add them later with `cxrtool calibrate {best} MANIFEST`"
             self.emit(RunWarning(f"no OOD statistics or temperature fitted ({exc}); {later}"))
@@ -442,9 +474,15 @@ class _Run:
     # --------------------------------------------------------------- output
     def _card(self, metrics: dict[str, Any]) -> ModelCard:
         return ModelCard(
-            arch=self.arch, task=self.task, class_names=list(self.class_names), preprocess=self.preprocess,
-            config=self.cfg.to_dict(), metrics=metrics, dataset=self.data.info, lineage=self.report.lineage,
-        )  # fmt: skip
+            arch=self.arch,
+            task=self.task,
+            class_names=list(self.class_names),
+            preprocess=self.preprocess,
+            config=self.cfg.to_dict(),
+            metrics=metrics,
+            dataset=self.data.info,
+            lineage=self.report.lineage,
+        )
 
     def _save_state(self) -> None:
         if not self.info.is_main:
@@ -463,5 +501,3 @@ class _Run:
                 "dataset": self.data.info,
             },
         )
-
-

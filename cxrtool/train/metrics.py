@@ -114,9 +114,7 @@ def multilabel_metrics(
     }
 
 
-def compute_metrics(
-    task: Task, probs: np.ndarray, targets: np.ndarray, class_names: Sequence[str]
-) -> dict[str, Any]:
+def compute_metrics(task: Task, probs: np.ndarray, targets: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
     """The task's metric set; multilabel decisions use the task's threshold."""
     if task.multilabel:
         return multilabel_metrics(probs, targets, class_names, task.threshold)

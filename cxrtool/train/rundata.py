@@ -42,10 +42,14 @@ def read_data(cfg: TrainConfig) -> RunData:
         if missing:
             raise CxrError(f"{src}: {len(missing)} image file(s) not found, e.g. {missing[0]}")
     info = {
-        "manifest": str(cfg.manifest), "manifest_sha256": file_sha256(cfg.manifest), "val_manifest": cfg.val_manifest,
-        "splits": [cfg.train_split, cfg.val_split], "n_train": len(train_m.rows), "n_val": len(val_m.rows),
+        "manifest": str(cfg.manifest),
+        "manifest_sha256": file_sha256(cfg.manifest),
+        "val_manifest": cfg.val_manifest,
+        "splits": [cfg.train_split, cfg.val_split],
+        "n_train": len(train_m.rows),
+        "n_val": len(val_m.rows),
         "rows_sha256": rows_fingerprint(train_m, val_m),
-    }  # fmt: skip
+    }
     return RunData(task, list(class_names), train_m, val_m, info)
 
 

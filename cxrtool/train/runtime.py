@@ -16,7 +16,6 @@ import torch
 import torch.nn as nn
 
 
-
 @dataclass(frozen=True)
 class Runtime:
     """Where and how tensors run."""

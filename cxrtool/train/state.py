@@ -37,19 +37,28 @@ class Progress:
 
     def to_state(self) -> dict[str, Any]:
         return {
-            "status": self.status, "epoch": self.epoch, "step": self.step, "run_loss": self.run_loss,
-            "best_value": self.best_value, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
+            "status": self.status,
+            "epoch": self.epoch,
+            "step": self.step,
+            "run_loss": self.run_loss,
+            "best_value": self.best_value,
+            "best_epoch": self.best_epoch,
+            "bad_epochs": self.bad_epochs,
             "history": json.dumps(self.history),
-        }  # fmt: skip
+        }
 
     @classmethod
     def from_state(cls, state: dict[str, Any], *, is_main: bool) -> Progress:
         return cls(
-            epoch=state["epoch"], step=state["step"], run_loss=list(state["run_loss"]) if is_main else [0.0, 0.0],
-            best_value=state["best_value"], best_epoch=state["best_epoch"], bad_epochs=state["bad_epochs"],
+            epoch=state["epoch"],
+            step=state["step"],
+            run_loss=list(state["run_loss"]) if is_main else [0.0, 0.0],
+            best_value=state["best_value"],
+            best_epoch=state["best_epoch"],
+            bad_epochs=state["bad_epochs"],
             history=json.loads(state["history"]),
             status="running" if state["status"] in ("running", "interrupted") else state["status"],
-        )  # fmt: skip
+        )
 
 
 def rng_state() -> dict[str, Any]:

@@ -32,8 +32,8 @@ import numpy as np
 from cxrtool.errors import CxrError, one_line
 from cxrtool.modelfile import TRUST_PREFIX, ModelCard
 from cxrtool.modelfile.validate import check_card, check_trust_tensors
-from cxrtool.trust.temperature import scaled_probs
 from cxrtool.trust.ood import OodModel
+from cxrtool.trust.temperature import scaled_probs
 from cxrtool.trust.view import view_flag
 
 if TYPE_CHECKING:
@@ -94,7 +94,9 @@ class Trust:
             try:
                 ood = OodModel.from_stored(card.ood, tensors, TRUST_PREFIX)
             except (ValueError, KeyError, TypeError) as exc:
-                raise CxrError(f"{source}: damaged OOD statistics ({exc}); refit them with `cxrtool calibrate`") from None
+                raise CxrError(
+                    f"{source}: damaged OOD statistics ({exc}); refit them with `cxrtool calibrate`"
+                ) from None
         return cls(card, float(card.calibration.get("temperature", 1.0)), ood)
 
     @classmethod

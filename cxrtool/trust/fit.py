@@ -51,8 +51,17 @@ Gather = Callable[[Any], list[Any]]
 
 
 @torch.inference_mode()
-def collect(model: nn.Module, dataset: ManifestDataset, *, device: torch.device | str = "cpu", batch_size: int = 64, workers: int = 0,
-            on_batch: Callable[[int], None] | None = None, shard: tuple[int, int] = (0, 1), gather: Gather | None = None) -> Outputs:  # fmt: skip
+def collect(
+    model: nn.Module,
+    dataset: ManifestDataset,
+    *,
+    device: torch.device | str = "cpu",
+    batch_size: int = 64,
+    workers: int = 0,
+    on_batch: Callable[[int], None] | None = None,
+    shard: tuple[int, int] = (0, 1),
+    gather: Gather | None = None,
+) -> Outputs:
     """Logits and features (``model.forward_features``) of every readable film of ``dataset``.
 
     ``shard=(rank, world)`` runs films ``rank, rank + world, ...`` only; ``gather`` (every rank's
@@ -136,13 +145,24 @@ def fit_trust(
     :func:`collect`); every rank then fits the same statistics from the same gathered outputs.
     """
     layout = getattr(model, "module", model).feature_layout()
-    kw = {"device": device, "batch_size": batch_size, "workers": workers, "on_batch": on_batch, "shard": shard, "gather": gather}
+    kw = {
+        "device": device,
+        "batch_size": batch_size,
+        "workers": workers,
+        "on_batch": on_batch,
+        "shard": shard,
+        "gather": gather,
+    }
     va = collect(model, val, **kw)
     task = card.task
     if len(va.logits) < 2:
         raise CxrError(f"{len(va.logits)} readable validation film(s): too few to calibrate")
     temperature = fit_temperature(task, va.logits, va.targets)
-    calibration = {"split": splits[1], "n": int(len(va.logits)), **calibration_metrics(task, va.logits, va.targets, temperature)}
+    calibration = {
+        "split": splits[1],
+        "n": int(len(va.logits)),
+        **calibration_metrics(task, va.logits, va.targets, temperature),
+    }
     info = {"train_split": splits[0], "val_split": splits[1], "n_val": int(len(va.logits))}
     failed = va.failed
     try:
@@ -178,7 +198,6 @@ class CalibrateResult:
     fit: TrustFit
 
 
-
 def default_calibrated_path(checkpoint: str | Path) -> Path:
     """``runs/x/best.safetensors`` -> ``runs/x/best.calibrated.safetensors``."""
     checkpoint = Path(checkpoint)
@@ -207,11 +226,11 @@ def calibrate_checkpoint(
     import copy
 
     from cxrtool.config import resolve_preprocess
+    from cxrtool.devices import resolve_device
     from cxrtool.fsutil import check_writable_output
     from cxrtool.manifest import Manifest, check_for_model, read_manifest
     from cxrtool.modelfile import file_sha256, read_card
     from cxrtool.models.checkpoint import load_checkpoint, save_checkpoint
-    from cxrtool.devices import resolve_device
     from cxrtool.trust.assess import load_trust
 
     checkpoint = Path(checkpoint)
@@ -243,12 +262,30 @@ def calibrate_checkpoint(
 
     train = None if fit_split == KEEP else dataset(fit_split)
     val = dataset(split)
-    fit = fit_trust(model, card, train, val, keep=keep, splits=(fit_split, split), quantile=quantile, device=dev,
-                    batch_size=batch_size, workers=workers, on_batch=on_batch)  # fmt: skip
+    fit = fit_trust(
+        model,
+        card,
+        train,
+        val,
+        keep=keep,
+        splits=(fit_split, split),
+        quantile=quantile,
+        device=dev,
+        batch_size=batch_size,
+        workers=workers,
+        on_batch=on_batch,
+    )
     new = copy.deepcopy(card)
     tensors = fit.apply(new)
-    entry = {"source": "calibrate", "path": str(checkpoint.resolve()), "sha256": file_sha256(checkpoint), "arch": card.arch,
-             "created": card.created, "manifest": str(manifest), "splits": [fit_split, split]}  # fmt: skip
+    entry = {
+        "source": "calibrate",
+        "path": str(checkpoint.resolve()),
+        "sha256": file_sha256(checkpoint),
+        "arch": card.arch,
+        "created": card.created,
+        "manifest": str(manifest),
+        "splits": [fit_split, split],
+    }
     new.lineage = [entry, *card.lineage]
     save_checkpoint(out, model, new, tensors)
     return CalibrateResult(out, fit)

@@ -109,13 +109,23 @@ class OodModel:
     def params(self) -> dict[str, Any]:
         """What goes into the model card (everything except the tensors)."""
         return {
-            "method": METHOD, "threshold": float(self.threshold), "quantile": float(self.quantile), **self.info,
+            "method": METHOD,
+            "threshold": float(self.threshold),
+            "quantile": float(self.quantile),
+            **self.info,
             "depths": [
-                {"name": d.name, "start": d.start, "stop": d.stop, "classes": int(len(d.means)), "shrinkage": float(d.shrinkage),
-                 "center": float(d.center), "scale": float(d.scale)}
+                {
+                    "name": d.name,
+                    "start": d.start,
+                    "stop": d.stop,
+                    "classes": int(len(d.means)),
+                    "shrinkage": float(d.shrinkage),
+                    "center": float(d.center),
+                    "scale": float(d.scale),
+                }
                 for d in self.depths
             ],
-        }  # fmt: skip
+        }
 
     def tensors(self, prefix: str) -> dict[str, np.ndarray]:
         """The means and precision matrices, float32, keyed ``<prefix>ood.<depth>.means|precision``."""
@@ -133,15 +143,31 @@ class OodModel:
         depths = []
         for p in params["depths"]:
             try:
-                means, precision = tensors[f"{prefix}ood.{p['name']}.means"], tensors[f"{prefix}ood.{p['name']}.precision"]
+                means, precision = (
+                    tensors[f"{prefix}ood.{p['name']}.means"],
+                    tensors[f"{prefix}ood.{p['name']}.precision"],
+                )
             except KeyError as exc:
                 raise ValueError(f"OOD tensor {exc.args[0]} is missing") from None
-            depths.append(DepthStats(p["name"], int(p["start"]), int(p["stop"]), means, precision, p.get("shrinkage", 0.0), p["center"], p["scale"]))
+            depths.append(
+                DepthStats(
+                    p["name"],
+                    int(p["start"]),
+                    int(p["stop"]),
+                    means,
+                    precision,
+                    p.get("shrinkage", 0.0),
+                    p["center"],
+                    p["scale"],
+                )
+            )
         info = {k: v for k, v in params.items() if k not in ("method", "threshold", "quantile", "depths")}
         return cls(depths, float(params["threshold"]), float(params["quantile"]), info)
 
 
-def fit_gaussians(features: np.ndarray, labels: np.ndarray | None, layout: Sequence[tuple[str, int]]) -> list[DepthStats]:
+def fit_gaussians(
+    features: np.ndarray, labels: np.ndarray | None, layout: Sequence[tuple[str, int]]
+) -> list[DepthStats]:
     """Per depth of ``layout``: class means (one mean when ``labels`` is None) and a Ledoit-Wolf precision."""
     from sklearn.covariance import LedoitWolf
 
@@ -175,7 +201,11 @@ def fit_ood(
 
 
 def scale_depths(
-    depths: Sequence[DepthStats], val_features: np.ndarray, *, quantile: float = DEFAULT_QUANTILE, info: dict[str, Any] | None = None
+    depths: Sequence[DepthStats],
+    val_features: np.ndarray,
+    *,
+    quantile: float = DEFAULT_QUANTILE,
+    info: dict[str, Any] | None = None,
 ) -> OodModel:
     """Put fitted Gaussians on the validation films' scale and choose the threshold there.
 

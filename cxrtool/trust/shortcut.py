@@ -65,7 +65,9 @@ def thumbnail(gray: np.ndarray, side: int = THUMB_SIDE) -> np.ndarray:
     return np.asarray(img.resize((side, side), Image.Resampling.BOX), dtype=np.float32).ravel()
 
 
-def probe(features: np.ndarray, labels: Sequence[str], inputs: str, target: str, folds: int = 5, seed: int = 0) -> Probe | None:
+def probe(
+    features: np.ndarray, labels: Sequence[str], inputs: str, target: str, folds: int = 5, seed: int = 0
+) -> Probe | None:
     """Cross-validated linear probe ``features -> labels``; None when a label has fewer than 2 samples."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import balanced_accuracy_score
@@ -96,13 +98,19 @@ def map_comparison(maps: Sequence[np.ndarray], classes: Sequence[str], mass: flo
         a = np.sort(np.abs(mean).ravel())[::-1]
         spread[cls] = float((np.searchsorted(np.cumsum(a) / a.sum(), mass) + 1) / a.size)
     with np.errstate(invalid="ignore", divide="ignore"):  # a constant mean map has no correlation: NaN
-        corr = {f"{a}|{b}": float(np.corrcoef(means[a].ravel(), means[b].ravel())[0, 1]) for a, b in combinations(means, 2)}
+        corr = {
+            f"{a}|{b}": float(np.corrcoef(means[a].ravel(), means[b].ravel())[0, 1]) for a, b in combinations(means, 2)
+        }
     return {"spread": spread, "correlation": corr}
 
 
 def shortcut_audit(
-    thumbs: np.ndarray, features: np.ndarray | None, predicted: Sequence[str], folders: Sequence[str],
-    maps: Sequence[np.ndarray], map_classes: Sequence[str],
+    thumbs: np.ndarray,
+    features: np.ndarray | None,
+    predicted: Sequence[str],
+    folders: Sequence[str],
+    maps: Sequence[np.ndarray],
+    map_classes: Sequence[str],
 ) -> dict[str, object]:
     """Every probe and map comparison above for one run of ``cxrtool explain``.
 
@@ -125,7 +133,9 @@ def shortcut_audit(
         if features is not None:
             for cls in sorted(set(predicted)):
                 inside = predicted == cls
-                if p := probe(features[inside], folder_arr[inside], "penultimate features", f"input folder within predicted {cls}"):
+                if p := probe(
+                    features[inside], folder_arr[inside], "penultimate features", f"input folder within predicted {cls}"
+                ):
                     probes.append(p)
     return {"probes": probes, "maps": map_comparison(maps, map_classes)}
 
@@ -161,8 +171,10 @@ def shortcut_verdict(thumbs: np.ndarray, labels: Sequence[str], min_accuracy: fl
     if not found:
         return None
     pairs = ", ".join(f"{p.target} {p.accuracy:.2f} (n={p.n})" for p in found)
-    return (f"{WARNING_PREFIX}an 8x8 thumbnail, without lung detail, tells apart {pairs} (balanced accuracy); "
-            "body size, age or source may be learned instead of the finding")
+    return (
+        f"{WARNING_PREFIX}an 8x8 thumbnail, without lung detail, tells apart {pairs} (balanced accuracy); "
+        "body size, age or source may be learned instead of the finding"
+    )
 
 
 def card_warning(dataset: dict[str, object]) -> str | None:

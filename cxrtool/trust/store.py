@@ -18,7 +18,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from cxrtool.errors import CxrError, one_line
-from cxrtool.modelfile import ENGINE_SUFFIX, IR_SUFFIX, ONNX_SUFFIX, TRUST_PREFIX, TRUST_TENSORS_KEY, file_sha256, read_export_metadata
+from cxrtool.modelfile import (
+    ENGINE_SUFFIX,
+    IR_SUFFIX,
+    ONNX_SUFFIX,
+    TRUST_PREFIX,
+    TRUST_TENSORS_KEY,
+    file_sha256,
+    read_export_metadata,
+)
 
 if TYPE_CHECKING:
     from cxrtool.modelfile.loaded import LoadedModel
@@ -60,7 +68,9 @@ def stored_tensors(path: str | Path) -> dict[str, np.ndarray]:
     except CxrError:
         raise
     except Exception as exc:  # a damaged blob: the file's statistics cannot be trusted
-        raise CxrError(f"{path}: unreadable OOD statistics ({one_line(exc)}); refit them with `cxrtool calibrate`") from None
+        raise CxrError(
+            f"{path}: unreadable OOD statistics ({one_line(exc)}); refit them with `cxrtool calibrate`"
+        ) from None
 
 
 def model_tensors(model: LoadedModel) -> dict[str, np.ndarray]:

@@ -48,7 +48,12 @@ def fit_temperature(task: Task, logits: np.ndarray, targets: np.ndarray) -> floa
 
     if len(logits) == 0:
         raise ValueError("no films to fit a temperature on")
-    result = minimize_scalar(lambda s: nll(task, logits, targets, float(np.exp(s))), bounds=_LOG_T_BOUNDS, method="bounded", options={"xatol": 1e-5})
+    result = minimize_scalar(
+        lambda s: nll(task, logits, targets, float(np.exp(s))),
+        bounds=_LOG_T_BOUNDS,
+        method="bounded",
+        options={"xatol": 1e-5},
+    )
     return float(np.exp(result.x))
 
 
@@ -65,7 +70,11 @@ class ReliabilityBins:
     def ece(self) -> float:
         n = self.counts.sum()
         used = self.counts > 0
-        return float((self.counts[used] / n * np.abs(self.accuracy[used] - self.confidence[used])).sum()) if n else float("nan")
+        return (
+            float((self.counts[used] / n * np.abs(self.accuracy[used] - self.confidence[used])).sum())
+            if n
+            else float("nan")
+        )
 
 
 def _confidence_and_hits(task: Task, probs: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -103,7 +112,11 @@ def calibration_metrics(task: Task, logits: np.ndarray, targets: np.ndarray, tem
     """``ece``, ``brier`` and ``nll`` before (T = 1) and after scaling by ``temperature``."""
     before, after = scaled_probs(task, logits), scaled_probs(task, logits, temperature)
     return {
-        "ece": ece(task, before, targets), "brier": brier(task, before, targets), "nll": nll(task, logits, targets),
-        "ece_calibrated": ece(task, after, targets), "brier_calibrated": brier(task, after, targets),
-        "nll_calibrated": nll(task, logits, targets, temperature), "temperature": float(temperature),
-    }  # fmt: skip
+        "ece": ece(task, before, targets),
+        "brier": brier(task, before, targets),
+        "nll": nll(task, logits, targets),
+        "ece_calibrated": ece(task, after, targets),
+        "brier_calibrated": brier(task, after, targets),
+        "nll_calibrated": nll(task, logits, targets, temperature),
+        "temperature": float(temperature),
+    }

@@ -108,7 +108,9 @@ def test_some_inputs_failed_exit_1_and_file_names_with_brackets_print_literally(
             Image.fromarray(rng.integers(0, 255, (32, 32), np.uint8)).save(tmp_path / "data" / cls / f"{cls}{i}.png")
     bad = tmp_path / "data" / "covid" / "scan[1].png"
     bad.write_text("not an image")
-    result = runner.invoke(app, ["prep", "folder", str(tmp_path / "data"), "-o", str(tmp_path / "m.csv")], terminal_width=1000)
+    result = runner.invoke(
+        app, ["prep", "folder", str(tmp_path / "data"), "-o", str(tmp_path / "m.csv")], terminal_width=1000
+    )
     assert result.exit_code == 1, result.output
     assert "failed: " in result.stderr and "scan[1].png" in result.stderr  # not "scan.png"
     assert (tmp_path / "m.csv").is_file()

@@ -349,8 +349,12 @@ def test_torch_predict_with_decode_workers_leaves_stderr_clean(
         ]
         proc = subprocess.run(
             [sys.executable, "-c", code.format(tests=str(REPO / "tests")), *args],
-            capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env=env,
+            timeout=300,
+        )
         assert proc.returncode == 0, proc.stderr
         for symptom in ("Traceback", "resource_tracker", "KeyError", "leaked"):
             assert symptom not in proc.stderr, f"run {run}: {proc.stderr}"

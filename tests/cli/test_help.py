@@ -53,7 +53,9 @@ def _option_blocks(help_text: str, options) -> dict[str, str]:
     lines = help_text.splitlines()
     starts = []
     for option in options:
-        pattern = re.compile(rf"^\s{{2}}(-\w, )?{re.escape(option.opts[-1] if option.opts[-1].startswith('--') else option.opts[0])}(\W|$)")
+        pattern = re.compile(
+            rf"^\s{{2}}(-\w, )?{re.escape(option.opts[-1] if option.opts[-1].startswith('--') else option.opts[0])}(\W|$)"
+        )
         index = next((i for i, line in enumerate(lines) if pattern.match(line)), None)
         assert index is not None, f"{option.opts} is missing from the help"
         starts.append((index, option.name))
@@ -138,7 +140,10 @@ def test_labels_are_words_not_python_types(path: tuple[str, ...]) -> None:
 
 
 #: Names a docstring may use for a command's positional arguments (in capitals, as git and click write them).
-_ARGUMENT_WORDS = {p.metavar for path in LEAVES for p in _TREE[path].params if p.param_type_name == "argument"} | {"INPUTS", "FILES"}
+_ARGUMENT_WORDS = {p.metavar for path in LEAVES for p in _TREE[path].params if p.param_type_name == "argument"} | {
+    "INPUTS",
+    "FILES",
+}
 
 
 @pytest.mark.parametrize("path", LEAVES, ids=[" ".join(p) for p in LEAVES])

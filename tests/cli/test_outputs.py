@@ -28,8 +28,12 @@ def _file(path: Path) -> Path:
 class TestCheckWritableOutput:
     def test_accepts_new_and_existing_paths(self, tmp_path: Path) -> None:
         (tmp_path / "old.csv").write_text("x")
-        for path, kind in ((tmp_path / "new" / "deeper" / "p.csv", "file"), (tmp_path / "old.csv", "file"),
-                           (tmp_path, "dir"), (tmp_path / "a" / "b", "dir")):  # fmt: skip
+        for path, kind in (
+            (tmp_path / "new" / "deeper" / "p.csv", "file"),
+            (tmp_path / "old.csv", "file"),
+            (tmp_path, "dir"),
+            (tmp_path / "a" / "b", "dir"),
+        ):
             assert check_writable_output(path, kind) == path
         assert sorted(p.name for p in tmp_path.iterdir()) == ["old.csv"]  # checking creates nothing
 
@@ -114,19 +118,27 @@ def test_prep_dicom_outputs(tmp_path: Path, films: Path, monkeypatch) -> None:
     monkeypatch.setenv("CXRTOOL_SALT", "cli-test-salt")
     _refused(runner.invoke(app, ["prep", "dicom", str(films), "/proc/cxrtool-png"]), Path("/proc/cxrtool-png"))
     (tmp_path / "m.csv").mkdir()
-    result = runner.invoke(app, ["prep", "dicom", str(films), str(tmp_path / "png"), "--manifest", str(tmp_path / "m.csv")])
+    result = runner.invoke(
+        app, ["prep", "dicom", str(films), str(tmp_path / "png"), "--manifest", str(tmp_path / "m.csv")]
+    )
     _refused(result, tmp_path / "m.csv")
     assert not (tmp_path / "png").exists()  # nothing half-written
 
 
 def test_prep_manifests(tmp_path: Path, films: Path, dummy: Path, monkeypatch) -> None:
     monkeypatch.setenv("CXRTOOL_SALT", "cli-test-salt")
-    _refused(runner.invoke(app, ["prep", "nih", str(dummy), "-o", "/sys/cxrtool-nih.csv"]), Path("/sys/cxrtool-nih.csv"))
-    _refused(runner.invoke(app, ["prep", "folder", str(films), "-o", "/proc/cxrtool-m.csv"]), Path("/proc/cxrtool-m.csv"))
+    _refused(
+        runner.invoke(app, ["prep", "nih", str(dummy), "-o", "/sys/cxrtool-nih.csv"]), Path("/sys/cxrtool-nih.csv")
+    )
+    _refused(
+        runner.invoke(app, ["prep", "folder", str(films), "-o", "/proc/cxrtool-m.csv"]), Path("/proc/cxrtool-m.csv")
+    )
 
 
 def test_train_and_evaluate_outputs(tmp_path: Path, dummy: Path) -> None:
-    result = runner.invoke(app, ["train", str(tmp_path / "missing.csv"), "--init", "none", "--out", "/proc/cxrtool-run"])
+    result = runner.invoke(
+        app, ["train", str(tmp_path / "missing.csv"), "--init", "none", "--out", "/proc/cxrtool-run"]
+    )
     _refused(result, Path("/proc/cxrtool-run"))
     (tmp_path / "eval").write_text("x")
     result = runner.invoke(app, ["evaluate", str(dummy), str(dummy), "--out", str(tmp_path / "eval")])
@@ -135,4 +147,7 @@ def test_train_and_evaluate_outputs(tmp_path: Path, dummy: Path) -> None:
 
 def test_export_out_dir(tmp_path: Path, dummy: Path) -> None:
     (tmp_path / "engines").write_text("x")
-    _refused(runner.invoke(app, ["export", str(dummy), "--onnx", "--out-dir", str(tmp_path / "engines")]), tmp_path / "engines")
+    _refused(
+        runner.invoke(app, ["export", str(dummy), "--onnx", "--out-dir", str(tmp_path / "engines")]),
+        tmp_path / "engines",
+    )

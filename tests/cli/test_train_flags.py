@@ -33,8 +33,10 @@ def captured(monkeypatch: pytest.MonkeyPatch) -> list[TrainConfig]:
 
 def test_toml_values_survive_and_typed_flags_win(tmp_path: Path, captured: list[TrainConfig]) -> None:
     toml = tmp_path / "run.toml"
-    toml.write_text(f'manifest = "{tmp_path / "m.csv"}"\nout_dir = "{tmp_path / "run"}"\ninit = "none"\n'
-                    "epochs = 7\nlr = 0.5\naugment = false\nbalance = \"sampler\"\naug_rotate = 9.0\n")  # fmt: skip
+    toml.write_text(
+        f'manifest = "{tmp_path / "m.csv"}"\nout_dir = "{tmp_path / "run"}"\ninit = "none"\n'
+        'epochs = 7\nlr = 0.5\naugment = false\nbalance = "sampler"\naug_rotate = 9.0\n'
+    )
     result = runner.invoke(app, ["train", "--config", str(toml), "--lr", "0.01", "--amp", "none", "--seed", "0"])
     assert result.exit_code == 2 and "stopped by the test" in result.stderr, result.output
     [cfg] = captured
@@ -45,9 +47,25 @@ def test_toml_values_survive_and_typed_flags_win(tmp_path: Path, captured: list[
 
 
 def test_flags_map_to_config_keys(tmp_path: Path, captured: list[TrainConfig]) -> None:
-    args = ["train", str(tmp_path / "m.csv"), "--out", str(tmp_path / "run"), "--init", "none", "--rotate", "2.5",
-            "--no-augment", "--balance", "loss", "--keep-map", "viral_pneumonia=Pneumonia", "--resize", "letterbox",
-            "--init-classes", "a, b"]  # fmt: skip
+    args = [
+        "train",
+        str(tmp_path / "m.csv"),
+        "--out",
+        str(tmp_path / "run"),
+        "--init",
+        "none",
+        "--rotate",
+        "2.5",
+        "--no-augment",
+        "--balance",
+        "loss",
+        "--keep-map",
+        "viral_pneumonia=Pneumonia",
+        "--resize",
+        "letterbox",
+        "--init-classes",
+        "a, b",
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 2, result.output
     [cfg] = captured

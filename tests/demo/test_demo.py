@@ -17,7 +17,12 @@ from cxrtool.errors import CxrError
 from cxrtool.manifest import read_manifest
 from cxrtool.modelfile import read_card
 
-ALLOWED_LICENCES = ("NIH Clinical Center: no restrictions on use", "NEMA WG04 public conformance sample", "public DICOM conformance sample", "as its source")
+ALLOWED_LICENCES = (
+    "NIH Clinical Center: no restrictions on use",
+    "NEMA WG04 public conformance sample",
+    "public DICOM conformance sample",
+    "as its source",
+)
 
 
 def test_sample_is_small_and_every_file_attributed():
@@ -43,7 +48,15 @@ def _small_sample(dst: Path, n_per_class: int = 14) -> Path:
     picked, seen = [], {}
     for ln in lines:
         labels = ln.split(",")[1]
-        kind = "normal" if labels == "No Finding" else "effusion" if labels == "Effusion" else "opacity" if labels in ("Infiltration", "Consolidation", "Pneumonia") else ""
+        kind = (
+            "normal"
+            if labels == "No Finding"
+            else "effusion"
+            if labels == "Effusion"
+            else "opacity"
+            if labels in ("Infiltration", "Consolidation", "Pneumonia")
+            else ""
+        )
         key = (kind, ln.split(",")[0] in test)
         if kind and seen.get(key, 0) < n_per_class:
             seen[key] = seen.get(key, 0) + 1
@@ -63,20 +76,44 @@ def _small_sample(dst: Path, n_per_class: int = 14) -> Path:
 def test_demo_end_to_end_small(tmp_path: Path, tiny_arch: str):
     sample = _small_sample(tmp_path / "sample")
     steps: list[tuple[int, str, str]] = []
-    size = DemoSize(arch=tiny_arch, input_size=32, stage1_epochs=1, stage2_epochs=1, batch_size=16, scan_films=4, bootstrap=10)
+    size = DemoSize(
+        arch=tiny_arch, input_size=32, stage1_epochs=1, stage2_epochs=1, batch_size=16, scan_films=4, bootstrap=10
+    )
     out = tmp_path / "demo"
     (out / "runs").mkdir(parents=True)
     (out / "runs" / "extra.txt").write_text("x")
     write_marker(out)  # an earlier demo that wrote runs/extra.txt
     notes: list[str] = []
-    res = run_demo(out, size=size, sample=sample, on_step=lambda n, total, title, detail: steps.append((n, title, detail)), on_note=notes.append)
-    assert [s[1] for s in steps] == ["prep dicom", "prep nih", "train stage 1", "train stage 2", "evaluate", "export --onnx", "predict", "explain", "report", "done"]
-    assert "not a diagnostic model" in notes[-1] and "not a diagnostic model" not in steps[-1][2]  # one message per line
+    res = run_demo(
+        out,
+        size=size,
+        sample=sample,
+        on_step=lambda n, total, title, detail: steps.append((n, title, detail)),
+        on_note=notes.append,
+    )
+    assert [s[1] for s in steps] == [
+        "prep dicom",
+        "prep nih",
+        "train stage 1",
+        "train stage 2",
+        "evaluate",
+        "export --onnx",
+        "predict",
+        "explain",
+        "report",
+        "done",
+    ]
+    assert (
+        "not a diagnostic model" in notes[-1] and "not a diagnostic model" not in steps[-1][2]
+    )  # one message per line
 
     stage1, stage2 = read_card(res.files["stage1"]), read_card(res.files["stage2"])
     assert stage1.task.name == "multilabel" and len(stage1.class_names) == 14
     assert stage2.class_names == ["effusion", "normal", "opacity"] and stage2.task.name == "multiclass"
-    assert stage2.config["keep_neurons"] and stage2.config["keep_map"] == {"effusion": "Effusion", "opacity": "Pneumonia"}
+    assert stage2.config["keep_neurons"] and stage2.config["keep_map"] == {
+        "effusion": "Effusion",
+        "opacity": "Pneumonia",
+    }
     assert stage2.lineage and stage2.config["init"] == str(res.files["stage1"])
 
     with open(res.files["predictions"], newline="") as fh:
@@ -90,7 +127,10 @@ def test_demo_end_to_end_small(tmp_path: Path, tiny_arch: str):
     good = {Path(r["path"]).name: r for r in preds if not r["error"]}
     assert explained and set(explained) <= set(good)
     for name, row in explained.items():
-        assert row["ood_score"] != "" and abs(float(row["ood_score"]) - float(good[name]["ood_score"])) < 1e-3, (name, row)
+        assert row["ood_score"] != "" and abs(float(row["ood_score"]) - float(good[name]["ood_score"])) < 1e-3, (
+            name,
+            row,
+        )
         assert row["flag"] == good[name]["flag"]
     assert (out / "eval" / "metrics.json").is_file() and res.files["onnx"].suffix == ".onnx"
     html = res.report.read_text(encoding="utf-8")
@@ -99,7 +139,9 @@ def test_demo_end_to_end_small(tmp_path: Path, tiny_arch: str):
     assert read_manifest(out / "nih3.csv").class_names == ["effusion", "normal", "opacity"]
 
     assert not (out / "runs" / "extra.txt").exists()  # an earlier demo folder is replaced
-    assert "runs/stage2/best.safetensors" in (out / "DEMO.txt").read_text().splitlines()  # and its listing is the new one
+    assert (
+        "runs/stage2/best.safetensors" in (out / "DEMO.txt").read_text().splitlines()
+    )  # and its listing is the new one
     other = tmp_path / "mine"
     other.mkdir()
     (other / "thesis.tex").write_text("x")
@@ -185,4 +227,6 @@ def test_an_untouched_earlier_demo_is_emptied_but_the_folder_kept(tmp_path: Path
     write_marker(out)
     inode = out.stat().st_ino
     prepare_out(out)
-    assert out.is_dir() and list(out.iterdir()) == [] and out.stat().st_ino == inode  # a mount point stays a mount point
+    assert (
+        out.is_dir() and list(out.iterdir()) == [] and out.stat().st_ino == inode
+    )  # a mount point stays a mount point

@@ -27,5 +27,3 @@ def synthetic_dir(tmp_path: Path) -> Path:
     root = tmp_path / "src"
     write_synthetic_set(root)
     return root
-
-

@@ -42,7 +42,11 @@ def test_some_failed_exit_1_names_each_file(app, synthetic_dir, tmp_path):
     assert len(rows) == 15
     status = Counter(r["status"] for r in rows)
     counts = table_counts(result.stdout)  # the summary table says what the manifest holds
-    assert (counts["converted"], counts["skipped"], counts["failed"]) == (status["ok"], status["skipped"], status["failed"])
+    assert (counts["converted"], counts["skipped"], counts["failed"]) == (
+        status["ok"],
+        status["skipped"],
+        status["failed"],
+    )
     assert counts["failed"] == 2 and counts["converted"] == 15 - 2 - counts["skipped"]
 
 

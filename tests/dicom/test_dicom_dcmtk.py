@@ -13,7 +13,9 @@ from cxrtool.dicom.dcmtk import compare, dcmj2pnm_path, dcmtk_render
 from cxrtool.dicom.pixels import WINDOW_POLICIES, render
 from cxrtool.dicom.read import read_dataset
 
-pytestmark = pytest.mark.skipif(dcmj2pnm_path() is None, reason="DCMTK's dcmj2pnm is not installed (apt-get install dcmtk)")
+pytestmark = pytest.mark.skipif(
+    dcmj2pnm_path() is None, reason="DCMTK's dcmj2pnm is not installed (apt-get install dcmtk)"
+)
 
 JPEG2000 = {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"}
 REAL_FILES = [
@@ -32,7 +34,18 @@ REAL_FILES = [
     "nonchest/RG3_RLE.dcm",
     "nonchest/pydicom_dicomdirtests_CR1_6154.dcm",
 ]
-SYNTHETIC = ["window12", "multiwindow", "signed16", "voilut", "sigmoid", "mono1", "multiframe", "rle", "noext", "acrnema"]
+SYNTHETIC = [
+    "window12",
+    "multiwindow",
+    "signed16",
+    "voilut",
+    "sigmoid",
+    "mono1",
+    "multiframe",
+    "rle",
+    "noext",
+    "acrnema",
+]
 
 
 def assert_agrees(path, *, frame: int = 0) -> None:

@@ -16,7 +16,9 @@ from cxrtool.dicom.decode import LUMA
 from cxrtool.dicom.pixels import render
 from cxrtool.dicom.read import load_dicom_gray, read_dataset
 
-needs_dcmtk = pytest.mark.skipif(dcmj2pnm_path() is None, reason="DCMTK's dcmj2pnm is not installed (apt-get install dcmtk)")
+needs_dcmtk = pytest.mark.skipif(
+    dcmj2pnm_path() is None, reason="DCMTK's dcmj2pnm is not installed (apt-get install dcmtk)"
+)
 
 
 def pydicom_test_file(name: str) -> str:
@@ -60,7 +62,12 @@ class TestGdcmFallback:
         pytest.importorskip("gdcm")
         path = pydicom_test_file("JPEG-lossy.dcm")
         for window in ("dicom", "none"):
-            result = compare(render(read_dataset(path), window=window)[0], dcmtk_render(path, window=window), file=path, window=window)
+            result = compare(
+                render(read_dataset(path), window=window)[0],
+                dcmtk_render(path, window=window),
+                file=path,
+                window=window,
+            )
             assert result.ok, result
 
 

@@ -49,7 +49,9 @@ class TestModality:
 
     def test_lut_wins_over_rescale(self):
         ds = plain(
-            RescaleSlope=2, RescaleIntercept=0, ModalityLUTSequence=Sequence([lut_item(np.array([7, 8]), first_map=0, bits=8)])
+            RescaleSlope=2,
+            RescaleIntercept=0,
+            ModalityLUTSequence=Sequence([lut_item(np.array([7, 8]), first_map=0, bits=8)]),
         )
         np.testing.assert_array_equal(apply_modality(np.array([0, 1]), ds), [7, 8])
 
@@ -122,7 +124,9 @@ class TestVoi:
 
 class TestInvertMonochrome1:
     def test_inverts_mono1(self):
-        np.testing.assert_allclose(invert_monochrome1(np.array([0.0, 0.25]), plain(PhotometricInterpretation="MONOCHROME1")), [1.0, 0.75])
+        np.testing.assert_allclose(
+            invert_monochrome1(np.array([0.0, 0.25]), plain(PhotometricInterpretation="MONOCHROME1")), [1.0, 0.75]
+        )
 
     def test_mono2_unchanged(self):
         arr = np.array([0.0, 0.25])
@@ -154,7 +158,9 @@ class TestResize:
 class TestRender:
     def test_signed_16_bit_with_rescale_and_window(self):
         arr = np.array([[-2000, -1000, 0, 3000]], dtype=np.int16)
-        ds = make_image(arr, bits_stored=16, RescaleSlope=1, RescaleIntercept=-1024, WindowCenter=-1024, WindowWidth=2001)
+        ds = make_image(
+            arr, bits_stored=16, RescaleSlope=1, RescaleIntercept=-1024, WindowCenter=-1024, WindowWidth=2001
+        )
         # modality values -3024, -2024, -1024, 1976 -> window [-2024.5, -24.5]
         assert render(ds)[0].tolist() == [[0, 0, 128, 255]]
 

@@ -28,7 +28,11 @@ def by_input(rows) -> dict[str, dict]:
 
 
 def tree_digest(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in root.rglob("*")
+        if p.is_file()
+    }
 
 
 def test_folder_statuses_and_outputs(synthetic_dir, tmp_path):
@@ -38,9 +42,18 @@ def test_folder_statuses_and_outputs(synthetic_dir, tmp_path):
     rows = by_input(summary.rows)
     assert tree_digest(synthetic_dir) == before  # inputs never touched
     expected_ok = {
-        "window12.dcm", "multiwindow.dcm", "sub/signed16.dcm", "sub/voilut.dcm", "sigmoid.dcm", "mono1.dcm",
-        "sub/deeper/multiframe.dcm", "window12_rle.dcm", "IM0001", "acrnema.dcm", "ct_head.dcm",
-    }  # fmt: skip
+        "window12.dcm",
+        "multiwindow.dcm",
+        "sub/signed16.dcm",
+        "sub/voilut.dcm",
+        "sigmoid.dcm",
+        "mono1.dcm",
+        "sub/deeper/multiframe.dcm",
+        "window12_rle.dcm",
+        "IM0001",
+        "acrnema.dcm",
+        "ct_head.dcm",
+    }
     assert {k for k, r in rows.items() if r["status"] == "ok"} == expected_ok
     assert rows["report_sr.dcm"]["status"] == "skipped" and "no pixel data" in rows["report_sr.dcm"]["error"]
     assert rows["sub/photo.bin"]["status"] == "skipped" and "not a DICOM" in rows["sub/photo.bin"]["error"]
@@ -93,7 +106,11 @@ def test_resume_skips_done_and_retries_failed(synthetic_dir, tmp_path):
 
 
 def test_all_frames_16_bit_and_size(synthetic_dir, tmp_path):
-    summary = prepare_folder(synthetic_dir / "sub" / "deeper", tmp_path / "out", options=opts(all_frames=True, bits=16, size=24, window="none"))
+    summary = prepare_folder(
+        synthetic_dir / "sub" / "deeper",
+        tmp_path / "out",
+        options=opts(all_frames=True, bits=16, size=24, window="none"),
+    )
     assert [r["path"] for r in summary.rows] == [f"multiframe_f000{i}.png" for i in range(3)]
     frames = [np.asarray(Image.open(tmp_path / "out" / r["path"])) for r in summary.rows]
     assert all(f.dtype == np.uint16 and f.shape == (16, 24) for f in frames)
@@ -103,7 +120,10 @@ def test_all_frames_16_bit_and_size(synthetic_dir, tmp_path):
 def test_strict_skips_wrong_headers(synthetic_dir, tmp_path):
     rows = by_input(prepare_folder(synthetic_dir, tmp_path / "out", options=opts(strict=True)).rows)
     assert rows["ct_head.dcm"]["status"] == "skipped"
-    assert rows["ct_head.dcm"]["error"] == "header checks failed (--strict): modality CT is not CR/DX/DR; body part HEAD is not chest"
+    assert (
+        rows["ct_head.dcm"]["error"]
+        == "header checks failed (--strict): modality CT is not CR/DX/DR; body part HEAD is not chest"
+    )
     assert rows["window12.dcm"]["status"] == "ok" and rows["window12.dcm"]["checks"] == ""
 
 
@@ -144,7 +164,10 @@ def test_output_names():
 @pytest.mark.shared_data
 def test_header_checks_on_nih_files(shared_data):
     chest = shared_data / "dicom" / "chest"
-    checks = {n: header_checks(read_dataset(chest / f"udacity_nih_test{n}.dcm", stop_before_pixels=True)) for n in (1, 4, 5, 6)}
+    checks = {
+        n: header_checks(read_dataset(chest / f"udacity_nih_test{n}.dcm", stop_before_pixels=True))
+        for n in (1, 4, 5, 6)
+    }
     assert checks == {
         1: [],
         4: ["body part RIBCAGE is not chest"],

@@ -77,7 +77,9 @@ class TestRealFiles:
 
     def test_lossy_j2k_close_to_original(self, shared_data):
         d = shared_data / CHEST
-        diff = np.abs(render(read_dataset(d / "RG1_J2KI.dcm"))[0].astype(int) - render(read_dataset(d / "RG1_UNCR.dcm"))[0])
+        diff = np.abs(
+            render(read_dataset(d / "RG1_J2KI.dcm"))[0].astype(int) - render(read_dataset(d / "RG1_UNCR.dcm"))[0]
+        )
         assert diff.mean() < 0.5 and diff.max() <= 8
 
     def test_header_edited_mono1_is_inverted(self, shared_data):

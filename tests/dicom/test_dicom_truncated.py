@@ -58,7 +58,13 @@ def test_prep_dicom_fails_truncated_header_instead_of_skipping(whole, tmp_path):
     at = whole.index(b"\x28\x00\x10\x00")
     src = tmp_path / "cut.dcm"
     src.write_bytes(whole[: at + 5])
-    (row,) = prepare_file(src, tmp_path / "out" / "cut.png", options=PrepOptions(keep_phi=True), input_name="cut.dcm", out_root=tmp_path / "out")
+    (row,) = prepare_file(
+        src,
+        tmp_path / "out" / "cut.png",
+        options=PrepOptions(keep_phi=True),
+        input_name="cut.dcm",
+        out_root=tmp_path / "out",
+    )
     assert row["status"] == "failed" and row["error"].startswith("truncated")
 
 

@@ -22,15 +22,24 @@ def tiny_checkpoint(tiny_arch, tmp_path_factory) -> Path:
     from cxrtool.models.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
-    card = ModelCard(arch=tiny_arch, task="multiclass", class_names=["covid", "normal", "viral_pneumonia"], preprocess=PreprocessCfg(input_size=32))
-    return save_checkpoint(tmp_path_factory.mktemp("m") / "tiny.safetensors", build_model(tiny_arch, num_classes=3).eval(), card)
+    card = ModelCard(
+        arch=tiny_arch,
+        task="multiclass",
+        class_names=["covid", "normal", "viral_pneumonia"],
+        preprocess=PreprocessCfg(input_size=32),
+    )
+    return save_checkpoint(
+        tmp_path_factory.mktemp("m") / "tiny.safetensors", build_model(tiny_arch, num_classes=3).eval(), card
+    )
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="this machine has CUDA")
 def test_cuda_without_a_gpu_is_a_usage_error_before_any_work(shared_data, tiny_checkpoint, tmp_path):
     film = shared_data / "covid3/covid/k_train_010.png"
     out = tmp_path / "out"
-    run = CliRunner().invoke(app, ["explain", str(film), "-m", str(tiny_checkpoint), "-o", str(out), "--device", "cuda"])
+    run = CliRunner().invoke(
+        app, ["explain", str(film), "-m", str(tiny_checkpoint), "-o", str(out), "--device", "cuda"]
+    )
     assert run.exit_code == 2, run.output
     assert "no CUDA device is available" in " ".join(run.output.split()) and "Traceback" not in run.output
     assert not (out / "explain.csv").exists()
@@ -41,7 +50,9 @@ def test_cuda_without_a_gpu_is_a_usage_error_before_any_work(shared_data, tiny_c
 @pytest.mark.parametrize("device", ["cpu", "auto"])
 def test_cpu_and_auto_explain(shared_data, tiny_checkpoint, tmp_path, device):
     film = shared_data / "covid3/covid/k_train_010.png"
-    run = CliRunner().invoke(app, ["explain", str(film), "-m", str(tiny_checkpoint), "-o", str(tmp_path), "--device", device])
+    run = CliRunner().invoke(
+        app, ["explain", str(film), "-m", str(tiny_checkpoint), "-o", str(tmp_path), "--device", device]
+    )
     assert run.exit_code == 0, run.output
     assert (tmp_path / "explain.csv").is_file() and list(tmp_path.glob("*.heatmap.npy"))
 

@@ -35,15 +35,22 @@ def test_fast_rules_equal_zennit(tiny_densenet, name):
 def _bias_free_relu_net() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2, bias=False), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4, bias=False),
+        nn.Conv2d(3, 8, 3, padding=1, bias=False),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, stride=2, bias=False),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 4, bias=False),
     ).eval()
 
 
 def test_lrp0_equals_gradient_times_input():
     net = _bias_free_relu_net()
     x = torch.randn(5, 3, 16, 16)
-    lrp0 = CompositeSpec("lrp0", first=None, conv=EpsilonRule(1e-12), description="LRP-0", classifier=EpsilonRule(1e-12))
+    lrp0 = CompositeSpec(
+        "lrp0", first=None, conv=EpsilonRule(1e-12), description="LRP-0", classifier=EpsilonRule(1e-12)
+    )
     targets = torch.tensor([0, 1, 2, 3, 0])
     _, (rel,) = Explainer(net, lrp0).explain(x, [targets])
     logits, (gxi,) = Explainer(net, "gradient").explain(x, [targets])
@@ -58,7 +65,15 @@ def test_lrp0_equals_gradient_times_input():
 def test_charged_biases_are_booked():
     """A network whose conv and classifier biases are charged: input relevance + ledger = logit."""
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 6, 3), nn.ReLU(), nn.Conv2d(6, 6, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3)).eval()
+    net = nn.Sequential(
+        nn.Conv2d(3, 6, 3),
+        nn.ReLU(),
+        nn.Conv2d(6, 6, 3),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(6, 3),
+    ).eval()
     with torch.no_grad():
         for m in net.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
@@ -71,7 +86,9 @@ def test_charged_biases_are_booked():
 
 
 def test_non_densenet_with_batch_norm_is_rejected():
-    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)
+    )
     with pytest.raises(TypeError, match="batch norm"):
         compile_lrp(net, COMPOSITES["epsilon_plus_flat"])
 

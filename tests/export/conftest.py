@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from cxrtool.config import PreprocessCfg
+from cxrtool.modelfile import ModelCard
 from cxrtool.models import build_model
 from cxrtool.models.checkpoint import save_checkpoint
-from cxrtool.modelfile import ModelCard
 
 SIZE = 32
 

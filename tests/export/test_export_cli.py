@@ -19,7 +19,17 @@ def run(*args: str):
 def test_help_lists_the_trt_options():
     result = run("--help")
     assert result.exit_code == 0
-    for option in ("--onnx", "--trt", "--fp16", "--int8", "--calib", "--min-batch", "--opt-batch", "--max-batch", "--check-images"):
+    for option in (
+        "--onnx",
+        "--trt",
+        "--fp16",
+        "--int8",
+        "--calib",
+        "--min-batch",
+        "--opt-batch",
+        "--max-batch",
+        "--check-images",
+    ):
         assert option in result.output
 
 

@@ -14,7 +14,17 @@ from cxrtool.config import PreprocessCfg
 from cxrtool.errors import CxrError
 from cxrtool.export.calib_films import calibration_set
 from cxrtool.export.int8 import Int8CheckError, compare_int8, export_int8
-from cxrtool.modelfile import INT8_KEY, BatchProfile, ModelCard, model_id, default_int8_path, int8_info, read_ir_card, read_ir_metadata, read_onnx_card
+from cxrtool.modelfile import (
+    INT8_KEY,
+    BatchProfile,
+    ModelCard,
+    default_int8_path,
+    int8_info,
+    model_id,
+    read_ir_card,
+    read_ir_metadata,
+    read_onnx_card,
+)
 from cxrtool.train.metrics import auc_score
 
 CLASSES = ["covid", "normal", "viral_pneumonia"]
@@ -156,7 +166,21 @@ def test_predict_with_the_int8_model_on_real_films(trained_checkpoint, trained_o
     results = {}
     for backend in ("auto", "onnxruntime"):
         out = tmp_path / f"{backend}.csv"
-        run = CliRunner().invoke(app, ["predict", str(films), "--model", str(trained_checkpoint), "--out", str(out), "--backend", backend, "--workers", "0"])
+        run = CliRunner().invoke(
+            app,
+            [
+                "predict",
+                str(films),
+                "--model",
+                str(trained_checkpoint),
+                "--out",
+                str(out),
+                "--backend",
+                backend,
+                "--workers",
+                "0",
+            ],
+        )
         assert run.exit_code == 0, run.output
         with open(out, newline="") as fh:
             results[backend] = {r["path"]: r for r in csv.DictReader(fh)}
@@ -166,7 +190,9 @@ def test_predict_with_the_int8_model_on_real_films(trained_checkpoint, trained_o
     assert len(results["auto"]) == len(holdout) and all(not r["error"] for r in results["auto"].values())
     # the INT8 IR carries the checkpoint's OOD statistics (its rt_info holds the ONNX export's metadata)
     assert all(r["ood_score"] and np.isfinite(float(r["ood_score"])) for r in results["auto"].values())
-    agree = np.mean([results["auto"][k]["predicted"] == results["onnxruntime"][k]["predicted"] for k in results["auto"]])
+    agree = np.mean(
+        [results["auto"][k]["predicted"] == results["onnxruntime"][k]["predicted"] for k in results["auto"]]
+    )
     assert agree >= 0.95
 
 
@@ -228,14 +254,21 @@ def test_qdq_onnx_for_tensorrt_has_only_signed_int8_q_dq(onnx_file, shared_data,
 
     from cxrtool.export.trt_build import build_serialized, precision_onnx
 
-    rows = [(p, c, "train") for p, c in real_films(shared_data, 4)] + [(p, c, "test") for p, c in real_films(shared_data, 3, skip=40)]
+    rows = [(p, c, "train") for p, c in real_films(shared_data, 4)] + [
+        (p, c, "test") for p, c in real_films(shared_data, 3, skip=40)
+    ]
     manifest = write_manifest(tmp_path / "calib.csv", rows)
-    done = export_int8(onnx_file, manifest, tmp_path / "tiny.int8.onnx", fmt="qdq-onnx", min_agreement=0.0, max_auc_drop=1.0)
+    done = export_int8(
+        onnx_file, manifest, tmp_path / "tiny.int8.onnx", fmt="qdq-onnx", min_agreement=0.0, max_auc_drop=1.0
+    )
     graph = onnx.load_model(str(done.path)).graph
     zero_points = {i.name: i.data_type for i in graph.initializer}
     qdq = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
     assert len(qdq) > 100  # a DenseNet121: every conv input and weight
-    kinds = {onnx.TensorProto.DataType.Name(zero_points[n.input[2]]) if len(n.input) > 2 and n.input[2] else "none (UINT8)" for n in qdq}
+    kinds = {
+        onnx.TensorProto.DataType.Name(zero_points[n.input[2]]) if len(n.input) > 2 and n.input[2] else "none (UINT8)"
+        for n in qdq
+    }
     assert kinds == {"INT8"}
     trt, _, _ = install(monkeypatch, 11)
     built = build_serialized(trt, precision_onnx(done.path, "int8"), done.path, CARD.preprocess, BatchProfile(1, 2, 4))

@@ -13,11 +13,11 @@ import torch
 from cxrtool.config import PreprocessCfg
 from cxrtool.errors import CxrError
 from cxrtool.export.onnx import export_onnx
+from cxrtool.export.parity import ParityError, _spread, load_check_batch
 from cxrtool.infer.loading import available_backends, load_backend
 from cxrtool.infer.openvino_backend import compile_config
-from cxrtool.models.checkpoint import load_checkpoint
 from cxrtool.modelfile import SOURCE_SHA_KEY, file_sha256, read_card, read_onnx_card, read_onnx_metadata
-from cxrtool.export.parity import ParityError, _spread, load_check_batch
+from cxrtool.models.checkpoint import load_checkpoint
 
 from .conftest import SIZE, make_checkpoint
 

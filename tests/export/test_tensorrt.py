@@ -13,11 +13,8 @@ import pytest
 
 from cxrtool.config import PreprocessCfg
 from cxrtool.errors import CxrError
-from cxrtool.runtimes.trtlib import cuda_index
 from cxrtool.infer.loading import load_backend
 from cxrtool.infer.trt_backend import TensorRTBackend
-from cxrtool.modelfile.loaded import open_model
-from cxrtool.runtimes.trt_runner import plan_chunks
 from cxrtool.modelfile import (
     BatchProfile,
     EngineSidecar,
@@ -28,13 +25,18 @@ from cxrtool.modelfile import (
     sidecar_path,
     write_sidecar,
 )
+from cxrtool.modelfile.loaded import open_model
+from cxrtool.runtimes.trt_runner import plan_chunks
+from cxrtool.runtimes.trtlib import cuda_index
 
 HAS_TRT = all(importlib.util.find_spec(m) is not None for m in ("tensorrt", "pycuda"))
 
 
 def sidecar(**changes) -> EngineSidecar:
     values = dict(
-        card=ModelCard(arch="densenet121", task="multiclass", class_names=["a", "b"], preprocess=PreprocessCfg(input_size=32)),
+        card=ModelCard(
+            arch="densenet121", task="multiclass", class_names=["a", "b"], preprocess=PreprocessCfg(input_size=32)
+        ),
         precision="fp16",
         profile=BatchProfile(1, 8, 16),
         input_name="input",
@@ -125,9 +127,13 @@ class TestCompatibility:
         engine = tmp_path / "m.engine"
         engine.write_bytes(b"plan")
         write_sidecar(engine, sidecar(engine_sha256=hashlib.sha256(b"plan").hexdigest()))
-        monkeypatch.setattr("cxrtool.infer.trt_backend.import_tensorrt", lambda: types.SimpleNamespace(__version__="10.7.0"))
+        monkeypatch.setattr(
+            "cxrtool.infer.trt_backend.import_tensorrt", lambda: types.SimpleNamespace(__version__="10.7.0")
+        )
         monkeypatch.setattr("cxrtool.infer.trt_backend.current_gpu", lambda index: ("NVIDIA H100 80GB HBM3", "9.0"))
-        with pytest.raises(CxrError, match="this machine has TensorRT 10.7.0 on NVIDIA H100 80GB HBM3 .compute 9.0.; rebuild"):
+        with pytest.raises(
+            CxrError, match="this machine has TensorRT 10.7.0 on NVIDIA H100 80GB HBM3 .compute 9.0.; rebuild"
+        ):
             TensorRTBackend.load(open_model(engine), device="cuda")
 
 
@@ -155,7 +161,9 @@ def test_backend_unavailable_without_tensorrt(tmp_path):
 def test_build_and_run_engine(onnx_file, real_batch, tmp_path, fp16):
     from cxrtool.export.pipeline import build_engine
 
-    built = build_engine(onnx_file, tmp_path / "tiny.engine", precision="fp16" if fp16 else "fp32", profile=BatchProfile(1, 4, 8))
+    built = build_engine(
+        onnx_file, tmp_path / "tiny.engine", precision="fp16" if fp16 else "fp32", profile=BatchProfile(1, 4, 8)
+    )
     assert built.parity.ok and read_sidecar(built.path).precision == ("fp16" if fp16 else "fp32")
     backend = load_backend(built.path, backend="tensorrt", device="cuda")
     onnx_backend = load_backend(onnx_file, backend="onnxruntime")
@@ -180,7 +188,9 @@ def test_real_engine_gives_the_ood_features_of_onnx_runtime(onnx_file, real_batc
     _, features = trt_backend.run_features(np.concatenate([x, noise]))
     np.testing.assert_allclose(features, ref_features, rtol=1e-2, atol=1e-2)
     width = ref_features.shape[1]
-    trust = Trust(ort_backend.card, 1.0, fit_ood(ref_features[5:11], None, ref_features[11:], [("all", width)], quantile=0.5))
+    trust = Trust(
+        ort_backend.card, 1.0, fit_ood(ref_features[5:11], None, ref_features[11:], [("all", width)], quantile=0.5)
+    )
     paths = [f"film{i}" for i in range(len(x))]
     got, want = predict_batch(trt_backend, paths, x, trust), predict_batch(ort_backend, paths, x, trust)
     assert all(r.ood_score is not None for r in got)
@@ -194,6 +204,19 @@ def test_real_int8_engine_from_the_signed_qdq_onnx(onnx_file, real_batch, shared
     from cxrtool.export.int8 import export_int8
     from cxrtool.export.pipeline import build_engine
 
-    done = export_int8(onnx_file, shared_data / "covid3_256", tmp_path / "tiny.int8.onnx", fmt="qdq-onnx", min_agreement=0.0, max_auc_drop=1.0)
-    built = build_engine(done.path, tmp_path / "tiny.int8.engine", precision="int8", profile=BatchProfile(1, 4, 8), reference_onnx=onnx_file)
+    done = export_int8(
+        onnx_file,
+        shared_data / "covid3_256",
+        tmp_path / "tiny.int8.onnx",
+        fmt="qdq-onnx",
+        min_agreement=0.0,
+        max_auc_drop=1.0,
+    )
+    built = build_engine(
+        done.path,
+        tmp_path / "tiny.int8.engine",
+        precision="int8",
+        profile=BatchProfile(1, 4, 8),
+        reference_onnx=onnx_file,
+    )
     assert built.parity.ok and read_sidecar(built.path).precision == "int8"

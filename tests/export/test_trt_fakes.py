@@ -38,9 +38,18 @@ def tiny_onnx(path: Path, *, qdq: bool = False, zero_point=np.int8) -> Path:
     nodes = []
     x, w = "input", "w"
     if qdq:
-        inits += [numpy_helper.from_array(np.array(0.05, np.float32), "s"), numpy_helper.from_array(np.array(0, zero_point), "z")]
-        nodes += [helper.make_node("QuantizeLinear", ["input", "s", "z"], ["xq"]), helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"])]
-        nodes += [helper.make_node("QuantizeLinear", ["w", "s", "z"], ["wq"]), helper.make_node("DequantizeLinear", ["wq", "s", "z"], ["wd"])]
+        inits += [
+            numpy_helper.from_array(np.array(0.05, np.float32), "s"),
+            numpy_helper.from_array(np.array(0, zero_point), "z"),
+        ]
+        nodes += [
+            helper.make_node("QuantizeLinear", ["input", "s", "z"], ["xq"]),
+            helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+        ]
+        nodes += [
+            helper.make_node("QuantizeLinear", ["w", "s", "z"], ["wq"]),
+            helper.make_node("DequantizeLinear", ["wq", "s", "z"], ["wd"]),
+        ]
         x, w = "xd", "wd"
     nodes += [
         helper.make_node("Conv", [x, w], ["c"], pads=[1, 1, 1, 1]),
@@ -51,8 +60,14 @@ def tiny_onnx(path: Path, *, qdq: bool = False, zero_point=np.int8) -> Path:
     ]
     io = TensorProto.FLOAT
     graph = helper.make_graph(
-        nodes, "tiny", [helper.make_tensor_value_info("input", io, ["N", 3, 8, 8])],
-        [helper.make_tensor_value_info("logits", io, ["N", 3]), helper.make_tensor_value_info("features", io, ["N", 4])], inits,
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("input", io, ["N", 3, 8, 8])],
+        [
+            helper.make_tensor_value_info("logits", io, ["N", 3]),
+            helper.make_tensor_value_info("features", io, ["N", 4]),
+        ],
+        inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -64,8 +79,8 @@ def carded_onnx(tmp_path: Path) -> Path:
     """:func:`tiny_onnx` with a model card in its metadata, as ``cxrtool export`` writes it."""
     import onnx
 
-    from cxrtool.modelfile.write import set_onnx_metadata
     from cxrtool.modelfile import ModelCard, onnx_metadata
+    from cxrtool.modelfile.write import set_onnx_metadata
 
     ckpt = tmp_path / "m.safetensors"
     ckpt.write_bytes(b"weights")
@@ -97,7 +112,9 @@ class TestImport:
         if ok:
             assert import_tensorrt().__version__.startswith(f"{major}.")
         else:
-            with pytest.raises(CxrError, match=rf"TensorRT {major}\.0\.0 is not supported; cxrtool supports TensorRT 10 and 11"):
+            with pytest.raises(
+                CxrError, match=rf"TensorRT {major}\.0\.0 is not supported; cxrtool supports TensorRT 10 and 11"
+            ):
                 import_tensorrt()
 
 
@@ -125,7 +142,9 @@ class TestBuild:
         io_types = {v.type.tensor_type.elem_type for v in [*parsed.graph.input, *parsed.graph.output]}
         assert io_types == {onnx.TensorProto.FLOAT}  # the runtime's float32 buffers stay valid
         if precision == "fp16":
-            assert {i.data_type for i in parsed.graph.initializer if i.name in ("w", "fc")} == {onnx.TensorProto.FLOAT16}
+            assert {i.data_type for i in parsed.graph.initializer if i.name in ("w", "fc")} == {
+                onnx.TensorProto.FLOAT16
+            }
         else:
             assert onnx.TensorProto.FLOAT16 not in init_types
         assert any(n.op_type == "QuantizeLinear" for n in parsed.graph.node) == (precision == "int8")
@@ -149,7 +168,9 @@ class TestBuild:
         source = tiny_onnx(tmp_path / "u8.onnx", qdq=True, zero_point=np.uint8)
         with pytest.raises(CxrError, match=r"u8.onnx: has UINT8 Q/DQ nodes; TensorRT takes INT8 only"):
             precision_onnx(source, "int8")  # an old Q/DQ file is refused before the build
-        with pytest.raises(CxrError, match=r"u8.onnx: TensorRT's ONNX parser failed: .*UINT8 QuantizeLinear is not supported") as info:
+        with pytest.raises(
+            CxrError, match=r"u8.onnx: TensorRT's ONNX parser failed: .*UINT8 QuantizeLinear is not supported"
+        ) as info:
             build_serialized(trt, source.read_bytes(), source, CFG, BatchProfile(1, 4, 8))
         assert "\n" not in str(info.value)
         proto = onnx.load_model(str(tiny_onnx(tmp_path / "default.onnx", qdq=True)))
@@ -167,7 +188,9 @@ class TestBuild:
         builder = set(trt.BuilderFlag.__members__)
         assert {"STRONGLY_TYPED", "PREFER_AOT_PYTHON_PLUGINS", "PREFER_JIT_PYTHON_PLUGINS"} <= network
         assert ("EXPLICIT_BATCH" in network) == (major == 10)
-        assert ({"FP16", "INT8", "BF16", "FP8"} <= builder) == (major == 10) and not ({"FP16", "INT8"} & builder and major == 11)
+        assert ({"FP16", "INT8", "BF16", "FP8"} <= builder) == (major == 10) and not (
+            {"FP16", "INT8"} & builder and major == 11
+        )
         assert weakly_typed_default(trt) == (major == 10)
         assert network_flags(trt) == (1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if major == 10 else 0)
 
@@ -181,7 +204,9 @@ class TestBuild:
         with pytest.raises(RuntimeError, match="Shape provided for opt is inconsistent"):
             profile.set_shape("input", (4, 3, 8, 8), (2, 3, 8, 8), (8, 3, 8, 8))
         source = tiny_onnx(tmp_path / "m.onnx")
-        unchecked = types.SimpleNamespace(min=1, opt=8, max=4)  # BatchProfile itself refuses this; the build must not crash either
+        unchecked = types.SimpleNamespace(
+            min=1, opt=8, max=4
+        )  # BatchProfile itself refuses this; the build must not crash either
         with pytest.raises(CxrError, match="TensorRT refused the optimisation profile .*Shape provided for max"):
             build_serialized(trt, precision_onnx(source, "fp32"), source, CFG, unchecked)
 
@@ -195,7 +220,9 @@ class TestBuild:
     def test_options(self, tmp_path):
         from cxrtool.export.trt_options import default_tolerance, engine_precision
 
-        assert [engine_precision(fp16=f, int8=i, calib=tmp_path if i else None) for f, i in ((0, 0), (1, 0), (0, 1))] == ["fp32", "fp16", "int8"]
+        assert [
+            engine_precision(fp16=f, int8=i, calib=tmp_path if i else None) for f, i in ((0, 0), (1, 0), (0, 1))
+        ] == ["fp32", "fp16", "int8"]
         assert default_tolerance("int8") > default_tolerance("fp16") > default_tolerance("fp32")
         for kwargs, message in [
             (dict(fp16=True, int8=True, calib=tmp_path), "choose one TensorRT precision"),
@@ -243,7 +270,9 @@ class TestRunner:
         runner = TrtRunner(plan, 0)
         assert runner.infer(np.empty((0, 3, 8, 8), np.float32)).shape == (0, 3)
         x = np.ones((1, 3, 8, 8), np.float32)
-        np.testing.assert_allclose(runner.infer(x), ort_logits(source, x), rtol=1e-5, atol=1e-6)  # padded to min batch 2
+        np.testing.assert_allclose(
+            runner.infer(x), ort_logits(source, x), rtol=1e-5, atol=1e-6
+        )  # padded to min batch 2
         assert calls[-1] == ("execute_async_v3", 2)
         with pytest.raises(CxrError, match=r"this engine takes \(N, 3, 8, 8\)"):
             runner.infer(np.ones((2, 3, 4, 4), np.float32))
@@ -267,20 +296,25 @@ class TestRunner:
     def test_tensor_dtypes_are_the_engines(self, monkeypatch, tmp_path):
         """``get_tensor_dtype`` reports the ONNX's I/O types; the runner sizes its host buffers from them."""
         import onnx
+        from onnxconverter_common import float16
 
         from cxrtool.export.trt_build import build_serialized
         from cxrtool.runtimes.trt_runner import TrtRunner
 
-        from onnxconverter_common import float16
-
         trt, _, _ = install(monkeypatch, 10)
-        half = float16.convert_float_to_float16(onnx.load_model(str(tiny_onnx(tmp_path / "m.onnx"))), keep_io_types=False)
+        half = float16.convert_float_to_float16(
+            onnx.load_model(str(tiny_onnx(tmp_path / "m.onnx"))), keep_io_types=False
+        )
         plan = build_serialized(trt, half.SerializeToString(), tmp_path / "h.onnx", CFG, BatchProfile(1, 2, 4)).plan
         engine = trt.Runtime(trt.Logger()).deserialize_cuda_engine(plan)
-        assert {n: engine.get_tensor_dtype(n) for n in ("input", "logits", "features")} == dict.fromkeys(("input", "logits", "features"), trt.DataType.HALF)
+        assert {n: engine.get_tensor_dtype(n) for n in ("input", "logits", "features")} == dict.fromkeys(
+            ("input", "logits", "features"), trt.DataType.HALF
+        )
         plan32, _ = build_plan(trt, tmp_path)
         runner = TrtRunner(plan32, 0)
-        assert {name: a.dtype for name, a in runner.host.items()} == dict.fromkeys(("input", "logits", "features"), np.dtype(np.float32))
+        assert {name: a.dtype for name, a in runner.host.items()} == dict.fromkeys(
+            ("input", "logits", "features"), np.dtype(np.float32)
+        )
         assert runner.features == "features" and runner.logits == "logits"
 
     def test_missing_device_is_a_reason_not_a_crash(self, monkeypatch):
@@ -289,7 +323,9 @@ class TestRunner:
 
         install(monkeypatch, 10, devices=())
         assert cuda_problem("cuda") == "cuda:0 does not exist (0 CUDA devices)"
-        assert not TensorRTBackend.is_available("cuda") and TensorRTBackend.unavailable_reason("cuda").startswith("cuda:0 does not exist")
+        assert not TensorRTBackend.is_available("cuda") and TensorRTBackend.unavailable_reason("cuda").startswith(
+            "cuda:0 does not exist"
+        )
 
 
 EXIT_SCRIPT = """
@@ -313,7 +349,9 @@ print("done", driver.pushes, driver.pops)
 """
 
 
-@pytest.mark.parametrize("leak, code", [("", 0), ("driver.Device(0).retain_primary_context().push()", 134)], ids=["clean", "leaked-push"])
+@pytest.mark.parametrize(
+    "leak, code", [("", 0), ("driver.Device(0).retain_primary_context().push()", 134)], ids=["clean", "leaked-push"]
+)
 def test_interpreter_exit_leaves_the_context_stack_empty(tmp_path, leak, code):
     """pycuda aborts at exit on a non-empty context stack; the fake does too (the leaked push proves it would notice)."""
     script = EXIT_SCRIPT.format(here=str(HERE), repo=str(HERE.parents[1]), tmp=str(tmp_path), leak=leak)
@@ -338,11 +376,41 @@ class TestFallbacks:
         engine = tmp_path / "m.engine"
         engine.write_bytes(b"plan")
         card = ModelCard(arch="densenet121", task="multiclass", class_names=["a", "b"])
-        write_sidecar(engine, EngineSidecar(card, "fp16", BatchProfile(), "input", "logits", "10.3.0", "GPU", "8.0", "e" * 64, "m.onnx", "o" * 64, "c" * 64))
+        write_sidecar(
+            engine,
+            EngineSidecar(
+                card,
+                "fp16",
+                BatchProfile(),
+                "input",
+                "logits",
+                "10.3.0",
+                "GPU",
+                "8.0",
+                "e" * 64,
+                "m.onnx",
+                "o" * 64,
+                "c" * 64,
+            ),
+        )
         (tmp_path / "films").mkdir()
         (tmp_path / "films" / "a.png").write_bytes(b"not read: the backend check comes first")
         try:
-            run = CliRunner().invoke(app, ["predict", str(tmp_path / "films"), "--model", str(engine), "--out", str(tmp_path / "p.csv"), "--backend", "tensorrt", "--device", "cuda"])
+            run = CliRunner().invoke(
+                app,
+                [
+                    "predict",
+                    str(tmp_path / "films"),
+                    "--model",
+                    str(engine),
+                    "--out",
+                    str(tmp_path / "p.csv"),
+                    "--backend",
+                    "tensorrt",
+                    "--device",
+                    "cuda",
+                ],
+            )
         finally:
             trt_runner.cuda_problem.cache_clear()
         assert run.exit_code == 2, run.output
@@ -352,9 +420,9 @@ class TestFallbacks:
         assert "Traceback" not in run.output
 
     def test_auto_on_cuda_says_why_tensorrt_was_not_used(self, monkeypatch, tmp_path):
-        from cxrtool.runtimes import trt_runner
         from cxrtool.infer.auto import load_auto
         from cxrtool.modelfile.loaded import open_model
+        from cxrtool.runtimes import trt_runner
 
         install(monkeypatch, 10, devices=())
         import onnx
@@ -365,7 +433,13 @@ class TestFallbacks:
         onnx_path = tiny_onnx(tmp_path / "m.onnx")
         proto = onnx.load_model(str(onnx_path))
         (tmp_path / "m.safetensors").write_bytes(b"weights")
-        set_onnx_metadata(proto, onnx_metadata(ModelCard(arch="densenet121", task="multiclass", class_names=["a", "b", "c"]), tmp_path / "m.safetensors"))
+        set_onnx_metadata(
+            proto,
+            onnx_metadata(
+                ModelCard(arch="densenet121", task="multiclass", class_names=["a", "b", "c"]),
+                tmp_path / "m.safetensors",
+            ),
+        )
         onnx.save_model(proto, str(onnx_path))
         with pytest.raises(CxrError) as info:  # no CUDA torch / ORT here either: the error carries the TensorRT reason
             load_auto(open_model(onnx_path), "cuda")
@@ -386,7 +460,11 @@ def test_build_engine_checks_then_writes_engine_and_sidecar(fakes, tmp_path):
     built = build_engine(source, tmp_path / "m.engine", precision="fp32", profile=BatchProfile(1, 2, 4), device="cuda")
     sidecar = read_sidecar(built.path)
     assert built.parity.ok and built.parity.max_abs_diff < 1e-5 and sidecar.precision == "fp32"
-    assert sidecar.tensorrt_version.startswith(f"{major}.") and sidecar.gpu_name == "NVIDIA H200" and sidecar.output_name == "logits"
+    assert (
+        sidecar.tensorrt_version.startswith(f"{major}.")
+        and sidecar.gpu_name == "NVIDIA H200"
+        and sidecar.output_name == "logits"
+    )
     backend = TensorRTBackend.load(open_model(built.path), device="cuda")
     x = np.random.default_rng(1).normal(size=(5, 3, 8, 8)).astype(np.float32)
     np.testing.assert_allclose(backend.run(x), ort_logits(source, x), rtol=1e-5, atol=1e-6)
@@ -408,8 +486,8 @@ def test_build_runs_in_the_target_devices_context(monkeypatch, tmp_path):
 def test_tensorrt_rows_carry_the_same_ood_score_and_flag_as_onnx_runtime(fakes, tmp_path):
     """The trust gate on TensorRT: same features output, same ``ood_score`` and ``flag`` per film as ONNX Runtime."""
     from cxrtool.export.pipeline import build_engine
-    from cxrtool.infer.loading import load_backend
     from cxrtool.infer.batching import predict_batch
+    from cxrtool.infer.loading import load_backend
     from cxrtool.infer.trt_backend import TensorRTBackend
     from cxrtool.modelfile.loaded import open_model
     from cxrtool.trust import Trust
@@ -433,7 +511,9 @@ def test_tensorrt_rows_carry_the_same_ood_score_and_flag_as_onnx_runtime(fakes, 
     assert all(r.ood_score is not None for r in got)
     np.testing.assert_allclose([r.ood_score for r in got], [r.ood_score for r in want], rtol=1e-5)
     assert [r.flag for r in got] == [r.flag for r in want]
-    assert {FLAG_OK, FLAG_OOD} <= {r.flag for r in want}  # both verdicts occur (noise films may also fail the view check)
+    assert {FLAG_OK, FLAG_OOD} <= {
+        r.flag for r in want
+    }  # both verdicts occur (noise films may also fail the view check)
 
 
 class TestSignedQdq:
@@ -445,15 +525,23 @@ class TestSignedQdq:
         from cxrtool.export.qdq import qdq_zero_point_types, to_signed_int8
 
         model = onnx.load_model(str(tiny_onnx(tmp_path / "u8.onnx", qdq=True, zero_point=np.uint8)))
-        model.graph.output.append(onnx.helper.make_tensor_value_info("xd", onnx.TensorProto.FLOAT, None))  # the dequantized input
-        x = np.abs(np.random.default_rng(0).normal(size=(4, 3, 8, 8))).astype(np.float32)  # non-negative, like a ReLU output
-        before = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(["xd"], {"input": x})
+        model.graph.output.append(
+            onnx.helper.make_tensor_value_info("xd", onnx.TensorProto.FLOAT, None)
+        )  # the dequantized input
+        x = np.abs(np.random.default_rng(0).normal(size=(4, 3, 8, 8))).astype(
+            np.float32
+        )  # non-negative, like a ReLU output
+        before = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+            ["xd"], {"input": x}
+        )
         assert set(qdq_zero_point_types(model)) == {"UINT8"}
         assert to_signed_int8(model, "u8.onnx") == 4
         assert set(qdq_zero_point_types(model)) == {"INT8"}
         scale = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}["s"]
         assert scale == pytest.approx(0.05 * 255 / 127)
-        after = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(["xd"], {"input": x})
+        after = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+            ["xd"], {"input": x}
+        )
         # the same range (255 * 0.05 == 127 * new scale); every value within half a new step of the input
         assert 127 * float(scale) == pytest.approx(255 * 0.05) and x.max() < 255 * 0.05
         assert np.abs(before[0] - x).max() <= 0.05 / 2 + 1e-6 and np.abs(after[0] - x).max() <= float(scale) / 2 + 1e-6

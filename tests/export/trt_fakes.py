@@ -57,15 +57,37 @@ PLAN_MAGIC = b"FAKEPLAN"
 
 #: ``BuilderFlag`` members in both 10.x and 11.x (values as in the 10.x enum)
 BUILDER_FLAGS_COMMON = {
-    "DEBUG": 2, "GPU_FALLBACK": 3, "REFIT": 4, "DISABLE_TIMING_CACHE": 5, "TF32": 6, "SPARSE_WEIGHTS": 7, "SAFETY_SCOPE": 8,
-    "REJECT_EMPTY_ALGORITHMS": 12, "VERSION_COMPATIBLE": 13, "EXCLUDE_LEAN_RUNTIME": 14, "ERROR_ON_TIMING_CACHE_MISS": 16,
-    "DISABLE_COMPILATION_CACHE": 18, "STRIP_PLAN": 19, "REFIT_IDENTICAL": 20, "WEIGHT_STREAMING": 21, "REFIT_INDIVIDUAL": 23,
-    "STRICT_NANS": 24, "MONITOR_MEMORY": 25, "EDITABLE_TIMING_CACHE": 27,
+    "DEBUG": 2,
+    "GPU_FALLBACK": 3,
+    "REFIT": 4,
+    "DISABLE_TIMING_CACHE": 5,
+    "TF32": 6,
+    "SPARSE_WEIGHTS": 7,
+    "SAFETY_SCOPE": 8,
+    "REJECT_EMPTY_ALGORITHMS": 12,
+    "VERSION_COMPATIBLE": 13,
+    "EXCLUDE_LEAN_RUNTIME": 14,
+    "ERROR_ON_TIMING_CACHE_MISS": 16,
+    "DISABLE_COMPILATION_CACHE": 18,
+    "STRIP_PLAN": 19,
+    "REFIT_IDENTICAL": 20,
+    "WEIGHT_STREAMING": 21,
+    "REFIT_INDIVIDUAL": 23,
+    "STRICT_NANS": 24,
+    "MONITOR_MEMORY": 25,
+    "EDITABLE_TIMING_CACHE": 27,
 }
 #: the weak-typing flags 11.x removed (migration guide: "removes all precision-enabling builder flags")
 WEAK_TYPING_FLAGS = {
-    "FP16": 0, "INT8": 1, "OBEY_PRECISION_CONSTRAINTS": 9, "PREFER_PRECISION_CONSTRAINTS": 10, "DIRECT_IO": 11, "FP8": 15,
-    "BF16": 17, "INT4": 22, "FP4": 26,
+    "FP16": 0,
+    "INT8": 1,
+    "OBEY_PRECISION_CONSTRAINTS": 9,
+    "PREFER_PRECISION_CONSTRAINTS": 10,
+    "DIRECT_IO": 11,
+    "FP8": 15,
+    "BF16": 17,
+    "INT4": 22,
+    "FP4": 26,
 }
 
 
@@ -100,7 +122,12 @@ def fake_tensorrt(major: int, calls: list) -> types.ModuleType:
 
     trt.Logger = Logger
     if major == 10:
-        network_flags = {"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1, "PREFER_AOT_PYTHON_PLUGINS": 2, "PREFER_JIT_PYTHON_PLUGINS": 3}
+        network_flags = {
+            "EXPLICIT_BATCH": 0,
+            "STRONGLY_TYPED": 1,
+            "PREFER_AOT_PYTHON_PLUGINS": 2,
+            "PREFER_JIT_PYTHON_PLUGINS": 3,
+        }
         builder_flags = {**BUILDER_FLAGS_COMMON, **WEAK_TYPING_FLAGS}
     else:
         network_flags = {"STRONGLY_TYPED": 1, "PREFER_AOT_PYTHON_PLUGINS": 2, "PREFER_JIT_PYTHON_PLUGINS": 3}
@@ -151,8 +178,10 @@ def fake_tensorrt(major: int, calls: list) -> types.ModuleType:
                 dtype = qdq_dtype(proto.graph, node)
                 if dtype is not None and dtype not in (onnx.TensorProto.INT8, onnx.TensorProto.FLOAT8E4M3FN):
                     name = onnx.TensorProto.DataType.Name(dtype)
-                    self.errors.append(f"In node {i} with name: {node.name} and operator: {node.op_type} "
-                                       f"(importQDQ): UNSUPPORTED_NODE: {name} {node.op_type} is not supported; use INT8 or FP8")
+                    self.errors.append(
+                        f"In node {i} with name: {node.name} and operator: {node.op_type} "
+                        f"(importQDQ): UNSUPPORTED_NODE: {name} {node.op_type} is not supported; use INT8 or FP8"
+                    )
             if self.errors:
                 return False
             self.network.onnx = model
@@ -196,6 +225,7 @@ def fake_tensorrt(major: int, calls: list) -> types.ModuleType:
             self.flags_set.append(flag)
 
     if major == 10:
+
         def set_calibration_profile(self, profile):
             calls.append(("set_calibration_profile",))
 
@@ -277,7 +307,9 @@ def fake_tensorrt(major: int, calls: list) -> types.ModuleType:
             if name in self.engine.inputs:
                 return self.input_shape
             n = self.input_shape[0]
-            probe = self.engine.session.run([name], {self.engine.inputs[0]: np.zeros((1, *self.input_shape[1:]), np.float32)})[0]
+            probe = self.engine.session.run(
+                [name], {self.engine.inputs[0]: np.zeros((1, *self.input_shape[1:]), np.float32)}
+            )[0]
             return (n, *probe.shape[1:])
 
         def set_tensor_address(self, name, address) -> bool:
@@ -288,7 +320,10 @@ def fake_tensorrt(major: int, calls: list) -> types.ModuleType:
             driver = sys.modules["pycuda.driver"]
             n = self.input_shape[0]
             x = driver.device_array(self.addresses[self.engine.inputs[0]])
-            outs = self.engine.session.run(self.engine.outputs, {self.engine.inputs[0]: x[: int(np.prod(self.input_shape))].reshape(self.input_shape)})
+            outs = self.engine.session.run(
+                self.engine.outputs,
+                {self.engine.inputs[0]: x[: int(np.prod(self.input_shape))].reshape(self.input_shape)},
+            )
             for name, value in zip(self.engine.outputs, outs):
                 driver.device_array(self.addresses[name])[: value.size] = value.ravel()
             calls.append(("execute_async_v3", n))
@@ -308,7 +343,9 @@ def fake_tensorrt(major: int, calls: list) -> types.ModuleType:
     return trt
 
 
-def fake_pycuda(devices: tuple[str, ...] = ("NVIDIA H200",), *, abort_at_exit: bool = True) -> tuple[types.ModuleType, types.ModuleType]:
+def fake_pycuda(
+    devices: tuple[str, ...] = ("NVIDIA H200",), *, abort_at_exit: bool = True
+) -> tuple[types.ModuleType, types.ModuleType]:
     """``(pycuda, pycuda.driver)``: a context stack, device memory as numpy arrays, pushes/pops counted."""
     pycuda = types.ModuleType("pycuda")
     driver = types.ModuleType("pycuda.driver")
@@ -408,6 +445,7 @@ def fake_pycuda(devices: tuple[str, ...] = ("NVIDIA H200",), *, abort_at_exit: b
     driver.pagelocked_empty = lambda shape, dtype: np.empty(shape, dtype)
 
     if abort_at_exit:
+
         def check_stack_at_exit():
             if driver.stack:
                 sys.stderr.write("PyCUDA ERROR: The context stack was not empty upon module cleanup.\n")
@@ -418,7 +456,9 @@ def fake_pycuda(devices: tuple[str, ...] = ("NVIDIA H200",), *, abort_at_exit: b
     return pycuda, driver
 
 
-def install(monkeypatch, major: int, devices: tuple[str, ...] = ("NVIDIA H200",)) -> tuple[types.ModuleType, types.ModuleType, list]:
+def install(
+    monkeypatch, major: int, devices: tuple[str, ...] = ("NVIDIA H200",)
+) -> tuple[types.ModuleType, types.ModuleType, list]:
     """Put both fakes in ``sys.modules`` for one test and clear cxrtool's per-process CUDA caches."""
     from cxrtool.runtimes import trt_runner
 

@@ -16,8 +16,14 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: the check would run for real")
 def test_without_cuda_it_stops_at_once(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
-    run = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_check.py"), "--out", str(tmp_path / "out")],
-                         capture_output=True, text=True, timeout=300, env=env, check=False)  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "gpu_check.py"), "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        check=False,
+    )
     assert run.returncode == 2, run.stderr[-2000:]
     assert "gpu-check: no CUDA device" in run.stderr and "Traceback" not in run.stderr
     assert not (tmp_path / "out").exists()  # nothing installed, tested or written

@@ -158,13 +158,34 @@ def build_corpus(root: Path, *, with_fifo: bool = True) -> list[Case]:
     add("float tiff with NaN", "nan.tif", nan_tiff(), "failed", "skipped", "not finite")
 
     # broken or hostile DICOM files
-    add("truncated dicom pixel data", "trunc_pixels.dcm", good_dcm[: len(good_dcm) - 1000], "failed", "failed", "bytes missing")
+    add(
+        "truncated dicom pixel data",
+        "trunc_pixels.dcm",
+        good_dcm[: len(good_dcm) - 1000],
+        "failed",
+        "failed",
+        "bytes missing",
+    )
     cut_header = good_dcm.index(b"\x28\x00\x10\x00")  # (0028,0010) Rows: cut inside the element header
-    add("dicom cut inside an element header", "trunc_header.dcm", good_dcm[: cut_header + 3], "failed", "failed", "truncated")
+    add(
+        "dicom cut inside an element header",
+        "trunc_header.dcm",
+        good_dcm[: cut_header + 3],
+        "failed",
+        "failed",
+        "truncated",
+    )
     add("dicom cut inside the file meta", "trunc_meta.dcm", good_dcm[:150], "failed", "failed", "truncated")
     add("dicom decompression bomb", "bomb.dcm", _patch_dims(good_dcm, 60_000, 60_000), "failed", "failed", "too large")
     add("dicom with zero rows", "zero_rows.dcm", _patch_dims(good_dcm, 0, 40), "failed", "failed", "invalid image size")
-    add("DICM magic then garbage", "magic.dcm", b"\x00" * 128 + b"DICM" + np.random.default_rng(10).bytes(2000), "failed", "failed", "")
+    add(
+        "DICM magic then garbage",
+        "magic.dcm",
+        b"\x00" * 128 + b"DICM" + np.random.default_rng(10).bytes(2000),
+        "failed",
+        "failed",
+        "",
+    )
     add("dicom without pixel data", "no_pixels.dcm", _without_pixels(good_dcm), "failed", "skipped", "no pixel data")
 
     # things that are not regular files

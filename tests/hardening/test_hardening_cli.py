@@ -120,7 +120,9 @@ def test_pixel_limit_applies_to_every_command(corpus, tiny_model, tmp_path, monk
     good = [root / "good.png", root / "good.dcm"]
     _invoke(["prep", "dicom", str(good[1]), str(tmp_path / "png")])
     assert "too large" in read_manifest(tmp_path / "png" / "manifest.csv").rows[0]["error"]
-    _invoke(["predict", *map(str, good), "--model", str(tiny_model), "--out", str(tmp_path / "p.csv"), "--workers", "0"])
+    _invoke(
+        ["predict", *map(str, good), "--model", str(tiny_model), "--out", str(tmp_path / "p.csv"), "--workers", "0"]
+    )
     assert all("too large" in r["error"] for r in _rows(tmp_path / "p.csv", "path").values())
     _invoke(["explain", *map(str, good), "--model", str(tiny_model), "--out", str(tmp_path / "x")])
     assert all("too large" in r["error"] for r in _rows(tmp_path / "x" / "explain.csv", "path").values())

@@ -49,7 +49,9 @@ class TestPixelLimit:
         with pytest.raises(ImageLoadError, match=r"over the limit of 100 \(\$CXRTOOL_MAX_PIXELS\)"):
             load_image(path)
 
-    @pytest.mark.parametrize("data", [png_bomb(), png_bomb(200_000, 1_000), jpeg_huge_dims()], ids=["png", "wide-png", "jpeg"])
+    @pytest.mark.parametrize(
+        "data", [png_bomb(), png_bomb(200_000, 1_000), jpeg_huge_dims()], ids=["png", "wide-png", "jpeg"]
+    )
     def test_bombs_are_load_errors(self, data, tmp_path):
         with pytest.raises(ImageLoadError, match="image too large"):
             load_image(_write(tmp_path / "bomb", data))
@@ -65,7 +67,9 @@ class TestPixelLimit:
         """A JPEG frame whose own SOF claims 65000x65000 is refused before a decoder allocates it."""
         import struct
 
-        data = bytearray((shared_data / "dicom" / "chest" / "rsna_c64d5667-a776-4f95-9e21-bfabafb07740.dcm").read_bytes())
+        data = bytearray(
+            (shared_data / "dicom" / "chest" / "rsna_c64d5667-a776-4f95-9e21-bfabafb07740.dcm").read_bytes()
+        )
         sof = data.index(b"\xff\xc0")
         data[sof + 5 : sof + 9] = struct.pack(">HH", 65_000, 65_000)
         with pytest.raises(ImageLoadError, match="compressed frame: image too large"):
@@ -84,8 +88,13 @@ class TestCheckFile:
         os.symlink("nowhere", dangling)
         os.mkfifo(fifo)
         empty.write_bytes(b"")
-        expected = {loop: "symbolic link loop", dangling: "dangling symbolic link", fifo: "not a regular file",
-                    empty: "empty file (0 bytes)", tmp_path: "is a folder"}
+        expected = {
+            loop: "symbolic link loop",
+            dangling: "dangling symbolic link",
+            fifo: "not a regular file",
+            empty: "empty file (0 bytes)",
+            tmp_path: "is a folder",
+        }
         for path, reason in expected.items():
             with pytest.raises(ImageLoadError) as info:
                 check_file(path)

@@ -29,10 +29,14 @@ def latin1_folder(shared_data: Path, tmp_path: Path) -> Path:
 
 
 def _predict(folder: Path, model: Path, out: Path, *extra: str):
-    return RUN.invoke(app, ["predict", str(folder), "-m", str(model), "-o", str(out), "--backend", "torch", "--workers", "0", *extra])
+    return RUN.invoke(
+        app, ["predict", str(folder), "-m", str(model), "-o", str(out), "--backend", "torch", "--workers", "0", *extra]
+    )
 
 
-def test_predict_html_and_report_show_latin1_names_escaped(latin1_folder: Path, tiny_model: Path, tmp_path: Path) -> None:
+def test_predict_html_and_report_show_latin1_names_escaped(
+    latin1_folder: Path, tiny_model: Path, tmp_path: Path
+) -> None:
     preds, page = tmp_path / "p.csv", tmp_path / "r.html"
     res = _predict(latin1_folder, tiny_model, preds, "--html", str(page))
     assert res.exit_code == 0, res.output

@@ -6,7 +6,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from infer_helpers import CLASSES, write_good_images
 
 
@@ -16,13 +15,15 @@ def tiny_ckpt(tmp_path_factory) -> Path:
     import torch
 
     from cxrtool.config import PreprocessCfg
+    from cxrtool.modelfile import ModelCard
     from cxrtool.models import build_model
     from cxrtool.models.checkpoint import save_checkpoint
-    from cxrtool.modelfile import ModelCard
 
     torch.manual_seed(0)
     model = build_model("densenet121", num_classes=len(CLASSES))
-    card = ModelCard(arch="densenet121", task="multiclass", class_names=CLASSES, preprocess=PreprocessCfg(input_size=32))
+    card = ModelCard(
+        arch="densenet121", task="multiclass", class_names=CLASSES, preprocess=PreprocessCfg(input_size=32)
+    )
     return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors", model, card)
 
 

@@ -42,14 +42,18 @@ def small_onnx(tmp_path) -> Path:
         "small",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 8, 8])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
-        [numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w"),
-         numpy_helper.from_array(rng.normal(size=(3, 4)).astype(np.float32), "fc")],
+        [
+            numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w"),
+            numpy_helper.from_array(rng.normal(size=(3, 4)).astype(np.float32), "fc"),
+        ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     ckpt = tmp_path / "m.safetensors"
     ckpt.write_bytes(b"weights")
-    card = ModelCard(arch="densenet121", task="multiclass", class_names=["a", "b", "c"], preprocess=PreprocessCfg(input_size=8))
+    card = ModelCard(
+        arch="densenet121", task="multiclass", class_names=["a", "b", "c"], preprocess=PreprocessCfg(input_size=8)
+    )
     set_onnx_metadata(model, onnx_metadata(card, ckpt))
     path = tmp_path / "m.onnx"
     onnx.save_model(model, str(path))
@@ -70,8 +74,12 @@ def files(tmp_path: Path, *names: str) -> dict[str, LoadedModel]:
 
 def test_the_fastest_measured_variant_wins(tmp_path):
     f = files(tmp_path, "ckpt", "onnx", "xml")
-    found = [Candidate("torch", "torch", f["ckpt"]), Candidate("onnxruntime", "onnxruntime", f["onnx"]),
-             Candidate("openvino-f32", "openvino", f["onnx"], {"precision": "f32"}), Candidate("openvino-int8", "openvino", f["xml"])]
+    found = [
+        Candidate("torch", "torch", f["ckpt"]),
+        Candidate("onnxruntime", "onnxruntime", f["onnx"]),
+        Candidate("openvino-f32", "openvino", f["onnx"], {"precision": "f32"}),
+        Candidate("openvino-int8", "openvino", f["xml"]),
+    ]
     speeds = {"torch": 9.0, "onnxruntime": 23.0, "openvino-f32": 19.0, "openvino-int8": 41.0}
     save_measurements([(c.path, c.label, 16, speeds[c.label]) for c in found])
     ranked = rank(found, "cpu")

@@ -14,7 +14,9 @@ from cxrtool.infer.measure import BenchReport, BenchRow, run_bench, sample_files
 
 def test_bench_on_real_files_fills_every_row_consistently(tiny_ckpt, tmp_path):
     write_good_images(tmp_path / "films")
-    report = run_bench([tiny_ckpt], data=tmp_path / "films", backends=["torch"], batch_sizes=(1, 2), images=4, min_time=0, workers=1)
+    report = run_bench(
+        [tiny_ckpt], data=tmp_path / "films", backends=["torch"], batch_sizes=(1, 2), images=4, min_time=0, workers=1
+    )
     assert [(r.variant, r.batch_size) for r in report.rows] == [("torch", 1), ("torch", 2)]
     assert report.inputs["images"] == 4 and report.inputs["input_size"] == 32
     assert report.decode_ms > 0
@@ -36,7 +38,10 @@ def test_ratios_pair_each_backend_with_its_baseline_at_equal_batch():
         BenchRow("openvino-bf16", 16, 150.0),
     ]
     got = {(q["variant"], q["baseline"], q["batch_size"]): q["speedup"] for q in report.ratios()}
-    assert got == {("onnxruntime", "torch", 16): pytest.approx(2.2), ("openvino-bf16", "onnxruntime", 16): pytest.approx(150 / 44)}
+    assert got == {
+        ("onnxruntime", "torch", 16): pytest.approx(2.2),
+        ("openvino-bf16", "onnxruntime", 16): pytest.approx(150 / 44),
+    }
 
 
 def test_sample_files_spreads_over_class_folders(tmp_path):

@@ -51,7 +51,9 @@ def running(pids: set[int]) -> set[int]:
 
 def kill_and_check(argv: list[object], *, children: int, working: Callable[[], bool], timeout: float = 300) -> None:
     """Start a command, wait until it has ``children`` processes and is ``working``, kill -9 it, expect no survivor."""
-    proc = subprocess.Popen([sys.executable, "-m", "cxrtool", *map(str, argv)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cxrtool", *map(str, argv)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     deadline = time.monotonic() + timeout
     kids: set[int] = set()
     try:
@@ -75,13 +77,28 @@ def kill_and_check(argv: list[object], *, children: int, working: Callable[[], b
     for pid in survivors:  # leave the machine clean even when the test fails
         os.kill(pid, signal.SIGKILL)
     assert not survivors, f"{len(survivors)} of {len(kids)} children survived kill -9: " + "; ".join(
-        Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:120] for p in survivors if Path(f"/proc/{p}").exists()
+        Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:120]
+        for p in survivors
+        if Path(f"/proc/{p}").exists()
     )
 
 
 def test_predict_leaves_no_forkserver_worker_or_resource_tracker(tiny_ckpt, shared_data, tmp_path):
     out = tmp_path / "p.csv"
-    argv = ["predict", shared_data / "covid3", "--model", tiny_ckpt, "--out", out, "--backend", "torch", "--workers", "2", "-b", "4"]
+    argv = [
+        "predict",
+        shared_data / "covid3",
+        "--model",
+        tiny_ckpt,
+        "--out",
+        out,
+        "--backend",
+        "torch",
+        "--workers",
+        "2",
+        "-b",
+        "4",
+    ]
     # resource tracker + forkserver + 2 decode workers, and rows written (the workers are decoding)
     kill_and_check(argv, children=4, working=lambda: out.exists() and out.stat().st_size > 500)
 
@@ -106,6 +123,24 @@ def test_train_leaves_no_data_loader_worker(shared_data, tmp_path):
         for cls in ("covid", "normal", "viral_pneumonia"):
             for i, f in enumerate(sorted((shared_data / "covid3_256" / cls).glob("*.png"))[:12]):
                 writer.writerow([f, cls, "val" if i >= 8 else "train"])
-    argv = ["train", manifest, "--init", "none", "--arch", "densenet121", "--input-size", "32", "--epochs", "50",
-            "-b", "4", "-j", "2", "--device", "cpu", "--out", tmp_path / "run"]  # fmt: skip
+    argv = [
+        "train",
+        manifest,
+        "--init",
+        "none",
+        "--arch",
+        "densenet121",
+        "--input-size",
+        "32",
+        "--epochs",
+        "50",
+        "-b",
+        "4",
+        "-j",
+        "2",
+        "--device",
+        "cpu",
+        "--out",
+        tmp_path / "run",
+    ]
     kill_and_check(argv, children=2, working=lambda: True)

@@ -165,9 +165,30 @@ def test_every_command_refuses_an_output_another_run_owns(tiny_ckpt, shared_data
         "explain": (tmp_path / "heatmaps", ["explain", film, "--model", tiny_ckpt, "--out", tmp_path / "heatmaps"]),
         "prep dicom": (tmp_path / "png", ["prep", "dicom", shared_data / "dicom" / "chest", tmp_path / "png"]),
         "prep folder": (tmp_path / "m.csv", ["prep", "folder", shared_data / "covid3_256", "-o", tmp_path / "m.csv"]),
-        "train": (tmp_path / "run", ["train", manifest, "--init", "none", "--arch", "densenet121", "--input-size", "32",
-                                     "--epochs", "1", "-b", "4", "-j", "0", "--device", "cpu", "--out", tmp_path / "run"]),
-    }  # fmt: skip
+        "train": (
+            tmp_path / "run",
+            [
+                "train",
+                manifest,
+                "--init",
+                "none",
+                "--arch",
+                "densenet121",
+                "--input-size",
+                "32",
+                "--epochs",
+                "1",
+                "-b",
+                "4",
+                "-j",
+                "0",
+                "--device",
+                "cpu",
+                "--out",
+                tmp_path / "run",
+            ],
+        ),
+    }
     for name, (owned, argv) in cases.items():
         holder = hold_in_another_process(owned)
         try:
@@ -176,6 +197,9 @@ def test_every_command_refuses_an_output_another_run_owns(tiny_ckpt, shared_data
             holder.send_signal(signal.SIGKILL)
             holder.wait()
         assert result.exit_code == 2, (name, result.output)
-        assert f"in use by another cxrtool run (pid {holder.pid})" in " ".join(result.output.split()), (name, result.output)
+        assert f"in use by another cxrtool run (pid {holder.pid})" in " ".join(result.output.split()), (
+            name,
+            result.output,
+        )
         leftovers = [p.name for p in owned.rglob("*")] if owned.is_dir() else []
         assert leftovers == [], (name, leftovers)  # refused before writing anything

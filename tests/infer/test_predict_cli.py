@@ -28,7 +28,9 @@ def test_folder_with_broken_files_exits_1_and_names_each_failure(tiny_ckpt, tmp_
     good = write_good_images(tmp_path / "in")
     bad = write_bad_files(tmp_path / "in" / "bad")
     out = tmp_path / "p.csv"
-    result = runner.invoke(app, ["predict", str(tmp_path / "in"), "-m", str(tiny_ckpt), "-o", str(out), "--workers", "1"])
+    result = runner.invoke(
+        app, ["predict", str(tmp_path / "in"), "-m", str(tiny_ckpt), "-o", str(out), "--workers", "1"]
+    )
     assert result.exit_code == 1, result.output
     counts = table_counts(result.stdout)
     assert counts.pop("failed") == len(bad)
@@ -66,7 +68,17 @@ def test_clean_run_exits_0_then_resume_predicts_nothing_new(tiny_ckpt, tmp_path)
 )
 def test_usage_errors_exit_2_before_any_output(tiny_ckpt, tmp_path, extra, expected):
     write_good_images(tmp_path / "in")
-    args = ["predict", str(tmp_path / "in"), "-m", str(tiny_ckpt), "-o", str(tmp_path / "p.csv"), "--workers", "0", *extra]
+    args = [
+        "predict",
+        str(tmp_path / "in"),
+        "-m",
+        str(tiny_ckpt),
+        "-o",
+        str(tmp_path / "p.csv"),
+        "--workers",
+        "0",
+        *extra,
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 2, result.output
     for text in expected:
@@ -83,7 +95,9 @@ def test_commands_have_help():
 
 
 def test_bench_json_without_data_measures_model_only(tiny_ckpt):
-    result = runner.invoke(app, ["bench", "-m", str(tiny_ckpt), "--backend", "torch", "-b", "2", "--min-time", "0", "--json"])
+    result = runner.invoke(
+        app, ["bench", "-m", str(tiny_ckpt), "--backend", "torch", "-b", "2", "--min-time", "0", "--json"]
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     [row] = report["rows"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from listen_helpers import CLASSES
 
 
@@ -29,4 +28,8 @@ def tiny_listen_ckpt(tmp_path_factory, tiny_arch) -> Path:
 def chest_films(shared_data) -> list[Path]:
     """Small real chest films: ACR-NEMA CR (no meta), JPEG baseline CR, implicit-VR DX."""
     chest = shared_data / "dicom" / "chest"
-    return [chest / "CR-MONO1-10-chest.dcm", chest / "rsna_c64d5667-a776-4f95-9e21-bfabafb07740.dcm", chest / "udacity_nih_test1.dcm"]
+    return [
+        chest / "CR-MONO1-10-chest.dcm",
+        chest / "rsna_c64d5667-a776-4f95-9e21-bfabafb07740.dcm",
+        chest / "udacity_nih_test1.dcm",
+    ]

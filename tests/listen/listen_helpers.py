@@ -56,7 +56,6 @@ class StoreSCP:
             self.server = None
 
 
-
 def store_all(port: int, films, ae_title: str = "SCU", tls_args=None) -> list[int]:
     """C-STORE ``films`` (paths or datasets) to ``port`` over one association; the status of each."""
     from pydicom import Dataset
@@ -64,7 +63,9 @@ def store_all(port: int, films, ae_title: str = "SCU", tls_args=None) -> list[in
 
     from cxrtool.dicom.read import read_dataset
 
-    datasets = [f if isinstance(f, Dataset) else read_dataset(f) for f in films]  # meta-less ACR-NEMA films get their syntax
+    datasets = [
+        f if isinstance(f, Dataset) else read_dataset(f) for f in films
+    ]  # meta-less ACR-NEMA films get their syntax
     ae = AE(ae_title=ae_title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 20
     for ds in datasets:

@@ -3,13 +3,12 @@ film, peers not allowed, a restart with spooled films, SIGTERM, and a destinatio
 
 from __future__ import annotations
 
-
 import pydicom
 import pytest
+from listen_helpers import CLASSES, StoreSCP, free_port, store_all, wait_for
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
-from listen_helpers import CLASSES, StoreSCP, free_port, store_all, wait_for
 from cxrtool.listen import ListenConfig, Listener, parse_destination, parse_peer
 from cxrtool.listen.peers import is_allowed
 from cxrtool.listen.spool import Spool
@@ -74,7 +73,13 @@ def test_echo_store_corrupt_and_results(tiny_listen_ckpt, chest_films, tmp_path)
     assert len(results) == 6  # SR + SC per good film
     srs = [pydicom.dcmread(p) for p in results if p.name.endswith(".sr.dcm")]
     sources = {pydicom.dcmread(f, force=True, stop_before_pixels=True).SOPInstanceUID for f in chest_films}
-    referenced = {s.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID for s in srs}
+    referenced = {
+        s.CurrentRequestedProcedureEvidenceSequence[0]
+        .ReferencedSeriesSequence[0]
+        .ReferencedSOPSequence[0]
+        .ReferencedSOPInstanceUID
+        for s in srs
+    }
     assert referenced == sources
     rows = (tmp_path / "out" / "predictions.csv").read_text().splitlines()
     assert len(rows) == 5 and rows[0].startswith("path,predicted")  # header + 4 films (one error row)
@@ -99,7 +104,9 @@ def test_restart_processes_spooled_films(tiny_listen_ckpt, chest_films, tmp_path
 def test_destination_down_then_back(tiny_listen_ckpt, chest_films, tmp_path):
     """Results wait in outbox/ while the destination is down and arrive once it is up."""
     dest_port = free_port()
-    listener = _listener(tiny_listen_ckpt, tmp_path / "out", send_to=parse_destination(f"PACS@127.0.0.1:{dest_port}"), max_backoff=1.0)
+    listener = _listener(
+        tiny_listen_ckpt, tmp_path / "out", send_to=parse_destination(f"PACS@127.0.0.1:{dest_port}"), max_backoff=1.0
+    )
     pacs = StoreSCP(dest_port)
     try:
         assert store_all(listener.port, chest_films[:2]) == [0, 0]

@@ -10,15 +10,17 @@ import time
 from pathlib import Path
 
 import pytest
-
 from listen_helpers import free_port, store_all, wait_for
+
 from cxrtool.listen import ListenConfig, Listener
 from cxrtool.listen.spool import Spool
 
 TESTS = Path(__file__).resolve().parents[1]
 #: the CLI in a fresh interpreter that also knows the test-only ``densenet_tiny`` architecture
-LAUNCH = ("import sys; sys.path.insert(0, sys.argv.pop(1)); from tiny_arch import register_tiny_arch; "
-          "register_tiny_arch(); from cxrtool.cli.main import app; sys.argv[0] = 'cxrtool'; app()")
+LAUNCH = (
+    "import sys; sys.path.insert(0, sys.argv.pop(1)); from tiny_arch import register_tiny_arch; "
+    "register_tiny_arch(); from cxrtool.cli.main import app; sys.argv[0] = 'cxrtool'; app()"
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -31,22 +33,37 @@ def test_help_lists_the_security_defaults():
     result = CliRunner().invoke(app, ["listen", "--help"])
     text = " ".join(result.output.split())  # help is wrapped to the terminal width
     assert result.exit_code == 0
-    assert "[default: 127.0.0.1]" in text and "[default: (loopback peers only)]" in text and "[default: CXRTOOL]" in text
-    for option in ("--max-associations", "--any-called-ae", "--accept-non-image", "--tls-cert", "--tls-key", "--tls-ca", "--retry-failed"):
+    assert (
+        "[default: 127.0.0.1]" in text and "[default: (loopback peers only)]" in text and "[default: CXRTOOL]" in text
+    )
+    for option in (
+        "--max-associations",
+        "--any-called-ae",
+        "--accept-non-image",
+        "--tls-cert",
+        "--tls-key",
+        "--tls-ca",
+        "--retry-failed",
+    ):
         assert option in text
 
 
-@pytest.mark.parametrize("args, named", [
-    (["--tls-cert", "server.pem"], "--tls-cert and --tls-key go together"),
-    (["--tls-ca", "ca.pem"], "--tls-cert and --tls-key go together"),
-    (["--tls-cert", "missing.pem", "--tls-key", "missing.key"], "missing.pem"),
-])
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (["--tls-cert", "server.pem"], "--tls-cert and --tls-key go together"),
+        (["--tls-ca", "ca.pem"], "--tls-cert and --tls-key go together"),
+        (["--tls-cert", "missing.pem", "--tls-key", "missing.key"], "missing.pem"),
+    ],
+)
 def test_tls_misuse_is_a_usage_error_before_any_work(tmp_path, args, named):
     from typer.testing import CliRunner
 
     from cxrtool.cli.main import app
 
-    result = CliRunner().invoke(app, ["listen", "-m", str(tmp_path / "no-model.safetensors"), "-o", str(tmp_path / "out"), *args])
+    result = CliRunner().invoke(
+        app, ["listen", "-m", str(tmp_path / "no-model.safetensors"), "-o", str(tmp_path / "out"), *args]
+    )
     assert result.exit_code == 2 and named in " ".join(result.output.split())
     assert not (tmp_path / "out").exists()  # refused before the model or the output folder is touched
 
@@ -56,11 +73,27 @@ def test_sigterm_finishes_and_keeps_the_rest(tiny_listen_ckpt, chest_films, tmp_
     out, port = tmp_path / "out", free_port()
     log = open(tmp_path / "listen.log", "w+")
     proc = subprocess.Popen(
-        [sys.executable, "-c", LAUNCH, str(TESTS), "listen", "-m", str(tiny_listen_ckpt), "-o", str(out), "--port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        [
+            sys.executable,
+            "-c",
+            LAUNCH,
+            str(TESTS),
+            "listen",
+            "-m",
+            str(tiny_listen_ckpt),
+            "-o",
+            str(out),
+            "--port",
+            str(port),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
     )
     try:
-        assert wait_for(lambda: "SIGTERM or Ctrl-C stops" in (tmp_path / "listen.log").read_text(), timeout=180), (tmp_path / "listen.log").read_text()
+        assert wait_for(lambda: "SIGTERM or Ctrl-C stops" in (tmp_path / "listen.log").read_text(), timeout=180), (
+            tmp_path / "listen.log"
+        ).read_text()
         assert store_all(port, chest_films) == [0, 0, 0]  # acknowledged = on disk
         time.sleep(0.2)
         proc.send_signal(signal.SIGTERM)

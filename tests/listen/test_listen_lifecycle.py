@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from listen_helpers import free_port, store_all, wait_for
 from pydicom.filebase import DicomBytesIO
 
-from listen_helpers import free_port, store_all, wait_for
 from cxrtool.dicom.read import read_dataset
 from cxrtool.listen import ListenConfig, Listener
 from cxrtool.listen.spool import Spool
@@ -262,7 +262,6 @@ def test_real_full_disk(tiny_listen_ckpt, film, tmp_path):
         assert len(_results(out, "sr")) == 1 and len(_rows(out)) == 1 and listener.worker.failed == 0
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
-
 
 
 def test_result_uids_follow_the_content(film, tmp_path):

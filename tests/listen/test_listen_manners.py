@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from listen_helpers import free_port, store_all, wait_for
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import ComprehensiveSRStorage, ComputedRadiographyImageStorage, Verification
 
-from listen_helpers import free_port, store_all, wait_for
 from cxrtool.errors import CxrError
 from cxrtool.listen import ListenConfig, Listener, TlsFiles, parse_peer
 from cxrtool.listen.scp import server_ssl_context
@@ -53,8 +53,9 @@ def test_refusals_are_real_rejects_with_the_reason(tiny_listen_ckpt, tmp_path):
         stranger = _scu([Verification], "STRANGER").associate("127.0.0.1", port, ae_title="CXRTOOL")
         assert _rejection(stranger) == (1, 1, 3)
         # a known title from another host: the same reject (sent by our handler, not an abort)
-        other_host = _scu([Verification], "ORTHANC").associate("127.0.0.1", port, ae_title="CXRTOOL",
-                                                              bind_address=("127.0.0.2", 0))
+        other_host = _scu([Verification], "ORTHANC").associate(
+            "127.0.0.1", port, ae_title="CXRTOOL", bind_address=("127.0.0.2", 0)
+        )
         assert _rejection(other_host) == (1, 1, 3)
         # the called AE title is not ours: "called AE title not recognised"
         assert _rejection(_scu([Verification], "ORTHANC").associate("127.0.0.1", port, ae_title="OTHER")) == (1, 1, 7)
@@ -156,7 +157,10 @@ def test_no_header_value_in_the_log(tiny_listen_ckpt, chest_films, tmp_path, cap
         assert wait_for(lambda: listener.worker.processed == len(chest_films), timeout=60)
         client = subprocess.run(
             [sys.executable, "-c", LONG_UID_CLIENT, str(listener.port), str(chest_films[2]), long_uid],
-            capture_output=True, text=True, timeout=60, check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
         )
         assert "established" in client.stdout, client.stderr[-2000:]
     finally:
@@ -184,14 +188,30 @@ def pki(tmp_path_factory) -> Path:
         pytest.skip("the openssl command is not installed")
     d = tmp_path_factory.mktemp("pki")
     ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
-    _openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=cxrtool test CA",
-             cwd=d)
+    _openssl(
+        "req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=cxrtool test CA", cwd=d
+    )
     (d / "server.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
     for name in ("server", "client"):
         _openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=d)
         ext = ["-extfile", "server.ext"] if name == "server" else []
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-                 "-out", f"{name}.pem", "-days", "2", *ext, cwd=d)
+        _openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            f"{name}.pem",
+            "-days",
+            "2",
+            *ext,
+            cwd=d,
+        )
     return d
 
 
@@ -210,8 +230,9 @@ def test_tls_with_client_certificates(tiny_listen_ckpt, chest_films, pki, tmp_pa
         assert wait_for(lambda: listener.worker.processed == 1, timeout=30)
         plain = _scu([Verification]).associate("127.0.0.1", listener.port, ae_title="CXRTOOL")
         assert not plain.is_established  # no TLS: no association
-        anonymous = _scu([Verification]).associate("127.0.0.1", listener.port, ae_title="CXRTOOL",
-                                                   tls_args=_client_tls(pki, with_cert=False))
+        anonymous = _scu([Verification]).associate(
+            "127.0.0.1", listener.port, ae_title="CXRTOOL", tls_args=_client_tls(pki, with_cert=False)
+        )
         assert not anonymous.is_established  # no client certificate: refused in the handshake
     finally:
         listener.stop()
@@ -220,8 +241,9 @@ def test_tls_with_client_certificates(tiny_listen_ckpt, chest_films, pki, tmp_pa
 def test_tls_without_ca_accepts_any_client(tiny_listen_ckpt, pki, tmp_path):
     listener = _listener(tiny_listen_ckpt, tmp_path / "out", tls=TlsFiles(pki / "server.pem", pki / "server.key"))
     try:
-        assoc = _scu([Verification]).associate("127.0.0.1", listener.port, ae_title="CXRTOOL",
-                                               tls_args=_client_tls(pki, with_cert=False))
+        assoc = _scu([Verification]).associate(
+            "127.0.0.1", listener.port, ae_title="CXRTOOL", tls_args=_client_tls(pki, with_cert=False)
+        )
         assert assoc.is_established and assoc.send_c_echo().Status == 0
         assoc.release()
     finally:

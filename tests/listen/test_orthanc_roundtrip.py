@@ -11,8 +11,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from listen_helpers import free_port, wait_for
+
 from cxrtool.listen import ListenConfig, Listener, parse_destination, parse_peer
 
 ORTHANC = Path("/usr/sbin/Orthanc")
@@ -89,13 +89,22 @@ def test_orthanc_round_trip(orthanc, tiny_listen_ckpt, shared_data, tmp_path):
     uploaded = rest.call("POST", "/instances", film.read_bytes())
     study = uploaded["ParentStudy"]
 
-    listener = Listener(ListenConfig(
-        model=tiny_listen_ckpt, out=tmp_path / "cxr", port=listen_port,
-        allow=(parse_peer("ORTHANC@127.0.0.1"),), send_to=parse_destination(f"ORTHANC@127.0.0.1:{dicom_port}"),
-    )).start()
+    listener = Listener(
+        ListenConfig(
+            model=tiny_listen_ckpt,
+            out=tmp_path / "cxr",
+            port=listen_port,
+            allow=(parse_peer("ORTHANC@127.0.0.1"),),
+            send_to=parse_destination(f"ORTHANC@127.0.0.1:{dicom_port}"),
+        )
+    ).start()
     try:
         start = time.perf_counter()
-        rest.call("POST", "/modalities/cxrtool/store", json.dumps({"Resources": [uploaded["ID"]], "Synchronous": True}).encode())
+        rest.call(
+            "POST",
+            "/modalities/cxrtool/store",
+            json.dumps({"Resources": [uploaded["ID"]], "Synchronous": True}).encode(),
+        )
 
         def modalities() -> list[str]:
             return sorted(s["MainDicomTags"].get("Modality", "") for s in rest.call("GET", f"/studies/{study}/series"))

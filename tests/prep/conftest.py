@@ -6,9 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from nih_synth import V2020_HEADER, nih_row
+from PIL import Image
 
 
 def film(seed: int, size: int = 96) -> Image.Image:
@@ -50,7 +49,9 @@ def small_nih(tmp_path: Path) -> Path:
     k = 0
     for pid in range(1, 9):
         for f in range(3 if pid <= 4 else 2):
-            rows.append(nih_row(f"{pid:08d}_{f:03d}.png", labels[k % len(labels)], f, pid, "AP" if k % 4 == 3 else "PA"))
+            rows.append(
+                nih_row(f"{pid:08d}_{f:03d}.png", labels[k % len(labels)], f, pid, "AP" if k % 4 == 3 else "PA")
+            )
             k += 1
     d = tmp_path / "nih"
     d.mkdir()

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from cxrtool.prep.folder import FolderOptions, PatientLookup, hash_files, prep_folder
 from cxrtool.errors import CxrError
 from cxrtool.manifest import read_manifest
+from cxrtool.prep.folder import FolderOptions, PatientLookup, hash_files, prep_folder
 
 
 def _sides(rows, key):
@@ -30,7 +30,9 @@ def test_synthetic_tree(class_tree: Path):
     # manifest next to the data: paths are relative to it and resolve
     assert m.rows[0]["path"].startswith("covid/") and all(m.resolve(r).is_file() for r in m.rows)
     # each class's JPEG copy is found with its original, and the pair stays on one side
-    assert sorted(g.members for g in rep.dup_groups) == [[f"{c}/copy.jpg", f"{c}/img11.png"] for c in ("covid", "normal", "viral")]
+    assert sorted(g.members for g in rep.dup_groups) == [
+        [f"{c}/copy.jpg", f"{c}/img11.png"] for c in ("covid", "normal", "viral")
+    ]
     assert all(len(s) == 1 for s in _sides(m.rows, "dup_group").values()) and rep.leaking_groups == 0
     assert {r["split"] for r in m.rows} == {"train", "val", "test"}
     for cls in rep.classes:
@@ -70,7 +72,9 @@ def test_patients_kept_together(class_tree: Path, tmp_path: Path):
         rows = read_manifest(tmp_path / "m.csv").rows
         pat = [r for r in rows if r["path"] in listed]
         assert len(pat) == 6 and len({r["split"] for r in pat}) == 1
-    assert len({r["group"] for r in pat}) == 1 and pat[0]["group"].startswith("anon-") and "PAT-1" not in pat[0]["group"]
+    assert (
+        len({r["group"] for r in pat}) == 1 and pat[0]["group"].startswith("anon-") and "PAT-1" not in pat[0]["group"]
+    )
     assert rep.patients_known == 1 and rep.leaking_groups == 0
 
 

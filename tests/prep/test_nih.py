@@ -6,7 +6,11 @@ import csv
 from pathlib import Path
 
 import pytest
+from nih_synth import V2017_HEADER, V2020_HEADER, nih_row
 
+from cxrtool.errors import CxrError
+from cxrtool.labels import CHESTXRAY14
+from cxrtool.manifest import read_manifest
 from cxrtool.prep.nih import (
     NihOptions,
     parse_findings,
@@ -15,11 +19,6 @@ from cxrtool.prep.nih import (
     read_data_entry,
     split_header,
 )
-from cxrtool.errors import CxrError
-from cxrtool.labels import CHESTXRAY14
-from cxrtool.manifest import read_manifest
-
-from nih_synth import V2017_HEADER, V2020_HEADER, nih_row
 
 
 class TestParsing:
@@ -39,7 +38,12 @@ class TestParsing:
 
     def test_2017_variant_trailing_comma_and_bad_rows(self, tmp_path: Path):
         p = tmp_path / "d.csv"
-        lines = [V2017_HEADER, nih_row("a.png", "Mass", 0, 1, age="058Y") + ",", nih_row("b.png", "Bogus", 0, 2), "c.png,Mass,0"]
+        lines = [
+            V2017_HEADER,
+            nih_row("a.png", "Mass", 0, 1, age="058Y") + ",",
+            nih_row("b.png", "Bogus", 0, 2),
+            "c.png,Mass,0",
+        ]
         p.write_text("\n".join(lines) + "\n")
         records, bad = read_data_entry(p)
         assert [r.image for r in records] == ["a.png"] and records[0].findings == ("Mass",)
@@ -65,7 +69,9 @@ class TestParsing:
 class TestPrepNih:
     def test_multilabel_with_missing_kept(self, small_nih: Path, tmp_path: Path):
         out = tmp_path / "out" / "m.csv"
-        rep = prep_nih(small_nih / "Data_Entry.csv", out, NihOptions(images=(small_nih / "imgs",), val_fraction=0.25), salt="s")
+        rep = prep_nih(
+            small_nih / "Data_Entry.csv", out, NihOptions(images=(small_nih / "imgs",), val_fraction=0.25), salt="s"
+        )
         m = read_manifest(out)
         assert m.task.name == "multilabel" and m.class_names == list(CHESTXRAY14)
         assert rep.missing == rep.missing_kept == 2 and not rep.ok
@@ -85,7 +91,9 @@ class TestPrepNih:
         assert all(g.startswith("anon-") for g in groups)
 
     def test_drop_missing_views_and_one_per_patient(self, small_nih: Path, tmp_path: Path):
-        opts = NihOptions(images=(small_nih / "imgs",), drop_missing=True, views=("pa",), one_per_patient=True, keep_phi=True)
+        opts = NihOptions(
+            images=(small_nih / "imgs",), drop_missing=True, views=("pa",), one_per_patient=True, keep_phi=True
+        )
         rep = prep_nih(small_nih / "Data_Entry.csv", tmp_path / "m.csv", opts)
         m = read_manifest(tmp_path / "m.csv")
         assert rep.ok and rep.dropped["image not found under --images"] == 2
@@ -102,7 +110,12 @@ class TestPrepNih:
         assert m.task.name == "multiclass" and not m.label_columns
         assert rep.dropped["matches several --map targets"] == 4  # the Pneumonia|Effusion rows
         assert all(r["findings"] != "Effusion|Pneumonia" for r in m.rows)
-        first = prep_nih(small_nih / "Data_Entry.csv", tmp_path / "f.csv", NihOptions(label_map=opts.label_map, conflict="first"), salt="s")
+        first = prep_nih(
+            small_nih / "Data_Entry.csv",
+            tmp_path / "f.csv",
+            NihOptions(label_map=opts.label_map, conflict="first"),
+            salt="s",
+        )
         assert first.rows_written == rep.rows_written + 4
         labels = {r["findings"]: r["label"] for r in read_manifest(tmp_path / "f.csv").rows}
         assert labels["Effusion|Pneumonia"] == "pneumonia"
@@ -117,7 +130,9 @@ class TestPrepNih:
 
     def test_only_one_list_is_an_error(self, small_nih: Path, tmp_path: Path):
         with pytest.raises(CxrError, match="official split list"):
-            prep_nih(small_nih / "Data_Entry.csv", tmp_path / "m.csv", NihOptions(test_list=tmp_path / "nope.txt"), salt="s")
+            prep_nih(
+                small_nih / "Data_Entry.csv", tmp_path / "m.csv", NihOptions(test_list=tmp_path / "nope.txt"), salt="s"
+            )
 
 
 class TestRealData:
@@ -131,14 +146,21 @@ class TestRealData:
     def test_nih1000_stage1_manifest(self, shared_data: Path, tmp_path: Path):
         nih = shared_data / "nih"
         out = tmp_path / "nih1000.csv"
-        rep = prep_nih(nih / "Data_Entry_2017_v2020.csv", out, NihOptions(images=(nih / "nih1000_64",), drop_missing=True), salt="s")
+        rep = prep_nih(
+            nih / "Data_Entry_2017_v2020.csv",
+            out,
+            NihOptions(images=(nih / "nih1000_64",), drop_missing=True),
+            salt="s",
+        )
         m = read_manifest(out)
         assert rep.ok and rep.rows_written == 1000 and rep.patients_crossing == 0
         assert m.task.name == "multilabel" and len(m.class_names) == 14
         assert all(m.resolve(r).is_file() for r in m.rows)
         test_names = set((nih / "test_list.txt").read_text().split())
         expected = list(csv.DictReader(open(nih / "images_manifest.csv", newline="")))
-        official_test = sum(1 for r in expected if r["file"].startswith("nih1000_64/") and r["official_split"] == "test")
+        official_test = sum(
+            1 for r in expected if r["file"].startswith("nih1000_64/") and r["official_split"] == "test"
+        )
         assert sum(1 for r in m.rows if r["split"] == "test") == official_test == 310
         assert all((r["split"] == "test") == (Path(r["path"]).name in test_names) for r in m.rows)
         assert 40 <= sum(1 for r in m.rows if r["split"] == "val") <= 100

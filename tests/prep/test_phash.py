@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cxrtool.images import pil_to_gray
 from cxrtool.prep.phash import (
     DEFAULT_THRESHOLD,
     from_hex,
@@ -19,7 +20,6 @@ from cxrtool.prep.phash import (
     phash_file,
     to_hex,
 )
-from cxrtool.images import pil_to_gray
 
 
 def test_resized_jpeg_copy_is_near_and_other_film_is_far(make_film, tmp_path: Path):
@@ -47,7 +47,11 @@ def test_pair_search_matches_brute_force():
     hashes[1, :5] ^= True  # 5 bits from item 0
     hashes[7] = base[3]
     pairs = near_duplicate_pairs(hashes, threshold=6)
-    brute = [(i, j, hamming(hashes[i], hashes[j])) for i, j in itertools.combinations(range(40), 2) if hamming(hashes[i], hashes[j]) <= 6]
+    brute = [
+        (i, j, hamming(hashes[i], hashes[j]))
+        for i, j in itertools.combinations(range(40), 2)
+        if hamming(hashes[i], hashes[j]) <= 6
+    ]
     assert sorted(pairs) == sorted(brute)
     assert (0, 1, 5) in pairs and (3, 7, 0) in pairs
 
@@ -67,7 +71,11 @@ def test_covid3_known_groups_found_exactly(covid3_hashes):
     """Every known near-duplicate pair (column dup_group) is found, and nothing else at the default threshold."""
     rows, hashes = covid3_hashes
     found = {(i, j) for i, j, _ in near_duplicate_pairs(hashes)}
-    known = {(i, j) for i, j in itertools.combinations(range(len(rows)), 2) if rows[i]["dup_group"] and rows[i]["dup_group"] == rows[j]["dup_group"]}
+    known = {
+        (i, j)
+        for i, j in itertools.combinations(range(len(rows)), 2)
+        if rows[i]["dup_group"] and rows[i]["dup_group"] == rows[j]["dup_group"]
+    }
     assert len(known) == 18
     recall = len(found & known) / len(known)
     precision = len(found & known) / len(found)

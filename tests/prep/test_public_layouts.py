@@ -10,13 +10,13 @@ import pytest
 from typer.testing import CliRunner
 
 from cxrtool.cli.main import app
+from cxrtool.errors import CxrError
+from cxrtool.manifest import read_manifest
 from cxrtool.prep.covidx import parse_line, prep_covidx
 from cxrtool.prep.kermany import parse_name, prep_kermany
 from cxrtool.prep.layouts import LayoutOptions
 from cxrtool.prep.radiography import prep_radiography
 from cxrtool.prep.splits import crossing_groups
-from cxrtool.errors import CxrError
-from cxrtool.manifest import read_manifest
 
 SAMPLE = Path(__file__).resolve().parents[2] / "cxrtool" / "demo" / "sample" / "nih"
 runner = CliRunner()
@@ -48,7 +48,12 @@ def _put(films: list[Path], k: int, dst: Path) -> Path:
 def _radiography_tree(root: Path, films: list[Path]) -> Path:
     ds = root / "COVID-19_Radiography_Dataset"
     k = 0
-    for cls, stem in (("COVID", "COVID"), ("Normal", "Normal"), ("Viral Pneumonia", "Viral Pneumonia"), ("Lung_Opacity", "Lung_Opacity")):
+    for cls, stem in (
+        ("COVID", "COVID"),
+        ("Normal", "Normal"),
+        ("Viral Pneumonia", "Viral Pneumonia"),
+        ("Lung_Opacity", "Lung_Opacity"),
+    ):
         for i in range(1, 7):
             _put(films, k, ds / cls / "images" / f"{stem}-{i}.png")
             _put(films, k, ds / cls / "masks" / f"{stem}-{i}.png")
@@ -68,7 +73,9 @@ def test_radiography_current_release(tmp_path: Path, films):
     assert all("/images/" in r["path"] and "/masks/" not in r["path"] for r in m.rows)
     assert report.dropped == {"class 'Lung_Opacity' excluded": 6}
     assert report.ignored["lung masks"] == 24 and report.ignored["metadata spreadsheets"] == 4
-    assert [p for p, _ in report.failed] == [str(root / "COVID-19_Radiography_Dataset" / "Normal" / "images" / "Normal-99.png")]
+    assert [p for p, _ in report.failed] == [
+        str(root / "COVID-19_Radiography_Dataset" / "Normal" / "images" / "Normal-99.png")
+    ]
     assert not report.ok  # an unreadable file is named and makes the exit code 1
     assert {r["split"] for r in m.rows} == {"train", "val", "test"}
     assert not crossing_groups([r["dup_group"] for r in m.rows], [r["split"] for r in m.rows])
@@ -78,23 +85,46 @@ def test_radiography_current_release(tmp_path: Path, films):
 def test_radiography_lung_opacity_on_request_and_first_release(tmp_path: Path, films):
     root = _radiography_tree(tmp_path / "dl", films)
     out = tmp_path / "m.csv"
-    res = runner.invoke(app, ["prep", "radiography", str(root), "-o", str(out), "--map", "Lung_Opacity=lung_opacity", "--exclude", "Viral Pneumonia"])
+    res = runner.invoke(
+        app,
+        [
+            "prep",
+            "radiography",
+            str(root),
+            "-o",
+            str(out),
+            "--map",
+            "Lung_Opacity=lung_opacity",
+            "--exclude",
+            "Viral Pneumonia",
+        ],
+    )
     assert res.exit_code == 1, res.output  # the truncated file
     assert "Normal-99.png" in res.stderr and str(out) in res.stdout
     assert Counter(r["label"] for r in read_manifest(out).rows) == {"covid": 6, "normal": 6, "lung_opacity": 6}
-    assert runner.invoke(app, ["prep", "radiography", str(root), "-o", str(out), "--map", "Pneumothorax=x"]).exit_code == 2
+    assert (
+        runner.invoke(app, ["prep", "radiography", str(root), "-o", str(out), "--map", "Pneumothorax=x"]).exit_code == 2
+    )
 
     v1 = tmp_path / "v1"  # first release: images directly in COVID-19/, NORMAL/, Viral Pneumonia/
     for k, cls in enumerate(("COVID-19", "NORMAL", "Viral Pneumonia")):
         for i in range(4):
             _put(films, 10 * k + i, v1 / cls / f"{cls} ({i + 1}).png")
     report = prep_radiography(v1, tmp_path / "v1.csv", salt="s")
-    assert report.ok and Counter(r["label"] for r in read_manifest(tmp_path / "v1.csv").rows) == {"covid": 4, "normal": 4, "viral_pneumonia": 4}
+    assert report.ok and Counter(r["label"] for r in read_manifest(tmp_path / "v1.csv").rows) == {
+        "covid": 4,
+        "normal": 4,
+        "viral_pneumonia": 4,
+    }
 
 
 def test_covidx_parse_line():
     assert parse_line("419639-003251 MIDRC-RICORD-1C-419639-003251-46647-0.png positive rsna") == (
-        "419639-003251", "MIDRC-RICORD-1C-419639-003251-46647-0.png", "positive", "rsna")  # fmt: skip
+        "419639-003251",
+        "MIDRC-RICORD-1C-419639-003251-46647-0.png",
+        "positive",
+        "rsna",
+    )
     assert parse_line("3 COVID-19 (12).png COVID-19 sirm") == ("3", "COVID-19 (12).png", "COVID-19", "sirm")
     assert parse_line("8 SARS-10.jpeg pneumonia") == ("8", "SARS-10.jpeg", "pneumonia", "")
     with pytest.raises(ValueError):
@@ -136,7 +166,9 @@ def test_covidx_patient_wise(tmp_path: Path, films):
 
 def test_covidx_leaking_official_split_is_reported(tmp_path: Path, films):
     root = _covidx_tree(tmp_path / "covidx", films, leak=True)
-    (root / "train.txt").write_text("".join(ln + "\n" for ln in (root / "train.txt").read_text().splitlines() if "not_downloaded" not in ln))
+    (root / "train.txt").write_text(
+        "".join(ln + "\n" for ln in (root / "train.txt").read_text().splitlines() if "not_downloaded" not in ln)
+    )
     report = prep_covidx(root, tmp_path / "m.csv", LayoutOptions(dedup=False), salt="s")
     assert report.patients_crossing == 1 and not report.ok
     with pytest.raises(CxrError, match="split files"):
@@ -156,13 +188,20 @@ def test_kermany_layout(tmp_path: Path, films):
     k = 0
     for split, n in (("train", 8), ("val", 2), ("test", 3)):
         for i in range(n):
-            _put(films, k, base / split / "NORMAL" / f"IM-{k:04d}-0001.jpeg"); k += 1  # noqa: E702
-            _put(films, k, base / split / "PNEUMONIA" / f"person{k}_virus_{k}.jpeg"); k += 1  # noqa: E702
+            _put(films, k, base / split / "NORMAL" / f"IM-{k:04d}-0001.jpeg")
+            k += 1  # noqa: E702
+            _put(films, k, base / split / "PNEUMONIA" / f"person{k}_virus_{k}.jpeg")
+            k += 1  # noqa: E702
             _put(films, k, base / split / "PNEUMONIA" / f"person{k}_bacteria_{k}.jpeg")
-            _put(films, k + 1, base / split / "PNEUMONIA" / f"person{k}_bacteria_{k + 100}.jpeg"); k += 2  # noqa: E702
-    (base / "train" / "PNEUMONIA" / "unnamed.jpeg").write_bytes((base / "train" / "NORMAL" / "IM-0000-0001.jpeg").read_bytes())
+            _put(films, k + 1, base / split / "PNEUMONIA" / f"person{k}_bacteria_{k + 100}.jpeg")
+            k += 2  # noqa: E702
+    (base / "train" / "PNEUMONIA" / "unnamed.jpeg").write_bytes(
+        (base / "train" / "NORMAL" / "IM-0000-0001.jpeg").read_bytes()
+    )
     out = tmp_path / "m.csv"
-    res = runner.invoke(app, ["prep", "kermany", str(tmp_path / "archive"), "-o", str(out), "--val-fraction", "0.25", "--keep-phi"])
+    res = runner.invoke(
+        app, ["prep", "kermany", str(tmp_path / "archive"), "-o", str(out), "--val-fraction", "0.25", "--keep-phi"]
+    )
     assert res.exit_code == 0, res.output
     m = read_manifest(out)
     assert Counter(r["label"] for r in m.rows) == {"normal": 13, "viral_pneumonia": 13, "bacterial_pneumonia": 26}
@@ -182,7 +221,10 @@ def test_nih_full_image_folders(tmp_path: Path):
     for i, name in enumerate(names):
         _put([SAMPLE / "images" / name], 0, root / f"images_{i // 3 + 1:03d}" / "images" / name)
     lines = (SAMPLE / "Data_Entry_2017_v2020.csv").read_text().splitlines()
-    (root / "Data_Entry_2017.csv").write_text("\n".join([lines[0], *(ln for ln in lines[1:] if ln.split(",")[0] in names[:35] or ln.startswith(names[35]))]) + "\n")
+    (root / "Data_Entry_2017.csv").write_text(
+        "\n".join([lines[0], *(ln for ln in lines[1:] if ln.split(",")[0] in names[:35] or ln.startswith(names[35]))])
+        + "\n"
+    )
     (root / "images_012" / "images" / names[-1]).unlink()  # one film missing from the download
     out = tmp_path / "nih.csv"
     res = runner.invoke(app, ["prep", "nih", str(root / "Data_Entry_2017.csv"), "--images", str(root), "-o", str(out)])

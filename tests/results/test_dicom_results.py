@@ -28,14 +28,18 @@ MODEL = ModelInfo(model_id="tiny@0123456789ab", backend="torch", calibrated=True
 
 
 def _nums(sr) -> dict[str, float]:
-    return {i.ConceptNameCodeSequence[0].CodeMeaning: float(i.MeasuredValueSequence[0].NumericValue)
-            for i in find_content_items(sr, value_type="NUM", recursive=True)
-            if i.ConceptNameCodeSequence[0].CodingSchemeDesignator == "99CXRTOOL"}
+    return {
+        i.ConceptNameCodeSequence[0].CodeMeaning: float(i.MeasuredValueSequence[0].NumericValue)
+        for i in find_content_items(sr, value_type="NUM", recursive=True)
+        if i.ConceptNameCodeSequence[0].CodingSchemeDesignator == "99CXRTOOL"
+    }
 
 
 def _codes(sr) -> dict[str, str]:
-    return {i.ConceptNameCodeSequence[0].CodeMeaning: i.ConceptCodeSequence[0].CodeMeaning
-            for i in find_content_items(sr, value_type="CODE", recursive=True)}
+    return {
+        i.ConceptNameCodeSequence[0].CodeMeaning: i.ConceptCodeSequence[0].CodeMeaning
+        for i in find_content_items(sr, value_type="CODE", recursive=True)
+    }
 
 
 def _check_valid(path, source, dciodvfy) -> list[str]:
@@ -57,8 +61,13 @@ def results_for_files(files, ckpt, out):
     from cxrtool.trust import load_trust
 
     loaded = open_model(ckpt)
-    report = explain_files(plan_inputs(files), model_from_loaded(loaded), loaded.card, out.parent / f"{out.name}-explain",
-                           trust=load_trust(loaded))
+    report = explain_files(
+        plan_inputs(files),
+        model_from_loaded(loaded),
+        loaded.card,
+        out.parent / f"{out.name}-explain",
+        trust=load_trust(loaded),
+    )
     return results_for_explain(report.rows, out, model=loaded, composite=ExplainOptions().composite)
 
 
@@ -77,8 +86,13 @@ def _write_all(files, ckpt, out, dciodvfy):
             assert ds.SeriesInstanceUID != source.SeriesInstanceUID and "NOT FOR CLINICAL USE" in ds.SeriesDescription
         row = explained[str(f)]
         report = Comprehensive3DSR.from_dataset(sr)
-        assert _nums(report)[f"Probability of {row['predicted']}"] == pytest.approx(float(row["predicted_prob"]), abs=1e-6)
-        assert _codes(report)["Finding"] == {"covid": "COVID-19", "normal": "Normal", "viral_pneumonia": "Viral pneumonia"}[row["predicted"]]
+        assert _nums(report)[f"Probability of {row['predicted']}"] == pytest.approx(
+            float(row["predicted_prob"]), abs=1e-6
+        )
+        assert (
+            _codes(report)["Finding"]
+            == {"covid": "COVID-19", "normal": "Normal", "viral_pneumonia": "Viral pneumonia"}[row["predicted"]]
+        )
         evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
         assert evidence.ReferencedSOPInstanceUID == source.SOPInstanceUID
         assert sc.BurnedInAnnotation == "YES" and sc.SamplesPerPixel == 3 and sc.pixel_array.shape[2] == 3
@@ -102,7 +116,9 @@ def test_every_dicom_fixture(shared_data, tiny_results_ckpt, tmp_path, dciodvfy)
 
 def test_trust_items_written_when_present_and_omitted_otherwise(shared_data, tmp_path, dciodvfy):
     film = shared_data / "dicom" / "chest" / "udacity_nih_test1.dcm"
-    flagged = FilmPrediction.from_probs([0.1, 0.2, 0.7], CLASSES, "viral_pneumonia", ood_score=12.5, flag="out_of_distribution")
+    flagged = FilmPrediction.from_probs(
+        [0.1, 0.2, 0.7], CLASSES, "viral_pneumonia", ood_score=12.5, flag="out_of_distribution"
+    )
     plain = FilmPrediction.from_probs([0.1, 0.2, 0.7], CLASSES, "viral_pneumonia")
     (with_trust,) = write_dicom_results(film, flagged, None, tmp_path / "a", MODEL)
     (without,) = write_dicom_results(film, plain, None, tmp_path / "b", MODEL)
@@ -110,8 +126,11 @@ def test_trust_items_written_when_present_and_omitted_otherwise(shared_data, tmp
     assert _nums(a)["Out-of-distribution score"] == pytest.approx(12.5)
     assert _codes(a)["Input check"] == "out_of_distribution"
     assert "Out-of-distribution score" not in _nums(b) and "Input check" not in _codes(b)
-    params = [i.TextValue for i in find_content_items(a, value_type="TEXT", recursive=True)
-              if i.ConceptNameCodeSequence[0].CodeMeaning == "Algorithm Parameters"]
+    params = [
+        i.TextValue
+        for i in find_content_items(a, value_type="TEXT", recursive=True)
+        if i.ConceptNameCodeSequence[0].CodeMeaning == "Algorithm Parameters"
+    ]
     assert params == ["model=tiny@0123456789ab", "backend=torch", "calibrated=yes"]
     for p in (with_trust, without):
         errors, _ = dciodvfy(p)
@@ -129,7 +148,9 @@ def test_rerun_keeps_objects_and_uids(shared_data, tiny_results_ckpt, tmp_path):
     assert [tmp_path.joinpath(p).stat().st_mtime_ns for p in (again[0].sr, again[0].sc)] == mtimes
     other = tmp_path / "copy_of_film.dcm"  # another file of the same film: same UIDs, its own name
     shutil.copyfile(film, other)
-    assert pydicom.dcmread(results_for_files([other], tiny_results_ckpt, tmp_path / "out")[0].sr).SOPInstanceUID == uids[0]
+    assert (
+        pydicom.dcmread(results_for_files([other], tiny_results_ckpt, tmp_path / "out")[0].sr).SOPInstanceUID == uids[0]
+    )
 
 
 def test_relevance_goes_back_to_the_film_geometry():
@@ -151,8 +172,23 @@ def test_cli_predict_and_explain_dicom_out(shared_data, tiny_results_ckpt, tmp_p
     png = next((shared_data / "covid3_256" / "normal").glob("*.png"))
     shutil.copyfile(png, folder / "image.png")
     runner = CliRunner()
-    res = runner.invoke(app, ["predict", str(folder), "-m", str(tiny_results_ckpt), "-o", str(tmp_path / "p.csv"),
-                              "--backend", "torch", "--workers", "0", "--dicom-out", str(tmp_path / "dcm")])
+    res = runner.invoke(
+        app,
+        [
+            "predict",
+            str(folder),
+            "-m",
+            str(tiny_results_ckpt),
+            "-o",
+            str(tmp_path / "p.csv"),
+            "--backend",
+            "torch",
+            "--workers",
+            "0",
+            "--dicom-out",
+            str(tmp_path / "dcm"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     index = (tmp_path / "dcm" / "dicom_results.csv").read_text()
     assert "not a DICOM file" in index and index.count(",written,") == 1
@@ -161,8 +197,19 @@ def test_cli_predict_and_explain_dicom_out(shared_data, tiny_results_ckpt, tmp_p
     row = next(l for l in (tmp_path / "p.csv").read_text().splitlines() if "film.dcm" in l).split(",")
     assert [round(v, 6) for v in _nums(sr).values()][:3] == [float(x) for x in row[2:5]]  # the row's own probabilities
 
-    res = runner.invoke(app, ["explain", str(folder), "-m", str(tiny_results_ckpt), "-o", str(tmp_path / "ex"),
-                              "--dicom-out", str(tmp_path / "dcm2")])
+    res = runner.invoke(
+        app,
+        [
+            "explain",
+            str(folder),
+            "-m",
+            str(tiny_results_ckpt),
+            "-o",
+            str(tmp_path / "ex"),
+            "--dicom-out",
+            str(tmp_path / "dcm2"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert len(list((tmp_path / "dcm2").glob("*.sc.dcm"))) == 1
 
@@ -192,7 +239,9 @@ def _film_with(shared_data, tmp_path, name: str, **header) -> "Path":
     return path
 
 
-@pytest.mark.parametrize("modality", [None, "dx", "DIGITALRADIOGRAPHYX"], ids=["missing", "lower-case", "over 16 characters"])
+@pytest.mark.parametrize(
+    "modality", [None, "dx", "DIGITALRADIOGRAPHYX"], ids=["missing", "lower-case", "over 16 characters"]
+)
 def test_bad_modality_still_gets_a_valid_sr_and_sc(shared_data, tiny_results_ckpt, tmp_path, dciodvfy, modality):
     film = _film_with(shared_data, tmp_path, "film", Modality=modality)
     (result,) = results_for_files([film], tiny_results_ckpt, tmp_path / "out")
@@ -228,17 +277,58 @@ def test_dicom_result_failures_make_predict_and_explain_exit_1(shared_data, tiny
     _film_with(shared_data, folder, "dx", Modality="dx")
     _film_with(shared_data, folder, "no_study", StudyInstanceUID=None)
     runner = CliRunner()
-    res = runner.invoke(app, ["predict", str(folder), "-m", str(tiny_results_ckpt), "-o", str(tmp_path / "p.csv"),
-                              "--backend", "torch", "--workers", "0", "--dicom-out", str(tmp_path / "dcm")])
+    res = runner.invoke(
+        app,
+        [
+            "predict",
+            str(folder),
+            "-m",
+            str(tiny_results_ckpt),
+            "-o",
+            str(tmp_path / "p.csv"),
+            "--backend",
+            "torch",
+            "--workers",
+            "0",
+            "--dicom-out",
+            str(tmp_path / "dcm"),
+        ],
+    )
     assert res.exit_code == 1, res.output
     rows = {Path(r["path"]).name: r for r in csv.DictReader(open(tmp_path / "dcm" / "dicom_results.csv", newline=""))}
     assert rows["dx.dcm"]["status"] == "written" and rows["no_study.dcm"]["status"] == "failed"
     assert "StudyInstanceUID" in rows["no_study.dcm"]["reason"]
-    res = runner.invoke(app, ["explain", str(folder), "-m", str(tiny_results_ckpt), "-o", str(tmp_path / "ex"),
-                              "--dicom-out", str(tmp_path / "dcm2")])
+    res = runner.invoke(
+        app,
+        [
+            "explain",
+            str(folder),
+            "-m",
+            str(tiny_results_ckpt),
+            "-o",
+            str(tmp_path / "ex"),
+            "--dicom-out",
+            str(tmp_path / "dcm2"),
+        ],
+    )
     assert res.exit_code == 1, res.output
 
     (folder / "no_study.dcm").unlink()  # control: only the Modality problem left, which is handled -> exit 0
-    res = runner.invoke(app, ["predict", str(folder), "-m", str(tiny_results_ckpt), "-o", str(tmp_path / "p2.csv"),
-                              "--backend", "torch", "--workers", "0", "--dicom-out", str(tmp_path / "dcm3")])
+    res = runner.invoke(
+        app,
+        [
+            "predict",
+            str(folder),
+            "-m",
+            str(tiny_results_ckpt),
+            "-o",
+            str(tmp_path / "p2.csv"),
+            "--backend",
+            "torch",
+            "--workers",
+            "0",
+            "--dicom-out",
+            str(tmp_path / "dcm3"),
+        ],
+    )
     assert res.exit_code == 0, res.output

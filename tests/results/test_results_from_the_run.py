@@ -39,8 +39,13 @@ def _model(folder: Path, tiny_arch: str, calibration: dict) -> Path:
     from cxrtool.models.checkpoint import save_checkpoint
 
     torch.manual_seed(1)
-    card = ModelCard(arch=tiny_arch, task="multiclass", class_names=CLASSES, preprocess=PreprocessCfg(input_size=32),
-                     calibration=calibration)
+    card = ModelCard(
+        arch=tiny_arch,
+        task="multiclass",
+        class_names=CLASSES,
+        preprocess=PreprocessCfg(input_size=32),
+        calibration=calibration,
+    )
     ckpt = save_checkpoint(folder / "hot.safetensors", build_model(tiny_arch, num_classes=len(CLASSES)), card)
     export_onnx(ckpt)  # engines/hot.onnx: a current export, so auto can run it
     return ckpt
@@ -94,10 +99,34 @@ def runs(shared_data, tmp_path_factory, tiny_arch) -> Iterator[dict]:
     out: dict = {"tmp": tmp, "ckpt": ckpt}
     runner = CliRunner()
     for command, args in [
-        ("predict", ["-o", str(tmp / "p.csv"), "--backend", "auto", "--workers", "0",
-                     "--dicom-out", str(tmp / "p_dcm"), "--html", str(tmp / "p.html")]),
-        ("explain", ["-o", str(tmp / "ex"), "--target", "all",
-                     "--dicom-out", str(tmp / "ex_dcm"), "--html", str(tmp / "ex.html")]),
+        (
+            "predict",
+            [
+                "-o",
+                str(tmp / "p.csv"),
+                "--backend",
+                "auto",
+                "--workers",
+                "0",
+                "--dicom-out",
+                str(tmp / "p_dcm"),
+                "--html",
+                str(tmp / "p.html"),
+            ],
+        ),
+        (
+            "explain",
+            [
+                "-o",
+                str(tmp / "ex"),
+                "--target",
+                "all",
+                "--dicom-out",
+                str(tmp / "ex_dcm"),
+                "--html",
+                str(tmp / "ex.html"),
+            ],
+        ),
     ]:
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("CXRTOOL_CACHE_DIR", str(tmp / "speed"))  # no bench measurement: auto decides by CPU flags
@@ -116,10 +145,16 @@ def _sr_numbers(path: Path) -> tuple[dict[str, float], str]:
     sr = Comprehensive3DSR.from_dataset(pydicom.dcmread(path))
     nums = find_content_items(sr, value_type="NUM", recursive=True)
     names = [i.ConceptNameCodeSequence[0].CodeMeaning for i in nums]
-    probs = {name.removeprefix("Probability of "): float(i.MeasuredValueSequence[0].NumericValue)
-             for name, i in zip(names, nums) if name.startswith("Probability of ")}
-    params = [i.TextValue for i in find_content_items(sr, value_type="TEXT", recursive=True)
-              if i.ConceptNameCodeSequence[0].CodeMeaning == "Algorithm Parameters"]
+    probs = {
+        name.removeprefix("Probability of "): float(i.MeasuredValueSequence[0].NumericValue)
+        for name, i in zip(names, nums)
+        if name.startswith("Probability of ")
+    }
+    params = [
+        i.TextValue
+        for i in find_content_items(sr, value_type="TEXT", recursive=True)
+        if i.ConceptNameCodeSequence[0].CodeMeaning == "Algorithm Parameters"
+    ]
     return probs, next(p.split("=", 1)[1] for p in params if p.startswith("calibrated="))
 
 
@@ -178,8 +213,19 @@ def test_calibrated_is_no_without_a_temperature(shared_data, tmp_path, tiny_arch
     film = tmp_path / "films" / "film.dcm"
     film.parent.mkdir()
     shutil.copyfile(shared_data / "dicom" / FILMS[1], film)
-    res = CliRunner().invoke(app, ["explain", str(film.parent), "-m", str(ckpt), "-o", str(tmp_path / "ex"),
-                                   "--dicom-out", str(tmp_path / "dcm")])
+    res = CliRunner().invoke(
+        app,
+        [
+            "explain",
+            str(film.parent),
+            "-m",
+            str(ckpt),
+            "-o",
+            str(tmp_path / "ex"),
+            "--dicom-out",
+            str(tmp_path / "dcm"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     with open(tmp_path / "ex" / "explain.csv", encoding="utf-8", newline="") as fh:
         (row,) = list(csv.DictReader(fh))
@@ -192,6 +238,9 @@ def test_model_id_is_the_hash_of_the_bytes_read(runs):
     want = f"model=hot@{hashlib.sha256(runs['ckpt'].read_bytes()).hexdigest()[:12]}"
     for sr in _results(runs["tmp"] / "ex_dcm").values():
         report = Comprehensive3DSR.from_dataset(pydicom.dcmread(sr))
-        params = [i.TextValue for i in find_content_items(report, value_type="TEXT", recursive=True)
-                  if i.ConceptNameCodeSequence[0].CodeMeaning == "Algorithm Parameters"]
+        params = [
+            i.TextValue
+            for i in find_content_items(report, value_type="TEXT", recursive=True)
+            if i.ConceptNameCodeSequence[0].CodeMeaning == "Algorithm Parameters"
+        ]
         assert want in params

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from cxrtool.manifest import label_column, write_manifest
 from cxrtool.labels import CHESTXRAY14
+from cxrtool.manifest import label_column, write_manifest
 
 COVID_CLASSES = ("covid", "normal", "viral_pneumonia")
 

@@ -32,8 +32,15 @@ def test_zero_ranges_are_identity_and_no_flip_by_default(gradient_image: np.ndar
     for seed in range(10):
         out = augment(gradient_image, AugmentCfg(), np.random.default_rng(seed))
         assert out[20, 45:55].mean() > out[20, 5:15].mean() + 0.3
-    flips = [augment(gradient_image, AugmentCfg(hflip=True, rotate_deg=0, scale=0, translate=0, brightness=0, contrast=0),
-                     np.random.default_rng(s))[20, 58] < 0.2 for s in range(20)]  # fmt: skip
+    flips = [
+        augment(
+            gradient_image,
+            AugmentCfg(hflip=True, rotate_deg=0, scale=0, translate=0, brightness=0, contrast=0),
+            np.random.default_rng(s),
+        )[20, 58]
+        < 0.2
+        for s in range(20)
+    ]
     assert 0 < sum(flips) < 20
 
 

@@ -39,7 +39,9 @@ def _worker(rank: int, cfg: dict, port: int, dump: str) -> None:
     def recorded_collect(model, dataset, **kwargs):
         out = collect(model, dataset, **kwargs)
         rank_, world = kwargs["shard"]
-        seen["collect"].append({"films": len(range(rank_, len(dataset), world)), "gathered": len(out.logits), "of": len(dataset)})
+        seen["collect"].append(
+            {"films": len(range(rank_, len(dataset), world)), "gathered": len(out.logits), "of": len(dataset)}
+        )
         return out
 
     D.any_rank, trust_fit.collect = counted_any_rank, recorded_collect
@@ -59,8 +61,17 @@ def _free_port() -> int:
 
 def _run_two_ranks(manifest: Path, tmp_path: Path, device: str) -> tuple[Path, list[dict]]:
     out = tmp_path / "run"
-    cfg = {"manifest": str(manifest), "out_dir": str(out), "init": "none", "arch": "densenet_tiny", "input_size": 32,
-           "epochs": 2, "batch_size": 6, "workers": 0, "device": device}  # fmt: skip
+    cfg = {
+        "manifest": str(manifest),
+        "out_dir": str(out),
+        "init": "none",
+        "arch": "densenet_tiny",
+        "input_size": 32,
+        "epochs": 2,
+        "batch_size": 6,
+        "workers": 0,
+        "device": device,
+    }
     mp.spawn(_worker, args=(cfg, _free_port(), str(tmp_path)), nprocs=2, join=True)
     r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     assert r0.keys() == r1.keys() and all(torch.equal(r0[k], r1[k]) for k in r0)
@@ -94,12 +105,19 @@ def test_ddp_two_processes_identical_weights_rank0_writes(covid_small: Path, tmp
     state = torch.load(out / "train_state.pt", weights_only=True)
     assert state["optimizer"]["state"][0]["step"].item() == 6
     assert sorted(p.name for p in out.iterdir()) == [
-        "best.safetensors", "config.toml", "last.safetensors", "log.csv", "log.jsonl", "train_state.pt",
-    ]  # fmt: skip
+        "best.safetensors",
+        "config.toml",
+        "last.safetensors",
+        "log.csv",
+        "log.jsonl",
+        "train_state.pt",
+    ]
     # stop checks (an all_reduce + host sync each): at the last step of each epoch (2) and between the epochs (1),
     # not after each of the 6 steps (the old 7); the trust fit adds none (its checkpoint comes by broadcast)
     assert [s["any_rank"] for s in seen] == [3, 3]
-    assert all(r["train_loss"] > 0 and math.isfinite(r["train_loss"]) for r in log)  # the loss summed on the device still arrives
+    assert all(
+        r["train_loss"] > 0 and math.isfinite(r["train_loss"]) for r in log
+    )  # the loss summed on the device still arrives
     _check_trust_fit(out, covid_small, seen, tmp_path)
 
 

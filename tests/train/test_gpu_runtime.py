@@ -34,8 +34,15 @@ def test_each_rank_sets_its_gpu_and_binds_the_group_to_it(monkeypatch):
     assert calls == [("init", {"backend": "gloo"})]  # CPU: no device to set
 
 
-@pytest.mark.parametrize("capability, amp, want", [((7, 0), "auto", torch.float16), ((7, 5), "bf16", torch.float16),
-                                                    ((8, 0), "auto", torch.bfloat16), ((9, 0), "fp16", torch.float16)])
+@pytest.mark.parametrize(
+    "capability, amp, want",
+    [
+        ((7, 0), "auto", torch.float16),
+        ((7, 5), "bf16", torch.float16),
+        ((8, 0), "auto", torch.bfloat16),
+        ((9, 0), "fp16", torch.float16),
+    ],
+)
 def test_amp_auto_takes_bf16_only_with_native_support(monkeypatch, capability, amp, want):
     """V100 (7.0) / T4 (7.5): ``is_bf16_supported()`` says True (emulation), yet fp16 + GradScaler is the fast path."""
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)

@@ -92,9 +92,14 @@ def test_chexnet_style_state_dict_with_neuron_keeping(tmp_path: Path) -> None:
     child = tiny(3, seed=2)
     fresh_before = child.classifier.weight[1].clone()
     report = initialise(
-        child, str(file), arch="densenet121", class_names=["covid", "normal", "viral_pneumonia"],
-        keep_neurons=True, keep_map={"viral_pneumonia": "pneumonia"}, init_classes=OLD,
-    )  # fmt: skip
+        child,
+        str(file),
+        arch="densenet121",
+        class_names=["covid", "normal", "viral_pneumonia"],
+        keep_neurons=True,
+        keep_map={"viral_pneumonia": "pneumonia"},
+        init_classes=OLD,
+    )
     for k, v in parent.features.state_dict().items():
         assert torch.equal(child.features.state_dict()[k], v), k
     assert report.kept == [("viral_pneumonia", "Pneumonia")]

@@ -65,9 +65,13 @@ def test_kept_rows_equal_stage1_rows(stage1: Path) -> None:
     parent, _ = load_checkpoint(stage1 / "best.safetensors")
     child = build_model("densenet121", num_classes=3)
     report = initialise(
-        child, str(stage1 / "best.safetensors"), arch="densenet121", class_names=COVID3, keep_neurons=True,
+        child,
+        str(stage1 / "best.safetensors"),
+        arch="densenet121",
+        class_names=COVID3,
+        keep_neurons=True,
         keep_map={"viral_pneumonia": "Pneumonia"},
-    )  # fmt: skip
+    )
     pneumonia = CHESTXRAY14.index("Pneumonia")
     assert report.kept == [("viral_pneumonia", "Pneumonia")] and report.fresh == ["covid", "normal"]
     assert torch.equal(child.classifier.weight[2], parent.classifier.weight[pneumonia])
@@ -78,9 +82,31 @@ def test_kept_rows_equal_stage1_rows(stage1: Path) -> None:
 def test_stage2_cli_twice_transfer_then_evaluate(stage1: Path, covid_small: Path, tmp_path: Path) -> None:
     s1 = stage1 / "best.safetensors"
     out = tmp_path / "stage2"
-    args = ["train", str(covid_small), "--init", str(s1), "--keep-neurons", "--keep-map", "viral_pneumonia=Pneumonia",
-            "--epochs", "2", "--freeze-epochs", "2", "--batch-size", "12", "--lr", "0.01", "--scheduler", "constant",
-            "--workers", "0", "--device", "cpu", "--out", str(out)]  # fmt: skip
+    args = [
+        "train",
+        str(covid_small),
+        "--init",
+        str(s1),
+        "--keep-neurons",
+        "--keep-map",
+        "viral_pneumonia=Pneumonia",
+        "--epochs",
+        "2",
+        "--freeze-epochs",
+        "2",
+        "--batch-size",
+        "12",
+        "--lr",
+        "0.01",
+        "--scheduler",
+        "constant",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "kept output neurons: viral_pneumonia <- Pneumonia" in result.output
@@ -104,8 +130,20 @@ def test_stage2_cli_twice_transfer_then_evaluate(stage1: Path, covid_small: Path
     rows = m.select("test").rows + [{"path": str(bad), "label": "covid", "split": "test"}]
     manifest = write_manifest(tmp_path / "test.csv", rows)
     ev = tmp_path / "eval"
-    result = CliRunner().invoke(app, ["evaluate", str(out / "best.safetensors"), str(manifest), "--out", str(ev),
-                                      "--bootstrap", "200", "--device", "cpu"])  # fmt: skip
+    result = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            str(out / "best.safetensors"),
+            str(manifest),
+            "--out",
+            str(ev),
+            "--bootstrap",
+            "200",
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 1, result.output  # one input failed, the rest evaluated
     assert "broken.png" in result.output
     metrics = json.loads((ev / "metrics.json").read_text())
@@ -172,8 +210,23 @@ def test_cli_reports_missing_imagenet_weights(
     covid_small: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    result = CliRunner().invoke(app, ["train", str(covid_small), "--init", "imagenet", "--out", str(tmp_path / "o"),
-                                      "--input-size", "32", "--batch-size", "4", "--workers", "0"])  # fmt: skip
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            str(covid_small),
+            "--init",
+            "imagenet",
+            "--out",
+            str(tmp_path / "o"),
+            "--input-size",
+            "32",
+            "--batch-size",
+            "4",
+            "--workers",
+            "0",
+        ],
+    )
     assert result.exit_code == 2
     assert str(tmp_path / "torch" / "hub" / "checkpoints" / "densenet121-a639ec97.pth") in result.output
     assert "Traceback" not in result.output

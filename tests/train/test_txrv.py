@@ -185,9 +185,13 @@ def test_keep_map_keeps_the_pneumonia_neuron_as_a_cxrtool_stage1_checkpoint_does
         torch.manual_seed(7)
         model = build_model("densenet121", num_classes=3, in_chans=1)
         report = initialise(
-            model, spec, arch="densenet121", class_names=COVID3, keep_neurons=True,
+            model,
+            spec,
+            arch="densenet121",
+            class_names=COVID3,
+            keep_neurons=True,
             keep_map={"viral_pneumonia": "Pneumonia"},
-        )  # fmt: skip
+        )
         return model, report
 
     from_txrv, report = stage2(f"txrv:{txrv_file}")
@@ -244,10 +248,18 @@ def test_stage2_with_neuron_keeping_runs_end_to_end(txrv_file: Path, covid_small
 
     events = []
     cfg = TrainConfig(
-        manifest=str(covid_small), out_dir=str(tmp_path / "s2"), init=f"txrv:{txrv_file}", keep_neurons=True,
-        keep_map={"viral_pneumonia": "Pneumonia"}, input_size=32, epochs=1, batch_size=12, workers=0, device="cpu",
+        manifest=str(covid_small),
+        out_dir=str(tmp_path / "s2"),
+        init=f"txrv:{txrv_file}",
+        keep_neurons=True,
+        keep_map={"viral_pneumonia": "Pneumonia"},
+        input_size=32,
+        epochs=1,
+        batch_size=12,
+        workers=0,
+        device="cpu",
         trust=False,
-    )  # fmt: skip
+    )
     result = fit(cfg, on_event=events.append)
     assert result.status == "completed"
     init = next(e for e in events if isinstance(e, InitDone)).report
@@ -263,9 +275,15 @@ def test_stage2_with_neuron_keeping_runs_end_to_end(txrv_file: Path, covid_small
 def test_views_and_dtypes_read_as_torch_load_reads_them(zipped: bool, tmp_path: Path) -> None:
     base = torch.arange(24, dtype=torch.float64).reshape(4, 6)
     saved = {
-        "base": base, "t": base.t(), "slice": base[1:, 2:], "long": torch.tensor([1, -2]), "bool": torch.tensor([True]),
-        "half": torch.ones(2, dtype=torch.float16), "scalar": torch.tensor(3.5), "param": torch.nn.Parameter(torch.ones(3)),
-    }  # fmt: skip
+        "base": base,
+        "t": base.t(),
+        "slice": base[1:, 2:],
+        "long": torch.tensor([1, -2]),
+        "bool": torch.tensor([True]),
+        "half": torch.ones(2, dtype=torch.float16),
+        "scalar": torch.tensor(3.5),
+        "param": torch.nn.Parameter(torch.ones(3)),
+    }
     path = tmp_path / "views.pt"
     torch.save(saved, path, _use_new_zipfile_serialization=zipped)
     got = read_torch_file(path)

@@ -34,8 +34,18 @@ def trusted(films: Path, tiny_arch: str, tmp_path_factory: pytest.TempPathFactor
     from cxrtool.train.loop import fit
 
     out = tmp_path_factory.mktemp("trusted_run")
-    cfg = TrainConfig(manifest=str(films), out_dir=str(out), init="none", arch=tiny_arch, input_size=32, epochs=1, batch_size=12,
-                      workers=0, device="cpu", augment=False)  # fmt: skip
+    cfg = TrainConfig(
+        manifest=str(films),
+        out_dir=str(out),
+        init="none",
+        arch=tiny_arch,
+        input_size=32,
+        epochs=1,
+        batch_size=12,
+        workers=0,
+        device="cpu",
+        augment=False,
+    )
     assert fit(cfg).status == "completed"
     return out / "best.safetensors"
 

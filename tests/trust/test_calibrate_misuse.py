@@ -54,7 +54,9 @@ def read_only_dir(tmp_path: Path):
     ],
     ids=["proc", "existing folder", "creatable"],
 )
-def test_calibrate_out_is_checked_before_any_work(trusted: Path, films: Path, tmp_path: Path, monkeypatch, out, reason) -> None:
+def test_calibrate_out_is_checked_before_any_work(
+    trusted: Path, films: Path, tmp_path: Path, monkeypatch, out, reason
+) -> None:
     import cxrtool.trust.fit as fit
 
     def no_work(*a, **k):  # the model must not even be loaded for a refused output
@@ -66,7 +68,9 @@ def test_calibrate_out_is_checked_before_any_work(trusted: Path, films: Path, tm
     if reason is None:
         assert result.exit_code == 3 and "AssertionError" in result.output  # got past the checks, to the stubbed work
     else:
-        assert result.exit_code == 2 and reason in result.output and "internal error" not in result.output, result.output
+        assert result.exit_code == 2 and reason in result.output and "internal error" not in result.output, (
+            result.output
+        )
 
 
 def test_calibrate_out_on_a_read_only_mount(trusted: Path, films: Path, read_only_dir: Path) -> None:
@@ -91,16 +95,22 @@ def test_calibrate_refuses_one_class_in_the_temperature_split(trusted: Path, fil
 def test_calibrate_refuses_labels_that_are_not_the_models_classes(trusted: Path, films: Path, tmp_path: Path) -> None:
     rows = [dict(r, label={"covid": "cat", "normal": "dog"}.get(r["label"], r["label"])) for r in _rows(films)]
     result = _calibrate(trusted, _write(tmp_path / "pets.csv", rows), tmp_path / "cal.safetensors")
-    assert result.exit_code == 2 and "'cat'" in result.output and "not the model's classes" in result.output, result.output
+    assert result.exit_code == 2 and "'cat'" in result.output and "not the model's classes" in result.output, (
+        result.output
+    )
 
 
 def test_calibrate_refuses_a_split_whose_films_are_all_missing(trusted: Path, films: Path, tmp_path: Path) -> None:
-    rows = [dict(r, path=str(tmp_path / f"gone{i}.png")) if r["split"] == "val" else r for i, r in enumerate(_rows(films))]
+    rows = [
+        dict(r, path=str(tmp_path / f"gone{i}.png")) if r["split"] == "val" else r for i, r in enumerate(_rows(films))
+    ]
     result = _calibrate(trusted, _write(tmp_path / "gone.csv", rows), tmp_path / "cal.safetensors")
     assert result.exit_code == 2 and "is readable" in result.output, result.output
 
 
-def test_export_int8_with_wrong_classes_fails_before_the_onnx_export(trusted: Path, films: Path, tmp_path: Path, monkeypatch) -> None:
+def test_export_int8_with_wrong_classes_fails_before_the_onnx_export(
+    trusted: Path, films: Path, tmp_path: Path, monkeypatch
+) -> None:
     import cxrtool.export.onnx as onnx_mod
     from cxrtool.modelfile import default_onnx_path
 
@@ -111,7 +121,9 @@ def test_export_int8_with_wrong_classes_fails_before_the_onnx_export(trusted: Pa
     rows = [dict(r, label={"covid": "cat"}.get(r["label"], r["label"])) for r in _rows(films)]
     pets = _write(tmp_path / "pets.csv", rows)
     result = RUN.invoke(app, ["export", str(trusted), "--int8", "--calib", str(pets)])
-    assert result.exit_code == 2 and "'cat'" in result.output and "not the model's classes" in result.output, result.output
+    assert result.exit_code == 2 and "'cat'" in result.output and "not the model's classes" in result.output, (
+        result.output
+    )
     assert not default_onnx_path(trusted).exists()
 
 

@@ -23,8 +23,14 @@ from cxrtool.trust import FLAG_OK, Trust, load_trust
 RUN = CliRunner()
 
 
-def tamper(src: Path, dst: Path, *, card: Callable[[dict], None] | None = None, tensors: Callable[[dict], None] | None = None,
-           card_text: str | None = None) -> Path:  # fmt: skip
+def tamper(
+    src: Path,
+    dst: Path,
+    *,
+    card: Callable[[dict], None] | None = None,
+    tensors: Callable[[dict], None] | None = None,
+    card_text: str | None = None,
+) -> Path:
     """A copy of checkpoint ``src`` with its card dict and/or trust tensors edited in place by the callables."""
     from safetensors import safe_open
     from safetensors.numpy import load_file, save_file
@@ -91,7 +97,9 @@ CARD_CASES = [
 
 
 @pytest.mark.parametrize("label, edit, field", CARD_CASES, ids=[c[0] for c in CARD_CASES])
-def test_damaged_card_field_is_refused_at_load_naming_file_and_field(trusted: Path, tmp_path: Path, label: str, edit, field: str) -> None:
+def test_damaged_card_field_is_refused_at_load_naming_file_and_field(
+    trusted: Path, tmp_path: Path, label: str, edit, field: str
+) -> None:
     bad = tamper(trusted, tmp_path / "bad.safetensors", card=edit)
     with pytest.raises(CxrError) as info:
         read_card(bad)
@@ -121,7 +129,9 @@ TENSOR_CASES = [
 
 
 @pytest.mark.parametrize("label, edit, reason", TENSOR_CASES, ids=[c[0] for c in TENSOR_CASES])
-def test_damaged_trust_tensors_are_refused_at_load(trusted: Path, tmp_path: Path, label: str, edit, reason: str) -> None:
+def test_damaged_trust_tensors_are_refused_at_load(
+    trusted: Path, tmp_path: Path, label: str, edit, reason: str
+) -> None:
     bad = tamper(trusted, tmp_path / "bad.safetensors", tensors=edit)
     with pytest.raises(CxrError) as info:
         load_trust(bad, read_card(bad))
@@ -129,7 +139,9 @@ def test_damaged_trust_tensors_are_refused_at_load(trusted: Path, tmp_path: Path
 
 
 @pytest.mark.parametrize("case", ["nan_centres", "scale_0", "nan_threshold", "inf_temperature"])
-def test_predict_with_a_damaged_model_is_exit_2_before_any_row(trusted: Path, films: Path, tmp_path: Path, case: str) -> None:
+def test_predict_with_a_damaged_model_is_exit_2_before_any_row(
+    trusted: Path, films: Path, tmp_path: Path, case: str
+) -> None:
     edits = {
         "nan_centres": {"tensors": _nan_centres},
         "scale_0": {"card": _set("ood.depths.0.scale", 0)},
@@ -139,7 +151,9 @@ def test_predict_with_a_damaged_model_is_exit_2_before_any_row(trusted: Path, fi
     bad = tamper(trusted, tmp_path / "bad.safetensors", **edits[case])
     film = next(Path(r.split(",")[0]) for r in films.read_text().splitlines()[1:])
     out = tmp_path / "rows.csv"
-    result = RUN.invoke(app, ["predict", str(film), "--model", str(bad), "--out", str(out), "--backend", "torch", "--device", "cpu"])
+    result = RUN.invoke(
+        app, ["predict", str(film), "--model", str(bad), "--out", str(out), "--backend", "torch", "--device", "cpu"]
+    )
     assert result.exit_code == 2, result.output
     assert "bad.safetensors" in result.output and not out.exists()
 
@@ -173,7 +187,9 @@ def test_predict_batch_turns_a_non_finite_score_into_an_error_row(trusted: Path)
             return np.zeros((len(x), len(card.class_names)), np.float32), features
 
     rows = predict_batch(NanFeatures(), ["a.png", "b.png"], np.zeros((2, 3, 32, 32), np.float32), trust)
-    assert rows[0].error and "ood_score is not finite" in rows[0].error and rows[0].flag is None and rows[0].probs is None
+    assert (
+        rows[0].error and "ood_score is not finite" in rows[0].error and rows[0].flag is None and rows[0].probs is None
+    )
     assert rows[1].error is None and rows[1].flag is not None
 
 

@@ -17,7 +17,12 @@ from cxrtool.trust.gate import (
 
 def _header(**tags: str) -> Dataset:
     ds = Dataset()
-    base = {"Modality": "DX", "BodyPartExamined": "CHEST", "ViewPosition": "PA", "PhotometricInterpretation": "MONOCHROME2"}
+    base = {
+        "Modality": "DX",
+        "BodyPartExamined": "CHEST",
+        "ViewPosition": "PA",
+        "PhotometricInterpretation": "MONOCHROME2",
+    }
     for key, value in (base | tags).items():
         if value is not None:
             setattr(ds, key, value)

@@ -53,7 +53,9 @@ def test_stored_form_gives_the_same_scores() -> None:
     model = fit_ood(x, y, val, LAYOUT, info={"n_train": 200})
     again = OodModel.from_stored(model.params(), model.tensors("trust."), "trust.")
     probe, _ = _data(20, 6, shift=2.0)
-    np.testing.assert_allclose(again.score(probe), model.score(probe), rtol=1e-5, atol=1e-5)  # tensors are stored float32
+    np.testing.assert_allclose(
+        again.score(probe), model.score(probe), rtol=1e-5, atol=1e-5
+    )  # tensors are stored float32
     assert again.threshold == model.threshold and again.info == {"n_train": 200}
     tensors = model.tensors("trust.")
     del tensors["trust.ood.early.precision"]

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from cxrtool.cli.main import app
 from cxrtool.config import PreprocessCfg
+from cxrtool.preprocess import load_gray
 from cxrtool.trust.shortcut import (
     CARD_KEY,
     WARNING_PREFIX,
@@ -18,7 +19,6 @@ from cxrtool.trust.shortcut import (
     shortcut_verdict,
     thumbnail,
 )
-from cxrtool.preprocess import load_gray
 
 RUN = CliRunner()
 
@@ -84,7 +84,9 @@ def test_predict_report_and_sr_carry_the_warning(warned: Path, shared_data: Path
 
     films = sorted((shared_data / "covid3_256" / "normal").glob("*.png"))[:2]
     out = tmp_path / "p.csv"
-    result = RUN.invoke(app, ["predict", *map(str, films), "-m", str(warned), "-o", str(out), "--backend", "torch", "--workers", "0"])
+    result = RUN.invoke(
+        app, ["predict", *map(str, films), "-m", str(warned), "-o", str(out), "--backend", "torch", "--workers", "0"]
+    )
     assert result.exit_code == 0, result.output
     assert WARNING_PREFIX + "covid vs normal 0.97" in " ".join(result.output.split())
     build_report(out, tmp_path / "r.html", model=warned)
@@ -101,7 +103,9 @@ def test_training_stores_the_verdict_of_its_training_split(trusted: Path, films:
 
     stored = card_warning(read_card(trusted).dataset)
     assert stored is not None and stored.startswith(WARNING_PREFIX)
-    result = RUN.invoke(app, ["evaluate", str(trusted), str(films), "--split", "train", "--out", str(tmp_path), "--bootstrap", "0"])
+    result = RUN.invoke(
+        app, ["evaluate", str(trusted), str(films), "--split", "train", "--out", str(tmp_path), "--bootstrap", "0"]
+    )
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "metrics.json").read_text())["shortcut"] == stored
     assert "warning: " + stored in " ".join(result.output.split())  # evaluate prints it

@@ -12,9 +12,9 @@ import pytest
 from typer.testing import CliRunner
 
 from cxrtool.cli.main import app
+from cxrtool.export.parity import load_check_batch
 from cxrtool.modelfile import TRUST_PREFIX, file_sha256, read_card
 from cxrtool.models.checkpoint import load_checkpoint
-from cxrtool.export.parity import load_check_batch
 from cxrtool.trust import FLAG_OK, FLAG_OOD, load_trust
 from cxrtool.trust.store import checkpoint_tensors
 
@@ -39,15 +39,27 @@ def test_no_trust_flag_leaves_a_plain_checkpoint(films: Path, tiny_arch: str, tm
     from cxrtool.train.loop import fit
 
     events: list = []
-    cfg = TrainConfig(manifest=str(films), out_dir=str(tmp_path), init="none", arch=tiny_arch, input_size=32, epochs=1, batch_size=12,
-                      workers=0, device="cpu", trust=False)  # fmt: skip
+    cfg = TrainConfig(
+        manifest=str(films),
+        out_dir=str(tmp_path),
+        init="none",
+        arch=tiny_arch,
+        input_size=32,
+        epochs=1,
+        batch_size=12,
+        workers=0,
+        device="cpu",
+        trust=False,
+    )
     fit(cfg, on_event=events.append)
     card = read_card(tmp_path / "best.safetensors")
     assert card.ood == {} and card.calibration == {} and checkpoint_tensors(tmp_path / "best.safetensors") == {}
     assert not any(isinstance(e, TrustFitted) for e in events)
 
 
-def test_calibrate_an_old_checkpoint_writes_a_new_one_naming_it(old_checkpoint: Path, films: Path, tmp_path: Path) -> None:
+def test_calibrate_an_old_checkpoint_writes_a_new_one_naming_it(
+    old_checkpoint: Path, films: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "cal.safetensors"
     before = file_sha256(old_checkpoint)
     result = RUN.invoke(app, ["calibrate", str(old_checkpoint), str(films), "--out", str(out)])
@@ -59,12 +71,17 @@ def test_calibrate_an_old_checkpoint_writes_a_new_one_naming_it(old_checkpoint: 
     assert f"threshold {card.ood['threshold']:.4f}" in result.output
     # keep: same Gaussians, scaling and threshold refitted on another split
     kept = tmp_path / "kept.safetensors"
-    result = RUN.invoke(app, ["calibrate", str(out), str(films), "--fit-split", "keep", "--split", "test", "--out", str(kept)])
+    result = RUN.invoke(
+        app, ["calibrate", str(out), str(films), "--fit-split", "keep", "--split", "test", "--out", str(kept)]
+    )
     assert result.exit_code == 0, result.output
     a, b = checkpoint_tensors(out), checkpoint_tensors(kept)
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     assert read_card(kept).ood["val_split"] == "test" and read_card(kept).ood["threshold"] != card.ood["threshold"]
-    result = RUN.invoke(app, ["calibrate", str(old_checkpoint), str(films), "--fit-split", "keep", "--out", str(tmp_path / "x.safetensors")])
+    result = RUN.invoke(
+        app,
+        ["calibrate", str(old_checkpoint), str(films), "--fit-split", "keep", "--out", str(tmp_path / "x.safetensors")],
+    )
     assert result.exit_code == 2 and "no OOD statistics to keep" in result.output
 
 
@@ -97,10 +114,14 @@ def _inputs(shared_data: Path, folder: Path) -> Path:
     return folder
 
 
-def test_predict_rows_carry_score_flag_and_calibrated_probabilities(trusted: Path, shared_data: Path, tmp_path: Path) -> None:
+def test_predict_rows_carry_score_flag_and_calibrated_probabilities(
+    trusted: Path, shared_data: Path, tmp_path: Path
+) -> None:
     folder = _inputs(shared_data, tmp_path / "in")
     out = tmp_path / "p.csv"
-    result = RUN.invoke(app, ["predict", str(folder), "-m", str(trusted), "-o", str(out), "--backend", "torch", "--workers", "0"])
+    result = RUN.invoke(
+        app, ["predict", str(folder), "-m", str(trusted), "-o", str(out), "--backend", "torch", "--workers", "0"]
+    )
     assert result.exit_code == 0, result.output
     rows = {Path(r["path"]).name: r for r in csv.DictReader(open(out, newline=""))}
     assert rows["ct_header.dcm"]["flag"] == "header:modality CT is not CR/DX/DR"
@@ -109,8 +130,9 @@ def test_predict_rows_carry_score_flag_and_calibrated_probabilities(trusted: Pat
     assert "flagged: header:modality CT is not CR/DX/DR" in result.output
     # calibrated: the card's temperature applied to the model's logits
     model, card = load_checkpoint(trusted)
-    from cxrtool.preprocess import load_input
     import torch
+
+    from cxrtool.preprocess import load_input
 
     name = sorted(rows)[0]
     with torch.no_grad():
@@ -119,16 +141,36 @@ def test_predict_rows_carry_score_flag_and_calibrated_probabilities(trusted: Pat
     got = [float(rows[name][f"p:{c}"]) for c in card.class_names]
     np.testing.assert_allclose(got, expected, atol=2e-6)
     # --reject-ood: flagged films keep probabilities, lose the class
-    result = RUN.invoke(app, ["predict", str(folder), "-m", str(trusted), "-o", str(out), "--overwrite", "--backend", "torch", "--workers", "0", "--reject-ood"])
+    result = RUN.invoke(
+        app,
+        [
+            "predict",
+            str(folder),
+            "-m",
+            str(trusted),
+            "-o",
+            str(out),
+            "--overwrite",
+            "--backend",
+            "torch",
+            "--workers",
+            "0",
+            "--reject-ood",
+        ],
+    )
     assert result.exit_code == 0, result.output
     for r in csv.DictReader(open(out, newline="")):
         assert (r["predicted"] == "") == (r["flag"] != FLAG_OK) and r["p:covid"] != ""
 
 
-def test_an_old_checkpoint_still_predicts_with_a_notice(old_checkpoint: Path, shared_data: Path, tmp_path: Path) -> None:
+def test_an_old_checkpoint_still_predicts_with_a_notice(
+    old_checkpoint: Path, shared_data: Path, tmp_path: Path
+) -> None:
     folder = _inputs(shared_data, tmp_path / "in")
     out = tmp_path / "p.jsonl"
-    result = RUN.invoke(app, ["predict", str(folder), "-m", str(old_checkpoint), "-o", str(out), "--backend", "torch", "--workers", "0"])
+    result = RUN.invoke(
+        app, ["predict", str(folder), "-m", str(old_checkpoint), "-o", str(out), "--backend", "torch", "--workers", "0"]
+    )
     assert result.exit_code == 0, result.output
     assert "has no out-of-distribution statistics" in result.output and "cxrtool calibrate" in result.output
     rows = [json.loads(line) for line in out.read_text().splitlines()]
@@ -137,7 +179,22 @@ def test_an_old_checkpoint_still_predicts_with_a_notice(old_checkpoint: Path, sh
 
 
 def test_evaluate_reports_calibration_and_flags(trusted: Path, films: Path, tmp_path: Path) -> None:
-    result = RUN.invoke(app, ["evaluate", str(trusted), str(films), "--split", "val", "--out", str(tmp_path), "--bootstrap", "0", "--device", "cpu"])
+    result = RUN.invoke(
+        app,
+        [
+            "evaluate",
+            str(trusted),
+            str(films),
+            "--split",
+            "val",
+            "--out",
+            str(tmp_path),
+            "--bootstrap",
+            "0",
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 0, result.output
     m = json.loads((tmp_path / "metrics.json").read_text())
     card = read_card(trusted)
@@ -156,13 +213,23 @@ def test_explain_rows_and_titles_say_out_of_distribution(trusted: Path, shared_d
     result = RUN.invoke(app, ["explain", str(folder), "-m", str(trusted), "-o", str(tmp_path / "ex")])
     assert result.exit_code == 0, result.output
     rows = {Path(r["path"]).name: r for r in csv.DictReader(open(tmp_path / "ex" / "explain.csv", newline=""))}
-    assert rows["ct_header.dcm"]["flag"] == "header:modality CT is not CR/DX/DR" and rows["ct_header.dcm"]["ood_score"] != ""
+    assert (
+        rows["ct_header.dcm"]["flag"] == "header:modality CT is not CR/DX/DR"
+        and rows["ct_header.dcm"]["ood_score"] != ""
+    )
     # explain reads the score's features off its own (canonized) forward: the same scores as predict's
     out = tmp_path / "p.csv"
-    assert RUN.invoke(app, ["predict", str(folder), "-m", str(trusted), "-o", str(out), "--backend", "torch", "--workers", "0"]).exit_code == 0
+    assert (
+        RUN.invoke(
+            app, ["predict", str(folder), "-m", str(trusted), "-o", str(out), "--backend", "torch", "--workers", "0"]
+        ).exit_code
+        == 0
+    )
     for r in csv.DictReader(open(out, newline="")):
         mine = rows[Path(r["path"]).name]
         assert abs(float(mine["ood_score"]) - float(r["ood_score"])) <= 1e-4 * max(1.0, abs(float(r["ood_score"])))
         assert (mine["flag"], mine["predicted"]) == (r["flag"], r["predicted"])
-    assert "out of distribution" in _flag_title(FLAG_OOD) and "out of distribution" in _flag_title("header:modality CT is not CR/DX/DR")
+    assert "out of distribution" in _flag_title(FLAG_OOD) and "out of distribution" in _flag_title(
+        "header:modality CT is not CR/DX/DR"
+    )
     assert _flag_title(FLAG_OK) == ""

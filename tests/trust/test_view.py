@@ -103,16 +103,19 @@ def test_flag_precedence_header_then_view_then_ood() -> None:
     trust = Trust(card, 1.0, ood)
     far = np.full((4, 2), 100.0)  # every film above the OOD threshold
     got = trust.assess(
-        np.zeros((4, 2)), far,
+        np.zeros((4, 2)),
+        far,
         [HeaderVerdict("body part HAND is not chest", "lateral"), HeaderVerdict(None, "lateral"), None, None],
         [None, None, "lateral", None],
-    )  # fmt: skip
+    )
     assert [a.flag for a in got] == ["header:body part HAND is not chest", "view:lateral", "view:lateral", FLAG_OOD]
     assert trust.assess(np.zeros((1, 2)), np.zeros((1, 2)))[0].flag == FLAG_OK
 
 
 @pytest.mark.slow
-def test_a_lateral_film_gets_the_view_flag_through_every_backend(trusted: Path, shared_data: Path, tmp_path: Path) -> None:
+def test_a_lateral_film_gets_the_view_flag_through_every_backend(
+    trusted: Path, shared_data: Path, tmp_path: Path
+) -> None:
     """torch, ONNX Runtime, OpenVINO and an INT8 OpenVINO IR: the same rules on the same inputs.
 
     The rules read the preprocessed inputs (``predict_batch``), not a backend's internals, so every
@@ -138,13 +141,23 @@ def test_a_lateral_film_gets_the_view_flag_through_every_backend(trusted: Path, 
     expected = {f.name: "view:lateral" for f in lat} | {"header_lateral.dcm": "view:lateral"}
 
     onnx_path = export_onnx(trusted, tmp_path / "m.onnx", check_images=frontal).path
-    calib = [{"path": str(f), "label": c, "split": s} for c in ("covid", "normal", "viral_pneumonia")
-             for s, fs in (("train", slice(0, 6)), ("test", slice(40, 44))) for f in sorted((shared_data / "covid3_256" / c).glob("*.png"))[fs]]  # fmt: skip
-    int8 = export_int8(onnx_path, write_manifest(tmp_path / "calib.csv", calib), min_agreement=0.0, max_auc_drop=1.0).path
+    calib = [
+        {"path": str(f), "label": c, "split": s}
+        for c in ("covid", "normal", "viral_pneumonia")
+        for s, fs in (("train", slice(0, 6)), ("test", slice(40, 44)))
+        for f in sorted((shared_data / "covid3_256" / c).glob("*.png"))[fs]
+    ]
+    int8 = export_int8(
+        onnx_path, write_manifest(tmp_path / "calib.csv", calib), min_agreement=0.0, max_auc_drop=1.0
+    ).path
     from cxrtool.infer.loading import load_backend
 
-    runs = {"torch": (trusted, "torch", {}), "onnxruntime": (onnx_path, "onnxruntime", {}),
-            "openvino": (onnx_path, "openvino", {"precision": "f32"}), "int8": (int8, "openvino", {})}  # fmt: skip
+    runs = {
+        "torch": (trusted, "torch", {}),
+        "onnxruntime": (onnx_path, "onnxruntime", {}),
+        "openvino": (onnx_path, "openvino", {"precision": "f32"}),
+        "int8": (int8, "openvino", {}),
+    }
     for name, (model, kind, opts) in runs.items():
         backend = load_backend(model, backend=kind, **opts)
         assert (backend.describe().get("precision") == "int8") == (name == "int8")
