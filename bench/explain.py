@@ -7,7 +7,8 @@ NCHW and in channels-last (the layout explain runs in), whichever is faster.
 Each explainer is timed per batch (compile time excluded: ``cxrtool explain`` compiles once per
 run), each call right after a baseline forward; the ratio is the median over ``--repeats`` of
 those neighbouring pairs' ratios (s/image: the median explain time), with each LRP composite's ``relevance_sum / logit``
-range on the benchmark batch, alone and with ``bias_share`` (conservation held by the timed code itself).  ``--zennit`` adds stock zennit with our canonizer
+range on the benchmark batch, alone and with ``bias_share`` (conservation held by the timed code itself).  ``--zennit``
+adds stock zennit with our canonizer
 (the "naive" path, slow).  The CPU is shared: run it a few times and quote the quiet numbers with
 the load average printed at the top.
 """

@@ -118,7 +118,8 @@ def main() -> None:
     top2 = np.sort(reference, axis=1)[:, -2:]
     margin = top2[:, 1] - top2[:, 0]
     print(
-        f"torch logits: |max| {np.abs(reference).max():.3g}, top1-top2 margin median {np.median(margin):.3g}, min {margin.min():.3g}"
+        f"torch logits: |max| {np.abs(reference).max():.3g}, top1-top2 margin median {np.median(margin):.3g}, "
+        f"min {margin.min():.3g}"
     )
     rows = []
     speed: dict[tuple[str, int], float] = {}
@@ -140,7 +141,8 @@ def main() -> None:
     for bs in args.batches:
         t, o = speed["torch fp32", bs], speed["onnxruntime fp32", bs]
         print(
-            f"batch {bs}: onnxruntime/torch {o / t:.2f}x, openvino auto/onnxruntime {speed['openvino auto', bs] / o:.2f}x, "
+            f"batch {bs}: onnxruntime/torch {o / t:.2f}x, "
+            f"openvino auto/onnxruntime {speed['openvino auto', bs] / o:.2f}x, "
             f"openvino auto throughput/onnxruntime {speed['openvino auto throughput', bs] / o:.2f}x"
         )
     print("uptime after:", subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())

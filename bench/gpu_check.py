@@ -129,7 +129,8 @@ class Check:
     def summary(self) -> str:
         r = self.record
         lines = [
-            f"cxrtool gpu-check on {r['machine'].get('gpu')} ({r['machine'].get('cuda')}), {r.get('total_seconds', '?')} s"
+            f"cxrtool gpu-check on {r['machine'].get('gpu')} ({r['machine'].get('cuda')}), "
+            f"{r.get('total_seconds', '?')} s"
         ]
         for name, entry in r["steps"].items():
             result = entry.get("result")

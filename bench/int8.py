@@ -95,7 +95,8 @@ def main() -> int:
         return 1
     c = done.check
     print(
-        f"INT8 written: {done.path} ({done.seconds:.0f} s); gate: {c.summary()}; features cos min {c.features_cosine_min}"
+        f"INT8 written: {done.path} ({done.seconds:.0f} s); gate: {c.summary()}; "
+        f"features cos min {c.features_cosine_min}"
     )
     assert done.path == default_int8_path(ckpt)
 
@@ -116,7 +117,8 @@ def main() -> int:
 
     m = report.machine
     print(
-        f"{m['cpu']}, {m['cores']} cores, load {m['load_before']} -> {m['load_after']}; decode {report.decode_ms:.1f} ms/film;"
+        f"{m['cpu']}, {m['cores']} cores, load {m['load_before']} -> {m['load_after']}; "
+        f"decode {report.decode_ms:.1f} ms/film;"
         f" {report.inputs['images']} held-out films at {report.inputs['input_size']} px"
     )
     print(f"{'variant':15} {'batch':>5} {'model':>8} {'e2e':>8} {'ideal':>8} {'e2e/ideal':>9} {'top-1 vs torch':>14}")

@@ -106,7 +106,8 @@ def main() -> int:
     (args.workdir / "bench.json").write_text(json.dumps(report.to_dict(), indent=2))
     m = report.machine
     print(
-        f"{m['cpu']}, {m['cores']} cores, torch threads {m['torch_threads']}, load {m['load_before']} -> {m['load_after']}"
+        f"{m['cpu']}, {m['cores']} cores, torch threads {m['torch_threads']}, "
+        f"load {m['load_before']} -> {m['load_after']}"
     )
     print(f"decode {report.decode_ms:.1f} ms/image over {report.inputs['images']} films")
     print(f"{'variant':16} {'batch':>5} {'model':>8} {'e2e':>8} {'ideal':>8} {'ratio':>6} {'top-1':>7}")

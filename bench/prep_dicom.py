@@ -7,7 +7,8 @@ Throughput uses the real fixtures in ../shared/data/dicom that DCMTK can read (s
 convert the same files), each listed ``--copies`` times through symlinks in a temp folder.  All
 timings come from the same run; ratios are against ``dcmj2pnm`` run once per file, sequentially
 (what a shell loop does), writing non-interlaced PNG like ours (zlib level: DCMTK's default, ours 1);
-uncompressed PGM output is timed too, to show the share of PNG compression.  Other users load the machine: the load average is printed, each
+uncompressed PGM output is timed too, to show the share of PNG compression.  Other users load the machine: the load
+average is printed, each
 setting runs ``--repeats`` times and the best time is reported next to the median.
 """
 

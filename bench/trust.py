@@ -1,7 +1,8 @@
 """Issue-11 trust targets, measured on the fixture data with a model trained for real epochs.
 
 Model: the recipe of the tests' ``trained_checkpoint`` (DenseNet121 from scratch on covid3_256 at
-64 px, 7 epochs, group-aware splits; ``--size``/``--epochs`` change it), trained here unless ``--checkpoint`` is given; a checkpoint
+64 px, 7 epochs, group-aware splits; ``--size``/``--epochs`` change it), trained here unless ``--checkpoint`` is given;
+a checkpoint
 without trust statistics is calibrated first (``cxrtool calibrate``'s core).  Measures:
 
 * AUROC of ``ood_score``: non-chest radiographs (../shared/data/dicom/nonchest plus the CT/MR

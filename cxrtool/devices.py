@@ -1,4 +1,5 @@
-"""The torch device a device name means (``auto``, ``cpu``, ``cuda``, ``cuda:N``): one rule for train, trust and explain.
+"""The torch device a device name means (``auto``, ``cpu``, ``cuda``, ``cuda:N``): one rule for train, trust and
+explain.
 
 torch is imported when a name is resolved, not when this module is.
 """

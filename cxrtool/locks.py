@@ -43,7 +43,8 @@ class OutputBusy(CxrError):
         else:  # the run is gone but a child it started still holds the lock
             who = f"a leftover child process of pid {owner}, which has exited"
         super().__init__(
-            f"{display_path(path)}: in use by another cxrtool run ({who}); wait for it to finish or choose another output"
+            f"{display_path(path)}: in use by another cxrtool run ({who}); "
+            "wait for it to finish or choose another output"
         )
 
 

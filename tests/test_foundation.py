@@ -64,8 +64,13 @@ class TestPreprocess:
         assert abs(out.mean() - gradient_image.mean()) < 0.02
 
     def test_full(self, gradient_image):
-        x = to_model_input(gradient_image, PreprocessCfg(input_size=16))
+        cfg = PreprocessCfg(input_size=16)
+        x = to_model_input(gradient_image, cfg)
         assert x.dtype == np.float32 and x.shape == (3, 16, 16)
+        # every channel is the resized film, standardised with that channel's own mean and std
+        gray = resize_gray(gradient_image, cfg)
+        for c, (mean, std) in enumerate(zip(cfg.mean, cfg.std)):
+            np.testing.assert_allclose(x[c], (gray - mean) / std, rtol=1e-5, atol=1e-6)
 
 
 class TestLoader:

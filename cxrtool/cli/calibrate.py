@@ -45,7 +45,8 @@ def calibrate(
     ] = "cpu",
     workers: Annotated[int, typer.Option("--workers", "-j", min=0, help="Data loader processes.")] = 0,
 ) -> None:
-    """Refit temperature (validation NLL), OOD statistics and threshold; write a new checkpoint whose lineage names the old one.
+    """Refit temperature (validation NLL), OOD statistics and threshold; write a new checkpoint whose lineage names the
+    old one.
 
     The weights are unchanged.  Export the new checkpoint again (cxrtool export --onnx) to use it with
     ONNX Runtime / OpenVINO / TensorRT.  See docs/trust.md for recalibrating for a site.
@@ -72,7 +73,8 @@ def calibrate(
     c, ood = result.fit.calibration, result.fit.ood
     out.print(f"wrote {result.out}")
     out.print(
-        f"temperature {c['temperature']:.4f} on {c['n']} {split} films: ECE {c['ece']:.4f} -> {c['ece_calibrated']:.4f}, "
+        f"temperature {c['temperature']:.4f} on {c['n']} {split} films: "
+        f"ECE {c['ece']:.4f} -> {c['ece_calibrated']:.4f}, "
         f"NLL {c['nll']:.4f} -> {c['nll_calibrated']:.4f}"
     )
     out.print(

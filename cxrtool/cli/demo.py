@@ -16,7 +16,8 @@ def demo(
     ] = Path("cxrtool-demo"),
 ) -> None:
     """Run prep dicom, prep nih, stage-1 and stage-2 training, evaluate, export, predict, explain and the HTML report
-    on a small licence-clean sample that ships with cxrtool. It demonstrates the workflow; its model is not diagnostic."""
+    on a small licence-clean sample that ships with cxrtool. It demonstrates the workflow; its model is not
+    diagnostic."""
     from cxrtool.demo.workflow import CAVEAT, run_demo
 
     err.print(styled(CAVEAT, "bold yellow"), soft_wrap=True)

@@ -59,14 +59,16 @@ def export(
         bool,
         typer.Option(
             "--int8",
-            help="NNCF INT8 (needs --calib): an OpenVINO IR, or with --trt a Q/DQ ONNX and its engine; written only if held-out films agree with fp32.",
+            help="NNCF INT8 (needs --calib): an OpenVINO IR, or with --trt a Q/DQ ONNX and its engine; "
+            "written only if held-out films agree with fp32.",
         ),
     ] = False,
     calib: Annotated[
         Optional[Path],
         typer.Option(
             "--calib",
-            help="INT8: folder of films or manifest .csv; train rows calibrate, val/test rows (a quarter of a folder) check.",
+            help="INT8: folder of films or manifest .csv; train rows calibrate, "
+            "val/test rows (a quarter of a folder) check.",
         ),
     ] = None,
     min_batch: Annotated[int, typer.Option("--min-batch", help="TensorRT profile: smallest batch.")] = default_of(
@@ -94,7 +96,8 @@ def export(
         ),
     ] = None,
 ) -> None:
-    """Export a checkpoint to ONNX, NNCF INT8 and/or TensorRT; each file is written only if it passes its check against fp32."""
+    """Export a checkpoint to ONNX, NNCF INT8 and/or TensorRT; each file is written only if it passes its check against
+    fp32."""
     from cxrtool.export.parity import ParityError
     from cxrtool.export.pipeline import export_model
     from cxrtool.fsutil import check_writable_output
@@ -175,7 +178,8 @@ def _render_int8(done) -> None:
     c, calib = done.check, done.calibration
     out.print(f"wrote {done.path}", highlight=False, soft_wrap=True)
     table = Table(
-        title=f"INT8 check on held-out films (calibration {calib['calibration_films']} films, fingerprint {calib['fingerprint'][:12]})",
+        title=f"INT8 check on held-out films (calibration {calib['calibration_films']} films, "
+        f"fingerprint {calib['fingerprint'][:12]})",
         title_justify="left",
     )
     for column in (

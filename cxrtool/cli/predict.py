@@ -170,10 +170,12 @@ def predict(
         err.print(failed(display_path(path), reason), soft_wrap=True)
     if summary.failed > len(summary.failures):
         err.print(
-            f"... and {summary.failed - len(summary.failures)} more failures (see the error column of {display_path(summary.out)})"
+            f"... and {summary.failed - len(summary.failures)} more failures "
+            f"(see the error column of {display_path(summary.out)})"
         )
     err.print(
-        f"{summary.predicted} predicted in {summary.seconds:.1f} s ({summary.images_per_s:.1f} images/s), {summary.flagged} flagged"
+        f"{summary.predicted} predicted in {summary.seconds:.1f} s ({summary.images_per_s:.1f} images/s), "
+        f"{summary.flagged} flagged"
     )
     for notice in summary.notices:
         err.print(notice, soft_wrap=True)

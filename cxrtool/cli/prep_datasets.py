@@ -90,7 +90,8 @@ def nih(
         Optional[str],
         typer.Option(
             "--map",
-            help="Relabel to TARGET=FINDING[|FINDING],...  e.g. 'viral_pneumonia=Pneumonia,normal=No Finding' (multiclass output).",
+            help="Relabel to TARGET=FINDING[|FINDING],...  e.g. 'viral_pneumonia=Pneumonia,normal=No Finding' "
+            "(multiclass output).",
         ),
     ] = None,
     conflict: Annotated[
@@ -100,7 +101,8 @@ def nih(
     keep_phi: KeepPhiOpt = False,
     salt_file: SaltOpt = None,
 ) -> None:
-    """ChestX-ray14 Data_Entry CSV -> manifest (14 multi-hot findings, or relabelled with --map), official split + patient-wise val."""
+    """ChestX-ray14 Data_Entry CSV -> manifest (14 multi-hot findings, or relabelled with --map), official split +
+    patient-wise val."""
     from cxrtool.prep.nih import prep_nih
 
     with user_errors():
@@ -200,7 +202,8 @@ def folder(
     salt_file: SaltOpt = None,
     workers: Annotated[int, typer.Option(help="Processes for hashing.", min=1)] = default_of(FolderOptions, "workers"),
 ) -> None:
-    """Class-per-subfolder dataset -> manifest with stratified splits that keep patients and near-duplicates together."""
+    """Class-per-subfolder dataset -> manifest with stratified splits that keep patients and near-duplicates
+    together."""
     from cxrtool.locks import owned_output
     from cxrtool.prep.folder import prep_folder
 
@@ -256,7 +259,8 @@ def folder(
         if report.group_ambiguous:
             summary.add_row(
                 styled("ambiguous", "yellow"),
-                f"{len(report.group_ambiguous)} images match entries with different ids: {', '.join(report.group_ambiguous[:3])}",
+                f"{len(report.group_ambiguous)} images match entries with different ids: "
+                f"{', '.join(report.group_ambiguous[:3])}",
             )
     leak = styled(str(report.leaking_groups), "red" if report.leaking_groups else "green")
     summary.add_row("groups in 2+ splits", leak)

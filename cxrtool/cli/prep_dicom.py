@@ -35,7 +35,8 @@ def dicom(
         typer.Option(
             "--window",
             "-w",
-            help="dicom: the file's VOI LUT or first window (min-max if none); minmax: image min-max; none: full stored range.",
+            help="dicom: the file's VOI LUT or first window (min-max if none); "
+            "minmax: image min-max; none: full stored range.",
         ),
     ] = Window(default_of(PrepOptions, "window")),
     bits: Annotated[Bits, typer.Option("--bits", help="PNG bit depth.")] = Bits(str(default_of(PrepOptions, "bits"))),

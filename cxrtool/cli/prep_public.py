@@ -31,7 +31,8 @@ def _exclude_opt(example: str) -> Any:
 ValOpt = Annotated[
     float,
     typer.Option(
-        help="Share of the official train part carved out, patient by patient, as val (when the download has no val split)."
+        help="Share of the official train part carved out, patient by patient, as val "
+        "(when the download has no val split)."
     ),
 ]
 TestOpt = Annotated[float, typer.Option(help="Test share for images without an official split.")]
@@ -98,7 +99,8 @@ def _render(report) -> None:
     summary = Table(title=f"prep {report.dataset}: {report.root}", title_justify="left", show_header=False)
     summary.add_row(
         "images",
-        f"{report.images:,} kept in {report.seconds:.1f} s, {len(report.failed)} unreadable, {len(report.missing)} missing",
+        f"{report.images:,} kept in {report.seconds:.1f} s, "
+        f"{len(report.failed)} unreadable, {len(report.missing)} missing",
     )
     for reason, n in report.dropped.items():
         summary.add_row("dropped", f"{n:,}  {reason}")

@@ -54,7 +54,8 @@ def report(
             thumb_size=thumb_size,
         )
     err.print(
-        f"{result.rows} rows: {result.rows - result.errors} predicted, {result.errors} unreadable, {result.flagged} flagged; "
+        f"{result.rows} rows: {result.rows - result.errors} predicted, "
+        f"{result.errors} unreadable, {result.flagged} flagged; "
         f"{result.thumbnails} thumbnails, {result.overlays} heatmaps embedded",
         soft_wrap=True,
     )

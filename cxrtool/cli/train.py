@@ -56,7 +56,8 @@ def _fmt(v: Any) -> str:
 
 
 class _TrainView:
-    """Renders fit() events (:data:`cxrtool.train.events.Event`): a progress bar per epoch, one summary line per epoch."""
+    """Renders fit() events (:data:`cxrtool.train.events.Event`): a progress bar per epoch, one summary line per
+    epoch."""
 
     def __init__(self) -> None:
         self.bar = progress()
@@ -72,7 +73,8 @@ class _TrainView:
         elif isinstance(event, ev.SetupDone):
             err.print(
                 f"{event.arch} {event.task} on {event.runtime} x{event.world_size}: "
-                f"{event.n_train} train / {event.n_val} val images, {_plural(event.steps_per_epoch, 'step')} per epoch, "
+                f"{event.n_train} train / {event.n_val} val images, "
+                f"{_plural(event.steps_per_epoch, 'step')} per epoch, "
                 f"input {event.preprocess.input_size} px, best by val {event.monitor}",
                 markup=False,
                 soft_wrap=True,
@@ -120,7 +122,8 @@ class _TrainView:
         elif isinstance(event, ev.TrustFitted):
             self.bar.console.print(
                 f"trust: temperature {event.temperature:.3f} (val ECE {event.ece:.4f} -> {event.ece_calibrated:.4f}), "
-                f"OOD statistics from {event.n_train} train films, threshold {event.threshold:.3f} on {event.n_val} val films",
+                f"OOD statistics from {event.n_train} train films, "
+                f"threshold {event.threshold:.3f} on {event.n_val} val films",
                 markup=False,
                 soft_wrap=True,
             )
@@ -249,7 +252,8 @@ def train(
         Optional[str],
         typer.Option(
             "--init-classes",
-            help="Output classes of a foreign weights file, in head order: comma list ('-': unused slot) or 'chestxray14'.",
+            help="Output classes of a foreign weights file, in head order: "
+            "comma list ('-': unused slot) or 'chestxray14'.",
         ),
     ] = None,
     input_size: Annotated[
@@ -287,7 +291,8 @@ def train(
         str,
         typer.Option(
             "--monitor",
-            help="Validation metric for the best checkpoint: loss | accuracy | macro_f1 | auc_macro; auto: macro_f1 multiclass, auc_macro multilabel.",
+            help="Validation metric for the best checkpoint: loss | accuracy | macro_f1 | auc_macro; "
+            "auto: macro_f1 multiclass, auc_macro multilabel.",
         ),
     ] = _T.monitor,
     patience: Annotated[
@@ -383,7 +388,8 @@ def evaluate(
     ] = _E.device,
     workers: Annotated[int, typer.Option("--workers", "-j", min=0, help="Data loader processes.")] = _E.workers,
 ) -> None:
-    """Metrics of a checkpoint on a manifest split: JSON with bootstrap CIs, per-image CSV, confusion matrix and ROC PNGs.
+    """Metrics of a checkpoint on a manifest split: JSON with bootstrap CIs, per-image CSV, confusion matrix and ROC
+    PNGs.
 
     Unreadable images are listed as error rows and left out of the metrics (exit code 1).
     """

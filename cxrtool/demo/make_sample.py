@@ -20,11 +20,13 @@ SAMPLE = HERE / "sample"
 N_NORMAL = 200  # every abnormal thumbnail ships, plus this many "No Finding" ones
 DICOMS = {  # file in shared/data/dicom -> (source, licence)
     "chest/CR-MONO1-10-chest.dcm": (
-        "NEMA / David Clunie public sample, as shipped in fo-dicom's test data (fo-dicom/fo-dicom@1b92c598, Tests/FO-DICOM.Tests/Test Data/CR-MONO1-10-chest)",
+        "NEMA / David Clunie public sample, as shipped in fo-dicom's test data "
+        "(fo-dicom/fo-dicom@1b92c598, Tests/FO-DICOM.Tests/Test Data/CR-MONO1-10-chest)",
         "public DICOM conformance sample, no licence restriction stated; fo-dicom repository MS-PL",
     ),
     "chest/RG1_J2KI.dcm": (
-        "NEMA DICOM WG04 compression test set (RG1_J2KI), as packaged in pydicom-data 1.0.0 (data_store/data/RG1_J2KI.dcm)",
+        "NEMA DICOM WG04 compression test set (RG1_J2KI), as packaged in "
+        "pydicom-data 1.0.0 (data_store/data/RG1_J2KI.dcm)",
         "NEMA WG04 public conformance sample; pydicom-data package MIT",
     ),
     "derived/CR-MONO1-10-chest_J2KR_derived.dcm": (
@@ -32,7 +34,10 @@ DICOMS = {  # file in shared/data/dicom -> (source, licence)
         "as its source",
     ),
 }
-NIH_SOURCE = "NIH ChestX-ray14 (https://nihcc.app.box.com/v/ChestXray-NIHCC), 64x64 thumbnail from dinbe0527/kcr2019d1@{commit} {path}, stored here as 8-bit grey PNG (same pixels: R=G=B)"
+NIH_SOURCE = (
+    "NIH ChestX-ray14 (https://nihcc.app.box.com/v/ChestXray-NIHCC), 64x64 thumbnail from dinbe0527/kcr2019d1@{commit} {path}, "
+    "stored here as 8-bit grey PNG (same pixels: R=G=B)"
+)
 NIH_LICENCE = (
     "NIH Clinical Center: no restrictions on use; cite Wang et al., CVPR 2017; acknowledge the NIH Clinical Center"
 )
@@ -97,15 +102,20 @@ def main(shared: Path) -> None:
     lines_md = [
         "# Demo sample: sources and licences",
         "",
-        f"`sample/` holds {len(chosen)} ChestX-ray14 thumbnails (64x64), their Data_Entry rows and official split lists,",
-        f"and {len(DICOMS)} public DICOM test files; {total / 1e6:.2f} MB in all. Every file is listed below with its source and licence.",
+        f"`sample/` holds {len(chosen)} ChestX-ray14 thumbnails (64x64), "
+        "their Data_Entry rows and official split lists,",
+        f"and {len(DICOMS)} public DICOM test files; {total / 1e6:.2f} MB in all. "
+        "Every file is listed below with its source and licence.",
         "No file of unknown licence is included (in particular none of the COVID-19 fixture films).",
         "",
-        "Please cite when you reuse the ChestX-ray14 images: Xiaosong Wang, Yifan Peng, Le Lu, Zhiyong Lu, Mohammadhadi Bagheri,",
-        "Ronald Summers, *ChestX-ray8: Hospital-scale Chest X-ray Database and Benchmarks on Weakly-Supervised Classification and",
+        "Please cite when you reuse the ChestX-ray14 images: "
+        "Xiaosong Wang, Yifan Peng, Le Lu, Zhiyong Lu, Mohammadhadi Bagheri,",
+        "Ronald Summers, *ChestX-ray8: "
+        "Hospital-scale Chest X-ray Database and Benchmarks on Weakly-Supervised Classification and",
         "Localization of Common Thorax Diseases*, IEEE CVPR 2017, pp. 3462-3471. Data provider: NIH Clinical Center.",
         "",
-        "The thumbnails are far too small for any clinical reading; the demo uses them to show the workflow, not to make a diagnostic model.",
+        "The thumbnails are far too small for any clinical reading; "
+        "the demo uses them to show the workflow, not to make a diagnostic model.",
         "",
         "| file | source | licence | sha256 |",
         "|---|---|---|---|",

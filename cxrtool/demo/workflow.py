@@ -169,14 +169,16 @@ def run_demo(
             ):  # a sign of life inside an epoch
                 last[0] = time.perf_counter()
                 note(
-                    f"{stage} epoch {event.epoch}: step {event.step}/{event.steps}, loss {event.loss:.3f}, {event.images_per_s:.0f} img/s"
+                    f"{stage} epoch {event.epoch}: step {event.step}/{event.steps}, loss {event.loss:.3f}, "
+                    f"{event.images_per_s:.0f} img/s"
                 )
             elif isinstance(event, EpochEnded):
                 last[0] = time.perf_counter()
                 metrics = {k: event.val_metrics.get(k) for k in ("macro_f1", "auc_macro")}
                 vals = "  ".join(f"val {k} {v:.3f}" for k, v in metrics.items() if isinstance(v, float))
                 note(
-                    f"{stage} epoch {event.epoch}: train loss {event.train_loss:.3f}  val loss {event.val_loss:.3f}  {vals}  {event.images_per_s:.0f} img/s"
+                    f"{stage} epoch {event.epoch}: train loss {event.train_loss:.3f}  "
+                    f"val loss {event.val_loss:.3f}  {vals}  {event.images_per_s:.0f} img/s"
                 )
 
         return on_event
@@ -189,7 +191,8 @@ def run_demo(
         1,
         total,
         "prep dicom",
-        f"{len(dicom.rows) - len(dicom.failed)} of {len(dicom.rows)} public test DICOMs rendered to PNG as a viewer shows them -> {out / 'dicom_png'}",
+        f"{len(dicom.rows) - len(dicom.failed)} of {len(dicom.rows)} public test DICOMs rendered to PNG "
+        f"as a viewer shows them -> {out / 'dicom_png'}",
     )
 
     images = (nih / "images",)
@@ -209,7 +212,8 @@ def run_demo(
         total,
         "prep nih",
         f"{r1.rows_written} ChestX-ray14 thumbnails -> 14-finding manifest {stage1_csv}; "
-        f"{r2.rows_written} of them relabelled normal / effusion / opacity -> {stage2_csv} (official test split, patient-wise val)",
+        f"{r2.rows_written} of them relabelled normal / effusion / opacity -> {stage2_csv} "
+        "(official test split, patient-wise val)",
     )
 
     common = {
@@ -242,7 +246,8 @@ def run_demo(
         3,
         total,
         "train stage 1",
-        f"{size.arch} from scratch, multilabel (14 findings), {s1.epochs_done} epochs: best val {s1.monitor} {s1.best_value:.3f} -> {stage1}",
+        f"{size.arch} from scratch, multilabel (14 findings), {s1.epochs_done} epochs: "
+        f"best val {s1.monitor} {s1.best_value:.3f} -> {stage1}",
     )
 
     s2 = fit(
@@ -264,7 +269,8 @@ def run_demo(
         4,
         total,
         "train stage 2",
-        f"3 classes from the stage-1 weights, output neurons kept ({kept}), {s2.epochs_done} epochs: best val {s2.monitor} {s2.best_value:.3f} -> {stage2}",
+        f"3 classes from the stage-1 weights, output neurons kept ({kept}), "
+        f"{s2.epochs_done} epochs: best val {s2.monitor} {s2.best_value:.3f} -> {stage2}",
     )
 
     ev = evaluate(stage2, stage2_csv, out / "eval", split="test", device="cpu", bootstrap=size.bootstrap)
@@ -305,7 +311,8 @@ def run_demo(
         7,
         total,
         "predict",
-        f"{summary.predicted} films ({len(test_rows)} test thumbnails, {summary.predicted - len(test_rows)} DICOMs) with ONNX Runtime, "
+        f"{summary.predicted} films ({len(test_rows)} test thumbnails, "
+        f"{summary.predicted - len(test_rows)} DICOMs) with ONNX Runtime, "
         f"{summary.failed} unreadable (the truncated file, on purpose) -> {preds}",
     )
 
@@ -318,7 +325,8 @@ def run_demo(
         8,
         total,
         "explain",
-        f"LRP heatmaps of the predicted class for {len(explained.rows) - explained.n_failed} films -> {out / 'heatmaps'}",
+        f"LRP heatmaps of the predicted class for {len(explained.rows) - explained.n_failed} films "
+        f"-> {out / 'heatmaps'}",
     )
 
     page = build_report(

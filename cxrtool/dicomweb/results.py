@@ -46,8 +46,8 @@ def store_results(
 ) -> list[StoredResult]:
     """STOW an SR (and, for a checkpoint, an SC) per DICOM row of ``predictions``: views of the run's rows.
 
-    ``model`` is the run's loaded model (never opened again here).  A row names a DICOMweb instance (fetched with the destination's connection settings) or a
-    local file (non-DICOM files are skipped with the reason).
+    ``model`` is the run's loaded model (never opened again here).  A row names a DICOMweb instance (fetched with the
+    destination's connection settings) or a local file (non-DICOM files are skipped with the reason).
     """
     from cxrtool.report.inputs import read_predictions
     from cxrtool.results import FilmPrediction, ModelInfo

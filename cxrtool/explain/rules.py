@@ -12,7 +12,8 @@ Every rule matches the zennit rule of the same name (``zennit.rules``) up to flo
 tests compare them on a DenseNet.  A convolution built with ``charge_bias=False`` (its bias is a
 merged batch-norm shift) leaves the bias out of the rule, like zennit's ``zero_params=['bias']``;
 a bias that is charged (the classifier's, and every bias under :class:`Gamma`) has its relevance
-added to the net's :class:`BiasLedger`, so ``cxrtool explain`` can report what the rules left out next to what reached the pixels.  Conv rules other than the first layer's assume non-negative
+added to the net's :class:`BiasLedger`, so ``cxrtool explain`` can report what the rules left out next to what
+reached the pixels.  Conv rules other than the first layer's assume non-negative
 inputs, which holds in DenseNet because every such convolution (and the classifier) follows a
 ReLU; zennit's versions add terms for negative inputs that are zero there.
 
@@ -148,7 +149,9 @@ def _concat_norm_relu(features: list[torch.Tensor], scale: torch.Tensor, shift: 
 
 
 class ListInputDenseLayer(_DenseLayer):
-    """torchvision's dense layer, except that ``norm1`` (a :class:`ConcatNormReLU`) gets the list of earlier features."""
+    """torchvision's dense layer, except that ``norm1`` (a :class:`ConcatNormReLU`) gets the list of earlier
+    features.
+    """
 
     def bn_function(self, inputs: list[torch.Tensor]) -> torch.Tensor:
         return self.conv1(self.relu1(self.norm1(inputs)))

@@ -123,7 +123,8 @@ def export_onnx(
         if not report.ok:
             raise ParityError(
                 f"{checkpoint}: ONNX export failed the parity check: max abs logit difference "
-                f"{report.max_abs_diff:.3g} > tolerance {tolerance:g} on {report.n_inputs} {kind} inputs; nothing written"
+                f"{report.max_abs_diff:.3g} > tolerance {tolerance:g} on {report.n_inputs} {kind} inputs; "
+                "nothing written"
             )
         if trust.has_ood:
             features = session.run([FEATURES_NAME], {INPUT_NAME: batch})[0]

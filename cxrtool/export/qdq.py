@@ -23,7 +23,9 @@ QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 
 
 def qdq_zero_point_types(model: Any) -> list[str]:
-    """Per Q/DQ node, its quantized type name (``INT8``, ``UINT8`` ...); no zero point means UINT8 (the ONNX default)."""
+    """Per Q/DQ node, its quantized type name (``INT8``, ``UINT8`` ...); no zero point means UINT8 (the ONNX
+    default).
+    """
     import onnx
 
     inits = {i.name: i.data_type for i in model.graph.initializer}
@@ -61,7 +63,8 @@ def to_signed_int8(model: Any, source: object = "model") -> int:
         if zp.data_type == TensorProto.UINT8:
             if np.any(numpy_helper.to_array(zp) != 0):
                 raise CxrError(
-                    f"{source}: {node.op_type} {node.name!r} is asymmetric (non-zero zero point); TensorRT needs symmetric Q/DQ"
+                    f"{source}: {node.op_type} {node.name!r} is asymmetric (non-zero zero point); "
+                    "TensorRT needs symmetric Q/DQ"
                 )
             unsigned.append(node)
         elif zp.data_type == TensorProto.INT8:

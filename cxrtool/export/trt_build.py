@@ -48,12 +48,14 @@ def precision_onnx(onnx_path: Path, precision: str) -> bytes:
     if precision == "int8":
         if not has_qdq:
             raise CxrError(
-                f"{onnx_path}: no QuantizeLinear/DequantizeLinear nodes; an INT8 engine needs the Q/DQ ONNX from `export --int8`"
+                f"{onnx_path}: no QuantizeLinear/DequantizeLinear nodes; "
+                "an INT8 engine needs the Q/DQ ONNX from `export --int8`"
             )
         unsigned = sorted({kind for kind in qdq_zero_point_types(model) if kind != "INT8"})
         if unsigned:  # a Q/DQ ONNX written before cxrtool re-encoded NNCF's UINT8 quantizers
             raise CxrError(
-                f"{onnx_path}: has {'/'.join(unsigned)} Q/DQ nodes; TensorRT takes INT8 only: run `export --trt --int8` again"
+                f"{onnx_path}: has {'/'.join(unsigned)} Q/DQ nodes; "
+                "TensorRT takes INT8 only: run `export --trt --int8` again"
             )
         return model.SerializeToString()
     if has_qdq:

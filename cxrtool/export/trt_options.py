@@ -22,7 +22,8 @@ def engine_precision(*, fp16: bool, int8: bool, calib: str | Path | None) -> str
     """
     if fp16 and int8:
         raise CxrError(
-            "choose one TensorRT precision: --fp16 or --int8 (an INT8 engine runs what its Q/DQ ONNX leaves unquantized in that file's own types)"
+            "choose one TensorRT precision: --fp16 or --int8 (an INT8 engine runs what its Q/DQ ONNX leaves "
+            "unquantized in that file's own types)"
         )
     if int8 and calib is None:
         raise CxrError(

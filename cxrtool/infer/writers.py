@@ -77,7 +77,8 @@ class PredictionWriter(abc.ABC):
         want = self.fmt.meta["model_id"]
         if found and found != want:
             raise CxrError(
-                f"{display_path(self.path)}: was written by model {found}, not {want}; use another --out (or --overwrite)"
+                f"{display_path(self.path)}: was written by model {found}, not {want}; "
+                "use another --out (or --overwrite)"
             )
 
     def _read(self) -> io.TextIOBase:
@@ -93,7 +94,8 @@ class CsvWriter(PredictionWriter):
                 return seen
             if list(reader.fieldnames) != self.fmt.columns():
                 raise CxrError(
-                    f"{display_path(self.path)}: its columns differ from this model's; use another --out (or --overwrite)"
+                    f"{display_path(self.path)}: its columns differ from this model's; "
+                    "use another --out (or --overwrite)"
                 )
             for row in reader:
                 if row.get("error") is None:
@@ -127,7 +129,8 @@ class JsonlWriter(PredictionWriter):
                     ) from None
                 if list(row.get("probabilities") or self.fmt.class_names) != self.fmt.class_names:
                     raise CxrError(
-                        f"{display_path(self.path)}: its classes differ from this model's; use another --out (or --overwrite)"
+                        f"{display_path(self.path)}: its classes differ from this model's; "
+                        "use another --out (or --overwrite)"
                     )
                 self._check_model(row.get("model_id"))
                 seen.add(row["path"])

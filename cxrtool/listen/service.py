@@ -184,7 +184,9 @@ class Listener:
 
 
 def _sender(config: ListenConfig) -> Sender | None:
-    """How results travel on: C-STORE to an ``AET@HOST:PORT``, or a ready STOW-RS destination (``--send-to dicomweb+``)."""
+    """How results travel on: C-STORE to an ``AET@HOST:PORT``, or a ready STOW-RS destination
+    (``--send-to dicomweb+``).
+    """
     if config.send_to is None:
         return None
     if isinstance(config.send_to, Destination):

@@ -122,13 +122,17 @@ class Worker:
 
     def _load(self, model: str | Path, backend: str, device: str, composite: str | None) -> None:
         """The one loaded model, backend and heatmap maker kept for the worker's lifetime."""
+        from cxrtool.devices import resolve_device
         from cxrtool.infer.loading import load_backend
         from cxrtool.modelfile.loaded import open_model
         from cxrtool.results.heatmap import HeatmapMaker
 
         self.model = open_model(model)  # the file is read and hashed once per listen lifetime
         self.engine = load_backend(self.model, backend=backend, device=device)
-        self.maker = HeatmapMaker(self.model, composite) if self.model.is_checkpoint else None
+        if self.model.is_checkpoint:  # LRP on the GPU when there is one (the same relevance, tested under `gpu`)
+            self.maker = HeatmapMaker(self.model, composite, device=str(resolve_device("auto")))
+        else:
+            self.maker = None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self.run, name="cxrtool-worker", daemon=True)

@@ -23,7 +23,7 @@ from cxrtool.results.content import Heatmap
 class HeatmapMaker:
     """The run's loaded checkpoint + composite, reused for every film (building the LRP model is the slow part)."""
 
-    def __init__(self, model: LoadedModel, composite: str | None = None):
+    def __init__(self, model: LoadedModel, composite: str | None = None, *, device: str = "cpu"):
         from cxrtool.explain.attribution import Explainer
         from cxrtool.explain.composites import DEFAULT_COMPOSITE
         from cxrtool.models.checkpoint import model_from_loaded
@@ -32,7 +32,8 @@ class HeatmapMaker:
             raise CxrError(f"{model.path}: heatmaps need a .safetensors checkpoint (LRP runs on the torch model)")
         self.card = model.card
         self.composite = composite or DEFAULT_COMPOSITE
-        self.explainer = Explainer(model_from_loaded(model), self.composite, self.card.preprocess.input_bounds())
+        bounds = self.card.preprocess.input_bounds()
+        self.explainer = Explainer(model_from_loaded(model), self.composite, bounds, device=device)
 
     def make(self, path: str | Path, target: str) -> Heatmap:
         """The relevance of class ``target`` (the run's predicted class) for the film at ``path``.

@@ -2,7 +2,8 @@
 
 UIDs use the ``2.25`` root (a UUID-derived UID, PS3.5 B.2) from a name-based UUID (RFC 4122
 version 5) of fixed inputs: the source's SOP Instance UID (or Study UID for a series), the model id
-and the object kind.  (pydicom's ``generate_uid(prefix=None)`` ignores its entropy and is random.)  A rerun with the same model therefore writes the
+and the object kind.  (pydicom's ``generate_uid(prefix=None)`` ignores its entropy and is random.)  A rerun with the
+same model therefore writes the
 same objects under the same UIDs, so a PACS that receives them twice replaces instead of duplicating,
 and the file names (derived from the same inputs) let reruns skip what is done.  ``listen`` also
 passes a ``content_key`` (a hash of the received film): a film re-sent with the same SOP Instance UID

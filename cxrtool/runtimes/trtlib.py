@@ -37,7 +37,8 @@ def import_tensorrt() -> Any:
     if not major.isdigit() or int(major) not in SUPPORTED_MAJORS:
         supported = " and ".join(str(m) for m in SUPPORTED_MAJORS)
         raise CxrError(
-            f"TensorRT {version} is not supported; cxrtool supports TensorRT {supported} (pip install 'tensorrt>=10,<12')"
+            f"TensorRT {version} is not supported; "
+            f"cxrtool supports TensorRT {supported} (pip install 'tensorrt>=10,<12')"
         )
     return trt
 
@@ -51,7 +52,9 @@ def cuda_index(device: str) -> int:
 
 
 def weakly_typed_default(trt: Any) -> bool:
-    """True where the builder still has weak typing (10.x: ``BuilderFlag.FP16`` exists), so strong typing must be asked for."""
+    """True where the builder still has weak typing (10.x: ``BuilderFlag.FP16`` exists), so strong typing must be
+    asked for.
+    """
     return hasattr(getattr(trt, "BuilderFlag", None), "FP16")
 
 
@@ -66,6 +69,7 @@ def network_flags(trt: Any) -> int:
     flag = getattr(getattr(trt, "NetworkDefinitionCreationFlag", None), "STRONGLY_TYPED", None)
     if flag is None:
         raise CxrError(
-            f"TensorRT {getattr(trt, '__version__', '?')} has weak typing but no STRONGLY_TYPED network flag; use TensorRT >= 10.1"
+            f"TensorRT {getattr(trt, '__version__', '?')} has weak typing but no STRONGLY_TYPED network flag; "
+            "use TensorRT >= 10.1"
         )
     return 1 << int(flag)

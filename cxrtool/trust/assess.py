@@ -47,7 +47,10 @@ FLAG_OOD = "out_of_distribution"
 HEADER_FLAG_PREFIX = "header:"
 
 #: one line for a model file made before OOD statistics existed
-NO_STATS_NOTICE = "{model}: has no out-of-distribution statistics (ood_score stays empty and no film is flagged out of distribution); add them with `cxrtool calibrate {model} MANIFEST`"
+NO_STATS_NOTICE = (
+    "{model}: has no out-of-distribution statistics (ood_score stays empty and no film is flagged out of "
+    "distribution); add them with `cxrtool calibrate {model} MANIFEST`"
+)
 
 
 def header_flag(reason: str) -> str:

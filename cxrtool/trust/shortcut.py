@@ -54,7 +54,10 @@ class Probe:
     chance: float
 
     def line(self) -> str:
-        return f"{self.inputs} -> {self.target}: balanced accuracy {self.accuracy:.2f} (chance {self.chance:.2f}, n={self.n})"
+        return (
+            f"{self.inputs} -> {self.target}: balanced accuracy {self.accuracy:.2f} "
+            f"(chance {self.chance:.2f}, n={self.n})"
+        )
 
 
 def thumbnail(gray: np.ndarray, side: int = THUMB_SIDE) -> np.ndarray:

@@ -331,7 +331,8 @@ def test_torch_predict_with_decode_workers_leaves_stderr_clean(
         for f in sorted(films.glob("*.png")):
             (films / name / f.name).write_bytes(f.read_bytes())
     code = "import sys, runpy; sys.argv = ['cxrtool', *sys.argv[1:]]; sys.path.insert(0, {tests!r})\n" + (
-        "from tiny_arch import register_tiny_arch; register_tiny_arch(); runpy.run_module('cxrtool', run_name='__main__')"
+        "from tiny_arch import register_tiny_arch; register_tiny_arch(); "
+        "runpy.run_module('cxrtool', run_name='__main__')"
     )
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     for run in range(3):

@@ -54,7 +54,8 @@ def _option_blocks(help_text: str, options) -> dict[str, str]:
     starts = []
     for option in options:
         pattern = re.compile(
-            rf"^\s{{2}}(-\w, )?{re.escape(option.opts[-1] if option.opts[-1].startswith('--') else option.opts[0])}(\W|$)"
+            r"^\s{2}(-\w, )?"
+            rf"{re.escape(option.opts[-1] if option.opts[-1].startswith('--') else option.opts[0])}(\W|$)"
         )
         index = next((i for i, line in enumerate(lines) if pattern.match(line)), None)
         assert index is not None, f"{option.opts} is missing from the help"

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
 import pytest
 import typer
+from PIL import Image
 from typer.testing import CliRunner
 
 from cxrtool.cli import _options
@@ -61,6 +63,9 @@ def test_all_converted_exit_0_and_options(app, synthetic_dir, tmp_path):
     m = read_manifest(tmp_path / "m.csv")
     voilut = next(r for r in m.rows if r["input"] == "voilut.dcm")
     assert voilut["path"] == "out/voilut.png" and m.resolve(voilut) == (out / "voilut.png").resolve()
+    png = np.asarray(Image.open(out / "voilut.png"))  # the options reached the pixels, not only the manifest
+    assert png.dtype == np.uint16 and max(png.shape) == 16  # --bits 16, --size 16 (long side)
+    assert png.min() == 0 and png.max() == 65535  # --window minmax spans the full output range
     again = runner.invoke(app, [*args, "--manifest", str(tmp_path / "m.csv"), "--strict"])
     assert again.exit_code == 0 and "resumed" in again.stdout
 

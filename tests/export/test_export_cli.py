@@ -1,4 +1,6 @@
-"""``cxrtool export`` option handling: every mistake is a one-line error with exit code 2, found before any slow work."""
+"""``cxrtool export`` option handling: every mistake is a one-line error with exit code 2, found before any slow
+work.
+"""
 
 from __future__ import annotations
 

@@ -353,7 +353,9 @@ print("done", driver.pushes, driver.pops)
     "leak, code", [("", 0), ("driver.Device(0).retain_primary_context().push()", 134)], ids=["clean", "leaked-push"]
 )
 def test_interpreter_exit_leaves_the_context_stack_empty(tmp_path, leak, code):
-    """pycuda aborts at exit on a non-empty context stack; the fake does too (the leaked push proves it would notice)."""
+    """pycuda aborts at exit on a non-empty context stack; the fake does too (the leaked push proves it would
+    notice).
+    """
     script = EXIT_SCRIPT.format(here=str(HERE), repo=str(HERE.parents[1]), tmp=str(tmp_path), leak=leak)
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert run.returncode == code, run.stderr[-2000:]

@@ -37,6 +37,8 @@ def dciodvfy():
     def run(path: Path) -> tuple[list[str], list[str]]:
         proc = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60)
         lines = (proc.stdout + proc.stderr).splitlines()
-        return [l for l in lines if l.startswith("Error")], [l for l in lines if l.startswith("Warning")]
+        return [line for line in lines if line.startswith("Error")], [
+            line for line in lines if line.startswith("Warning")
+        ]
 
     return run

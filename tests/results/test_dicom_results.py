@@ -194,7 +194,7 @@ def test_cli_predict_and_explain_dicom_out(shared_data, tiny_results_ckpt, tmp_p
     assert "not a DICOM file" in index and index.count(",written,") == 1
     assert len(list((tmp_path / "dcm").glob("*.sr.dcm"))) == 1 and len(list((tmp_path / "dcm").glob("*.sc.dcm"))) == 1
     sr = Comprehensive3DSR.from_dataset(pydicom.dcmread(next((tmp_path / "dcm").glob("*.sr.dcm"))))
-    row = next(l for l in (tmp_path / "p.csv").read_text().splitlines() if "film.dcm" in l).split(",")
+    row = next(line for line in (tmp_path / "p.csv").read_text().splitlines() if "film.dcm" in line).split(",")
     assert [round(v, 6) for v in _nums(sr).values()][:3] == [float(x) for x in row[2:5]]  # the row's own probabilities
 
     res = runner.invoke(

@@ -1,4 +1,6 @@
-"""DistributedDataParallel for real: 2 processes on gloo (CPU) with tiny data and a tiny DenseNet; the same on 2 GPUs (``gpu``)."""
+"""DistributedDataParallel for real: 2 processes on gloo (CPU) with tiny data and a tiny DenseNet; the same on 2 GPUs
+(``gpu``).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""The training-time shortcut verdict: found on the fixtures' adult/child split, stored in the card, carried downstream."""
+"""The training-time shortcut verdict: found on the fixtures' adult/child split, stored in the card, carried
+downstream.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""The view check: rules by name, their measurements on real frontal and lateral films, and the flag in every backend."""
+"""The view check: rules by name, their measurements on real frontal and lateral films, and the flag in every
+backend.
+"""
 
 from __future__ import annotations
 
