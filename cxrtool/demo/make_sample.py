@@ -35,7 +35,8 @@ DICOMS = {  # file in shared/data/dicom -> (source, licence)
     ),
 }
 NIH_SOURCE = (
-    "NIH ChestX-ray14 (https://nihcc.app.box.com/v/ChestXray-NIHCC), 64x64 thumbnail from dinbe0527/kcr2019d1@{commit} {path}, "
+    "NIH ChestX-ray14 (https://nihcc.app.box.com/v/ChestXray-NIHCC), "
+    "64x64 thumbnail from dinbe0527/kcr2019d1@{commit} {path}, "
     "stored here as 8-bit grey PNG (same pixels: R=G=B)"
 )
 NIH_LICENCE = (

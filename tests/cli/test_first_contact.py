@@ -134,12 +134,10 @@ def test_explain_with_an_export_names_the_checkpoint(tmp_path: Path, films: Path
     assert not (tmp_path / "heat").exists()
 
 
-def test_torch_backend_on_an_export_does_not_suggest_export(tmp_path: Path, films: Path) -> None:
-    """``-m x.onnx --backend torch``: re-exporting cannot help; the checkpoint can."""
-    model = tmp_path / "x.onnx"
-    model.write_bytes(b"x")
+def test_torch_backend_on_an_export_does_not_suggest_export(tmp_path: Path, films: Path, onnx_with_trust: Path) -> None:
+    """``-m x.onnx --backend torch`` (a real export): re-exporting cannot help; the checkpoint can."""
     result = runner.invoke(
-        app, ["predict", str(films), "-m", str(model), "-o", str(tmp_path / "p.csv"), "--backend", "torch"]
+        app, ["predict", str(films), "-m", str(onnx_with_trust), "-o", str(tmp_path / "p.csv"), "--backend", "torch"]
     )
     assert result.exit_code == 2, result.output
     assert "checkpoint (.safetensors)" in result.stderr and "cxrtool export" not in result.stderr
