@@ -362,7 +362,7 @@ def _write_outputs(
         f"p={float(probs[predicted]):.3f} | {options.composite} | colour scale +-{scale:.3g}"
     ) + _flag_title(verdict.flag)
     with atomic_path(files["panel.png"]) as tmp:
-        render.panel(gray, rmap, scale, title).save(tmp)
+        render.panel(gray, rmap, scale, title, name).save(tmp)
     return {
         "path": str(path), "target": name, "target_index": index, "target_logit": float(logits[index]),
         "target_prob": float(probs[index]), "predicted": class_names[predicted], "predicted_prob": float(probs[predicted]),
