@@ -12,9 +12,10 @@ import typer
 from cxrtool.cli._options import check_inputs, default_of, require_checkpoint
 from cxrtool.explain.audit import AuditCfg
 from cxrtool.explain.composites import COMPOSITES
-from cxrtool.explain.options import ExplainOptions
+from cxrtool.explain.options import EXPLAINED, ExplainOptions
 
 Composite = Enum("Composite", {name: name for name in COMPOSITES}, type=str)  # type: ignore[misc]  (choices from the registry)
+Explained = Enum("Explained", {name: name for name in EXPLAINED}, type=str)  # type: ignore[misc]
 
 
 def register(app: typer.Typer) -> None:
@@ -27,6 +28,14 @@ def explain(
     model: Annotated[Path, typer.Option("--model", "-m", help="cxrtool checkpoint (.safetensors).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (created; inputs are never modified).")],
     target: Annotated[str, typer.Option("--target", "-t", help="'predicted', 'all', or a class name.")] = default_of(ExplainOptions, "target"),
+    explained: Annotated[
+        Explained,
+        typer.Option(
+            "--explained",
+            help="What the map explains: the class's log-odds against the other classes (log-odds) or its logit; "
+            "auto: log-odds for a multiclass model, logit for a multilabel one.",
+        ),
+    ] = Explained(default_of(ExplainOptions, "explained")),
     composite: Annotated[Composite, typer.Option("--composite", "-c", help="LRP composite (or 'gradient' x input).")] = Composite(
         default_of(ExplainOptions, "composite")
     ),
@@ -73,7 +82,10 @@ def explain(
         if not trust.has_ood:
             err.print(NO_STATS_NOTICE.format(model=model), soft_wrap=True)
         try:
-            options = ExplainOptions(composite=composite.value, target=target, batch_size=batch_size, audit=AuditCfg(border=border), device=run_on)
+            options = ExplainOptions(
+                composite=composite.value, target=target, explained=explained.value, batch_size=batch_size, audit=AuditCfg(border=border),
+                device=run_on,
+            )
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from None
         plan = plan_inputs(paths)

@@ -52,8 +52,9 @@ def test_explain_files_and_folder_with_a_broken_file(shared_data, checkpoint, tm
         heat = np.load(row["heatmap"])
         assert heat.shape == (64, 64) and heat.dtype == np.float32 and np.abs(heat).sum() > 0
         assert float(row["relevance_sum"]) == pytest.approx(float(heat.sum()), rel=1e-4)
-        logit = float(row["target_logit"])  # conservation, readable per film in the CSV
-        assert abs(float(row["relevance_sum"]) + float(row["bias_share"]) - logit) <= 0.05 * abs(logit) + 1e-3
+        assert row["explained"] == "log-odds"  # the default for a multiclass model
+        value = float(row["explained_value"])  # conservation, readable per film in the CSV
+        assert abs(float(row["relevance_sum"]) + float(row["bias_share"]) - value) <= 0.05 * abs(value) + 1e-3
         assert row["target"] == row["predicted"] in CLASSES
         assert Path(row["overlay"]).stat().st_size > 0 and Path(row["panel"]).stat().st_size > 0
         assert 0 <= float(row["pos_share_border"]) <= 1
@@ -64,11 +65,13 @@ def test_explain_files_and_folder_with_a_broken_file(shared_data, checkpoint, tm
 
 def test_explain_all_targets_and_gamma_box(shared_data, checkpoint, tmp_path):
     film = _real_inputs(shared_data)[1]
-    result = CliRunner().invoke(app, ["explain", str(film), "-m", str(checkpoint), "-o", str(tmp_path), "--target", "all", "-c", "epsilon_gamma_box"])
+    args = ["explain", str(film), "-m", str(checkpoint), "-o", str(tmp_path), "--target", "all", "-c", "epsilon_gamma_box", "--explained", "logit"]
+    result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader((tmp_path / "explain.csv").open()))
     assert sorted(r["target"] for r in rows) == sorted(CLASSES)
     assert len({r["relevance_sum"] for r in rows}) == 3
+    assert all(r["explained"] == "logit" and r["explained_value"] == r["target_logit"] for r in rows)
 
 
 def test_explain_usage_errors(shared_data, checkpoint, tmp_path):
