@@ -13,6 +13,7 @@ reason.  Rows are flushed after every batch, so a crash loses nothing that finis
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -201,7 +202,10 @@ def predict_to_file(
         start = time.perf_counter()
         writer.open(append=options.resume)
         try:
-            batches = iter_predictions(
+            # closing(): a writer error or Ctrl-C mid-run still shuts the decode pool down here, before predict
+            # returns, not whenever the suspended generator is collected (at exit, after multiprocessing's
+            # resource tracker may be gone: its KeyError tracebacks)
+            with contextlib.closing(iter_predictions(
                 engine,
                 select_paths(inputs, shard=options.shard, done=done, skipped=skipped),
                 batch_size=options.batch_size,
@@ -210,13 +214,13 @@ def predict_to_file(
                 cfg=cfg,
                 decode=decode,
                 trust=trust,
-            )
-            for rows in batches:
-                writer.write(rows)
-                writer.sync()
-                _tally(summary, rows, card.task, reject_ood=options.reject_ood)
-                if on_rows is not None:
-                    on_rows(rows)
+            )) as batches:
+                for rows in batches:
+                    writer.write(rows)
+                    writer.sync()
+                    _tally(summary, rows, card.task, reject_ood=options.reject_ood)
+                    if on_rows is not None:
+                        on_rows(rows)
         finally:
             writer.close()
             summary.seconds = time.perf_counter() - start

@@ -132,6 +132,20 @@ def test_a_crash_mid_run_loses_no_finished_rows_and_resume_completes(tiny_ckpt, 
     assert summary.skipped_resume == len(seen) and summary.predicted == len(good) - len(seen)
 
 
+def test_the_decode_pool_is_shut_down_before_predict_returns_even_on_an_error(tiny_ckpt, tmp_path):
+    """A consumer error mid-run: the worker processes are gone when predict_to_file raises, not at garbage collection."""
+    import multiprocessing
+
+    write_good_images(tmp_path / "in")
+
+    def fail(rows):
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full") as excinfo:  # its traceback keeps predict's frame alive
+        predict_to_file([tmp_path / "in"], tiny_ckpt, tmp_path / "p.csv", PredictOptions(batch_size=2, workers=2), on_rows=fail)
+    assert excinfo.traceback and not multiprocessing.active_children()
+
+
 def test_resume_refuses_an_output_from_another_model(tiny_ckpt, tmp_path):
     folder = tmp_path / "in"
     write_good_images(folder)
