@@ -83,8 +83,8 @@ def explain(
             err.print(NO_STATS_NOTICE.format(model=model), soft_wrap=True)
         try:
             options = ExplainOptions(
-                composite=composite.value, target=target, explained=explained.value, batch_size=batch_size, audit=AuditCfg(border=border),
-                device=run_on,
+                composite=composite.value, target=target, explained=explained.value, batch_size=batch_size,
+                audit=AuditCfg(border=border), device=run_on,
             )
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from None

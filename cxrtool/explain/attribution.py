@@ -206,7 +206,8 @@ def zennit_relevance(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, c
 
 RESULT_COLUMNS = (
     "path", "target", "target_index", "target_logit", "target_prob", "predicted", "predicted_prob", "ood_score", "flag",
-    "explained", "explained_value", "relevance_sum", "bias_share", *AUDIT_COLUMNS, "scale", "heatmap", "overlay", "panel", "error",
+    "explained", "explained_value", "relevance_sum", "bias_share", *AUDIT_COLUMNS, "scale", "heatmap", "overlay",
+    "panel", "error",
 )
 
 
@@ -266,7 +267,9 @@ def resolve_quantity(explained: str, task: Task) -> str:
     if explained == "auto":
         return "logit" if task.multilabel else "log-odds"
     if explained == "log-odds" and task.multilabel:
-        raise CxrError("--explained log-odds needs a multiclass model: a multilabel class's log-odds is its logit (use 'logit')")
+        raise CxrError(
+            "--explained log-odds needs a multiclass model: a multilabel class's log-odds is its logit (use 'logit')"
+        )
     return explained
 
 
@@ -351,10 +354,11 @@ def _explain_files(
             for i, (path, stem, gray) in enumerate(good):
                 try:
                     row = _write_outputs(
-                        out_dir, path, stem, gray, maps[i], int(index[i]), int(predicted[i]), logits[i], probs[i], card.class_names, options,
-                        verdicts[i], quantity,
+                        out_dir, path, stem, gray, maps[i], int(index[i]), int(predicted[i]), logits[i], probs[i],
+                        card.class_names, options, verdicts[i], quantity,
                     )
-                    row.update(explained=quantity, explained_value=float(value[i]), bias_share=float(booked[i]))  # sum + share = value
+                    # relevance_sum + bias_share = explained_value
+                    row.update(explained=quantity, explained_value=float(value[i]), bias_share=float(booked[i]))
                     rows.append(row)
                     if int(index[i]) == int(predicted[i]):
                         own[i] = maps[i]
@@ -419,7 +423,8 @@ def _write_outputs(
         f"p={float(probs[predicted]):.3f} | {options.composite}, {quantity} | colour scale +-{scale:.3g}"
     ) + _flag_title(verdict.flag)
     with atomic_path(files["panel.png"]) as tmp:
-        render.panel(gray, rmap, scale, title, f"{name} vs the other classes" if quantity == "log-odds" else name).save(tmp)
+        explained = f"{name} vs the other classes" if quantity == "log-odds" else name
+        render.panel(gray, rmap, scale, title, explained).save(tmp)
     return {
         "path": str(path), "target": name, "target_index": index, "target_logit": float(logits[index]),
         "target_prob": float(probs[index]), "predicted": class_names[predicted], "predicted_prob": float(probs[predicted]),

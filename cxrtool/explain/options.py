@@ -13,9 +13,9 @@ EXPLAINED = ("auto", "log-odds", "logit")
 
 @dataclass
 class ExplainOptions:
-    """What ``cxrtool explain`` does: composite, targets (``predicted``, ``all`` or a class name), the quantity explained
-    (one of :data:`EXPLAINED`), batching, audit regions, and the torch device LRP runs on (resolved: ``cpu``, ``cuda``
-    or ``cuda:N``)."""
+    """What ``cxrtool explain`` does: composite, targets (``predicted``, ``all`` or a class name), the quantity
+    explained (one of :data:`EXPLAINED`), batching, audit regions, and the torch device LRP runs on (resolved:
+    ``cpu``, ``cuda`` or ``cuda:N``)."""
 
     composite: str = DEFAULT_COMPOSITE
     target: str = "predicted"

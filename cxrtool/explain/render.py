@@ -49,7 +49,9 @@ def legend_text(explained: str) -> str:
     return f"red: evidence for {explained}, blue: against, white: neither"
 
 
-def panel(gray: np.ndarray, relevance: np.ndarray, scale: float, title: str, explained: str, min_side: int = 256) -> Image.Image:
+def panel(
+    gray: np.ndarray, relevance: np.ndarray, scale: float, title: str, explained: str, min_side: int = 256
+) -> Image.Image:
     """``[film | heatmap | overlay]`` with a title line (class, probability, composite, scale) and,
     below the tiles, a legend: the palette from ``-scale`` to ``+scale`` and :func:`legend_text`."""
     tiles = [

@@ -82,7 +82,10 @@ def test_panel_carries_a_colour_legend_below_the_tiles():
     assert img.width >= 3 * 256
     tiles_end = img.height - 22  # title strip and tiles above, the 22-px legend strip below
     tiles, legend = rgb[:tiles_end], rgb[tiles_end:]
-    has = lambda part, colour: bool(np.all(part == colour, axis=-1).any())  # noqa: E731
+
+    def has(part: np.ndarray, colour: np.ndarray) -> bool:
+        return bool(np.all(part == colour, axis=-1).any())
+
     assert has(tiles, lut[1]) and not has(tiles, lut[0])  # the map is all red
     assert has(legend, lut[0]) and has(legend, lut[1])  # the legend shows blue (against) and red (for)
     bar = legend[5:17, 4 : 4 + render.LEGEND_BAR_WIDTH]

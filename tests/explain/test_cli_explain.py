@@ -65,7 +65,8 @@ def test_explain_files_and_folder_with_a_broken_file(shared_data, checkpoint, tm
 
 def test_explain_all_targets_and_gamma_box(shared_data, checkpoint, tmp_path):
     film = _real_inputs(shared_data)[1]
-    args = ["explain", str(film), "-m", str(checkpoint), "-o", str(tmp_path), "--target", "all", "-c", "epsilon_gamma_box", "--explained", "logit"]
+    args = ["explain", str(film), "-m", str(checkpoint), "-o", str(tmp_path), "--target", "all"]
+    args += ["-c", "epsilon_gamma_box", "--explained", "logit"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader((tmp_path / "explain.csv").open()))

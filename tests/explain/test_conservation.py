@@ -150,7 +150,7 @@ def test_log_odds_shows_evidence_for_the_predicted_class_when_every_logit_is_neg
 
 
 def test_log_odds_seed_is_the_gradient_of_the_log_odds(tiny_densenet):
-    """Gradient x input under ``log-odds`` is x times the autograd gradient of log p/(1-p) (the seed's slope is right)."""
+    """Gradient x input under ``log-odds`` is x times autograd's gradient of log p/(1-p): the seed's slope is right."""
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     result = Explainer(tiny_densenet, "gradient", quantity="log-odds").attribute(x, [None, 2])
     xr = x.clone().requires_grad_(True)

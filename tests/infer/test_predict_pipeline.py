@@ -133,7 +133,7 @@ def test_a_crash_mid_run_loses_no_finished_rows_and_resume_completes(tiny_ckpt, 
 
 
 def test_the_decode_pool_is_shut_down_before_predict_returns_even_on_an_error(tiny_ckpt, tmp_path):
-    """A consumer error mid-run: the worker processes are gone when predict_to_file raises, not at garbage collection."""
+    """A consumer error mid-run: the decode workers are gone when predict_to_file raises, not at garbage collection."""
     import multiprocessing
 
     write_good_images(tmp_path / "in")
@@ -142,7 +142,8 @@ def test_the_decode_pool_is_shut_down_before_predict_returns_even_on_an_error(ti
         raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError, match="disk full") as excinfo:  # its traceback keeps predict's frame alive
-        predict_to_file([tmp_path / "in"], tiny_ckpt, tmp_path / "p.csv", PredictOptions(batch_size=2, workers=2), on_rows=fail)
+        options = PredictOptions(batch_size=2, workers=2)
+        predict_to_file([tmp_path / "in"], tiny_ckpt, tmp_path / "p.csv", options, on_rows=fail)
     assert excinfo.traceback and not multiprocessing.active_children()
 
 
