@@ -64,7 +64,7 @@ def check_inputs(paths: list[Path]) -> int | None:
     Runs before any progress line, so a typo gives one line and exit 2 instead of an error row and exit 1.
     Returns the number of candidate files (the progress total), None when a remote input is among them.
     """
-    from cxrtool.images import iter_input_files
+    from cxrtool.inputs import iter_input_files
 
     total: int | None = 0
     for path in paths:
