@@ -61,7 +61,7 @@ def explain(
 
     from rich.table import Table
 
-    from cxrtool.explain.attribution import explain_files, plan_inputs
+    from cxrtool.explain.attribution import explain_files, plan_inputs, resolve_quantity
     from cxrtool.fsutil import check_writable_output
     from cxrtool.inputs import max_pixels
     from cxrtool.models.checkpoint import load_checkpoint
@@ -78,6 +78,7 @@ def explain(
         max_pixels()  # a bad $CXRTOOL_MAX_PIXELS is a usage error before the model is loaded
         run_on = str(resolve_device(device))  # cuda without a GPU: a usage error before any work
         net, card = load_checkpoint(model)
+        resolve_quantity(explained.value, card.task)  # log-odds of a multilabel model: exit 2 before any progress
         trust = load_trust(model, card)
         if not trust.has_ood:
             err.print(NO_STATS_NOTICE.format(model=model), soft_wrap=True)

@@ -95,3 +95,16 @@ def test_explain_folder_reports_the_data_side_shortcut_audit(shared_data, checkp
     assert "8x8 thumbnail -> input folder: balanced accuracy" in result.output
     assert "penultimate features -> input folder" in result.output
     assert "correlation of class-mean relevance maps" in result.output
+
+
+def test_explained_quantity_follows_the_task():
+    """auto: log-odds for multiclass, logit for multilabel; log-odds of independent sigmoid classes is a usage error."""
+    from cxrtool.errors import CxrError
+    from cxrtool.explain.attribution import resolve_quantity
+    from cxrtool.task import get_task
+
+    multiclass, multilabel = get_task("multiclass"), get_task("multilabel")
+    assert resolve_quantity("auto", multiclass) == "log-odds" and resolve_quantity("auto", multilabel) == "logit"
+    assert resolve_quantity("logit", multiclass) == "logit"
+    with pytest.raises(CxrError, match="multiclass"):
+        resolve_quantity("log-odds", multilabel)
