@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from enum import Enum
 from collections.abc import Sequence
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,6 @@ class Window(str, Enum):
 Backend = Enum("Backend", {name: name for name in ("auto", *BACKENDS)}, type=str)  # type: ignore[misc]
 #: ``bench --backend``: the registry's names (bench measures each; ``auto`` is not one).
 BenchBackend = Enum("BenchBackend", {name: name for name in BACKENDS}, type=str)  # type: ignore[misc]
-
 
 
 def parse_shard_option(value: str | None) -> tuple[int, int] | None:

@@ -12,9 +12,10 @@ import typer
 from cxrtool.cli._options import check_inputs, default_of, require_checkpoint
 from cxrtool.explain.audit import AuditCfg
 from cxrtool.explain.composites import COMPOSITES
-from cxrtool.explain.options import ExplainOptions
+from cxrtool.explain.options import EXPLAINED, ExplainOptions
 
 Composite = Enum("Composite", {name: name for name in COMPOSITES}, type=str)  # type: ignore[misc]  (choices from the registry)
+Explained = Enum("Explained", {name: name for name in EXPLAINED}, type=str)  # type: ignore[misc]
 
 
 def register(app: typer.Typer) -> None:
@@ -26,25 +27,47 @@ def explain(
     paths: Annotated[list[Path], typer.Argument(help="Films (PNG/JPEG/DICOM...) or folders of them.")],
     model: Annotated[Path, typer.Option("--model", "-m", help="cxrtool checkpoint (.safetensors).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (created; inputs are never modified).")],
-    target: Annotated[str, typer.Option("--target", "-t", help="'predicted', 'all', or a class name.")] = default_of(ExplainOptions, "target"),
-    composite: Annotated[Composite, typer.Option("--composite", "-c", help="LRP composite (or 'gradient' x input).")] = Composite(
-        default_of(ExplainOptions, "composite")
+    target: Annotated[str, typer.Option("--target", "-t", help="'predicted', 'all', or a class name.")] = default_of(
+        ExplainOptions, "target"
     ),
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Films per forward/backward pass.")] = default_of(
-        ExplainOptions, "batch_size"
-    ),
-    border: Annotated[float, typer.Option("--border", help="Audit border band, as a fraction of the side.")] = default_of(AuditCfg, "border"),
+    explained: Annotated[
+        Explained,
+        typer.Option(
+            "--explained",
+            help="What the map explains: the class's log-odds against the other classes (log-odds) or its logit; "
+            "auto: log-odds for a multiclass model, logit for a multilabel one.",
+        ),
+    ] = Explained(default_of(ExplainOptions, "explained")),
+    composite: Annotated[
+        Composite, typer.Option("--composite", "-c", help="LRP composite (or 'gradient' x input).")
+    ] = Composite(default_of(ExplainOptions, "composite")),
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", "-b", min=1, help="Films per forward/backward pass.")
+    ] = default_of(ExplainOptions, "batch_size"),
+    border: Annotated[
+        float, typer.Option("--border", help="Audit border band, as a fraction of the side.")
+    ] = default_of(AuditCfg, "border"),
     dicom_out: Annotated[
         Path | None, typer.Option("--dicom-out", help="Also write a DICOM SR + heatmap SC per DICOM input here.")
     ] = None,
-    html: Annotated[Path | None, typer.Option("--html", help="Also write a self-contained HTML report (films, heatmaps, predicted class) here.", dir_okay=False)] = None,
-    device: Annotated[str, typer.Option("--device", help="Where LRP runs: auto (CUDA when present), cpu, cuda or cuda:N.")] = "auto",
+    html: Annotated[
+        Path | None,
+        typer.Option(
+            "--html",
+            help="Also write a self-contained HTML report (films, heatmaps, predicted class) here.",
+            dir_okay=False,
+        ),
+    ] = None,
+    device: Annotated[
+        str, typer.Option("--device", help="Where LRP runs: auto (CUDA when present), cpu, cuda or cuda:N.")
+    ] = "auto",
 ) -> None:
     """Explain predictions with LRP: heatmap .npy, overlay and panel PNGs, explain.csv, shortcut-audit table.
 
     Exit codes: 0 all explained, 1 some files could not be read (error rows in explain.csv), 2 usage error.
     """
-    from cxrtool.cli._console import EXIT_SOME_FAILED, err, failed, out as stdout, progress, user_errors
+    from cxrtool.cli._console import EXIT_SOME_FAILED, err, failed, progress, user_errors
+    from cxrtool.cli._console import out as stdout
 
     with user_errors():  # mistakes first: before torch is imported or a model loaded
         check_inputs(paths)
@@ -52,12 +75,12 @@ def explain(
 
     from rich.table import Table
 
-    from cxrtool.explain.attribution import explain_files, plan_inputs
+    from cxrtool.devices import resolve_device
+    from cxrtool.explain.attribution import explain_files, plan_inputs, resolve_quantity
     from cxrtool.fsutil import check_writable_output
     from cxrtool.inputs import max_pixels
     from cxrtool.modelfile.loaded import open_model
     from cxrtool.models.checkpoint import model_from_loaded
-    from cxrtool.devices import resolve_device
     from cxrtool.trust import load_trust
     from cxrtool.trust.assess import NO_STATS_NOTICE
 
@@ -71,11 +94,19 @@ def explain(
         run_on = str(resolve_device(device))  # cuda without a GPU: a usage error before any work
         loaded = open_model(model)  # the run's one read of the model file: explain, DICOM results and report share it
         net, card = model_from_loaded(loaded), loaded.card
+        resolve_quantity(explained.value, card.task)  # log-odds of a multilabel model: exit 2 before any progress
         trust = load_trust(loaded)
         if not trust.has_ood:
             err.print(NO_STATS_NOTICE.format(model=model), soft_wrap=True)
         try:
-            options = ExplainOptions(composite=composite.value, target=target, batch_size=batch_size, audit=AuditCfg(border=border), device=run_on)
+            options = ExplainOptions(
+                composite=composite.value,
+                target=target,
+                explained=explained.value,
+                batch_size=batch_size,
+                audit=AuditCfg(border=border),
+                device=run_on,
+            )
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from None
         plan = plan_inputs(paths)
@@ -95,8 +126,14 @@ def explain(
         table.add_column(col, justify="left" if col == "target" else "right")
     for row in report.summary:
         fmt = lambda v: "-" if isinstance(v, float) and math.isnan(v) else f"{v:.2f}"  # noqa: E731
-        table.add_row(str(row["target"]), str(row["n"]), fmt(row["mean_share_border"]), fmt(row["ratio_border"]),
-                      fmt(row["mean_share_outside_lung"]), fmt(row["ratio_outside_lung"]))
+        table.add_row(
+            str(row["target"]),
+            str(row["n"]),
+            fmt(row["mean_share_border"]),
+            fmt(row["ratio_border"]),
+            fmt(row["mean_share_outside_lung"]),
+            fmt(row["ratio_outside_lung"]),
+        )
     stdout.print(table)
     if report.shortcut:
         from cxrtool.trust.shortcut import summary_lines

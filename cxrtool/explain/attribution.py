@@ -1,12 +1,15 @@
 """User-facing explaining: :class:`Explainer` (tensors in, relevance out) and :func:`explain_files`.
 
 One forward and one backward per batch: the LRP model returns the logits, targets are picked from
-them, and the backward pass is seeded with each sample's own target logit.  What the composite
-conserves (see docs/explain.md): the input relevance plus what the rules hand to biases
-(``bias_share``; under the DenseNet canonizer only the classifier's bias is charged, batch-norm
-shifts never are) equals the target logit, whatever its sign.  Gradient x input is seeded with 1
-and sums to the logit minus what biases and non-linearities take.  Several targets ("all") reuse
-the same forward graph.
+them, and the backward pass is seeded with each sample's own explained quantity: the target logit
+(``logit``), or for a multiclass model the target's log-odds against the other classes
+(``log-odds``, ``z_t - logsumexp(z_others)``: its gradient at the logits is a linear combination of
+classifier rows, so the epsilon rule still conserves it).  What the composite conserves (see
+docs/explain.md): the input relevance plus what the rules hand to biases (``bias_share``; under the
+DenseNet canonizer only the classifier's bias is charged, batch-norm shifts never are, plus the
+log-sum-exp's curvature for log-odds) equals the explained value, whatever its sign.  Gradient x
+input is seeded with the quantity's gradient and sums to it minus what biases and non-linearities
+take.  Several targets ("all") reuse the same forward graph.
 """
 
 from __future__ import annotations
@@ -24,14 +27,23 @@ import torch.nn as nn
 
 from cxrtool.errors import CxrError, ImageLoadError
 from cxrtool.explain.audit import AUDIT_COLUMNS, audit_heatmap, summarize
-from cxrtool.explain.composites import DEFAULT_COMPOSITE, Bounds, CompositeSpec, compile_lrp, get_composite, zennit_composite
+from cxrtool.explain.composites import (
+    DEFAULT_COMPOSITE,
+    Bounds,
+    CompositeSpec,
+    compile_lrp,
+    get_composite,
+    zennit_composite,
+)
 from cxrtool.explain.options import ExplainOptions
 from cxrtool.fsutil import NAME_ERRORS, atomic_open, atomic_path
 from cxrtool.locks import owned_output
 from cxrtool.modelfile import ModelCard
+from cxrtool.task import Task
 from cxrtool.trust import Assessment, Trust
 
 Target = int | None  # a class index, or None for the predicted class
+QUANTITIES = ("logit", "log-odds")  # what a heatmap can explain (:class:`Explainer`'s ``quantity``)
 
 
 class Explainer:
@@ -49,11 +61,23 @@ class Explainer:
     device:
         Where the LRP forward and backward run (``cpu``, ``cuda``, ``cuda:N``): the explainer's
         copy of the model lives there, inputs are moved there and every result comes back on the CPU.
+    quantity:
+        What each map explains (:data:`QUANTITIES`): the target's ``logit``, or its ``log-odds``
+        against the other classes (multiclass models: with every logit negative, the predicted
+        class's logit map is all blue, its log-odds map shows what sets it apart from the others).
     """
 
     def __init__(
-        self, model: nn.Module, composite: str | CompositeSpec = DEFAULT_COMPOSITE, bounds: Bounds | None = None, device: str | torch.device = "cpu"
+        self,
+        model: nn.Module,
+        composite: str | CompositeSpec = DEFAULT_COMPOSITE,
+        bounds: Bounds | None = None,
+        device: str | torch.device = "cpu",
+        quantity: str = "logit",
     ):
+        if quantity not in QUANTITIES:
+            raise ValueError(f"quantity must be one of {', '.join(QUANTITIES)}; got {quantity!r}")
+        self.quantity = quantity
         self.spec = get_composite(composite) if isinstance(composite, str) else composite
         if self.spec.is_lrp:
             self.net = compile_lrp(model, self.spec, bounds)
@@ -67,7 +91,9 @@ class Explainer:
         self.net.to(self.device, memory_format=torch.channels_last)
         self._taps = _FeatureTaps(self.net, model.feature_layout()) if hasattr(model, "feature_layout") else None
 
-    def explain(self, x: torch.Tensor, targets: Sequence[Target | torch.Tensor] = (None,)) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def explain(
+        self, x: torch.Tensor, targets: Sequence[Target | torch.Tensor] = (None,)
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Logits ``(B, K)`` and one relevance tensor ``(B, C, H, W)`` per entry of ``targets``.
 
         Each entry is ``None`` (each sample's predicted class), a class index, or a ``(B,)``
@@ -77,39 +103,65 @@ class Explainer:
         return result.logits, result.relevance
 
     def attribute(self, x: torch.Tensor, targets: Sequence[Target | torch.Tensor] = (None,)) -> Attribution:
-        """Like :meth:`explain`, plus per target the ``(B,)`` relevance the rules handed to biases."""
+        """Like :meth:`explain`, plus per target the ``(B,)`` explained value and the relevance handed to biases."""
         fmt = torch.channels_last if x.dim() == 4 else torch.preserve_format
         x = x.detach().to(self.device).clone(memory_format=fmt).requires_grad_(True)
         ledger = getattr(self.net, "bias_ledger", None)
         with torch.enable_grad():
             logits = self.net(x)
             features = self._taps.collect() if self._taps is not None else None
-            out, biases = [], []
+            out, biases, values = [], [], []
+            z = logits.detach()
             for i, target in enumerate(targets):
                 index = _target_index(target, logits).to(logits.device)
-                seed = torch.zeros_like(logits)
-                rows = torch.arange(len(index), device=logits.device)
-                seed[rows, index] = logits.detach()[rows, index] if self.spec.is_lrp else 1.0
+                value, slope = explained_quantity(z, index, self.quantity)
+                # LRP seeds each logit with its share of the linear part sum_k slope_k z_k; the rest of the value
+                # (log-odds: minus the entropy of the other classes' softmax, no pixel's doing) is booked as a bias
+                seed = slope * z if self.spec.is_lrp else slope
                 if ledger is not None:
                     ledger.reset()
                 (grad,) = torch.autograd.grad(logits, x, seed, retain_graph=i < len(targets) - 1)
                 out.append((grad if self.spec.is_lrp else grad * x.detach()).contiguous().cpu())
                 total = ledger.total if ledger is not None else None
+                if total is None:
+                    total = torch.zeros_like(value)
+                total = total + value - (slope * z).sum(1)
                 if not self.spec.is_lrp:  # gradient x input books nothing: its gap is not a bias share
                     total = torch.full((len(index),), float("nan"))
-                biases.append(total.cpu() if total is not None else torch.zeros(len(index)))
-        return Attribution(logits.detach().cpu(), out, biases, features.cpu() if features is not None else None)
+                biases.append(total.cpu())
+                values.append(value.cpu())
+        return Attribution(logits.detach().cpu(), out, biases, features.cpu() if features is not None else None, values)
 
 
 @dataclass
 class Attribution:
-    """Logits, one relevance map per target, per target the relevance booked to biases, and the
-    pooled features of ``forward_features`` (the OOD score's input) from the same forward pass."""
+    """Logits, one relevance map per target, per target the relevance booked to biases, the
+    pooled features of ``forward_features`` (the OOD score's input) from the same forward pass, and
+    per target the ``(B,)`` explained value (``relevance.sum + bias_share`` for a conservative composite)."""
 
     logits: torch.Tensor
     relevance: list[torch.Tensor]
     bias_share: list[torch.Tensor]
     features: torch.Tensor | None = None
+    explained: list[torch.Tensor] = field(default_factory=list)
+
+
+def explained_quantity(logits: torch.Tensor, index: torch.Tensor, quantity: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(value (B,), slope (B, K))``: the explained quantity per sample and its gradient at the logits.
+
+    ``logit``: ``z_t``, slope one-hot.  ``log-odds``: ``z_t - logsumexp(z_others)``, slope ``+1`` at the
+    target and ``-softmax(z_others)_j`` at each other class; ``value - slope . z`` is minus the entropy of
+    that softmax (0 for two classes), the part no linear seed can carry.
+    """
+    rows = torch.arange(len(index), device=logits.device)
+    onehot = torch.zeros_like(logits)
+    onehot[rows, index] = 1.0
+    if quantity == "logit":
+        return logits[rows, index], onehot
+    if logits.shape[1] < 2:
+        raise CxrError("log-odds against the other classes needs a model with at least two classes")
+    others = logits.masked_fill(onehot.bool(), float("-inf"))
+    return logits[rows, index] - torch.logsumexp(others, 1), onehot - torch.softmax(others, 1)
 
 
 class _FeatureTaps:
@@ -125,7 +177,9 @@ class _FeatureTaps:
         self._order = [name for name, _ in layout]
         for name in self._order[:-1]:
             net.features.get_submodule(name).register_forward_hook(self._pooled(name))
-        net.classifier.register_forward_pre_hook(lambda _m, args: self._seen.__setitem__(self._order[-1], args[0].detach().flatten(1)))
+        net.classifier.register_forward_pre_hook(
+            lambda _m, args: self._seen.__setitem__(self._order[-1], args[0].detach().flatten(1))
+        )
 
     def _pooled(self, name: str) -> Callable[..., None]:
         def hook(_module: nn.Module, _args: object, out: torch.Tensor) -> None:
@@ -147,7 +201,13 @@ def _target_index(target: Target | torch.Tensor, logits: torch.Tensor) -> torch.
     return torch.full((logits.shape[0],), int(target), dtype=torch.long)
 
 
-def zennit_relevance(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, composite: str | CompositeSpec, bounds: Bounds | None = None) -> torch.Tensor:
+def zennit_relevance(
+    model: nn.Module,
+    x: torch.Tensor,
+    targets: torch.Tensor,
+    composite: str | CompositeSpec,
+    bounds: Bounds | None = None,
+) -> torch.Tensor:
     """Reference: the same relevance computed with stock zennit rules (slow; tests and benchmark)."""
     spec = get_composite(composite) if isinstance(composite, str) else composite
     net = copy.deepcopy(model).eval()
@@ -166,8 +226,25 @@ def zennit_relevance(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, c
 # ----------------------------------------------------------------------------- files -> outputs
 
 RESULT_COLUMNS = (
-    "path", "target", "target_index", "target_logit", "target_prob", "predicted", "predicted_prob", "ood_score", "flag",
-    "relevance_sum", "bias_share", *AUDIT_COLUMNS, "scale", "heatmap", "overlay", "panel", "error",
+    "path",
+    "target",
+    "target_index",
+    "target_logit",
+    "target_prob",
+    "predicted",
+    "predicted_prob",
+    "ood_score",
+    "flag",
+    "explained",
+    "explained_value",
+    "relevance_sum",
+    "bias_share",
+    *AUDIT_COLUMNS,
+    "scale",
+    "heatmap",
+    "overlay",
+    "panel",
+    "error",
 )
 
 
@@ -218,6 +295,21 @@ def _targets_for(option: str, class_names: Sequence[str]) -> list[Target]:
     raise CxrError(f"--target must be 'predicted', 'all' or one of {', '.join(class_names)}; got {option!r}")
 
 
+def resolve_quantity(explained: str, task: Task) -> str:
+    """The quantity an :class:`ExplainOptions` ``explained`` names for a model of this task.
+
+    ``auto``: a multiclass class's log-odds against the others (what decides the arg-max); a multilabel
+    class's own logit (its sigmoid's log-odds: the classes are independent, there is no "against the others").
+    """
+    if explained == "auto":
+        return "logit" if task.multilabel else "log-odds"
+    if explained == "log-odds" and task.multilabel:
+        raise CxrError(
+            "--explained log-odds needs a multiclass model: a multilabel class's log-odds is its logit (use 'logit')"
+        )
+    return explained
+
+
 def explain_files(
     plan: Sequence[tuple[Path, Path]],
     model: nn.Module,
@@ -250,15 +342,16 @@ def _explain_files(
     on_file: Callable[[Path, str | None], None] | None,
     trust: Trust,
 ) -> ExplainReport:
-    from cxrtool.trust.shortcut import shortcut_audit, thumbnail
     from cxrtool.preprocess import load_gray, normalize
     from cxrtool.trust.gate import header_verdict
+    from cxrtool.trust.shortcut import shortcut_audit, thumbnail
     from cxrtool.trust.view import view_verdicts
 
     options = options or ExplainOptions()
     cfg = card.preprocess
     targets = _targets_for(options.target, card.class_names)
-    explainer = Explainer(model, options.composite, cfg.input_bounds(), device=options.device)
+    quantity = resolve_quantity(options.explained, card.task)
+    explainer = Explainer(model, options.composite, cfg.input_bounds(), device=options.device, quantity=quantity)
     thumbs: list[np.ndarray] = []
     feats: list[np.ndarray] = []
     predicted_names: list[str] = []
@@ -293,19 +386,36 @@ def _explain_files(
         predicted_names += [card.class_names[int(k)] for k in predicted]
         own: list[np.ndarray | None] = [None] * len(good)
         rows += [{"path": str(path), "error": v.error} for (path, _, _), v in zip(good, verdicts) if v.error]
-        for target, rel, booked in zip(targets, result.relevance, result.bias_share):
+        for target, rel, booked, value in zip(targets, result.relevance, result.bias_share, result.explained):
             maps = rel.sum(1).numpy()  # grey pixel relevance = sum over its replicated channels
             index = predicted if target is None else torch.full_like(predicted, target)
             for i, (path, stem, gray) in enumerate(good):
                 if verdicts[i].error:  # a non-finite probability or OOD score: an error row (below), never a flag
                     continue
                 try:
-                    row = _write_outputs(out_dir, path, stem, gray, maps[i], int(index[i]), int(predicted[i]), logits[i], probs[i], card.class_names, options, verdicts[i])
-                    row["bias_share"] = float(booked[i])  # relevance_sum + bias_share = target_logit
+                    row = _write_outputs(
+                        out_dir,
+                        path,
+                        stem,
+                        gray,
+                        maps[i],
+                        int(index[i]),
+                        int(predicted[i]),
+                        logits[i],
+                        probs[i],
+                        card.class_names,
+                        options,
+                        verdicts[i],
+                        quantity,
+                    )
+                    # relevance_sum + bias_share = explained_value
+                    row.update(explained=quantity, explained_value=float(value[i]), bias_share=float(booked[i]))
                     rows.append(row)
                     if int(index[i]) == int(predicted[i]):
                         own[i] = maps[i]
-                except OSError as exc:  # a name too long for an output file, a full disk: this film fails, the rest go on
+                except (
+                    OSError
+                ) as exc:  # a name too long for an output file, a full disk: this film fails, the rest go on
                     rows.append({"path": str(path), "error": f"cannot write its outputs ({exc.strerror or exc})"})
         own_maps += own
         for path, _, _ in good:
@@ -315,8 +425,12 @@ def _explain_files(
     if thumbs:
         keep = [i for i, m in enumerate(own_maps) if m is not None]
         shortcut = shortcut_audit(
-            np.stack(thumbs), np.concatenate(feats) if feats else None, predicted_names, folders,
-            [own_maps[i] for i in keep], [predicted_names[i] for i in keep],
+            np.stack(thumbs),
+            np.concatenate(feats) if feats else None,
+            predicted_names,
+            folders,
+            [own_maps[i] for i in keep],
+            [predicted_names[i] for i in keep],
         )
     csv_path = out_dir / "explain.csv"
     with atomic_open(csv_path, "w", newline="", encoding="utf-8", errors=NAME_ERRORS) as fh:  # names stay byte-exact
@@ -335,9 +449,9 @@ def _flag_title(flag: str) -> str:
     if flag == FLAG_OOD:
         return " | out of distribution: unlike the training films"
     if flag.startswith(VIEW_FLAG_PREFIX):
-        return f" | out of distribution: not a frontal view ({flag[len(VIEW_FLAG_PREFIX):]})"
+        return f" | out of distribution: not a frontal view ({flag[len(VIEW_FLAG_PREFIX) :]})"
     if flag.startswith(HEADER_FLAG_PREFIX):
-        return f" | out of distribution: DICOM header says {flag[len(HEADER_FLAG_PREFIX):]}"
+        return f" | out of distribution: DICOM header says {flag[len(HEADER_FLAG_PREFIX) :]}"
     return ""
 
 
@@ -346,8 +460,19 @@ def _fmt(value: object) -> object:
 
 
 def _write_outputs(
-    out_dir: Path, path: Path, stem: Path, gray: np.ndarray, rmap: np.ndarray, index: int, predicted: int,
-    logits: torch.Tensor, probs: torch.Tensor, class_names: Sequence[str], options: ExplainOptions, verdict: Assessment,
+    out_dir: Path,
+    path: Path,
+    stem: Path,
+    gray: np.ndarray,
+    rmap: np.ndarray,
+    index: int,
+    predicted: int,
+    logits: torch.Tensor,
+    probs: torch.Tensor,
+    class_names: Sequence[str],
+    options: ExplainOptions,
+    verdict: Assessment,
+    quantity: str,
 ) -> dict[str, object]:
     """Write one heatmap's ``.npy``, overlay and panel; return its CSV row (with audit shares)."""
     from cxrtool.explain import render
@@ -362,14 +487,27 @@ def _write_outputs(
         render.overlay(gray, rmap, scale).save(tmp)
     title = (
         f"{path.name} | target {name} p={float(probs[index]):.3f} | predicted {class_names[predicted]} "
-        f"p={float(probs[predicted]):.3f} | {options.composite} | colour scale +-{scale:.3g}"
+        f"p={float(probs[predicted]):.3f} | {options.composite}, {quantity} | colour scale +-{scale:.3g}"
     ) + _flag_title(verdict.flag)
     with atomic_path(files["panel.png"]) as tmp:
-        render.panel(gray, rmap, scale, title).save(tmp)
+        explained = f"{name} vs the other classes" if quantity == "log-odds" else name
+        render.panel(gray, rmap, scale, title, explained).save(tmp)
     return {
-        "path": str(path), "target": name, "target_index": index, "target_logit": float(logits[index]),
-        "target_prob": float(probs[index]), "predicted": class_names[predicted], "predicted_prob": float(probs[predicted]),
-        "ood_score": verdict.ood_score, "flag": verdict.flag, "relevance_sum": float(rmap.sum()), **audit_heatmap(rmap, options.audit), "scale": scale,
-        "heatmap": str(files["heatmap.npy"]), "overlay": str(files["overlay.png"]), "panel": str(files["panel.png"]), "error": "",
+        "path": str(path),
+        "target": name,
+        "target_index": index,
+        "target_logit": float(logits[index]),
+        "target_prob": float(probs[index]),
+        "predicted": class_names[predicted],
+        "predicted_prob": float(probs[predicted]),
+        "ood_score": verdict.ood_score,
+        "flag": verdict.flag,
+        "relevance_sum": float(rmap.sum()),
+        **audit_heatmap(rmap, options.audit),
+        "scale": scale,
+        "heatmap": str(files["heatmap.npy"]),
+        "overlay": str(files["overlay.png"]),
+        "panel": str(files["panel.png"]),
+        "error": "",
         "probabilities": [float(p) for p in probs],  # every class, calibrated: not a CSV column, for the DICOM SR
     }

@@ -3,7 +3,9 @@
 Colours use zennit's symmetric ``bwr`` palette centred on zero (blue negative, white zero, red
 positive).  Maps are scaled by a high percentile of ``|R|`` rather than the maximum, so one hot
 pixel cannot wash out the rest; the scale is written into the panel.  In the overlay a pixel's
-opacity grows with ``|R|``, so irrelevant regions show the film unchanged.
+opacity grows with ``|R|``, so irrelevant regions show the film unchanged.  Every panel carries a
+legend (the palette from blue to red and what the two ends mean): a heatmap without one reads as
+"hot spots" whatever its sign.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 SCALE_PERCENTILE = 99.5
+LEGEND_BAR_WIDTH = 128  # the legend's palette strip, pixels
 
 
 def symmetric_scale(relevance: np.ndarray, percentile: float = SCALE_PERCENTILE) -> float:
@@ -41,8 +44,16 @@ def overlay(gray: np.ndarray, relevance: np.ndarray, scale: float, max_alpha: fl
     return Image.fromarray(np.clip(np.round(out), 0, 255).astype(np.uint8), mode="RGB")
 
 
-def panel(gray: np.ndarray, relevance: np.ndarray, scale: float, title: str, min_side: int = 256) -> Image.Image:
-    """``[film | heatmap | overlay]`` with a title line (class, probability, composite, scale)."""
+def legend_text(explained: str) -> str:
+    """What the colours mean, for the panel's legend (``explained``: what the map is evidence for)."""
+    return f"red: evidence for {explained}, blue: against, white: neither"
+
+
+def panel(
+    gray: np.ndarray, relevance: np.ndarray, scale: float, title: str, explained: str, min_side: int = 256
+) -> Image.Image:
+    """``[film | heatmap | overlay]`` with a title line (class, probability, composite, scale) and,
+    below the tiles, a legend: the palette from ``-scale`` to ``+scale`` and :func:`legend_text`."""
     tiles = [
         Image.fromarray(np.round(gray * 255).astype(np.uint8), mode="L").convert("RGB"),
         Image.fromarray(heatmap_rgb(relevance, scale), mode="RGB"),
@@ -52,9 +63,15 @@ def panel(gray: np.ndarray, relevance: np.ndarray, scale: float, title: str, min
     zoom = max(1, -(-min_side // max(h, w)))  # tiny inputs are enlarged so the text fits
     tiles = [t.resize((w * zoom, h * zoom), Image.Resampling.NEAREST) for t in tiles]
     font = ImageFont.load_default()
-    header = 22
-    canvas = Image.new("RGB", (3 * w * zoom + 8, h * zoom + header), "white")
+    header, footer, bar = 22, 22, (LEGEND_BAR_WIDTH, 12)
+    top = header + h * zoom
+    canvas = Image.new("RGB", (3 * w * zoom + 8, top + footer), "white")
     for i, tile in enumerate(tiles):
         canvas.paste(tile, (i * (w * zoom + 4), header))
-    ImageDraw.Draw(canvas).text((4, 4), title, fill="black", font=font)
+    ramp = np.linspace(-scale, scale, bar[0])[None, :].repeat(bar[1], 0)
+    canvas.paste(Image.fromarray(heatmap_rgb(ramp, scale), mode="RGB"), (4, top + 5))
+    draw = ImageDraw.Draw(canvas)
+    draw.rectangle((3, top + 4, 4 + bar[0], top + 5 + bar[1]), outline="black")
+    draw.text((4, 4), title, fill="black", font=font)
+    draw.text((bar[0] + 12, top + 5), legend_text(explained), fill="black", font=font)
     return canvas

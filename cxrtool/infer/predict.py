@@ -13,6 +13,7 @@ reason.  Rows are flushed after every batch, so a crash loses nothing that finis
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -23,7 +24,6 @@ from typing import TYPE_CHECKING
 from cxrtool.config import resolve_preprocess
 from cxrtool.errors import CxrError
 from cxrtool.fsutil import display_path
-from cxrtool.trust.shortcut import card_warning
 from cxrtool.infer.batching import HeaderFn, iter_predictions
 from cxrtool.infer.decode_pool import DecodeFn, decode_file, default_workers
 from cxrtool.infer.jobs import JobSource, select_paths
@@ -34,6 +34,7 @@ from cxrtool.locks import owned_output
 from cxrtool.modelfile.loaded import LoadedModel
 from cxrtool.trust import load_trust
 from cxrtool.trust.assess import NO_STATS_NOTICE
+from cxrtool.trust.shortcut import card_warning
 
 if TYPE_CHECKING:
     from cxrtool.infer.backends import Backend
@@ -173,7 +174,9 @@ def predict_to_file(
     writer_cls = writer_class(out)
     with owned_output(out):  # held from the existence check to the last row: no second writer, no stale resume set
         if out.exists() and not (options.resume or options.overwrite):
-            raise CxrError(f"{display_path(out)}: already exists; pass --resume to continue it or --overwrite to replace it")
+            raise CxrError(
+                f"{display_path(out)}: already exists; pass --resume to continue it or --overwrite to replace it"
+            )
 
         if isinstance(model, (str, Path, LoadedModel)):
             from cxrtool.infer.loading import load_backend
@@ -207,29 +210,37 @@ def predict_to_file(
         start = time.perf_counter()
         writer.open(append=options.resume)
         try:
-            batches = iter_predictions(
-                engine,
-                select_paths(inputs, shard=options.shard, done=done, skipped=skipped),
-                batch_size=options.batch_size,
-                workers=options.workers,
-                max_pending=options.pending_limit,
-                cfg=cfg,
-                decode=decode,
-                trust=trust,
-                header=header,
-            )
-            for rows in batches:
-                writer.write(rows)
-                writer.sync()
-                _tally(summary, rows, card.task, reject_ood=options.reject_ood)
-                if on_rows is not None:
-                    on_rows(rows)
+            # closing(): a writer error or Ctrl-C mid-run still shuts the decode pool down here, before predict
+            # returns, not whenever the suspended generator is collected (at exit, after multiprocessing's
+            # resource tracker may be gone: its KeyError tracebacks)
+            with contextlib.closing(
+                iter_predictions(
+                    engine,
+                    select_paths(inputs, shard=options.shard, done=done, skipped=skipped),
+                    batch_size=options.batch_size,
+                    workers=options.workers,
+                    max_pending=options.pending_limit,
+                    cfg=cfg,
+                    decode=decode,
+                    trust=trust,
+                    header=header,
+                )
+            ) as batches:
+                for rows in batches:
+                    writer.write(rows)
+                    writer.sync()
+                    _tally(summary, rows, card.task, reject_ood=options.reject_ood)
+                    if on_rows is not None:
+                        on_rows(rows)
         finally:
             writer.close()
             summary.seconds = time.perf_counter() - start
             summary.skipped_shard, summary.skipped_resume = skipped["shard"], skipped["resume"]
     if trust.has_ood and summary.predicted and not summary.scored:
-        summary.notices.append(f"{display_path(engine.path)}: gives no features output, so ood_score stays empty; export it again with `cxrtool export --onnx`")
+        summary.notices.append(
+            f"{display_path(engine.path)}: gives no features output, so ood_score stays empty; "
+            "export it again with `cxrtool export --onnx`"
+        )
     return summary
 
 
@@ -242,6 +253,8 @@ def _tally(summary: PredictSummary, rows: list[Prediction], task: Task, *, rejec
         else:
             summary.predicted += 1
             rejected = reject_ood and r.flag not in (None, "ok")
-            summary.per_class["(rejected: flagged)" if rejected else task.decide(r.probs, summary.class_names) or "(none)"] += 1
+            summary.per_class[
+                "(rejected: flagged)" if rejected else task.decide(r.probs, summary.class_names) or "(none)"
+            ] += 1
             summary.flags[r.flag or "ok"] += 1
             summary.scored += r.ood_score is not None

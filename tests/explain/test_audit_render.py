@@ -37,8 +37,20 @@ def test_central_relevance_and_no_positive_relevance():
 
 def test_summary_groups_by_target_and_skips_errors():
     rows = [
-        {"target": "covid", "pos_share_border": 0.6, "pos_share_outside_lung": 0.8, "area_border": 0.3, "area_outside_lung": 0.4},
-        {"target": "covid", "pos_share_border": 0.2, "pos_share_outside_lung": 0.4, "area_border": 0.3, "area_outside_lung": 0.4},
+        {
+            "target": "covid",
+            "pos_share_border": 0.6,
+            "pos_share_outside_lung": 0.8,
+            "area_border": 0.3,
+            "area_outside_lung": 0.4,
+        },
+        {
+            "target": "covid",
+            "pos_share_border": 0.2,
+            "pos_share_outside_lung": 0.4,
+            "area_border": 0.3,
+            "area_outside_lung": 0.4,
+        },
         {"path": "bad.png", "error": "empty file"},
     ]
     (entry,) = summarize(rows)
@@ -73,7 +85,23 @@ def test_heatmap_palette_is_symmetric_around_zero():
     assert render.symmetric_scale(np.zeros((4, 4))) == 1.0
 
 
-def test_panel_has_three_tiles_and_title_strip():
-    gray = np.zeros((40, 40), dtype=np.float32)
-    img = render.panel(gray, np.ones_like(gray), 1.0, "covid p=0.9")
-    assert img.width >= 3 * 256 and img.height > 256
+def test_panel_carries_a_colour_legend_below_the_tiles():
+    """An all-positive map draws no blue in the tiles: the legend strip alone holds both palette ends and its text."""
+    gray = np.full((40, 40), 0.5, dtype=np.float32)
+    img = render.panel(gray, np.ones_like(gray), 1.0, "covid p=0.9", "covid")
+    rgb = np.asarray(img).astype(int)
+    lut = render.heatmap_rgb(np.array([-1.0, 1.0]), 1.0).astype(int)  # the palette's blue and red ends
+    assert img.width >= 3 * 256
+    tiles_end = img.height - 22  # title strip and tiles above, the 22-px legend strip below
+    tiles, legend = rgb[:tiles_end], rgb[tiles_end:]
+
+    def has(part: np.ndarray, colour: np.ndarray) -> bool:
+        return bool(np.all(part == colour, axis=-1).any())
+
+    assert has(tiles, lut[1]) and not has(tiles, lut[0])  # the map is all red
+    assert has(legend, lut[0]) and has(legend, lut[1])  # the legend shows blue (against) and red (for)
+    bar = legend[5:17, 4 : 4 + render.LEGEND_BAR_WIDTH]
+    assert np.array_equal(bar[0, 0], lut[0]) and np.array_equal(bar[0, -1], lut[1])  # blue left, red right
+    text = legend[:, 4 + render.LEGEND_BAR_WIDTH + 8 :]
+    assert (text.max(-1) < 100).sum() > 50  # dark text pixels beside the bar
+    assert render.legend_text("covid") == "red: evidence for covid, blue: against, white: neither"

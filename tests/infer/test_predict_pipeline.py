@@ -30,8 +30,7 @@ def direct_probs(ckpt: Path, paths: list[Path]) -> dict[str, np.ndarray]:
 
     engine = load_backend(ckpt, backend="torch")
     return {
-        str(p): engine.card.task.probs(engine.run(decode_file(str(p), engine.card.preprocess)[None]))[0]
-        for p in paths
+        str(p): engine.card.task.probs(engine.run(decode_file(str(p), engine.card.preprocess)[None]))[0] for p in paths
     }
 
 
@@ -121,7 +120,9 @@ def test_a_crash_mid_run_loses_no_finished_rows_and_resume_completes(tiny_ckpt, 
             raise KeyboardInterrupt  # stands in for a kill after some rows were written
 
     with pytest.raises(KeyboardInterrupt):
-        predict_to_file([folder], tiny_ckpt, out, PredictOptions(batch_size=2, workers=1), on_rows=die_after_two_batches)
+        predict_to_file(
+            [folder], tiny_ckpt, out, PredictOptions(batch_size=2, workers=1), on_rows=die_after_two_batches
+        )
     assert [r["path"] for r in read_csv(out)] == seen  # everything reported finished is on disk
 
     with open(out, "a", encoding="utf-8") as fh:  # and a row torn in the middle of a write
@@ -130,6 +131,21 @@ def test_a_crash_mid_run_loses_no_finished_rows_and_resume_completes(tiny_ckpt, 
     paths = [r["path"] for r in read_csv(out)]
     assert sorted(paths) == sorted(str(p) for p in good) and len(paths) == len(set(paths))
     assert summary.skipped_resume == len(seen) and summary.predicted == len(good) - len(seen)
+
+
+def test_the_decode_pool_is_shut_down_before_predict_returns_even_on_an_error(tiny_ckpt, tmp_path):
+    """A consumer error mid-run: the decode workers are gone when predict_to_file raises, not at garbage collection."""
+    import multiprocessing
+
+    write_good_images(tmp_path / "in")
+
+    def fail(rows):
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full") as excinfo:  # its traceback keeps predict's frame alive
+        options = PredictOptions(batch_size=2, workers=2)
+        predict_to_file([tmp_path / "in"], tiny_ckpt, tmp_path / "p.csv", options, on_rows=fail)
+    assert excinfo.traceback and not multiprocessing.active_children()
 
 
 def test_resume_refuses_an_output_from_another_model(tiny_ckpt, tmp_path):
@@ -185,7 +201,9 @@ def test_shards_are_stable_across_processes(tmp_path):
         "print(json.dumps([shard_of(k, 4) for k in keys]))\n"
     )
     env = {**os.environ, "PYTHONHASHSEED": "12345"}  # hash() would differ from this process's
-    done = subprocess.run([sys.executable, "-c", code], input=json.dumps(keys), capture_output=True, text=True, env=env, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", code], input=json.dumps(keys), capture_output=True, text=True, env=env, check=True
+    )
     assert json.loads(done.stdout) == here
     assert len(set(here)) == 4  # 42 keys over 4 shards: a constant function could not pass
 
@@ -231,7 +249,9 @@ def test_output_suffix_and_options_are_checked_before_any_work(tiny_ckpt, tmp_pa
 
 
 @pytest.mark.slow
-def test_onnx_backends_predict_the_same_as_torch_on_real_films(tiny_ckpt, tiny_onnx, real_dicoms, shared_data, tmp_path):
+def test_onnx_backends_predict_the_same_as_torch_on_real_films(
+    tiny_ckpt, tiny_onnx, real_dicoms, shared_data, tmp_path
+):
     from cxrtool.infer.loading import available_backends, load_backend
 
     films = sorted((shared_data / "covid3" / "covid").iterdir())[:8] + real_dicoms
@@ -331,7 +351,8 @@ def test_default_decode_workers_follow_the_backend_and_the_cores(monkeypatch, co
 
 def test_predict_resolves_unset_workers_for_its_backend(tiny_ckpt, good_folder, tmp_path, monkeypatch):
     """``workers=None`` is decided once the backend is known (torch here: one worker on 2 cores)."""
-    from cxrtool.infer import decode_pool, predict as predict_mod
+    from cxrtool.infer import decode_pool
+    from cxrtool.infer import predict as predict_mod
 
     seen = []
     real = predict_mod.iter_predictions

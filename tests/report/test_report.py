@@ -81,11 +81,49 @@ def run(tmp_path: Path) -> dict[str, Path]:
     out = tmp_path / "preds.csv"
     with open(out, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
-        w.writerow(["path", "predicted", *[f"p:{c}" for c in CLASSES], "ood_score", "flag", "model_id", "backend", "device", "error"])
+        w.writerow(
+            [
+                "path",
+                "predicted",
+                *[f"p:{c}" for c in CLASSES],
+                "ood_score",
+                "flag",
+                "model_id",
+                "backend",
+                "device",
+                "error",
+            ]
+        )
         for p, flag in zip(paths, flags):
             probs = rng.dirichlet(np.ones(3))
-            w.writerow([str(p), CLASSES[int(probs.argmax())], *[f"{v:.6f}" for v in probs], f"{rng.random() * 3:.4f}", flag, "best@0123456789ab", "onnxruntime", "cpu", ""])
-        w.writerow([str(scans / "gone.png"), "", "", "", "", "", "", "best@0123456789ab", "onnxruntime", "cpu", "truncated image (broken data stream)"])
+            w.writerow(
+                [
+                    str(p),
+                    CLASSES[int(probs.argmax())],
+                    *[f"{v:.6f}" for v in probs],
+                    f"{rng.random() * 3:.4f}",
+                    flag,
+                    "best@0123456789ab",
+                    "onnxruntime",
+                    "cpu",
+                    "",
+                ]
+            )
+        w.writerow(
+            [
+                str(scans / "gone.png"),
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "best@0123456789ab",
+                "onnxruntime",
+                "cpu",
+                "truncated image (broken data stream)",
+            ]
+        )
     explain = tmp_path / "heatmaps"
     explain.mkdir()
     with open(explain / "explain.csv", "w", newline="", encoding="utf-8") as fh:
@@ -111,6 +149,8 @@ def test_page_is_self_contained_and_complete(run, tmp_path: Path):
     assert "truncated image (broken data stream)" in text and "gone.png" in text
     assert "header:BodyPartExamined=RIBCAGE" in text and "out_of_distribution" in text
     assert "demo only" in text and "not a medical device" in text
+    assert "heatmap-legend" in page.ids and "blue: against" in text
+    assert "red: evidence for the class the heatmap explains" in text
     raw = html.read_text()
     assert "scan <b>&[1].png" not in raw and "scan &lt;b&gt;&amp;[1].png" in raw  # escaped, never markup
     assert raw.count('class="flagged"') == 2
@@ -125,32 +165,54 @@ def test_older_and_jsonl_outputs_render(run, tmp_path: Path):
         w.writerows(rows)
     build_report(old, tmp_path / "old.html")
     raw = (tmp_path / "old.html").read_text()
-    assert "OOD score" not in raw and ">flag<" not in raw and "flagged" not in _parse(tmp_path / "old.html").ids
+    assert "OOD score" not in raw and ">flag<" not in raw
+    assert not {"flagged", "heatmap-legend"} & _parse(tmp_path / "old.html").ids  # no heatmaps: no legend
     jsonl = tmp_path / "p.jsonl"
     with open(jsonl, "w") as fh:
         for r in rows:
             probs = None if r["error"] else {c: float(r[f"p:{c}"]) for c in CLASSES}
-            fh.write(json.dumps({"path": r["path"], "predicted": r["predicted"] or None, "probabilities": probs, "error": r["error"] or None}) + "\n")
+            fh.write(
+                json.dumps(
+                    {
+                        "path": r["path"],
+                        "predicted": r["predicted"] or None,
+                        "probabilities": probs,
+                        "error": r["error"] or None,
+                    }
+                )
+                + "\n"
+            )
     got, classes = read_predictions(jsonl)
     assert classes == CLASSES and len(got) == 8 and got[-1].error
     assert build_report(jsonl, tmp_path / "j.html").thumbnails == 7
 
 
 def test_cli_with_model_card(run, tmp_path: Path, tiny_arch: str):
+    from cxrtool.modelfile import ModelCard
     from cxrtool.models import build_model
     from cxrtool.models.checkpoint import save_checkpoint
-    from cxrtool.modelfile import ModelCard
 
     ckpt = tmp_path / "best.safetensors"
-    card = ModelCard(arch=tiny_arch, task="multiclass", class_names=CLASSES, metrics={"val_macro_f1": 0.4321}, dataset={"rows_sha256": "feedbeef"})
+    card = ModelCard(
+        arch=tiny_arch,
+        task="multiclass",
+        class_names=CLASSES,
+        metrics={"val_macro_f1": 0.4321},
+        dataset={"rows_sha256": "feedbeef"},
+    )
     save_checkpoint(ckpt, build_model(tiny_arch, num_classes=3), card)
     html = tmp_path / "r.html"
-    res = runner.invoke(app, ["report", str(run["preds"]), "--explain", str(run["explain"]), "--model", str(ckpt), "-o", str(html)])
+    res = runner.invoke(
+        app, ["report", str(run["preds"]), "--explain", str(run["explain"]), "--model", str(ckpt), "-o", str(html)]
+    )
     assert res.exit_code == 0, res.output
     assert str(html) in res.stdout and "1 unreadable" in res.stderr
     text = " ".join(_parse(html).text)
     assert "model-card" in _parse(html).ids and "0.4321" in text and "feedbeef" in text and tiny_arch in text
-    assert runner.invoke(app, ["report", str(run["explain"] / "explain.csv"), "-o", str(tmp_path / "x.html")]).exit_code == 2
+    assert (
+        runner.invoke(app, ["report", str(run["explain"] / "explain.csv"), "-o", str(tmp_path / "x.html")]).exit_code
+        == 2
+    )
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -163,8 +225,8 @@ def test_chromium_renders_the_page(run, tmp_path: Path):
     build_report(run["preds"], html, explain_dir=run["explain"], caveats=["demo only"])
     shot = tmp_path / "shot.png"
     cmd = [
-        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}", "--hide-scrollbars",
+        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}", "--hide-scrollbars",
         "--window-size=1280,1400", f"--screenshot={shot}", html.as_uri(),
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "HOME": str(tmp_path)})
@@ -179,23 +241,45 @@ def test_chromium_renders_the_page(run, tmp_path: Path):
 
 
 def test_predict_and_explain_html(tmp_path: Path, tiny_arch: str):
+    from cxrtool.config import PreprocessCfg
+    from cxrtool.modelfile import ModelCard
     from cxrtool.models import build_model
     from cxrtool.models.checkpoint import save_checkpoint
-    from cxrtool.modelfile import ModelCard
-    from cxrtool.config import PreprocessCfg
 
     ckpt = tmp_path / "best.safetensors"
-    save_checkpoint(ckpt, build_model(tiny_arch, num_classes=3), ModelCard(arch=tiny_arch, task="multiclass", class_names=CLASSES, preprocess=PreprocessCfg(input_size=32)))
+    save_checkpoint(
+        ckpt,
+        build_model(tiny_arch, num_classes=3),
+        ModelCard(arch=tiny_arch, task="multiclass", class_names=CLASSES, preprocess=PreprocessCfg(input_size=32)),
+    )
     scans = tmp_path / "scans"
     scans.mkdir()
     for f in sorted((SAMPLE / "nih" / "images").glob("*.png"))[:3]:
         shutil.copyfile(f, scans / f.name)
     (scans / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    res = runner.invoke(app, ["predict", str(scans), "-m", str(ckpt), "--backend", "torch", "--workers", "0", "-o", str(tmp_path / "p.csv"), "--html", str(tmp_path / "p.html")])
+    res = runner.invoke(
+        app,
+        [
+            "predict",
+            str(scans),
+            "-m",
+            str(ckpt),
+            "--backend",
+            "torch",
+            "--workers",
+            "0",
+            "-o",
+            str(tmp_path / "p.csv"),
+            "--html",
+            str(tmp_path / "p.html"),
+        ],
+    )
     assert res.exit_code == 1, res.output  # the broken file
     page = _parse(tmp_path / "p.html")
     assert page.rows == 1 + 3 and "model-card" in page.ids and "errors" in page.ids and len(page.imgs) == 3
-    res = runner.invoke(app, ["explain", str(scans), "-m", str(ckpt), "-o", str(tmp_path / "hm"), "--html", str(tmp_path / "e.html")])
+    res = runner.invoke(
+        app, ["explain", str(scans), "-m", str(ckpt), "-o", str(tmp_path / "hm"), "--html", str(tmp_path / "e.html")]
+    )
     assert res.exit_code == 1, res.output
     page = _parse(tmp_path / "e.html")
     assert page.rows == 1 + 3 and len(page.imgs) == 6 and "broken.png" in " ".join(page.text)  # film + heatmap per row

@@ -44,19 +44,19 @@ def test_probe_needs_two_of_each_label():
 
 
 def test_map_comparison_spread_and_correlation():
-    focal = np.zeros((10, 10))
-    focal[4:6, 4:6] = 1.0
-    wide = np.ones((10, 10))
+    focal = np.zeros((16, 16))  # 16 x 16: the normalised constant map (1/256) is exact, so its spread is exactly 0
+    focal[7:9, 7:9] = 1.0
+    wide = np.ones((16, 16))
     maps = [focal, focal * 2, wide, wide * 3]
     out = map_comparison(maps, ["a", "a", "b", "b"])
-    assert out["spread"]["a"] <= 0.04 and out["spread"]["b"] >= 0.79
+    assert out["spread"]["a"] == 4 / 256 and out["spread"]["b"] >= 0.79
     assert np.isnan(out["correlation"]["a|b"])  # b's mean map is constant: no correlation, not a made-up number
-    corner = np.zeros((10, 10))
+    corner = np.zeros((16, 16))
     corner[0:2, 0:2] = 1.0
     out = map_comparison([focal, focal * 2, focal, corner], ["a", "a", "b", "c"])
     assert out["correlation"]["a|b"] == pytest.approx(1.0)  # same normalised map, whatever the scale
-    # two disjoint 4-pixel spots on 100 pixels: r = (100*0 - 4*4) / (100*4 - 4*4) = -1/24
-    assert out["correlation"]["a|c"] == pytest.approx(-1 / 24)
+    # two disjoint 4-pixel spots on 256 pixels: r = (256*0 - 4*4) / (256*4 - 4*4) = -1/63
+    assert out["correlation"]["a|c"] == pytest.approx(-1 / 63)
 
 
 def test_audit_lines_cover_pairs_folders_and_maps(films):
