@@ -226,8 +226,8 @@ def test_chromium_renders_the_page(run, tmp_path: Path):
     shot = tmp_path / "shot.png"
     cmd = [
         CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}", "--hide-scrollbars",
-        "--window-size=1280,1400", f"--screenshot={shot}", html.as_uri(),
+        "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+        "--hide-scrollbars", "--window-size=1280,1400", f"--screenshot={shot}", html.as_uri(),
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "HOME": str(tmp_path)})
     assert shot.is_file(), proc.stderr[-2000:]
