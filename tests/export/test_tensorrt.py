@@ -150,6 +150,7 @@ class TestChunks:
 def test_backend_unavailable_without_tensorrt(tmp_path):
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"plan")
+    write_sidecar(engine, sidecar(engine_sha256=hashlib.sha256(b"plan").hexdigest()))  # a well-formed engine file
     assert not TensorRTBackend.is_available("cuda")
     with pytest.raises(CxrError, match="backend 'tensorrt' is not available on cuda"):
         load_backend(engine, backend="tensorrt", device="cuda")

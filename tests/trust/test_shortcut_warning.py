@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from cxrtool.cli.main import app
 from cxrtool.config import PreprocessCfg
+from cxrtool.modelfile.loaded import open_model
 from cxrtool.preprocess import load_gray
 from cxrtool.trust.shortcut import (
     CARD_KEY,
@@ -91,7 +92,7 @@ def test_predict_report_and_sr_carry_the_warning(warned: Path, shared_data: Path
     )
     assert result.exit_code == 0, result.output
     assert WARNING_PREFIX + "covid vs normal 0.97" in " ".join(result.output.split())
-    build_report(out, tmp_path / "r.html", model=warned)
+    build_report(out, tmp_path / "r.html", model=open_model(warned))
     html = (tmp_path / "r.html").read_text()
     assert 'class="caveat">' + WARNING_PREFIX + "covid vs normal 0.97" in html
     assert _card_extra(read_card(warned)) == (("training_data", WARNING_PREFIX + "covid vs normal 0.97"),)
