@@ -33,15 +33,14 @@ def predict_batch(
 ) -> list[Prediction]:
     """One backend call: a row per input, an error row where the model's output is not finite.
 
-    ``trust`` (default: the card's, without OOD statistics) calibrates and flags every row;
+    ``trust`` (default: the model file's own, :func:`default_trust`) calibrates and flags every row;
     ``header`` (default: :func:`cxrtool.trust.gate.header_verdict` of the file) gives its header gate verdict.
     """
-    from cxrtool.trust import load_trust
     from cxrtool.trust.gate import header_verdict
     from cxrtool.trust.view import view_verdicts
 
     gate = header or header_verdict
-    trust = trust or load_trust(backend.path, backend.card)
+    trust = trust or default_trust(backend)
     logits, features = backend.run_features(inputs) if trust.has_ood else (backend.run(inputs), None)
     reasons = check_finite(logits, paths)
     # bad rows are reported, not computed
@@ -52,6 +51,14 @@ def predict_batch(
         else Prediction(path, probs=v.probs, ood_score=v.ood_score, flag=v.flag)
         for path, v, reason in zip(paths, verdicts, reasons)
     ]
+
+
+def default_trust(backend: Backend) -> Trust:
+    """The backend's model file's trust statistics: from the run's loaded model (built once per model) when it has
+    one, else read from the file."""
+    from cxrtool.trust import load_trust
+
+    return load_trust(backend.loaded) if backend.loaded is not None else load_trust(backend.path, backend.card)
 
 
 def iter_predictions(
@@ -68,6 +75,7 @@ def iter_predictions(
 ) -> Iterator[list[Prediction]]:
     """Yield predictions one batch at a time (error rows with the batch in which they surfaced)."""
     cfg = cfg or backend.card.preprocess
+    trust = trust or default_trust(backend)  # once per run, not once per batch
     ready: list[tuple[str, np.ndarray]] = []
     failed: list[Prediction] = []
 
