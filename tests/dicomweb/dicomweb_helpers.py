@@ -4,35 +4,18 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
-import time
 import urllib.request
 from base64 import b64encode
 from pathlib import Path
 
 import pytest
+from net_helpers import free_port, wait_for  # noqa: F401  (re-used by the tests of this folder)
 
 CLASSES = ["covid", "normal", "viral_pneumonia"]
 ORTHANC = Path("/usr/sbin/Orthanc")
 PLUGIN_NAMES = ("libOrthancDicomWeb.so",)
 PLUGIN_DIRS = (Path("/usr/share/orthanc/plugins"), Path("/usr/lib/orthanc"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate, timeout: float = 60.0, step: float = 0.1) -> bool:
-    """Poll ``predicate`` until true or ``timeout`` (every loop in these tests is bounded)."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(step)
-    return bool(predicate())
 
 
 def orthanc_and_plugin() -> tuple[str, Path]:

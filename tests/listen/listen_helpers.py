@@ -2,27 +2,11 @@
 
 from __future__ import annotations
 
-import socket
 import threading
-import time
+
+from net_helpers import free_port, wait_for  # noqa: F401  (re-used by the tests of this folder)
 
 CLASSES = ["covid", "normal", "viral_pneumonia"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate, timeout: float = 60.0, step: float = 0.1) -> bool:
-    """Poll ``predicate`` until true or ``timeout`` (every loop in these tests is bounded)."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(step)
-    return bool(predicate())
 
 
 class StoreSCP:
