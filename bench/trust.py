@@ -205,7 +205,8 @@ def alternative_scores(layout, train: dict, train_y: np.ndarray, val: dict) -> d
     """Each OOD score variant as ``films -> scores`` plus its val-quantile threshold (the product's 95%)."""
     from scipy.special import logsumexp, softmax
 
-    from cxrtool.trust.ood import DEFAULT_QUANTILE, fit_ood, pass_threshold
+    from cxrtool.trust.ood import fit_ood, pass_threshold
+    from cxrtool.trust.options import DEFAULT_QUANTILE
 
     starts = np.cumsum([0] + [w for _, w in layout])
     blocks = {name: slice(starts[i], starts[i + 1]) for i, (name, _) in enumerate(layout)}

@@ -16,9 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import numpy as np
-
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # numpy too: the CLI reads a model card (and its task) before any array exists
+    import numpy as np
     import torch
 
 #: joins findings in manifests, prediction files and evaluate's predictions.csv
@@ -60,6 +59,8 @@ class Task:
 
     def one_hot(self, targets: np.ndarray, num_classes: int) -> np.ndarray:
         """Targets as an (N, classes) 0/1 matrix (what ROC curves and ECE need)."""
+        import numpy as np
+
         return np.asarray(targets, dtype=np.float64)
 
     def with_threshold(self, threshold: float | None) -> Task:
@@ -77,6 +78,8 @@ class Multiclass(Task):
     name: ClassVar[str] = "multiclass"
 
     def probs(self, logits: np.ndarray) -> np.ndarray:
+        import numpy as np
+
         z = np.asarray(logits, dtype=np.float64)
         z = z - z.max(axis=1, keepdims=True)
         e = np.exp(z)
@@ -86,6 +89,8 @@ class Multiclass(Task):
         return logits.softmax(1)
 
     def decide(self, probs: np.ndarray, class_names: Sequence[str]) -> str:
+        import numpy as np
+
         return class_names[int(np.argmax(probs))]
 
     def loss(self, *, class_weight: Any = None, pos_weight: Any = None) -> torch.nn.Module:
@@ -94,6 +99,8 @@ class Multiclass(Task):
         return nn.CrossEntropyLoss(weight=class_weight)
 
     def one_hot(self, targets: np.ndarray, num_classes: int) -> np.ndarray:
+        import numpy as np
+
         return np.eye(num_classes)[np.asarray(targets).astype(int)]
 
 
@@ -108,6 +115,8 @@ class Multilabel(Task):
         return True
 
     def probs(self, logits: np.ndarray) -> np.ndarray:
+        import numpy as np
+
         z = np.asarray(logits, dtype=np.float64)
         return (0.5 * (1.0 + np.tanh(0.5 * z))).astype(np.float32)  # sigmoid without overflow
 

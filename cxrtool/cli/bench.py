@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 from pathlib import Path
 from typing import Annotated, Optional
@@ -12,9 +11,7 @@ from rich.text import Text
 
 from cxrtool.cli._console import err, out, user_errors
 from cxrtool.cli._options import BenchBackend, device_option
-from cxrtool.infer.measure import run_bench
-
-_DEFAULTS = {name: p.default for name, p in inspect.signature(run_bench).parameters.items()}
+from cxrtool.infer.options import BENCH_BATCH_SIZES, BENCH_IMAGES, BENCH_MIN_TIME
 
 
 def bench(
@@ -39,23 +36,19 @@ def bench(
             "--batch-size",
             "-b",
             min=1,
-            show_default=" and ".join(map(str, _DEFAULTS["batch_sizes"])),
+            show_default=" and ".join(map(str, BENCH_BATCH_SIZES)),
             help="Batch sizes (repeatable).",
         ),
     ] = None,
-    images: Annotated[int, typer.Option(min=0, help="Films sampled evenly from --data (0 = all).")] = _DEFAULTS[
-        "images"
-    ],
-    min_time: Annotated[float, typer.Option(min=0.0, help="Seconds of timed model-only runs per row.")] = _DEFAULTS[
-        "min_time"
-    ],
+    images: Annotated[int, typer.Option(min=0, help="Films sampled evenly from --data (0 = all).")] = BENCH_IMAGES,
+    min_time: Annotated[
+        float, typer.Option(min=0.0, help="Seconds of timed model-only runs per row.")
+    ] = BENCH_MIN_TIME,
     workers: Annotated[
         Optional[int],
         typer.Option(min=0, show_default="predict's choice per backend", help="Decode processes for end-to-end runs."),
     ] = None,
-    device: Annotated[str, typer.Option(callback=device_option(auto=False), help="cpu, cuda or cuda:N.")] = _DEFAULTS[
-        "device"
-    ],
+    device: Annotated[str, typer.Option(callback=device_option(auto=False), help="cpu, cuda or cuda:N.")] = "cpu",
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the full report as JSON on stdout instead of tables.")
     ] = False,
@@ -69,12 +62,14 @@ def bench(
     """Measure model-only and end-to-end images/s for every available backend and batch size, in one run."""
     from rich.table import Table
 
+    from cxrtool.infer.measure import run_bench
+
     with user_errors(), err.status(Text("bench")) as status:
         report = run_bench(
             model,
             data=data,
             backends=[b.value for b in backend] if backend else None,
-            batch_sizes=tuple(batch_size or _DEFAULTS["batch_sizes"]),
+            batch_sizes=tuple(batch_size or BENCH_BATCH_SIZES),
             images=images,
             min_time=min_time,
             workers=workers,

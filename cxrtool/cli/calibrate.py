@@ -9,7 +9,7 @@ import typer
 
 from cxrtool.cli._console import err, out, progress, user_errors, warning
 from cxrtool.cli._options import device_option, require_checkpoint
-from cxrtool.trust.ood import DEFAULT_QUANTILE, KEEP
+from cxrtool.trust.options import DEFAULT_QUANTILE, KEEP
 
 
 def calibrate(

@@ -10,9 +10,8 @@ from typing import Annotated
 import typer
 
 from cxrtool.cli._options import check_inputs, default_of, require_checkpoint
-from cxrtool.explain.audit import AuditCfg
 from cxrtool.explain.composites import COMPOSITES
-from cxrtool.explain.options import EXPLAINED, ExplainOptions
+from cxrtool.explain.options import EXPLAINED, AuditCfg, ExplainOptions
 
 Composite = Enum("Composite", {name: name for name in COMPOSITES}, type=str)  # type: ignore[misc]  (choices from the registry)
 Explained = Enum("Explained", {name: name for name in EXPLAINED}, type=str)  # type: ignore[misc]

@@ -19,7 +19,7 @@ from typer.core import TyperGroup
 
 from cxrtool import __version__
 from cxrtool.cli._console import DEBUG_ENV, EXIT_USAGE, err, error, out, report_internal_error, styled
-from cxrtool.cli._help import tidy
+from cxrtool.cli._help import plain_help, tidy
 from cxrtool.errors import CxrError
 
 if TYPE_CHECKING:
@@ -47,6 +47,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 class _Root(TyperGroup):
     """The root group: every command runs inside :meth:`invoke`, so one handler covers them all."""
+
+    def get_help_option(self, ctx: click.Context) -> click.Option | None:
+        return plain_help(super().get_help_option(ctx))
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return [*(name for name in super().list_commands(ctx) if name not in COMMANDS), *COMMANDS]

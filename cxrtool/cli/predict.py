@@ -26,7 +26,7 @@ from cxrtool.cli._options import Backend, Window, check_inputs, default_of, devi
 from cxrtool.dicomweb.urls import is_dicomweb_url
 from cxrtool.errors import CxrError
 from cxrtool.fsutil import check_writable_output, display_path
-from cxrtool.infer.predict import PredictOptions
+from cxrtool.infer.options import PredictOptions
 
 
 def predict(
@@ -101,9 +101,6 @@ def predict(
     """Predict every film in PATHS; exit 0 when all were read, 1 when some files failed, 2 on usage errors."""
     from rich.table import Table
 
-    from cxrtool.infer.predict import predict_to_file
-    from cxrtool.modelfile.loaded import open_model
-
     with user_errors():
         connection = connection_options(ca_file, token_env, token_file, basic_auth_env, basic_auth_file, http_timeout)
         sources, dicomweb_source = split_inputs(inputs, dicomweb, qido, connection)
@@ -129,6 +126,9 @@ def predict(
             check_writable_output(Path(dicom_out), "dir")
         if html is not None:
             check_writable_output(html, "file")
+        from cxrtool.infer.predict import predict_to_file  # after the usage checks: a mistake costs no numpy
+        from cxrtool.modelfile.loaded import open_model
+
         loaded = open_model(model)  # the run's one read of the model file: predict, DICOM results and report share it
         with progress(lazy=True) as bar:
             task = bar.add_task("predict", total=None if shard or resume else total, info="")

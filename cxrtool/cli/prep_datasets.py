@@ -12,8 +12,8 @@ from rich.text import Text
 from cxrtool.cli._console import EXIT_OK, EXIT_SOME_FAILED, err, failed, out, progress, styled, user_errors
 from cxrtool.cli._options import default_of
 from cxrtool.fsutil import check_writable_output
-from cxrtool.prep.folder import FolderOptions
 from cxrtool.prep.nih import NihOptions
+from cxrtool.prep.options import FolderOptions
 
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Manifest CSV to write (atomically).", dir_okay=False)]
 SeedOpt = Annotated[int, typer.Option(help="Seed of the split assignment (same seed, same splits).")]

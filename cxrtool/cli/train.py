@@ -334,7 +334,6 @@ def train(
     Multi-GPU: torchrun --nproc_per_node N -m cxrtool train ...
     """
     from cxrtool.train.config import resolve_config
-    from cxrtool.train.loop import fit, resume_config
 
     view = _TrainView()
     with user_errors():
@@ -344,9 +343,13 @@ def train(
         if resume is not None:
             if config is not None:
                 raise CxrError("--resume uses the run's stored config; drop --config")
+            from cxrtool.train.loop import resume_config
+
             cfg = resume_config(resume, {k: v for k, v in flags.items() if k != "out_dir"})
         else:
-            cfg = resolve_config(config, flags)
+            cfg = resolve_config(config, flags)  # a usage error here costs no torch import
+        from cxrtool.train.loop import fit
+
         try:
             result = fit(cfg, resume=resume is not None, on_event=view)
         finally:

@@ -12,35 +12,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 
 import numpy as np
 
-
-@dataclass(frozen=True)
-class AuditCfg:
-    """Regions as fractions of the input side: ``border`` band width, lung box ``(left, top, right, bottom)``."""
-
-    border: float = 0.08
-    lung_box: tuple[float, float, float, float] = (0.12, 0.08, 0.88, 0.88)
-
-    def __post_init__(self) -> None:
-        left, top, right, bottom = self.lung_box
-        if not 0 < self.border < 0.5:
-            raise ValueError(f"border must be in (0, 0.5), not {self.border}")
-        if not (0 <= left < right <= 1 and 0 <= top < bottom <= 1):
-            raise ValueError(f"lung_box must be (left, top, right, bottom) fractions, not {self.lung_box}")
-
-    def masks(self, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-        """Boolean ``(border, outside_lung)`` masks for an ``h`` x ``w`` heatmap."""
-        bh, bw = max(1, round(self.border * h)), max(1, round(self.border * w))
-        border = np.ones((h, w), dtype=bool)
-        border[bh : h - bh, bw : w - bw] = False
-        left, top, right, bottom = self.lung_box
-        outside = np.ones((h, w), dtype=bool)
-        outside[round(top * h) : round(bottom * h), round(left * w) : round(right * w)] = False
-        return border, outside
-
+from cxrtool.explain.options import AuditCfg
 
 AUDIT_COLUMNS = ("pos_share_border", "pos_share_outside_lung", "area_border", "area_outside_lung")
 

@@ -12,13 +12,15 @@ import abc
 import importlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from cxrtool.errors import CxrError
-from cxrtool.modelfile import ModelCard
-from cxrtool.modelfile.loaded import LoadedModel
+
+if TYPE_CHECKING:  # the CLI reads BACKENDS for its --backend choices: no numpy at --help
+    import numpy as np
+
+    from cxrtool.modelfile import ModelCard
+    from cxrtool.modelfile.loaded import LoadedModel
 
 # name -> "module:Class" (imported only when used); ``auto`` ranks them in cxrtool.infer.auto.
 BACKENDS: dict[str, str] = {
@@ -100,6 +102,8 @@ def check_finite(logits: np.ndarray, paths: Sequence[str | Path]) -> list[str | 
     or an input that drives it to overflow gives an error row, never a silent ``nan`` probability.
     ``paths`` names the inputs (one per logits row).
     """
+    import numpy as np
+
     logits = np.asarray(logits)
     if logits.ndim != 2 or logits.shape[0] != len(paths):
         raise ValueError(f"logits of shape {logits.shape} for {len(paths)} inputs")

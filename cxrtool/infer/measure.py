@@ -26,7 +26,8 @@ import numpy as np
 
 from cxrtool.config import PreprocessCfg
 from cxrtool.errors import CxrError, ImageLoadError
-from cxrtool.infer.predict import PredictOptions, decode_file, predict_to_file
+from cxrtool.infer.options import BENCH_BATCH_SIZES, BENCH_IMAGES, BENCH_MIN_TIME, PredictOptions
+from cxrtool.infer.predict import decode_file, predict_to_file
 from cxrtool.inputs import iter_input_files
 
 if TYPE_CHECKING:
@@ -202,9 +203,9 @@ def run_bench(
     *,
     data: str | Path | None = None,
     backends: Sequence[str] | None = None,
-    batch_sizes: Sequence[int] = (1, 16),
-    images: int = 128,
-    min_time: float = 3.0,
+    batch_sizes: Sequence[int] = BENCH_BATCH_SIZES,
+    images: int = BENCH_IMAGES,
+    min_time: float = BENCH_MIN_TIME,
     workers: int | None = None,
     device: str = "cpu",
     save: bool = False,

@@ -23,8 +23,8 @@ from cxrtool.errors import CxrError, ImageLoadError
 from cxrtool.inputs import iter_input_files
 from cxrtool.manifest import write_manifest
 from cxrtool.prep.common import GroupNamer, manifest_path
+from cxrtool.prep.options import FolderOptions
 from cxrtool.prep.phash import (
-    DEFAULT_THRESHOLD,
     from_hex,
     group_pairs,
     near_duplicate_pairs,
@@ -35,22 +35,6 @@ from cxrtool.prep.splits import assign_splits, connected_units, crossing_groups
 from cxrtool.workers import die_with
 
 Progress = Callable[[int, int], None]
-
-
-@dataclass(frozen=True)
-class FolderOptions:
-    """Split shares, near-duplicate detection and the optional patient-id mapping of ``prep folder``."""
-
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
-    seed: int = 0
-    dedup: bool = True
-    dup_threshold: int = DEFAULT_THRESHOLD
-    groups: Path | None = None
-    groups_path_col: str = "path"
-    groups_id_col: str = "patient_id"
-    keep_phi: bool = False
-    workers: int = 1
 
 
 @dataclass

@@ -30,7 +30,8 @@ import numpy as np
 from cxrtool.errors import CxrError
 from cxrtool.manifest import write_manifest
 from cxrtool.prep.common import GroupNamer, manifest_path
-from cxrtool.prep.phash import DEFAULT_THRESHOLD, from_hex, group_pairs, near_duplicate_pairs
+from cxrtool.prep.options import DEFAULT_THRESHOLD
+from cxrtool.prep.phash import from_hex, group_pairs, near_duplicate_pairs
 from cxrtool.prep.splits import assign_splits, connected_units, crossing_groups
 
 Progress = Callable[[int, int], None]

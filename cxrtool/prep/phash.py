@@ -26,11 +26,11 @@ import numpy as np
 from PIL import Image
 
 from cxrtool.images import load_image
+from cxrtool.prep.options import DEFAULT_THRESHOLD
 from cxrtool.prep.splits import connected_units
 
 HASH_SIZE = 16  # 16x16 low-frequency DCT coefficients -> 256-bit hash
 HIGHFREQ_FACTOR = 4  # thumbnail side = HASH_SIZE * HIGHFREQ_FACTOR
-DEFAULT_THRESHOLD = 16  # max Hamming distance (of 256 bits) for "near-duplicate"
 
 
 @lru_cache(maxsize=8)

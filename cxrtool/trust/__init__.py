@@ -11,6 +11,22 @@
   -> (calibrated probabilities, ``ood_score``, ``flag``).
 """
 
-from cxrtool.trust.assess import FLAG_OK, FLAG_OOD, Assessment, Trust, load_trust
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cxrtool.trust.assess import FLAG_OK, FLAG_OOD, Assessment, Trust, load_trust
 
 __all__ = ["FLAG_OK", "FLAG_OOD", "Assessment", "Trust", "load_trust"]
+
+
+def __getattr__(name: str) -> Any:
+    """The names above, from :mod:`~cxrtool.trust.assess` on first use (PEP 562): ``cxrtool calibrate --help``
+    reads :mod:`~cxrtool.trust.options` without importing numpy through this package."""
+    if name in __all__:
+        from cxrtool.trust import assess
+
+        return getattr(assess, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

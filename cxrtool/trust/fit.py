@@ -21,7 +21,8 @@ from torch.utils.data import DataLoader, Subset
 from cxrtool.data import ManifestDataset
 from cxrtool.errors import CxrError
 from cxrtool.modelfile import TRUST_PREFIX, ModelCard
-from cxrtool.trust.ood import DEFAULT_QUANTILE, KEEP, OodModel, fit_ood, scale_depths
+from cxrtool.trust.ood import OodModel, fit_ood, scale_depths
+from cxrtool.trust.options import DEFAULT_QUANTILE, KEEP
 from cxrtool.trust.temperature import calibration_metrics, fit_temperature
 
 

@@ -34,10 +34,9 @@ from typing import Any
 
 import numpy as np
 
+from cxrtool.trust.options import DEFAULT_QUANTILE
+
 METHOD = "mahalanobis-ledoit-wolf/1"
-DEFAULT_QUANTILE = 0.95
-#: ``calibrate --fit-split keep``: reuse the model's own Gaussians (here so ``--help`` needs no torch).
-KEEP = "keep"
 _MAD_TO_SIGMA = 1.4826
 
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from cxrtool.explain import render
-from cxrtool.explain.audit import AuditCfg, audit_heatmap, summarize
+from cxrtool.explain.audit import audit_heatmap, summarize
+from cxrtool.explain.options import AuditCfg
 
 
 def test_relevance_only_in_border_band():
