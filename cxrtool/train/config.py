@@ -72,7 +72,9 @@ class TrainConfig:
             if getattr(self, name) not in allowed:
                 raise CxrError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
         if not self.manifest:
-            raise CxrError("no training manifest given: pass MANIFEST (a CSV from `cxrtool prep`) or 'manifest' in --config")
+            raise CxrError(
+                "no training manifest given: pass MANIFEST (a CSV from `cxrtool prep`) or 'manifest' in --config"
+            )
         if not self.out_dir:
             raise CxrError("no output folder given (--out)")
         if not self.init:

@@ -33,8 +33,8 @@ from cxrtool.devices import resolve_device
 from cxrtool.errors import CxrError
 from cxrtool.fsutil import atomic_write_text
 from cxrtool.manifest import read_manifest
-from cxrtool.modelfile import file_sha256
-from cxrtool.models.checkpoint import load_checkpoint
+from cxrtool.modelfile.loaded import open_model
+from cxrtool.models.checkpoint import model_from_loaded
 from cxrtool.task import Task
 from cxrtool.train.config import EVAL_DEFAULTS
 from cxrtool.train.metrics import bootstrap_ci, compute_metrics
@@ -70,7 +70,8 @@ def evaluate(
     on_batch: Callable[[int], None] | None = None,
 ) -> EvalResult:
     """Evaluate ``checkpoint`` on the ``split`` rows of ``manifest`` (``None``: all rows) into ``out_dir``."""
-    model, card = load_checkpoint(checkpoint)
+    loaded = open_model(checkpoint)  # the run's one read: weights, card, trust statistics and sha256
+    model, card = model_from_loaded(loaded), loaded.card
     task = card.task.with_threshold(threshold)
     rows = read_manifest(manifest).select(split)
     if not rows.rows:
@@ -88,13 +89,14 @@ def evaluate(
                 on_batch(len(batch[2]))
 
     logits, features, targets, errors, views, thumbs = _outputs(model, counted(), runtime)
-    trust = load_trust(checkpoint, card)  # the activation is the card's; the decision below uses ``task``
+    trust = load_trust(loaded)  # the activation is the card's; the decision below uses ``task``
     verdicts = trust.assess(logits, features if trust.has_ood else None, views=views)
+    errors = [e or v.error for e, v in zip(errors, verdicts)]  # a non-finite output is an error row, not a metric
     probs = np.stack([v.probs for v in verdicts])
     ok = np.array([not e for e in errors], dtype=bool)
     failures = [(rows.rows[i]["path"], e) for i, e in enumerate(errors) if e]
     if not ok.any():
-        raise CxrError(f"{manifest}: none of the {len(errors)} images could be read (first: {failures[0][1]})")
+        raise CxrError(f"{manifest}: none of the {len(errors)} images gave a result (first: {failures[0][1]})")
     p, t = probs[ok], targets[ok]
     metrics = compute_metrics(task, p, t, card.class_names)
     metrics["ci"] = bootstrap_ci(task, p, t, len(card.class_names), n=bootstrap, seed=seed)
@@ -104,7 +106,7 @@ def evaluate(
         flagged = [v.flagged for v, good in zip(verdicts, ok) if good]
         metrics |= {"ood_flagged": int(sum(flagged)), "ood_flagged_share": float(np.mean(flagged))}
         metrics["ood_threshold"] = trust.ood.threshold
-    metrics |= {"checkpoint": str(checkpoint), "checkpoint_sha256": file_sha256(checkpoint), "manifest": str(manifest)}
+    metrics |= {"checkpoint": str(checkpoint), "checkpoint_sha256": loaded.sha256, "manifest": str(manifest)}
     metrics |= {"split": split, "task": task.name, "class_names": card.class_names, "failed": len(failures)}
 
     out = Path(out_dir)

@@ -230,8 +230,8 @@ def calibrate_checkpoint(
     from cxrtool.devices import resolve_device
     from cxrtool.fsutil import check_writable_output
     from cxrtool.manifest import Manifest, check_for_model, read_manifest
-    from cxrtool.modelfile import file_sha256, read_card
-    from cxrtool.models.checkpoint import load_checkpoint, save_checkpoint
+    from cxrtool.modelfile.loaded import open_model
+    from cxrtool.models.checkpoint import model_from_loaded, save_checkpoint
     from cxrtool.trust.assess import load_trust
 
     checkpoint = Path(checkpoint)
@@ -239,7 +239,8 @@ def calibrate_checkpoint(
     check_writable_output(out, "file")  # before a minute of work, as predict does
     if out.exists() and out.resolve() == checkpoint.resolve():
         raise CxrError(f"{out}: calibrate writes a new checkpoint; choose another --out than the input")
-    card = read_card(checkpoint)
+    loaded = open_model(checkpoint)  # the run's one read: card, kept statistics, weights and sha256 come from it
+    card = loaded.card
     rows = read_manifest(manifest)
 
     def checked(name: str) -> Manifest:  # two classes at least: one cannot set a temperature or class Gaussians
@@ -248,10 +249,10 @@ def calibrate_checkpoint(
     selected = {name: checked(name) for name in dict.fromkeys([split] if fit_split == KEEP else [fit_split, split])}
     keep = None
     if fit_split == KEEP:
-        keep = load_trust(checkpoint, card).ood
+        keep = load_trust(loaded).ood
         if keep is None:
             raise CxrError(f"{checkpoint}: has no OOD statistics to keep; give --fit-split a split name (e.g. train)")
-    model, card = load_checkpoint(checkpoint)
+    model = model_from_loaded(loaded)
     dev = resolve_device(device)
     model = model.to(dev)
     preprocess = resolve_preprocess(card.preprocess)
@@ -281,7 +282,7 @@ def calibrate_checkpoint(
     entry = {
         "source": "calibrate",
         "path": str(checkpoint.resolve()),
-        "sha256": file_sha256(checkpoint),
+        "sha256": loaded.sha256,
         "arch": card.arch,
         "created": card.created,
         "manifest": str(manifest),
