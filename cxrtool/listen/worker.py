@@ -225,7 +225,9 @@ class Worker:
             raise FilmError(row.error)
         prediction = FilmPrediction.from_row(self.format.flat(self.format.record(row)), self.format.class_names)
         heatmap = self.maker.make(path, prediction.top[0]) if self.maker else None
-        info = ModelInfo(model_id=self.model_id, backend=self.backend_name)
+        info = ModelInfo.of(
+            self.engine.card, self.model_id, self.backend_name, composite=self.maker.composite if heatmap else None
+        )
         files = write_dicom_results(path, prediction, heatmap, self.results, info, content_key=key)
         self._drop_superseded(path, files)
         return files

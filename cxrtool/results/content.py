@@ -11,11 +11,15 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from cxrtool import __version__
 from cxrtool.errors import CxrError
+
+if TYPE_CHECKING:
+    from cxrtool.modelfile import ModelCard
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,17 @@ class ModelInfo:
     name: str = "cxrtool"
     version: str = __version__
     extra: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+
+    @classmethod
+    def of(cls, card: ModelCard, model_id: str, backend: str, *, composite: str | None = None) -> ModelInfo:
+        """The one way a run names its model in every result: whether the card's probabilities are
+        temperature-scaled, the LRP composite of a heatmap, and the training data's shortcut warning."""
+        from cxrtool.trust.shortcut import card_warning
+
+        extra: tuple[tuple[str, str], ...] = (("composite", composite),) if composite else ()
+        if warning := card_warning(card.dataset):
+            extra += (("training_data", warning),)
+        return cls(model_id, backend, calibrated="temperature" in card.calibration, extra=extra)
 
     @property
     def parameters(self) -> list[str]:

@@ -81,6 +81,9 @@ def test_echo_store_corrupt_and_results(tiny_listen_ckpt, chest_films, tmp_path)
         for s in srs
     }
     assert referenced == sources
+    for sr in srs:  # the model is named as predict and explain name it (the tiny model has no temperature)
+        texts = {str(e.value) for e in sr.iterall() if e.keyword == "TextValue"}
+        assert "calibrated=no" in texts and any(t.startswith("composite=") for t in texts), texts
     rows = (tmp_path / "out" / "predictions.csv").read_text().splitlines()
     assert len(rows) == 5 and rows[0].startswith("path,predicted")  # header + 4 films (one error row)
     assert sum(1 for r in rows[1:] if r.split(",")[1] in CLASSES) == 3
