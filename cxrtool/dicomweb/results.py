@@ -22,7 +22,7 @@ import csv
 import shutil
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +45,8 @@ JOURNAL_SUFFIX = ".stow.csv"
 JOURNAL_COLUMNS = ("path", "destination", "status", "objects", "reason")
 #: outcomes a rerun would not change: ``--resume`` never stores these films again
 SETTLED = frozenset({"stored", "skipped"})
+#: objects per STOW-RS request, in bytes on disk (a film's SR and SC are never split)
+REQUEST_BYTES = 16 * 2**20
 NO_SC = "no SC: heatmaps need a .safetensors checkpoint"
 
 
@@ -282,12 +284,13 @@ class ResultStower:
                     )
                 except Exception as exc:
                     results[film.name] = _film_error(film.name, exc)
-            try:
-                outcomes = iter(self.destination.send([f for files in built.values() for f in files]))
-                for name, files in built.items():
-                    results[name] = _sent(name, [next(outcomes) for _ in files], "" if self.maker else NO_SC)
-            except Exception as exc:  # a sender bug: every film of the batch is reported, the run goes on
-                results.update((name, _film_error(name, exc)) for name in built if name not in results)
+            for chunk in _requests(built):
+                try:
+                    outcomes = iter(self.destination.send([f for name in chunk for f in built[name]]))
+                    for name in chunk:
+                        results[name] = _sent(name, [next(outcomes) for _ in built[name]], "" if self.maker else NO_SC)
+                except Exception as exc:  # a sender bug: the films of this request are reported, the run goes on
+                    results.update((name, _film_error(name, exc)) for name in chunk)
         return [results[film.name] for film in films]
 
     def _done(self, results: Iterable[StoredResult]) -> None:
@@ -306,6 +309,22 @@ class ResultStower:
         if root.root not in self._clients:
             self._clients[root.root] = make_client(root, self.destination.options, self.destination.credentials)
         return self._clients[root.root]
+
+
+def _requests(built: dict[str, list[Path]]) -> Iterator[list[str]]:
+    """Films grouped into STOW requests of at most :data:`REQUEST_BYTES` (a film's objects always together):
+    a request's objects are all in memory while it is sent, so memory stays flat whatever the batch size."""
+    chunk: list[str] = []
+    size = 0
+    for name, files in built.items():
+        film_size = sum(f.stat().st_size for f in files)
+        if chunk and size + film_size > REQUEST_BYTES:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(name)
+        size += film_size
+    if chunk:
+        yield chunk
 
 
 def _sent(name: str, outcomes: list[SendOutcome], note: str) -> StoredResult:
