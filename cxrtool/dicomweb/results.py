@@ -23,14 +23,13 @@ import shutil
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from cxrtool.dicomweb.connection import make_client
 from cxrtool.dicomweb.destination import SendOutcome, StowDestination
-from cxrtool.dicomweb.source import fetch_to, fetched, kept_path
+from cxrtool.dicomweb.source import fetch_to, kept_path
 from cxrtool.dicomweb.urls import is_dicomweb_url, parse_dicomweb_url
 from cxrtool.errors import CxrError, ImageLoadError, one_line
 from cxrtool.fsutil import open_names
@@ -183,7 +182,7 @@ class ResultStower:
             self.store_recorded()
 
     def __call__(self, rows: list[Prediction]) -> None:
-        """``on_rows``: one STOW request per study for the batch just written; then its kept films are deleted."""
+        """``on_rows``: STOW the results of the batch just written; then its films' kept copies are deleted."""
         assert self._fmt is not None and self.folder is not None, "start() runs first, inside the context"
         results: dict[str, StoredResult] = {}
         films: list[_Film] = []
@@ -201,9 +200,8 @@ class ResultStower:
                 results[film.name] = result
         finally:
             for row in rows:
-                if is_dicomweb_url(row.path):
-                    kept_path(self.folder, row.path).unlink(missing_ok=True)
-        self._done(results.get(row.path) or StoredResult(row.path, "failed", reason="not stored") for row in rows)
+                self._forget(row.path)
+        self._done(results[row.path] for row in rows)
 
     # ------------------------------------------------------------------ rows recorded by earlier runs
 
@@ -211,8 +209,8 @@ class ResultStower:
         """Store the results of every row of the predictions file that the journal has not settled, one at a time.
 
         These are rows an earlier run wrote but never had acknowledged (it crashed, or the server refused);
-        their values are the row as recorded, and a DICOMweb film is fetched again for it (its copy went with
-        that run).
+        their values are the row as recorded, and a DICOMweb film is fetched again into the run's folder (its
+        copy went with that run) and deleted once stored.
         """
         from cxrtool.results.write import read_rows
 
@@ -225,14 +223,11 @@ class ResultStower:
                 self._done([StoredResult(name, "skipped", reason=f"prediction failed: {row['error']}")])
                 continue
             try:
-                with ExitStack() as stack:
-                    if is_dicomweb_url(name):
-                        source = stack.enter_context(fetched(self._client(name), name))
-                    else:
-                        source = self._source(name)
-                    result = self._store([self._film(name, row, source)])[0]
+                result = self._store([self._film(name, row, self._source(name))])[0]
             except Exception as exc:
                 result = _film_error(name, exc)
+            finally:
+                self._forget(name)
             self._done([result])
 
     # ------------------------------------------------------------------ one batch of films
@@ -254,6 +249,11 @@ class ResultStower:
         if not is_dicom(name):
             raise CxrError("not a DICOM file: no DICOM result")
         return Path(name)
+
+    def _forget(self, name: str) -> None:
+        """Delete the run's copy of a DICOMweb film once its results are stored (or cannot be)."""
+        if self.folder is not None and is_dicomweb_url(name):
+            kept_path(self.folder, name).unlink(missing_ok=True)
 
     def _film(self, name: str, record: dict, source: Path) -> _Film:
         """A predictions row (as written, or as read back) -> what its SR says and which model said it."""
