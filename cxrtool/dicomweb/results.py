@@ -367,5 +367,5 @@ def store_results(
 
 def summary_line(counts: Counter, destination: StowDestination) -> str:
     """One line for the CLI: films by outcome and where they went (failures are listed by the caller)."""
-    parts = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "no inputs"
+    parts = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "nothing to store"
     return f"DICOM results -> {destination} (STOW-RS): {parts}"

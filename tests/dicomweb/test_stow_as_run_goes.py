@@ -183,3 +183,28 @@ def test_crash_between_row_and_acknowledgement_is_stored_on_resume(
     assert "6 stored" in again.output
     _assert_srs_match_rows(_client(orthanc), study, out, 6)  # the same UIDs: replaced, not duplicated
     assert len(orthanc.call("GET", "/studies")) == 1 and len(orthanc.call("GET", "/instances")) == 6 + 12
+
+
+def test_local_films_are_read_in_place_and_non_dicom_is_skipped(orthanc, tiny_web_ckpt, chest_films, tmp_path):
+    """Local inputs, DICOMweb output: DICOM files are read where they lie (unchanged), a PNG gets no result."""
+    import hashlib
+
+    import numpy as np
+    from PIL import Image
+
+    study, films = study_of_copies(chest_films, 2, tmp_path / "in")
+    Image.fromarray((np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8)).save(tmp_path / "in" / "x.png")
+    before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (tmp_path / "in").iterdir()}
+    out = tmp_path / "p.csv"
+    res = _predict(_args(str(tmp_path / "in"), tiny_web_ckpt, out, orthanc.dicomweb, "--workers", "0"))
+    assert res.exit_code == 0, res.output
+    assert "1 skipped, 2 stored" in res.output
+    assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (tmp_path / "in").iterdir()} == before
+    journal = {Path(r["path"]).name: (r["status"], r["reason"]) for r in _journal(out)}
+    assert journal == {
+        "film0000.dcm": ("stored", ""),
+        "film0001.dcm": ("stored", ""),
+        "x.png": ("skipped", "not a DICOM file: no DICOM result"),
+    }
+    found = _results_in_study(_client(orthanc), study)  # the study exists on the server only through its results
+    assert len(found["SR"]) == 2 and len(found["OT"]) == 2
