@@ -214,6 +214,8 @@ class ResultStower:
         """
         from cxrtool.results.write import read_rows
 
+        if not self.predictions.exists():  # --resume of an output that was never started
+            return
         settled = self.journal.settled()
         for row in read_rows(self.predictions):
             name = str(row.get("path") or "")

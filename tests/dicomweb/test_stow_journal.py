@@ -65,3 +65,14 @@ def test_requests_never_split_a_film_and_stay_under_the_limit(tmp_path, monkeypa
         built[name] = files
     assert list(_requests(built)) == [["f1", "f2"], ["f3"], ["big"], ["f4"]]
     assert list(_requests({})) == []
+
+
+def test_resuming_an_output_never_started_stores_nothing(tmp_path, tiny_web_ckpt):
+    from cxrtool.dicomweb import parse_dicomweb_url
+    from cxrtool.dicomweb.destination import StowDestination
+    from cxrtool.dicomweb.results import store_results
+    from cxrtool.modelfile.loaded import open_model
+
+    destination = StowDestination(parse_dicomweb_url(ROOT_A))
+    assert store_results(tmp_path / "never.csv", destination, model=open_model(tiny_web_ckpt)) == []
+    assert StowJournal(journal_path(tmp_path / "never.csv"), ROOT_A).settled() == set()
