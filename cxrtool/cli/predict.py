@@ -99,6 +99,8 @@ def predict(
     http_timeout: HttpTimeout = DEFAULT_TIMEOUT,
 ) -> None:
     """Predict every film in PATHS; exit 0 when all were read, 1 when some files failed, 2 on usage errors."""
+    from contextlib import nullcontext
+
     from rich.table import Table
 
     with user_errors():
@@ -130,18 +132,36 @@ def predict(
         from cxrtool.modelfile.loaded import open_model
 
         loaded = open_model(model)  # the run's one read of the model file: predict, DICOM results and report share it
-        with progress(lazy=True) as bar:
+        stower = None
+        if stow is not None:  # SR + SC STOWed per batch as the rows are written (cxrtool.dicomweb.results)
+            from cxrtool.dicomweb.results import ResultStower
+
+            stower = ResultStower(stow, loaded, out, resume=resume)
+        with progress(lazy=True) as bar, stower or nullcontext():
             task = bar.add_task("predict", total=None if shard or resume else total, info="")
 
             def advance(rows: list) -> None:
+                if stower is not None:
+                    stower(rows)
                 bad = sum(r.error is not None for r in rows)
                 bar.advance(task, len(rows))
                 if bad:
                     bar.update(task, info=f"{bad} failed in last batch")
 
-            web = dict(decode=dicomweb_source.decoder, header=dicomweb_source.header_verdict) if dicomweb_source else {}
+            web = {}
+            if dicomweb_source is not None:
+                decoder = dicomweb_source.keeping_decoder(stower.folder) if stower else dicomweb_source.decoder
+                web = dict(decode=decoder, header=dicomweb_source.header_verdict)
             summary = predict_to_file(
-                sources, loaded, out, options, backend=backend.value, device=device, on_rows=advance, **web
+                sources,
+                loaded,
+                out,
+                options,
+                backend=backend.value,
+                device=device,
+                on_start=stower.start if stower else None,
+                on_rows=advance,
+                **web,
             )
 
     stdout.print(f"predictions -> {display_path(summary.out)}", soft_wrap=True)  # a path is never wrapped to the table
@@ -180,17 +200,13 @@ def predict(
     for notice in summary.notices:
         err.print(notice, soft_wrap=True)
     results_failed = False
-    if stow is not None:  # post-pass: SR + SC of each row STOWed into its study (cxrtool.dicomweb.results)
-        from cxrtool.dicomweb.results import store_results
+    if stower is not None:
         from cxrtool.dicomweb.results import summary_line as stow_line
 
-        with user_errors():
-            stored = store_results(summary.out, stow, model=loaded)
-        for r in stored:
-            if r.status == "failed":
-                err.print(failed(r.path, r.reason), soft_wrap=True)
-        err.print(stow_line(stored, stow), soft_wrap=True)
-        results_failed = any(r.status == "failed" for r in stored)
+        for r in stower.failures:
+            err.print(failed(r.path, r.reason), soft_wrap=True)
+        err.print(stow_line(stower.counts, stow), soft_wrap=True)
+        results_failed = bool(stower.failures)
     elif dicom_out is not None:  # post-pass over the rows just written (cxrtool.results)
         from cxrtool.results.write import failed_count, results_for_predictions, summary_line
 

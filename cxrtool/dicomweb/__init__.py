@@ -5,7 +5,8 @@
 * :mod:`~cxrtool.dicomweb.source`: the instances of a study, series or QIDO query, listed lazily and
   fetched one at a time by the predict pipeline's decode workers.
 * :mod:`~cxrtool.dicomweb.destination`: STOW-RS with retry and a per-object outcome.
-* :mod:`~cxrtool.dicomweb.results`: ``--dicom-out dicomweb+…``: SR + SC per predicted instance, stored into its study.
+* :mod:`~cxrtool.dicomweb.results`: ``--dicom-out dicomweb+…``: SR + SC per predicted film, stored into its study
+  batch by batch as the run goes, with a journal that ``--resume`` completes.
 
 Nothing here is imported by ``--help``; ``requests`` and ``dicomweb_client`` load inside the functions.
 """

@@ -9,6 +9,7 @@ UIDs only, no PHI) and sharded by its SOP Instance UID.
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from collections import Counter, OrderedDict
 from collections.abc import Iterator, Mapping
@@ -103,6 +104,10 @@ class DicomwebSource:
     def decoder(self) -> InstanceDecoder:
         return InstanceDecoder(self.url, self.options, self.credentials)
 
+    def keeping_decoder(self, folder: Path) -> InstanceDecoder:
+        """The decoder that leaves each fetched instance in ``folder`` (a run's private one) for its results."""
+        return InstanceDecoder(self.url, self.options, self.credentials, keep=folder)
+
     def iter_jobs(self) -> Iterator[tuple[str, str]]:
         """Lazily ``(instance address, SOP Instance UID)`` for every image instance, page by page."""
         try:
@@ -175,13 +180,18 @@ class DicomwebSource:
 
 
 class InstanceDecoder:
-    """The decode function for DICOMweb jobs: WADO-RS fetch into a private temporary file, then the file loader.
+    """The decode function for DICOMweb jobs: WADO-RS fetch into a private file, then the file loader.
 
-    Picklable (the decode workers receive it); each process builds its own client on first use.
+    Picklable (the decode workers receive it); each process builds its own client on first use.  With
+    ``keep`` (a run-private folder, ``predict --dicom-out dicomweb+…``) the fetched instance stays at
+    :func:`kept_path` until the run has stored its results and deletes it, so no film is fetched twice;
+    without, it is deleted as soon as it is decoded.
     """
 
-    def __init__(self, root: DicomwebUrl, options: ConnectionOptions, credentials: Credentials):
-        self.root, self.options, self.credentials = root, options, credentials
+    def __init__(
+        self, root: DicomwebUrl, options: ConnectionOptions, credentials: Credentials, keep: Path | None = None
+    ):
+        self.root, self.options, self.credentials, self.keep = root, options, credentials, keep
         self._client: DICOMwebClient | None = None
 
     def __getstate__(self) -> dict:
@@ -192,8 +202,15 @@ class InstanceDecoder:
 
         if self._client is None:
             self._client = make_client(self.root, self.options, self.credentials)
+        if self.keep is not None:
+            return load_input(fetch_to(self._client, name, kept_path(self.keep, name)), cfg)
         with fetched(self._client, name) as path:
             return load_input(path, cfg)
+
+
+def kept_path(folder: Path, name: str) -> Path:
+    """Where a run keeps the fetched instance ``name`` (a digest of the address: no UID in a file name)."""
+    return Path(folder) / f"{hashlib.sha256(name.encode()).hexdigest()[:32]}.dcm"
 
 
 def describe_http_error(exc: BaseException) -> str:
@@ -204,9 +221,8 @@ def describe_http_error(exc: BaseException) -> str:
     return one_line(f"{type(exc).__name__}: {exc}")
 
 
-@contextmanager
-def fetched(client: DICOMwebClient, name: str) -> Iterator[Path]:
-    """Fetch one instance (its stored transfer syntax) into a temporary file readable only by this user.
+def fetch_to(client: DICOMwebClient, name: str, path: Path) -> Path:
+    """Fetch one instance (its stored transfer syntax) into ``path``, whole or not at all; returns ``path``.
 
     Raises
     ------
@@ -218,6 +234,8 @@ def fetched(client: DICOMwebClient, name: str) -> Iterator[Path]:
         raise ImageLoadError(name, "not a DICOMweb instance address")
     from pydicom.errors import InvalidDicomError
 
+    from cxrtool.fsutil import atomic_path
+
     uids = (address.study, address.series, address.instance)
     try:
         try:
@@ -226,8 +244,19 @@ def fetched(client: DICOMwebClient, name: str) -> Iterator[Path]:
             ds = client.retrieve_instance(*uids, media_types=EXPLICIT_LE)
     except Exception as exc:
         raise ImageLoadError(name, f"WADO-RS retrieve failed: {describe_http_error(exc)}") from None
+    with atomic_path(path) as tmp:
+        ds.save_as(tmp)
+    return path
+
+
+@contextmanager
+def fetched(client: DICOMwebClient, name: str) -> Iterator[Path]:
+    """Fetch one instance into a temporary file readable only by this user, deleted when the context ends.
+
+    Raises
+    ------
+    ImageLoadError
+        The address is not an instance's, or the server did not deliver it.
+    """
     with tempfile.TemporaryDirectory(prefix="cxrtool-dicomweb-") as folder:
-        path = Path(folder) / "instance.dcm"
-        ds.save_as(path)
-        del ds
-        yield path
+        yield fetch_to(client, name, Path(folder) / "instance.dcm")

@@ -83,6 +83,7 @@ def predict_to_file(
     *,
     backend: str = "auto",
     device: str = "cpu",
+    on_start: Callable[[RowFormat], None] | None = None,
     on_rows: Callable[[list[Prediction]], None] | None = None,
     decode: DecodeFn = decode_file,
     header: HeaderFn | None = None,
@@ -100,8 +101,11 @@ def predict_to_file(
         ``.csv`` or ``.jsonl``; rows are appended and flushed after every batch.
     options:
         Batch size, workers, shard, resume/overwrite, window override.
+    on_start:
+        Called once with the run's row format when the output is owned (and, resuming, its torn tail cut),
+        before the first row: a sink that keeps its own record beside the output starts it here.
     on_rows:
-        Called with every written batch of rows (progress display).
+        Called with every written batch of rows, once they are on disk (progress display, a results sink).
     decode:
         The per-file decoder (a module-level function or picklable callable: worker processes receive it).
     header:
@@ -155,6 +159,8 @@ def predict_to_file(
         if options.resume and out.exists():
             drop_torn_tail(out)  # a crash mid-write leaves at most one partial line
             done = writer.recorded_paths()
+        if on_start is not None:
+            on_start(writer.fmt)
 
         skipped: Counter = Counter()
         start = time.perf_counter()

@@ -114,7 +114,7 @@ def results_for_predictions(
     maker, no_heatmap = _heatmap_maker(model, composite)
     card = model.card if model is not None else None
     results = []
-    for row in _read_rows(Path(predictions)):
+    for row in read_rows(Path(predictions)):
         names = list(card.class_names) if card else _row_classes(row)
         info = ModelInfo(
             model_id=str(row.get("model_id") or ""),
@@ -256,7 +256,8 @@ def _row_classes(row: dict) -> list[str]:
     return [k[2:] for k in row if k.startswith("p:")]
 
 
-def _read_rows(path: Path) -> Iterable[dict]:
+def read_rows(path: Path) -> Iterable[dict]:
+    """A predictions file's rows one at a time (``.csv`` or ``.jsonl``), as ``FilmPrediction.from_row`` reads them."""
     if path.suffix.lower() == ".jsonl":
         with open_names(path) as fh:
             for line in fh:

@@ -102,7 +102,7 @@ def test_predict_study_round_trip(orthanc, tiny_web_ckpt, chest_films, tmp_path)
         assert _sr_numbers(sr)[:3] == pytest.approx([float(row[f"p:{c}"]) for c in CLASSES], abs=1e-6)
     assert len(orthanc.call("GET", "/studies")) == 1  # everything went into the source study
 
-    # a rerun with --resume predicts nothing new; storing again replaces (stable UIDs), never duplicates
+    # a rerun with --resume predicts nothing new and stores nothing again: the journal has every film acknowledged
     res = _predict(
         [
             address,
@@ -120,6 +120,7 @@ def test_predict_study_round_trip(orthanc, tiny_web_ckpt, chest_films, tmp_path)
         ]
     )
     assert res.exit_code == 0, res.output
+    assert "(STOW-RS): nothing to store" in res.output
     assert len(list(csv.DictReader(out.open()))) == 3
     assert sum(len(v) for v in _results_in_study(client, study).values()) == 6
 
