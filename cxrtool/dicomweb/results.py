@@ -262,10 +262,11 @@ class ResultStower:
         from cxrtool.results import FilmPrediction, ModelInfo
 
         card = self.model.card
-        info = ModelInfo(
-            model_id=str(record.get("model_id") or self.model.model_id),
-            backend=str(record.get("backend") or ""),
-            calibrated="temperature" in card.calibration,
+        info = ModelInfo.of(
+            card,
+            str(record.get("model_id") or self.model.model_id),
+            str(record.get("backend") or ""),
+            composite=self.maker.composite if self.maker else None,
         )
         return _Film(name, FilmPrediction.from_row(record, list(card.class_names)), info, source)
 
