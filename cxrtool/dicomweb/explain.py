@@ -48,7 +48,8 @@ class FetchedFilms:
     def header(self, name: str, film: Path) -> HeaderVerdict | None:
         from cxrtool.trust.gate import header_verdict
 
-        return self.source.header_verdict(name) or header_verdict(film)
+        listed = self.source.header_verdict(name)
+        return listed if listed is not None else header_verdict(film)
 
 
 @dataclass

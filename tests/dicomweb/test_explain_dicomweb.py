@@ -113,14 +113,20 @@ def test_explain_dicom_out_stows_sr_and_sc_into_the_study(orthanc, tiny_web_ckpt
 def test_each_instance_is_fetched_once_for_heatmaps_and_results(
     orthanc, tiny_web_ckpt, chest_films, tmp_path, private_tmp
 ):
-    """Explain and its STOWed SR + SC read the same WADO-RS copy: one GET per instance, one STOW per film."""
+    """Explain and its STOWed SR + SC read the same WADO-RS copy: one GET per instance, one STOW per film.
+
+    The films are found by a QIDO-RS study query (``--dicomweb`` + ``--qido``), the other way in.
+    """
     study, films = study_of_copies(chest_films, 4, tmp_path / "films")
     orthanc.upload(films)
     proxy = Proxy(orthanc.port).start()
     try:
         res = _explain(
             [
-                f"{proxy.dicomweb}/studies/{study}",
+                "--dicomweb",
+                proxy.dicomweb,
+                "--qido",
+                "ModalitiesInStudy=CR&PatientID=cxrtool-test",
                 "-m",
                 str(tiny_web_ckpt),
                 "-o",
@@ -136,6 +142,7 @@ def test_each_instance_is_fetched_once_for_heatmaps_and_results(
     finally:
         proxy.stop()
     assert res.exit_code == 0, res.output
+    assert any(m == "GET" and p.split("?")[0].endswith("/dicom-web/studies") for m, p, _ in proxy.requests)
     assert {sop: _wado_gets(proxy, sop) for sop in _sops(films)} == {sop: 1 for sop in _sops(films)}
     assert [s for m, _, s in proxy.requests if m == "POST"] == [200] * 4
     assert len(_results_in_study(_client(orthanc), study)["SR"]) == 4
