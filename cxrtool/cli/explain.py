@@ -5,10 +5,23 @@ from __future__ import annotations
 import math
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
+from cxrtool.cli._dicomweb import (
+    DEFAULT_TIMEOUT,
+    BasicAuthEnv,
+    BasicAuthFile,
+    CaFile,
+    DicomwebRoot,
+    HttpTimeout,
+    Qido,
+    TokenEnv,
+    TokenFile,
+    connection_options,
+    split_inputs,
+)
 from cxrtool.cli._options import check_inputs, default_of, require_checkpoint
 from cxrtool.explain.composites import COMPOSITES
 from cxrtool.explain.options import EXPLAINED, AuditCfg, ExplainOptions
@@ -23,9 +36,16 @@ def register(app: typer.Typer) -> None:
 
 
 def explain(
-    paths: Annotated[list[Path], typer.Argument(help="Films (PNG/JPEG/DICOM...) or folders of them.")],
     model: Annotated[Path, typer.Option("--model", "-m", help="cxrtool checkpoint (.safetensors).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (created; inputs are never modified).")],
+    paths: Annotated[
+        Optional[list[str]],
+        typer.Argument(
+            metavar="PATHS",
+            help="Films (PNG/JPEG/DICOM...) or folders of them, "
+            "or a dicomweb+http(s)://…/studies/UID[/series/UID[/instances/UID]] address.",
+        ),
+    ] = None,
     target: Annotated[str, typer.Option("--target", "-t", help="'predicted', 'all', or a class name.")] = default_of(
         ExplainOptions, "target"
     ),
@@ -47,7 +67,12 @@ def explain(
         float, typer.Option("--border", help="Audit border band, as a fraction of the side.")
     ] = default_of(AuditCfg, "border"),
     dicom_out: Annotated[
-        Path | None, typer.Option("--dicom-out", help="Also write a DICOM SR + heatmap SC per DICOM input here.")
+        Optional[str],
+        typer.Option(
+            "--dicom-out",
+            help="Also write a DICOM SR + heatmap SC per DICOM input to this folder, "
+            "or STOW-RS them into each film's study at a dicomweb+http(s):// service root.",
+        ),
     ] = None,
     html: Annotated[
         Path | None,
@@ -60,17 +85,37 @@ def explain(
     device: Annotated[
         str, typer.Option("--device", help="Where LRP runs: auto (CUDA when present), cpu, cuda or cuda:N.")
     ] = "auto",
+    dicomweb: DicomwebRoot = None,
+    qido: Qido = None,
+    ca_file: CaFile = None,
+    token_env: TokenEnv = None,
+    token_file: TokenFile = None,
+    basic_auth_env: BasicAuthEnv = None,
+    basic_auth_file: BasicAuthFile = None,
+    http_timeout: HttpTimeout = DEFAULT_TIMEOUT,
 ) -> None:
     """Explain predictions with LRP: heatmap .npy, overlay and panel PNGs, explain.csv, shortcut-audit table.
 
-    Exit codes: 0 all explained, 1 some files could not be read (error rows in explain.csv), 2 usage error.
+    Exit codes: 0 all explained, 1 some films could not be read (error rows in explain.csv) or got no DICOM
+    result, 2 usage error.
     """
     from cxrtool.cli._console import EXIT_SOME_FAILED, err, failed, progress, user_errors
     from cxrtool.cli._console import out as stdout
+    from cxrtool.dicomweb import is_dicomweb_url
+    from cxrtool.errors import CxrError
 
     with user_errors():  # mistakes first: before torch is imported or a model loaded
+        connection = connection_options(ca_file, token_env, token_file, basic_auth_env, basic_auth_file, http_timeout)
+        files, web = split_inputs(paths, dicomweb, qido, connection)
         check_inputs(paths)
         require_checkpoint(model, "explain")
+        stow = None
+        if dicom_out is not None and is_dicomweb_url(dicom_out):
+            from cxrtool.dicomweb.destination import StowDestination
+
+            stow = StowDestination.from_address(dicom_out, connection)
+        elif dicom_out is not None and web is not None:
+            raise CxrError("films read over DICOMweb get their results back over DICOMweb: --dicom-out dicomweb+…")
 
     from rich.table import Table
 
@@ -85,8 +130,8 @@ def explain(
 
     with user_errors():
         check_writable_output(out, "dir")
-        if dicom_out is not None:
-            check_writable_output(dicom_out, "dir")
+        if dicom_out is not None and stow is None:
+            check_writable_output(Path(dicom_out), "dir")
         if html is not None:
             check_writable_output(html, "file")
         max_pixels()  # a bad $CXRTOOL_MAX_PIXELS is a usage error before the model is loaded
@@ -108,17 +153,29 @@ def explain(
             )
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from None
-        plan = plan_inputs(paths)
-        total = len(plan)
+        if web is not None:  # streamed: listed page by page, each instance fetched once as its batch comes
+            from cxrtool.dicomweb.explain import FetchedFilms, explain_plan
+
+            plan, total, films = explain_plan(web), None, FetchedFilms(web)
+        else:
+            plan = plan_inputs(files)
+            total, films = len(plan), None
+        stowed = None
+        if stow is not None:  # each film's SR + SC STOWed from explain's own rows, while its copy is open
+            from cxrtool.dicomweb.explain import StowExplained
+
+            stowed = StowExplained(stow, loaded, composite.value)
         with progress() as bar:
             task = bar.add_task("explain", total=total, info="")
 
-            def on_file(path: Path, error: str | None) -> None:
+            def on_file(path: str, error: str | None) -> None:
                 bar.advance(task)
                 if error:
                     err.print(failed(path, error), soft_wrap=True)
 
-            report = explain_files(plan, net, card, out, options, on_file=on_file, trust=trust)
+            report = explain_files(
+                plan, net, card, out, options, on_file=on_file, trust=trust, films=films, after_film=stowed
+            )
 
     table = Table(title=f"Shortcut audit ({composite.value}): share of positive relevance", title_justify="left")
     for col in ("target", "n", "border", "x uniform", "outside lung box", "x uniform"):
@@ -142,7 +199,15 @@ def explain(
             stdout.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
     stdout.print(f"results: {report.csv_path}", highlight=False, soft_wrap=True)
     dicom_failed = 0
-    if dicom_out is not None:  # post-pass over the DICOM inputs (cxrtool.results)
+    if stowed is not None and stow is not None:  # stored film by film during the run (cxrtool.dicomweb.explain)
+        from cxrtool.dicomweb.results import summary_line as stow_line
+
+        for r in stowed.results:
+            if r.status == "failed":
+                err.print(failed(r.path, r.reason), soft_wrap=True)
+        err.print(stow_line(stowed.results, stow), soft_wrap=True)
+        dicom_failed = sum(r.status == "failed" for r in stowed.results)
+    elif dicom_out is not None:  # post-pass over the DICOM inputs (cxrtool.results)
         from cxrtool.results.write import failed_count, results_for_explain, summary_line
 
         with user_errors():
@@ -155,6 +220,7 @@ def explain(
         with user_errors():
             err.print(f"report: {build_report(None, html, explain_dir=out, model=loaded).path}", soft_wrap=True)
     if report.n_failed:
-        err.print(f"{report.n_failed} of {total} files failed", highlight=False)
+        of = f" of {total}" if total is not None else ""
+        err.print(f"{report.n_failed}{of} files failed", highlight=False)
     if report.n_failed or dicom_failed:
         raise typer.Exit(EXIT_SOME_FAILED)

@@ -18,8 +18,11 @@ import copy
 import csv
 import re
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
@@ -41,6 +44,9 @@ from cxrtool.locks import owned_output
 from cxrtool.modelfile import ModelCard
 from cxrtool.task import Task
 from cxrtool.trust import Assessment, Trust
+
+if TYPE_CHECKING:
+    from cxrtool.trust.gate import HeaderVerdict
 
 Target = int | None  # a class index, or None for the predicted class
 QUANTITIES = ("logit", "log-odds")  # what a heatmap can explain (:class:`Explainer`'s ``quantity``)
@@ -281,6 +287,34 @@ def plan_inputs(paths: Iterable[str | Path]) -> list[tuple[Path, Path]]:
     return plan
 
 
+class Films(Protocol):
+    """Where a planned film's bytes come from: a local file read in place, or a DICOMweb instance fetched once.
+
+    ``open(name)`` makes the film a local file for as long as its context is open (explain keeps it open
+    until the film's outputs and ``after_film`` are done); ``header`` is the header gate's verdict.
+    """
+
+    def open(self, name: str) -> AbstractContextManager[Path]: ...
+
+    def header(self, name: str, film: Path) -> HeaderVerdict | None: ...
+
+
+class LocalFilms:
+    """Files on disk: read in place, the header gate reads the file's own header."""
+
+    def open(self, name: str) -> AbstractContextManager[Path]:
+        return nullcontext(Path(name))
+
+    def header(self, name: str, film: Path) -> HeaderVerdict | None:
+        from cxrtool.trust.gate import header_verdict
+
+        return header_verdict(film)
+
+
+#: ``after_film(name, film, rows)``: called once per film while its local copy still exists (None: it never loaded)
+AfterFilm = Callable[[str, "Path | None", list[dict[str, object]]], None]
+
+
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
@@ -311,13 +345,16 @@ def resolve_quantity(explained: str, task: Task) -> str:
 
 
 def explain_files(
-    plan: Sequence[tuple[Path, Path]],
+    plan: Iterable[tuple[str | Path, Path]],
     model: nn.Module,
     card: ModelCard,
     out_dir: str | Path,
     options: ExplainOptions | None = None,
-    on_file: Callable[[Path, str | None], None] | None = None,
+    on_file: Callable[[str, str | None], None] | None = None,
     trust: Trust | None = None,
+    *,
+    films: Films | None = None,
+    after_film: AfterFilm | None = None,
 ) -> ExplainReport:
     """Explain every input of ``plan`` (from :func:`plan_inputs`): ``.npy`` relevance, overlay and
     panel PNGs per target, and ``explain.csv``.
@@ -328,22 +365,37 @@ def explain_files(
     Probabilities are calibrated and each row gets ``ood_score``/``flag`` through ``trust``
     (:func:`cxrtool.trust.load_trust` of the model file; default: the card's temperature only).
     ``report.shortcut`` holds the data-side shortcut audit over all readable films (:mod:`.shortcut`).
+
+    ``plan`` is consumed one batch at a time (a lazy listing, e.g. a DICOMweb study, is never read
+    ahead); ``films`` opens each planned name (default: local files); ``after_film`` gets each film's
+    rows while its local copy is open (DICOM results made from the same copy), before ``on_file``.
     """
     with owned_output(out_dir):
-        return _explain_files(plan, model, card, out_dir, options, on_file, trust or Trust.card_only(card))
+        return _explain_files(
+            plan,
+            model,
+            card,
+            out_dir,
+            options,
+            on_file,
+            trust or Trust.card_only(card),
+            films or LocalFilms(),
+            after_film,
+        )
 
 
 def _explain_files(
-    plan: Sequence[tuple[Path, Path]],
+    plan: Iterable[tuple[str | Path, Path]],
     model: nn.Module,
     card: ModelCard,
     out_dir: str | Path,
     options: ExplainOptions | None,
-    on_file: Callable[[Path, str | None], None] | None,
+    on_file: Callable[[str, str | None], None] | None,
     trust: Trust,
+    films: Films,
+    after_film: AfterFilm | None,
 ) -> ExplainReport:
     from cxrtool.preprocess import load_gray, normalize
-    from cxrtool.trust.gate import header_verdict
     from cxrtool.trust.shortcut import shortcut_audit, thumbnail
     from cxrtool.trust.view import view_verdicts
 
@@ -359,68 +411,82 @@ def _explain_files(
     own_maps: list[np.ndarray | None] = []
     out_dir = Path(out_dir)
     rows: list[dict[str, object]] = []
-    for start in range(0, len(plan), max(1, options.batch_size)):
-        good: list[tuple[Path, Path, np.ndarray]] = []
-        for path, stem in plan[start : start + options.batch_size]:
-            try:
-                good.append((path, stem, load_gray(path, cfg)))
-            except ImageLoadError as exc:
-                rows.append({"path": str(path), "error": exc.reason})
-                if on_file:
-                    on_file(path, exc.reason)
-        if not good:
-            continue
-        x = torch.from_numpy(np.stack([normalize(g, cfg) for _, _, g in good]))
-        result = explainer.attribute(x, targets)
-        logits = result.logits
-        features = result.features.numpy() if result.features is not None else None
-        if features is not None:  # the penultimate features, for the shortcut audit
-            feats.append(features[:, -model.classifier.in_features :])
-        headers = [header_verdict(p) for p, _, _ in good]
-        verdicts = trust.assess(logits.numpy(), features, headers, view_verdicts(x.numpy()))
-        probs = torch.from_numpy(np.stack([v.probs for v in verdicts]))
-        predicted = logits.argmax(1)
-        for _, stem, gray in good:
-            thumbs.append(thumbnail(gray))
-            folders.append(stem.parent.as_posix() if stem.parent != Path(".") else "")
-        predicted_names += [card.class_names[int(k)] for k in predicted]
-        own: list[np.ndarray | None] = [None] * len(good)
-        rows += [{"path": str(path), "error": v.error} for (path, _, _), v in zip(good, verdicts) if v.error]
-        for target, rel, booked, value in zip(targets, result.relevance, result.bias_share, result.explained):
-            maps = rel.sum(1).numpy()  # grey pixel relevance = sum over its replicated channels
-            index = predicted if target is None else torch.full_like(predicted, target)
-            for i, (path, stem, gray) in enumerate(good):
-                if verdicts[i].error:  # a non-finite probability or OOD score: an error row (below), never a flag
-                    continue
+    jobs = iter(plan)
+    while batch := list(islice(jobs, max(1, options.batch_size))):
+        with ExitStack() as copies:  # each film's local copy (e.g. a fetched instance) lives until its film is done
+            good: list[tuple[str, Path, Path, np.ndarray, ExitStack]] = []  # name, stem, local film, grey, its copy
+            for planned, stem in batch:
+                name = str(planned)
+                held = copies.enter_context(ExitStack())
                 try:
-                    row = _write_outputs(
-                        out_dir,
-                        path,
-                        stem,
-                        gray,
-                        maps[i],
-                        int(index[i]),
-                        int(predicted[i]),
-                        logits[i],
-                        probs[i],
-                        card.class_names,
-                        options,
-                        verdicts[i],
-                        quantity,
-                    )
-                    # relevance_sum + bias_share = explained_value
-                    row.update(explained=quantity, explained_value=float(value[i]), bias_share=float(booked[i]))
-                    rows.append(row)
-                    if int(index[i]) == int(predicted[i]):
-                        own[i] = maps[i]
-                except (
-                    OSError
-                ) as exc:  # a name too long for an output file, a full disk: this film fails, the rest go on
-                    rows.append({"path": str(path), "error": f"cannot write its outputs ({exc.strerror or exc})"})
-        own_maps += own
-        for path, _, _ in good:
-            if on_file:
-                on_file(path, None)
+                    film = held.enter_context(films.open(name))
+                    good.append((name, stem, film, load_gray(film, cfg), held))
+                except ImageLoadError as exc:
+                    held.close()
+                    rows.append({"path": name, "error": exc.reason})
+                    if after_film:
+                        after_film(name, None, rows[-1:])
+                    if on_file:
+                        on_file(name, exc.reason)
+            if not good:
+                continue
+            x = torch.from_numpy(np.stack([normalize(g[3], cfg) for g in good]))
+            result = explainer.attribute(x, targets)
+            logits = result.logits
+            features = result.features.numpy() if result.features is not None else None
+            if features is not None:  # the penultimate features, for the shortcut audit
+                feats.append(features[:, -model.classifier.in_features :])
+            headers = [films.header(name, film) for name, _, film, _, _ in good]
+            verdicts = trust.assess(logits.numpy(), features, headers, view_verdicts(x.numpy()))
+            probs = torch.from_numpy(np.stack([v.probs for v in verdicts]))
+            predicted = logits.argmax(1)
+            for _, stem, _, gray, _ in good:
+                thumbs.append(thumbnail(gray))
+                folders.append(stem.parent.as_posix() if stem.parent != Path(".") else "")
+            predicted_names += [card.class_names[int(k)] for k in predicted]
+            own: list[np.ndarray | None] = [None] * len(good)
+            film_rows: list[list[dict[str, object]]] = [
+                [{"path": name, "error": v.error}] if v.error else [] for (name, *_), v in zip(good, verdicts)
+            ]
+            for target, rel, booked, value in zip(targets, result.relevance, result.bias_share, result.explained):
+                maps = rel.sum(1).numpy()  # grey pixel relevance = sum over its replicated channels
+                index = predicted if target is None else torch.full_like(predicted, target)
+                for i, (name, stem, _, gray, _) in enumerate(good):
+                    if verdicts[i].error:  # a non-finite probability or OOD score: an error row, never a flag
+                        continue
+                    try:
+                        row = _write_outputs(
+                            out_dir,
+                            name,
+                            stem,
+                            gray,
+                            maps[i],
+                            int(index[i]),
+                            int(predicted[i]),
+                            logits[i],
+                            probs[i],
+                            card.class_names,
+                            options,
+                            verdicts[i],
+                            quantity,
+                        )
+                        # relevance_sum + bias_share = explained_value
+                        row.update(explained=quantity, explained_value=float(value[i]), bias_share=float(booked[i]))
+                        film_rows[i].append(row)
+                        if int(index[i]) == int(predicted[i]):
+                            own[i] = maps[i]
+                    except OSError as exc:  # a name too long for an output file, a full disk: this film fails
+                        film_rows[i].append(
+                            {"path": name, "error": f"cannot write its outputs ({exc.strerror or exc})"}
+                        )
+            own_maps += own
+            for (name, _, film, _, held), its_rows in zip(good, film_rows):
+                rows += its_rows
+                if after_film:
+                    after_film(name, film, its_rows)
+                held.close()  # a fetched copy is gone as soon as its film's outputs and results are done
+                if on_file:
+                    on_file(name, None)
     shortcut: dict[str, object] = {}
     if thumbs:
         keep = [i for i, m in enumerate(own_maps) if m is not None]
@@ -455,13 +521,20 @@ def _flag_title(flag: str) -> str:
     return ""
 
 
+def _label(name: str) -> str:
+    """A film's short name for a panel title: its file name, or a DICOMweb instance's SOP Instance UID."""
+    from cxrtool.dicomweb.urls import is_dicomweb_url
+
+    return name.rsplit("/", 1)[-1] if is_dicomweb_url(name) else Path(name).name
+
+
 def _fmt(value: object) -> object:
     return f"{value:.6g}" if isinstance(value, float) else value
 
 
 def _write_outputs(
     out_dir: Path,
-    path: Path,
+    name: str,
     stem: Path,
     gray: np.ndarray,
     rmap: np.ndarray,
@@ -477,8 +550,8 @@ def _write_outputs(
     """Write one heatmap's ``.npy``, overlay and panel; return its CSV row (with audit shares)."""
     from cxrtool.explain import render
 
-    name = class_names[index]
-    base = out_dir / stem.parent / f"{_safe(stem.name)}.{_safe(name)}"
+    target = class_names[index]
+    base = out_dir / stem.parent / f"{_safe(stem.name)}.{_safe(target)}"
     files = {kind: base.with_name(f"{base.name}.{kind}") for kind in ("heatmap.npy", "overlay.png", "panel.png")}
     scale = render.symmetric_scale(rmap)
     with atomic_path(files["heatmap.npy"]) as tmp:
@@ -486,15 +559,15 @@ def _write_outputs(
     with atomic_path(files["overlay.png"]) as tmp:
         render.overlay(gray, rmap, scale).save(tmp)
     title = (
-        f"{path.name} | target {name} p={float(probs[index]):.3f} | predicted {class_names[predicted]} "
+        f"{_label(name)} | target {target} p={float(probs[index]):.3f} | predicted {class_names[predicted]} "
         f"p={float(probs[predicted]):.3f} | {options.composite}, {quantity} | colour scale +-{scale:.3g}"
     ) + _flag_title(verdict.flag)
     with atomic_path(files["panel.png"]) as tmp:
-        explained = f"{name} vs the other classes" if quantity == "log-odds" else name
+        explained = f"{target} vs the other classes" if quantity == "log-odds" else target
         render.panel(gray, rmap, scale, title, explained).save(tmp)
     return {
-        "path": str(path),
-        "target": name,
+        "path": name,
+        "target": target,
         "target_index": index,
         "target_logit": float(logits[index]),
         "target_prob": float(probs[index]),

@@ -147,32 +147,46 @@ def results_for_explain(
     and the film's ``ood_score``/``flag``; the SC shows the heatmap explain saved for the predicted
     class (or, when explain was asked for another class, its first target's).
     """
-    card = model.card
-    info = ModelInfo(
-        model_id=model.model_id,
-        backend="torch",
-        calibrated=_calibrated(card),
-        extra=(("composite", composite), *_card_extra(card)),
-    )
+    info = explain_model_info(model, composite)
     by_path: dict[str, list[Mapping[str, Any]]] = {}
     for row in rows:
         by_path.setdefault(str(row["path"]), []).append(row)
     results = []
     for path, film_rows in by_path.items():
-        ok = [r for r in film_rows if not r.get("error")]
-        error = None if ok else str(film_rows[0].get("error") or "no heatmap")
-        row = next((r for r in ok if r.get("target") == r.get("predicted")), ok[0] if ok else None)
+        row, error = sc_row(film_rows)
 
         def analyse(path: str, row: Mapping[str, Any] = row or {}) -> tuple[FilmPrediction, Heatmap]:
-            return _explained(path, row, card, composite)  # never called for a film explain could not read
+            return explained_film(path, row, model.card, composite)  # never called for a film explain could not read
 
         results.append(_one(path, out_dir, info, error, analyse, "", on_file))
     write_index(out_dir, results)
     return results
 
 
-def _explained(path: str, row: Mapping[str, Any], card: ModelCard, composite: str) -> tuple[FilmPrediction, Heatmap]:
-    """An explain row -> the film's prediction and the heatmap explain saved for it (the film is decoded for the SC)."""
+def explain_model_info(model: LoadedModel, composite: str) -> ModelInfo:
+    """What an explain result says about its algorithm: the model, torch, calibration, composite, data warning."""
+    return ModelInfo(
+        model_id=model.model_id,
+        backend="torch",
+        calibrated=_calibrated(model.card),
+        extra=(("composite", composite), *_card_extra(model.card)),
+    )
+
+
+def sc_row(film_rows: Sequence[Mapping[str, Any]]) -> tuple[Mapping[str, Any] | None, str | None]:
+    """``(row, None)``: the explain row of one film whose heatmap goes in the SC (its predicted class, else its
+    first target's); ``(None, reason)`` when explain could not make one for this film."""
+    ok = [r for r in film_rows if not r.get("error")]
+    if not ok:
+        return None, str((film_rows[0].get("error") if film_rows else None) or "no heatmap")
+    return next((r for r in ok if r.get("target") == r.get("predicted")), ok[0]), None
+
+
+def explained_film(
+    film: str | Path, row: Mapping[str, Any], card: ModelCard, composite: str
+) -> tuple[FilmPrediction, Heatmap]:
+    """An explain row -> the film's prediction and the heatmap explain saved for it (``film`` is decoded for the SC:
+    the local file, or the copy of a DICOMweb instance explain fetched)."""
     import numpy as np
 
     from cxrtool.images import load_image
@@ -183,9 +197,9 @@ def _explained(path: str, row: Mapping[str, Any], card: ModelCard, composite: st
     prediction = FilmPrediction.from_probs(
         probs, names, card.task.decide(np.asarray(probs), names), ood_score=score, flag=row.get("flag") or None
     )
-    film = load_image(path, window=card.preprocess.window)
+    image = load_image(film, window=card.preprocess.window)
     relevance = np.load(row["heatmap"]).astype(np.float32)  # the map explain saved: never recomputed
-    heatmap = Heatmap(film, relevance, card.preprocess.resize, str(row["target"]), composite)
+    heatmap = Heatmap(image, relevance, card.preprocess.resize, str(row["target"]), composite)
     return prediction, heatmap
 
 

@@ -62,6 +62,14 @@ def test_help_imports_no_heavy_library(path: tuple[str, ...]) -> None:
     assert imported == [], f"`cxrtool {' '.join(path)} --help` imported {imported}"  # under 0.5 s CPU
 
 
+def test_explain_help_offers_dicomweb_inputs_without_heavy_imports() -> None:
+    """``explain`` takes predict's DICOMweb options (shared from cli/_dicomweb.py) and its --help stays light."""
+    code, out, err, imported = _run("explain", "--help")
+    assert code == 0 and imported == [], (err, imported)
+    for option in ("--dicomweb", "--qido", "--ca-file", "--token-env", "--token-file", "--basic-auth-file"):
+        assert option in out, option
+
+
 def test_root_help_lists_every_command_without_importing_them() -> None:
     code, out, _, imported = _run("--help")
     assert code == 0 and imported == []
