@@ -195,7 +195,7 @@ class ResultStower:
                 try:
                     films.append(self._film(row.path, record, self._source(row.path)))
                 except Exception as exc:
-                    results[row.path] = _film_error(row.path, exc)
+                    results[row.path] = film_error(row.path, exc)
             for film, result in zip(films, self._store(films)):
                 results[film.name] = result
         finally:
@@ -227,7 +227,7 @@ class ResultStower:
             try:
                 result = self._store([self._film(name, row, self._source(name))])[0]
             except Exception as exc:
-                result = _film_error(name, exc)
+                result = film_error(name, exc)
             finally:
                 self._forget(name)
             self._done([result])
@@ -286,14 +286,15 @@ class ResultStower:
                         film.source, film.prediction, heatmap, Path(folder, str(i)), film.info
                     )
                 except Exception as exc:
-                    results[film.name] = _film_error(film.name, exc)
+                    results[film.name] = film_error(film.name, exc)
             for chunk in _requests(built):
                 try:
                     outcomes = iter(self.destination.send([f for name in chunk for f in built[name]]))
+                    note = "" if self.maker else NO_SC
                     for name in chunk:
-                        results[name] = _sent(name, [next(outcomes) for _ in built[name]], "" if self.maker else NO_SC)
+                        results[name] = sent_result(name, [next(outcomes) for _ in built[name]], note)
                 except Exception as exc:  # a sender bug: the films of this request are reported, the run goes on
-                    results.update((name, _film_error(name, exc)) for name in chunk)
+                    results.update((name, film_error(name, exc)) for name in chunk)
         return [results[film.name] for film in films]
 
     def _done(self, results: Iterable[StoredResult]) -> None:
@@ -330,7 +331,7 @@ def _requests(built: dict[str, list[Path]]) -> Iterator[list[str]]:
         yield chunk
 
 
-def _sent(name: str, outcomes: list[SendOutcome], note: str) -> StoredResult:
+def sent_result(name: str, outcomes: list[SendOutcome], note: str) -> StoredResult:
     """A film's objects' outcomes -> ``stored`` only when the server acknowledged every one."""
     failed = [o for o in outcomes if not o.stored]
     if failed:
@@ -339,7 +340,7 @@ def _sent(name: str, outcomes: list[SendOutcome], note: str) -> StoredResult:
     return StoredResult(name, "stored", len(outcomes), note)
 
 
-def _film_error(name: str, exc: Exception) -> StoredResult:
+def film_error(name: str, exc: Exception) -> StoredResult:
     """Why no result could be built for a film: ``skipped`` when none can be (not DICOM, no UIDs), else ``failed``."""
     if isinstance(exc, ImageLoadError):  # the film could not be fetched or read
         return StoredResult(name, "failed", reason=one_line(exc.reason))

@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cxrtool.dicomweb.destination import StowDestination
-from cxrtool.dicomweb.results import StoredResult
-from cxrtool.errors import CxrError, ImageLoadError, one_line
+from cxrtool.dicomweb.results import StoredResult, film_error, sent_result
 
 if TYPE_CHECKING:
     from cxrtool.results.content import FilmPrediction, Heatmap, ModelInfo
@@ -39,14 +38,6 @@ def stow_film(
         prediction, heatmap = analyse()
         with tempfile.TemporaryDirectory(prefix="cxrtool-results-") as folder:
             outcomes = destination.send(write_dicom_results(film, prediction, heatmap, folder, info))
-    except ImageLoadError as exc:  # the film could not be read
-        return StoredResult(name, "failed", reason=one_line(exc.reason))
-    except CxrError as exc:  # e.g. a film without the UIDs a result must reference
-        return StoredResult(name, "skipped", reason=one_line(exc))
     except Exception as exc:  # one bad film never stops the rest
-        return StoredResult(name, "failed", reason=one_line(f"{type(exc).__name__}: {exc}"))
-    failed = [o for o in outcomes if not o.stored]
-    if failed:
-        reasons = "; ".join(f"{'SC' if o.path.name.endswith('.sc.dcm') else 'SR'}: {o.reason}" for o in failed)
-        return StoredResult(name, "failed", len(outcomes) - len(failed), reasons)
-    return StoredResult(name, "stored", len(outcomes))
+        return film_error(name, exc)
+    return sent_result(name, outcomes, "")

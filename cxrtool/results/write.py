@@ -116,12 +116,8 @@ def results_for_predictions(
     results = []
     for row in read_rows(Path(predictions)):
         names = list(card.class_names) if card else _row_classes(row)
-        info = ModelInfo(
-            model_id=str(row.get("model_id") or ""),
-            backend=str(row.get("backend") or ""),
-            calibrated=_calibrated(card),
-            extra=_card_extra(card),
-        )
+        model_id, backend = str(row.get("model_id") or ""), str(row.get("backend") or "")
+        info = ModelInfo.of(card, model_id, backend) if card else ModelInfo(model_id, backend)
 
         def analyse(path: str, row: dict = row, names: list[str] = names) -> tuple[FilmPrediction, Heatmap | None]:
             prediction = FilmPrediction.from_row(row, names)
@@ -165,12 +161,7 @@ def results_for_explain(
 
 def explain_model_info(model: LoadedModel, composite: str) -> ModelInfo:
     """What an explain result says about its algorithm: the model, torch, calibration, composite, data warning."""
-    return ModelInfo(
-        model_id=model.model_id,
-        backend="torch",
-        calibrated=_calibrated(model.card),
-        extra=(("composite", composite), *_card_extra(model.card)),
-    )
+    return ModelInfo.of(model.card, model.model_id, "torch", composite=composite)
 
 
 def sc_row(film_rows: Sequence[Mapping[str, Any]]) -> tuple[Mapping[str, Any] | None, str | None]:
@@ -246,21 +237,6 @@ def _heatmap_maker(model: LoadedModel | None, composite: str | None):
     if model is None or not model.is_checkpoint:
         return None, "no SC: heatmaps need a .safetensors checkpoint"
     return HeatmapMaker(model, composite), ""
-
-
-def _card_extra(card) -> tuple[tuple[str, str], ...]:
-    """Algorithm parameters the card adds to every result: the training data's shortcut warning, when it has one."""
-    from cxrtool.trust.shortcut import card_warning
-
-    warning = card_warning(card.dataset) if card is not None else None
-    return (("training_data", warning),) if warning else ()
-
-
-def _calibrated(card) -> bool | None:
-    """Whether the card's probabilities are temperature-scaled (``calibration`` fitted by train/calibrate)."""
-    if card is None:
-        return None
-    return "temperature" in card.calibration
 
 
 def _row_classes(row: dict) -> list[str]:

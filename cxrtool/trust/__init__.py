@@ -11,7 +11,6 @@
   -> (calibrated probabilities, ``ood_score``, ``flag``).
 """
 
-
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any

@@ -83,7 +83,7 @@ def warned(trusted: Path, tmp_path: Path) -> Path:
 def test_predict_report_and_sr_carry_the_warning(warned: Path, shared_data: Path, tmp_path: Path) -> None:
     from cxrtool.modelfile import read_card
     from cxrtool.report.html import build_report
-    from cxrtool.results.write import _card_extra
+    from cxrtool.results import ModelInfo
 
     films = sorted((shared_data / "covid3_256" / "normal").glob("*.png"))[:2]
     out = tmp_path / "p.csv"
@@ -95,7 +95,8 @@ def test_predict_report_and_sr_carry_the_warning(warned: Path, shared_data: Path
     build_report(out, tmp_path / "r.html", model=open_model(warned))
     html = (tmp_path / "r.html").read_text()
     assert 'class="caveat">' + WARNING_PREFIX + "covid vs normal 0.97" in html
-    assert _card_extra(read_card(warned)) == (("training_data", WARNING_PREFIX + "covid vs normal 0.97"),)
+    info = ModelInfo.of(read_card(warned), "m@1", "torch")
+    assert info.extra == (("training_data", WARNING_PREFIX + "covid vs normal 0.97"),)
 
 
 def test_training_stores_the_verdict_of_its_training_split(trusted: Path, films: Path, tmp_path: Path) -> None:
