@@ -269,7 +269,7 @@ def export_int8(
             validation = _calibration_targets(onnx_path, cs, card, on_progress) if attempt == ACCURACY_CONTROL else None
             samples.attempt, samples.passes = attempt, 0
             with _nncf_off_stdout():
-                _quantize_to(tmp_out, onnx_path, fmt, dataset, len(cs.calibration), scope, validation)
+                _quantize_to(tmp_out, onnx_path, fmt, dataset, len(cs.calibration), scope, validation, on_progress)
             if not samples.used:
                 raise CxrError(f"{calib}: none of the {len(cs.calibration)} calibration films loads")
             step(f"INT8 check ({attempt}) on {len(holdout)} held-out films")
@@ -347,7 +347,14 @@ def _calibration_targets(
 
 
 def _quantize_to(
-    path: Path, onnx_path: Path, fmt: str, dataset: Any, n: int, scope: Any, validation: list | None = None
+    path: Path,
+    onnx_path: Path,
+    fmt: str,
+    dataset: Any,
+    n: int,
+    scope: Any,
+    validation: list | None = None,
+    on_progress: OnProgress | None = None,
 ) -> None:
     """``nncf.quantize``; with ``validation``, ``nncf.quantize_with_accuracy_control`` keeping top-1 agreement
     with fp32 on the calibration films within :data:`MAX_AC_DROP` (it reverts the most sensitive layers to fp32)."""
@@ -363,7 +370,7 @@ def _quantize_to(
                 model,
                 dataset,
                 nncf.Dataset(validation),
-                _agreement,
+                _Agreement(len(validation), on_progress),
                 max_drop=MAX_AC_DROP,
                 target_device=nncf.TargetDevice.CPU,
                 preset=kwargs["preset"],
@@ -409,11 +416,25 @@ def _nncf_off_stdout() -> Iterator[None]:
             h.setLevel(level)
 
 
-def _agreement(compiled: Any, items: Any) -> tuple[float, list[float]]:
-    """Accuracy control's metric: top-1 agreement with the fp32 decisions, per film and overall."""
-    port = next((o for o in compiled.outputs if OUTPUT_NAME in o.get_names()), compiled.output(0))
-    hits = [float(np.argmax(compiled(x)[port]) == y) for x, y in items]
-    return float(np.mean(hits)), hits
+class _Agreement:
+    """Accuracy control's metric: top-1 agreement with the fp32 decisions, per film and overall.
+
+    NNCF calls it once per model it validates (fp32, quantized, each candidate with layers reverted); every call is
+    reported as a stage ``accuracy-control validation (run K)``.
+    """
+
+    def __init__(self, films: int, on_progress: OnProgress | None = None):
+        self.films, self.on_progress, self.runs = films, on_progress, 0
+
+    def __call__(self, compiled: Any, items: Any) -> tuple[float, list[float]]:
+        self.runs += 1
+        report = counter(self.on_progress, f"accuracy-control validation (run {self.runs})", self.films)
+        port = next((o for o in compiled.outputs if OUTPUT_NAME in o.get_names()), compiled.output(0))
+        hits: list[float] = []
+        for x, y in items:
+            hits.append(float(np.argmax(compiled(x)[port]) == y))
+            report(len(hits))
+        return float(np.mean(hits)), hits
 
 
 #: films per ONNX Runtime / OpenVINO call in the checks (and per progress report)
