@@ -419,21 +419,25 @@ def _nncf_off_stdout() -> Iterator[None]:
 class _Agreement:
     """Accuracy control's metric: top-1 agreement with the fp32 decisions, per film and overall.
 
-    NNCF calls it once per model it validates (fp32, quantized, each candidate with layers reverted); every call is
-    reported as a stage ``accuracy-control validation (run K)``.
+    NNCF calls it on the whole validation set once per model it validates (fp32, quantized, each candidate with
+    layers reverted), and on single films to probe the metric's kind or to rank layers; each whole-set call is reported
+    as a stage ``accuracy-control validation (run K)`` from its second film on, single-film calls are not.
     """
 
     def __init__(self, films: int, on_progress: OnProgress | None = None):
         self.films, self.on_progress, self.runs = films, on_progress, 0
 
     def __call__(self, compiled: Any, items: Any) -> tuple[float, list[float]]:
-        self.runs += 1
-        report = counter(self.on_progress, f"accuracy-control validation (run {self.runs})", self.films)
         port = next((o for o in compiled.outputs if OUTPUT_NAME in o.get_names()), compiled.output(0))
         hits: list[float] = []
+        report = None
         for x, y in items:
             hits.append(float(np.argmax(compiled(x)[port]) == y))
-            report(len(hits))
+            if len(hits) == 2:
+                self.runs += 1
+                report = counter(self.on_progress, f"accuracy-control validation (run {self.runs})", self.films)
+            if report is not None:
+                report(len(hits))
         return float(np.mean(hits)), hits
 
 
