@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.text import Text
 
-from cxrtool.cli._console import EXIT_SOME_FAILED, err, error, out, user_errors, warning
+from cxrtool.cli._console import EXIT_SOME_FAILED, err, error, out, progress, user_errors, warning
 from cxrtool.cli._options import default_of, device_option
 from cxrtool.export import onnx as onnx_export
 from cxrtool.export.parity import DEFAULT_CHECK_COUNT
@@ -17,6 +17,7 @@ from cxrtool.modelfile import BatchProfile
 
 if TYPE_CHECKING:
     from cxrtool.export.pipeline import ExportResult
+    from cxrtool.export.progress import ExportProgress
 
 
 def register(app: typer.Typer) -> None:
@@ -106,8 +107,9 @@ def export(
         if out_dir is not None:
             check_writable_output(out_dir, "dir")
         profile = BatchProfile(min_batch, opt_batch, max_batch) if trt else None
+        view = _ExportView()
         try:
-            with err.status(Text("exporting")) as status:
+            with view:
                 result = export_model(
                     model,
                     onnx=onnx,
@@ -123,12 +125,53 @@ def export(
                     profile=profile,
                     device=device,
                     trt_tolerance=trt_tolerance,
-                    on_step=lambda msg: status.update(Text(msg)),
+                    on_step=view.step,
+                    on_progress=view.count,
                 )
         except ParityError as exc:
             err.print(error(f"export failed: {exc}"), soft_wrap=True)
             raise typer.Exit(EXIT_SOME_FAILED) from None
     _render(result)
+
+
+class _ExportView:
+    """The export's steps and film counts on stderr, one display at a time.
+
+    A step (a message, no count) is a spinner on a terminal and its own line when piped; a counted
+    stage (:class:`~cxrtool.export.progress.ExportProgress`) is a progress bar on a terminal that stays
+    as a finished line, and plain ``stage: done/total`` lines when piped.
+    """
+
+    def __init__(self) -> None:
+        self.live: Any = None  # the Rich status or progress now shown
+        self.task: Any = None
+        self.stage: str | None = None
+
+    def step(self, message: str) -> None:
+        self._end()
+        if err.is_terminal:
+            self.live = err.status(Text(message))
+            self.live.start()
+        else:
+            err.print(message, soft_wrap=True)
+
+    def count(self, event: ExportProgress) -> None:
+        if event.stage != self.stage:
+            self._end()
+            self.live, self.stage = progress(lazy=True), event.stage
+            self.task = self.live.add_task(event.stage, total=event.total, info="")
+        self.live.update(self.task, completed=event.done)
+
+    def _end(self) -> None:
+        if self.live is not None:
+            self.live.stop()
+        self.live, self.stage = None, None
+
+    def __enter__(self) -> _ExportView:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._end()
 
 
 def _render(result: ExportResult) -> None:

@@ -17,7 +17,7 @@ into the INT8 model's metadata, so a result can be traced to the exact films it 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -145,8 +145,13 @@ def _from_manifest(path: Path, card: ModelCard) -> CalibrationSet:
     return CalibrationSet(path, calib, [p for p, _ in holdout], labels)
 
 
-def load_films(files: Sequence[Path], cfg: PreprocessCfg) -> tuple[np.ndarray, list[int], list[str]]:
-    """Preprocessed films (N, C, H, W), the indices of the files that loaded, and "path: reason" of the rest."""
+def load_films(
+    files: Sequence[Path], cfg: PreprocessCfg, on_film: Callable[[int], None] | None = None
+) -> tuple[np.ndarray, list[int], list[str]]:
+    """Preprocessed films (N, C, H, W), the indices of the files that loaded, and "path: reason" of the rest.
+
+    ``on_film(done)`` after each file (loaded or not), for progress.
+    """
     arrays: list[np.ndarray] = []
     kept: list[int] = []
     skipped: list[str] = []
@@ -156,19 +161,27 @@ def load_films(files: Sequence[Path], cfg: PreprocessCfg) -> tuple[np.ndarray, l
             kept.append(i)
         except ImageLoadError as exc:
             skipped.append(str(exc))
+        if on_film is not None:
+            on_film(i + 1)
     shape = (0, cfg.channels, cfg.input_size, cfg.input_size)
     return (np.stack(arrays) if arrays else np.empty(shape, np.float32)), kept, skipped
 
 
-def iter_calibration_inputs(files: Sequence[Path], cfg: PreprocessCfg, skipped: list[str]) -> Iterator[np.ndarray]:
+def iter_calibration_inputs(
+    files: Sequence[Path], cfg: PreprocessCfg, skipped: list[str], on_film: Callable[[int], None] | None = None
+) -> Iterator[np.ndarray]:
     """One (1, C, H, W) float32 input per loadable film, lazily (NNCF iterates its dataset itself).
 
-    Films that fail to load are appended to ``skipped`` instead of ending the iteration.
+    Films that fail to load are appended to ``skipped`` instead of ending the iteration;
+    ``on_film(done)`` follows each file, loaded or not, before its input is handed on.
     """
-    for f in files:
+    for i, f in enumerate(files):
         try:
             x = load_input(f, cfg)
         except ImageLoadError as exc:
             skipped.append(str(exc))
-            continue
-        yield np.ascontiguousarray(x[None], dtype=np.float32)
+            x = None
+        if on_film is not None:
+            on_film(i + 1)
+        if x is not None:
+            yield np.ascontiguousarray(x[None], dtype=np.float32)

@@ -26,11 +26,14 @@ with fp32 on the held-out films.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import shutil
+import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +49,7 @@ from cxrtool.export.calib_films import (
     load_films,
 )
 from cxrtool.export.parity import ParityError
+from cxrtool.export.progress import OnProgress, counter
 from cxrtool.modelfile import (
     FEATURES_NAME,
     INT8_IR_SUFFIX,
@@ -166,17 +170,25 @@ class Int8Export:
 
 
 class _Samples:
-    """Re-iterable NNCF data source: NNCF walks the calibration films more than once."""
+    """Re-iterable NNCF data source: NNCF walks the calibration films more than once.
 
-    def __init__(self, calib: CalibrationSet, card: ModelCard, as_dict: bool):
-        self.calib, self.card, self.as_dict = calib, card, as_dict
+    Each walk is reported as its own stage (``calibration films (ATTEMPT, pass K)``), counted per film.
+    """
+
+    def __init__(self, calib: CalibrationSet, card: ModelCard, as_dict: bool, on_progress: OnProgress | None = None):
+        self.calib, self.card, self.as_dict, self.on_progress = calib, card, as_dict, on_progress
         self.skipped: list[str] = []
         self.used = 0
+        self.attempt = ""
+        self.passes = 0
 
     def __iter__(self):
         self.skipped.clear()
         self.used = 0
-        for x in iter_calibration_inputs(self.calib.calibration, self.card.preprocess, self.skipped):
+        self.passes += 1
+        films = self.calib.calibration
+        report = counter(self.on_progress, f"calibration films ({self.attempt}, pass {self.passes})", len(films))
+        for x in iter_calibration_inputs(films, self.card.preprocess, self.skipped, report):
             self.used += 1
             yield {"input": x} if self.as_dict else x
 
@@ -191,6 +203,7 @@ def export_int8(
     min_agreement: float = MIN_AGREEMENT,
     max_auc_drop: float = MAX_AUC_DROP,
     on_step: Callable[[str], None] | None = None,
+    on_progress: OnProgress | None = None,
 ) -> Int8Export:
     """Quantize an exported ONNX file with NNCF and write it only if it passes the held-out check.
 
@@ -209,7 +222,10 @@ def export_int8(
     min_agreement, max_auc_drop:
         The gate's bounds.
     on_step:
-        Progress messages.
+        A message as each step starts.
+    on_progress:
+        Films done per counted stage (:class:`cxrtool.export.progress.ExportProgress`): held-out films
+        loaded, the fp32 reference, every NNCF walk over the calibration films, each INT8 check.
 
     Returns
     -------
@@ -234,26 +250,30 @@ def export_int8(
     card = read_onnx_card(onnx_path, meta)
     out = Path(out) if out is not None else default_int8_path(onnx_path, FORMATS[fmt])
     cs = calibration_set(calib, card, limit=calib_count)
-    holdout, kept, cs.skipped = load_films(cs.holdout, card.preprocess)
+    step(f"loading {len(cs.holdout)} held-out films")
+    loaded = counter(on_progress, "held-out films loaded", len(cs.holdout))
+    holdout, kept, cs.skipped = load_films(cs.holdout, card.preprocess, loaded)
     if not len(holdout):
         raise CxrError(f"{calib}: none of the {len(cs.holdout)} held-out films loads; cannot check INT8")
     labels = [cs.labels[i] for i in kept] if cs.labels is not None else None
     step(f"fp32 reference on {len(holdout)} held-out films")
-    reference = _ort_outputs(onnx_path, holdout)
+    reference = _ort_outputs(onnx_path, holdout, counter(on_progress, "fp32 reference", len(holdout)))
 
-    samples = _Samples(cs, card, as_dict=fmt == "qdq-onnx")
+    samples = _Samples(cs, card, as_dict=fmt == "qdq-onnx", on_progress=on_progress)
     dataset = nncf.Dataset(samples)
     tried: list[Int8Check] = []
     with tempfile.TemporaryDirectory(prefix=".int8-", dir=out.parent if out.parent.is_dir() else None) as tmp:
         tmp_out = Path(tmp) / out.name
         for attempt, scope in _attempts(onnx_path, fmt):
             step(f"NNCF quantization ({attempt}) on {len(cs.calibration)} calibration films")
-            validation = _calibration_targets(onnx_path, cs, card) if attempt == ACCURACY_CONTROL else None
-            _quantize_to(tmp_out, onnx_path, fmt, dataset, len(cs.calibration), scope, validation)
+            validation = _calibration_targets(onnx_path, cs, card, on_progress) if attempt == ACCURACY_CONTROL else None
+            samples.attempt, samples.passes = attempt, 0
+            with _nncf_off_stdout():
+                _quantize_to(tmp_out, onnx_path, fmt, dataset, len(cs.calibration), scope, validation, on_progress)
             if not samples.used:
                 raise CxrError(f"{calib}: none of the {len(cs.calibration)} calibration films loads")
             step(f"INT8 check ({attempt}) on {len(holdout)} held-out films")
-            got = _int8_outputs(tmp_out, fmt, holdout)
+            got = _int8_outputs(tmp_out, fmt, holdout, counter(on_progress, f"INT8 check ({attempt})", len(holdout)))
             check = compare_int8(
                 reference[OUTPUT_NAME],
                 got[OUTPUT_NAME],
@@ -316,15 +336,25 @@ def _attempts(onnx_path: Path, fmt: str) -> list[tuple[str, Any]]:
     return attempts
 
 
-def _calibration_targets(onnx_path: Path, calib: CalibrationSet, card: ModelCard) -> list[tuple[np.ndarray, int]]:
+def _calibration_targets(
+    onnx_path: Path, calib: CalibrationSet, card: ModelCard, on_progress: OnProgress | None = None
+) -> list[tuple[np.ndarray, int]]:
     """(input, fp32 top-1) per calibration film: accuracy control's validation data, never the held-out films."""
-    inputs = list(iter_calibration_inputs(calib.calibration, card.preprocess, []))
+    report = counter(on_progress, "accuracy-control targets", len(calib.calibration))
+    inputs = list(iter_calibration_inputs(calib.calibration, card.preprocess, [], report))
     top1 = _ort_outputs(onnx_path, np.concatenate(inputs))[OUTPUT_NAME].argmax(1)
     return [(x, int(y)) for x, y in zip(inputs, top1)]
 
 
 def _quantize_to(
-    path: Path, onnx_path: Path, fmt: str, dataset: Any, n: int, scope: Any, validation: list | None = None
+    path: Path,
+    onnx_path: Path,
+    fmt: str,
+    dataset: Any,
+    n: int,
+    scope: Any,
+    validation: list | None = None,
+    on_progress: OnProgress | None = None,
 ) -> None:
     """``nncf.quantize``; with ``validation``, ``nncf.quantize_with_accuracy_control`` keeping top-1 agreement
     with fp32 on the calibration films within :data:`MAX_AC_DROP` (it reverts the most sensitive layers to fp32)."""
@@ -340,7 +370,7 @@ def _quantize_to(
                 model,
                 dataset,
                 nncf.Dataset(validation),
-                _agreement,
+                _Agreement(len(validation), on_progress),
                 max_drop=MAX_AC_DROP,
                 target_device=nncf.TargetDevice.CPU,
                 preset=kwargs["preset"],
@@ -360,34 +390,91 @@ def _quantize_to(
         onnx.save_model(quantized, str(path))
 
 
-def _agreement(compiled: Any, items: Any) -> tuple[float, list[float]]:
-    """Accuracy control's metric: top-1 agreement with the fp32 decisions, per film and overall."""
-    port = next((o for o in compiled.outputs if OUTPUT_NAME in o.get_names()), compiled.output(0))
-    hits = [float(np.argmax(compiled(x)[port]) == y) for x, y in items]
-    return float(np.mean(hits)), hits
+@contextlib.contextmanager
+def _nncf_off_stdout() -> Iterator[None]:
+    """Keep the caller's stdout machine-readable while NNCF runs.
+
+    NNCF draws its own progress bars on Rich's global console (stdout; on a terminal they would fight the caller's
+    display, and progress comes through ``on_progress`` anyway): that console is muted meanwhile, which swaps no
+    stream.  NNCF's log, written to stdout at INFO, goes to stderr from WARNING up.
+    """
+    import rich
+
+    console = rich.get_console()
+    handlers = [h for h in logging.getLogger("nncf").handlers if type(h) is logging.StreamHandler]
+    saved = [(h, h.stream, h.level) for h in handlers]
+    quiet, console.quiet = console.quiet, True
+    try:
+        for h in handlers:
+            h.setStream(sys.stderr)
+            h.setLevel(max(h.level, logging.WARNING))
+        yield
+    finally:
+        console.quiet = quiet
+        for h, stream, level in saved:
+            h.setStream(stream)
+            h.setLevel(level)
 
 
-def _ort_outputs(onnx_path: Path, batch: np.ndarray) -> dict[str, np.ndarray]:
+class _Agreement:
+    """Accuracy control's metric: top-1 agreement with the fp32 decisions, per film and overall.
+
+    NNCF calls it on the whole validation set once per model it validates (fp32, quantized, each candidate with
+    layers reverted), and on single films to probe the metric's kind or to rank layers; each whole-set call is reported
+    as a stage ``accuracy-control validation (run K)`` from its second film on, single-film calls are not.
+    """
+
+    def __init__(self, films: int, on_progress: OnProgress | None = None):
+        self.films, self.on_progress, self.runs = films, on_progress, 0
+
+    def __call__(self, compiled: Any, items: Any) -> tuple[float, list[float]]:
+        port = next((o for o in compiled.outputs if OUTPUT_NAME in o.get_names()), compiled.output(0))
+        hits: list[float] = []
+        report = None
+        for x, y in items:
+            hits.append(float(np.argmax(compiled(x)[port]) == y))
+            if len(hits) == 2:
+                self.runs += 1
+                report = counter(self.on_progress, f"accuracy-control validation (run {self.runs})", self.films)
+            if report is not None:
+                report(len(hits))
+        return float(np.mean(hits)), hits
+
+
+#: films per ONNX Runtime / OpenVINO call in the checks (and per progress report)
+CHECK_BATCH = 16
+
+
+def _ort_outputs(
+    onnx_path: Path, batch: np.ndarray, on_films: Callable[[int], None] = lambda _done: None
+) -> dict[str, np.ndarray]:
+    """Every output of an ONNX file on ``batch``, :data:`CHECK_BATCH` films a call, ``on_films(done)`` after each."""
     from cxrtool.runtimes.onnxrt import ort_session
 
     session = ort_session(onnx_path)
     names = [o.name for o in session.get_outputs()]
-    parts = [session.run(None, {session.get_inputs()[0].name: batch[i : i + 16]}) for i in range(0, len(batch), 16)]
+    parts = []
+    for i in range(0, len(batch), CHECK_BATCH):
+        parts.append(session.run(None, {session.get_inputs()[0].name: batch[i : i + CHECK_BATCH]}))
+        on_films(min(i + CHECK_BATCH, len(batch)))
     return {name: np.concatenate([p[k] for p in parts]) for k, name in enumerate(names)}
 
 
-def _int8_outputs(path: Path, fmt: str, batch: np.ndarray) -> dict[str, np.ndarray]:
+def _int8_outputs(
+    path: Path, fmt: str, batch: np.ndarray, on_films: Callable[[int], None] = lambda _done: None
+) -> dict[str, np.ndarray]:
     """The written INT8 file's outputs, run as inference will run it (OpenVINO CPU / ONNX Runtime)."""
     if fmt == "qdq-onnx":
-        return _ort_outputs(path, batch)
+        return _ort_outputs(path, batch, on_films)
     import openvino as ov
 
     compiled = ov.Core().compile_model(str(path), "CPU")
     request = compiled.create_infer_request()
     parts = []
-    for i in range(0, len(batch), 16):
-        result = request.infer({0: batch[i : i + 16]})
+    for i in range(0, len(batch), CHECK_BATCH):
+        result = request.infer({0: batch[i : i + CHECK_BATCH]})
         parts.append({o.get_any_name(): result[o].copy() for o in compiled.outputs})
+        on_films(min(i + CHECK_BATCH, len(batch)))
     return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
 

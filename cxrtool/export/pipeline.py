@@ -21,6 +21,7 @@ import numpy as np
 
 from cxrtool.errors import CxrError
 from cxrtool.export.parity import ParityError, ParityReport, check_batch, compare_logits
+from cxrtool.export.progress import OnProgress
 from cxrtool.modelfile import (
     SOURCE_SHA_KEY,
     BatchProfile,
@@ -68,12 +69,15 @@ def export_model(
     device: str = "cuda",
     trt_tolerance: float | None = None,
     on_step: Callable[[str], None] | None = None,
+    on_progress: OnProgress | None = None,
 ) -> ExportResult:
     """Checkpoint -> ONNX (``onnx``), -> INT8 (``int8`` + ``calib``), -> TensorRT engine (``trt``); each checked.
 
     ``model`` is a checkpoint, or an exported ONNX file when ONNX is not asked.  Without ``trt``,
     ``int8`` writes an OpenVINO IR (``engines/<stem>.int8.xml``); with it, a Q/DQ ONNX
-    (``engines/<stem>.int8.onnx``) and the engine built from it.
+    (``engines/<stem>.int8.onnx``) and the engine built from it.  ``on_step`` gets a message as each step
+    starts, ``on_progress`` the film counts of the INT8 step (:func:`cxrtool.export.int8.export_int8`); the ONNX
+    parity check (at most ``check_count`` films) and the TensorRT build are single steps.
     """
     from cxrtool.export import onnx as onnx_mod
     from cxrtool.export.trt_options import engine_precision
@@ -131,7 +135,7 @@ def export_model(
         from cxrtool.export.int8 import export_int8
 
         fmt = "qdq-onnx" if trt else "openvino"
-        result.int8 = export_int8(result.onnx_path, calib, fmt=fmt, on_step=step)
+        result.int8 = export_int8(result.onnx_path, calib, fmt=fmt, on_step=step, on_progress=on_progress)
         engine_source = result.int8.path
     if trt:
         engine_path = default_engine_path(result.onnx_path)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -73,6 +74,10 @@ _WORKER: dict[str, Any] = {}
 
 
 def _init_worker(owner_pid: int, cfg_json: str, decode: DecodeFn) -> None:
+    """Ctrl-C is the run's to handle: it reaches the whole process group, and a worker that took it would die
+    mid-``get`` with a ``KeyboardInterrupt`` traceback on the run's stderr (and break the pool) while the run shuts the
+    pool down in order."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     die_with(owner_pid)
     if hasattr(os, "nice"):
         os.nice(WORKER_NICENESS)

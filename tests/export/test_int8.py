@@ -133,9 +133,19 @@ def test_failed_check_writes_nothing(onnx_file, shared_data, tmp_path):
     rows += [(p, c, "test") for p, c in real_films(shared_data, 4, skip=40)]
     out = tmp_path / "out" / "tiny.int8.xml"
     out.parent.mkdir()
+    events = []
     with pytest.raises(Int8CheckError) as info:
-        export_int8(onnx_file, write_manifest(tmp_path / "m.csv", rows), out, max_auc_drop=-1.0)
+        export_int8(
+            onnx_file, write_manifest(tmp_path / "m.csv", rows), out, max_auc_drop=-1.0, on_progress=events.append
+        )
     assert [c.attempt for c in info.value.checks] == ["plain", "fp32 first conv + classifier", "accuracy control"]
+    # accuracy control's own walks are reported too: its fp32 targets and each whole-set validation run (NNCF first
+    # probes the metric on one film: not a run), every film counted
+    last = {e.stage: e for e in events}
+    runs = [s for s in last if s.startswith("accuracy-control validation (run ")]
+    assert len(runs) >= 2  # at least the fp32 and the quantized model
+    assert "accuracy-control targets" in last and "INT8 check (accuracy control)" in last
+    assert all(last[s].done == last[s].total == 12 for s in [*runs, "accuracy-control targets"])
     assert all(not c.ok and c.macro_auc_fp32 is not None for c in info.value.checks)
     assert "macro-AUC" in str(info.value) and "nothing written" in str(info.value)
     assert list(out.parent.iterdir()) == []  # no IR, no .bin, no temp folder
