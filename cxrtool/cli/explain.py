@@ -200,12 +200,14 @@ def explain(
     stdout.print(f"results: {report.csv_path}", highlight=False, soft_wrap=True)
     dicom_failed = 0
     if stowed is not None and stow is not None:  # stored film by film during the run (cxrtool.dicomweb.explain)
+        from collections import Counter
+
         from cxrtool.dicomweb.results import summary_line as stow_line
 
         for r in stowed.results:
             if r.status == "failed":
                 err.print(failed(r.path, r.reason), soft_wrap=True)
-        err.print(stow_line(stowed.results, stow), soft_wrap=True)
+        err.print(stow_line(Counter(r.status for r in stowed.results), stow), soft_wrap=True)
         dicom_failed = sum(r.status == "failed" for r in stowed.results)
     elif dicom_out is not None:  # post-pass over the DICOM inputs (cxrtool.results)
         from cxrtool.results.write import failed_count, results_for_explain, summary_line

@@ -10,9 +10,7 @@ from rich.text import Text
 
 from cxrtool.cli._console import EXIT_SOME_FAILED, err, error, out, progress, user_errors, warning
 from cxrtool.cli._options import default_of, device_option
-from cxrtool.export import onnx as onnx_export
-from cxrtool.export.parity import DEFAULT_CHECK_COUNT
-from cxrtool.export.trt_options import DEFAULT_TOLERANCE as TRT_TOLERANCE
+from cxrtool.export.options import CHECK_COUNT, ONNX_OPSET, ONNX_TOLERANCE, TRT_TOLERANCE
 from cxrtool.modelfile import BatchProfile
 
 if TYPE_CHECKING:
@@ -48,11 +46,11 @@ def export(
     ] = None,
     check_count: Annotated[
         int, typer.Option("--check-count", min=1, help="How many check films to use, spread over the folder.")
-    ] = DEFAULT_CHECK_COUNT,
+    ] = CHECK_COUNT,
     tolerance: Annotated[
         float, typer.Option("--tolerance", min=0.0, help="Max abs logit difference ONNX Runtime vs torch.")
-    ] = onnx_export.DEFAULT_TOLERANCE,
-    opset: Annotated[int, typer.Option("--opset", min=13, help="ONNX opset.")] = onnx_export.DEFAULT_OPSET,
+    ] = ONNX_TOLERANCE,
+    opset: Annotated[int, typer.Option("--opset", min=13, help="ONNX opset.")] = ONNX_OPSET,
     fp16: Annotated[
         bool, typer.Option("--fp16", help="TensorRT: fp16 engine (the ONNX converted to fp16, strongly typed build).")
     ] = False,

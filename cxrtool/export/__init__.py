@@ -2,7 +2,7 @@
 
 One module per concern: :mod:`~cxrtool.export.onnx` (checkpoint -> ONNX, checked against torch),
 :mod:`~cxrtool.export.calib_films` and :mod:`~cxrtool.export.int8` (NNCF post-training
-quantization gated on held-out films), :mod:`~cxrtool.export.trt_options` and
+quantization gated on held-out films), :mod:`~cxrtool.export.options` and
 :mod:`~cxrtool.export.trt_build` (TensorRT 10/11, explicit precision).  This package writes files
 only; checking an engine with a runtime, and the whole ``cxrtool export`` sequence, is
 :mod:`cxrtool.export.pipeline`, so nothing here imports :mod:`cxrtool.infer`.  Importing it loads no

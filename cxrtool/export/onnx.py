@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from cxrtool.config import PreprocessCfg
-from cxrtool.export.parity import DEFAULT_CHECK_COUNT, ParityError, ParityReport, check_batch, compare_logits
+from cxrtool.export.options import CHECK_COUNT, ONNX_OPSET, ONNX_TOLERANCE
+from cxrtool.export.parity import ParityError, ParityReport, check_batch, compare_logits
 from cxrtool.modelfile import (
     FEATURES_NAME,
     INPUT_NAME,
@@ -35,12 +36,6 @@ from cxrtool.modelfile import (
 )
 from cxrtool.runtimes.onnxrt import ort_session, run_ort_in_two_batches
 
-DEFAULT_OPSET = 18
-#: Max abs logit difference allowed between torch and ONNX Runtime, both fp32.  Kernels that only
-#: reorder sums differ by ~1e-6 relative (seen: <1e-5 on DenseNet121); a gap of 1e-3 means an op
-#: was translated with different semantics, not round-off, while still far below any margin that
-#: decides a prediction.
-DEFAULT_TOLERANCE = 1e-3
 #: Largest relative ``ood_score`` difference allowed (|a - b| / max(1, |a|)), the issue's parity bar.
 OOD_RTOL = 1e-3
 
@@ -57,9 +52,9 @@ def export_onnx(
     out: str | Path | None = None,
     *,
     check_images: Sequence[str | Path] = (),
-    check_count: int = DEFAULT_CHECK_COUNT,
-    tolerance: float = DEFAULT_TOLERANCE,
-    opset: int = DEFAULT_OPSET,
+    check_count: int = CHECK_COUNT,
+    tolerance: float = ONNX_TOLERANCE,
+    opset: int = ONNX_OPSET,
 ) -> OnnxExport:
     """Export ``checkpoint`` to ONNX (dynamic batch, card in metadata) and check it against torch.
 

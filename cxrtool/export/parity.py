@@ -15,10 +15,9 @@ import numpy as np
 
 from cxrtool.config import PreprocessCfg
 from cxrtool.errors import CxrError, ImageLoadError
+from cxrtool.export.options import CHECK_COUNT
 from cxrtool.inputs import iter_input_files
 from cxrtool.preprocess import load_input
-
-DEFAULT_CHECK_COUNT = 16
 
 
 class ParityError(CxrError):
@@ -51,7 +50,7 @@ def compare_logits(reference: np.ndarray, candidate: np.ndarray, *, tolerance: f
 
 
 def load_check_batch(
-    sources: Iterable[str | Path], cfg: PreprocessCfg, *, limit: int = DEFAULT_CHECK_COUNT
+    sources: Iterable[str | Path], cfg: PreprocessCfg, *, limit: int = CHECK_COUNT
 ) -> tuple[np.ndarray, list[str]]:
     """Up to ``limit`` films spread evenly over ``sources`` (files/folders), preprocessed with ``cfg``.
 

@@ -80,7 +80,7 @@ def export_model(
     parity check (at most ``check_count`` films) and the TensorRT build are single steps.
     """
     from cxrtool.export import onnx as onnx_mod
-    from cxrtool.export.trt_options import engine_precision
+    from cxrtool.export.options import ONNX_OPSET, ONNX_TOLERANCE, engine_precision
 
     model = Path(model)
     step = on_step or (lambda _msg: None)
@@ -126,8 +126,8 @@ def export_model(
                 onnx_path,
                 check_images=check_images,
                 check_count=check_count,
-                tolerance=onnx_mod.DEFAULT_TOLERANCE if tolerance is None else tolerance,
-                opset=opset or onnx_mod.DEFAULT_OPSET,
+                tolerance=ONNX_TOLERANCE if tolerance is None else tolerance,
+                opset=opset or ONNX_OPSET,
             )
         result.onnx_path = onnx_path
     engine_source = result.onnx_path
@@ -183,7 +183,7 @@ def build_engine(
         Optimisation profile batch sizes, ``cuda[:N]``, builder workspace.
     check_images, check_count, tolerance:
         Parity films (seeded noise without them) and the largest max-abs logit difference allowed
-        (default :data:`cxrtool.export.trt_options.DEFAULT_TOLERANCE`).
+        (default :data:`cxrtool.export.options.TRT_TOLERANCE`).
     reference_onnx:
         The fp32 ONNX the engine is compared with (default ``onnx_path``).
 
@@ -197,8 +197,8 @@ def build_engine(
         TensorRT/CUDA unusable, parse/build failure; :class:`ParityError` above the tolerance
         (nothing written).
     """
+    from cxrtool.export.options import default_tolerance
     from cxrtool.export.trt_build import build_serialized, precision_onnx
-    from cxrtool.export.trt_options import default_tolerance
     from cxrtool.fsutil import atomic_path
     from cxrtool.runtimes.onnxrt import ort_session, run_ort_in_two_batches
     from cxrtool.runtimes.trt_runner import TrtRunner, current_gpu, device_context

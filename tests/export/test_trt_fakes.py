@@ -218,7 +218,7 @@ class TestBuild:
             build_serialized(trt, b"not onnx", tmp_path / "m.onnx", CFG, BatchProfile(1, 4, 8))
 
     def test_options(self, tmp_path):
-        from cxrtool.export.trt_options import default_tolerance, engine_precision
+        from cxrtool.export.options import default_tolerance, engine_precision
 
         assert [
             engine_precision(fp16=f, int8=i, calib=tmp_path if i else None) for f, i in ((0, 0), (1, 0), (0, 1))
