@@ -1,3 +1,3 @@
-from cxrtool.cli.main import app
+from cxrtool.cli.main import run
 
-app(prog_name="cxrtool")
+run()

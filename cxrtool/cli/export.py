@@ -166,9 +166,15 @@ class _ExportView:
         self.live, self.stage = None, None
 
     def __enter__(self) -> _ExportView:
+        import rich
+
+        # NNCF draws its own bars on Rich's global console (stdout); progress comes through on_progress instead
+        self._global, self._quiet = rich.get_console(), rich.get_console().quiet
+        self._global.quiet = True
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._global.quiet = self._quiet
         self._end()
 
 

@@ -12,6 +12,7 @@ dependencies slow down another's start.
 from __future__ import annotations
 
 import importlib
+import signal
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -136,3 +137,18 @@ def doctor() -> None:
         for item, value, ok in rows:
             table.add_row(item, value, marks[ok])
         out.print(table)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def run() -> None:
+    """The ``cxrtool`` program (console script and ``python -m cxrtool``).
+
+    SIGTERM (``kill``, ``timeout``, a service manager) unwinds like Ctrl-C (exit 130): decode pools, temporary
+    folders and output locks are closed on the way out, not left to multiprocessing's resource tracker.  Commands
+    that stop more gently (``train`` saves, ``listen`` finishes its film) install their own handlers.
+    """
+    signal.signal(signal.SIGTERM, _interrupt)
+    app(prog_name="cxrtool")

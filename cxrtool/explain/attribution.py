@@ -522,10 +522,9 @@ def _flag_title(flag: str) -> str:
 
 
 def _label(name: str) -> str:
-    """A film's short name for a panel title: its file name, or a DICOMweb instance's SOP Instance UID."""
-    from cxrtool.dicomweb.urls import is_dicomweb_url
-
-    return name.rsplit("/", 1)[-1] if is_dicomweb_url(name) else Path(name).name
+    """A film's short name for a panel title: its file name, or the last segment of an address (a DICOMweb
+    instance's SOP Instance UID)."""
+    return name.rsplit("/", 1)[-1] if "://" in name else Path(name).name
 
 
 def _fmt(value: object) -> object:

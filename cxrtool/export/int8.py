@@ -392,25 +392,16 @@ def _quantize_to(
 
 @contextlib.contextmanager
 def _nncf_off_stdout() -> Iterator[None]:
-    """Keep the caller's stdout machine-readable while NNCF runs.
-
-    NNCF draws its own progress bars on Rich's global console (stdout; on a terminal they would fight the caller's
-    display, and progress comes through ``on_progress`` anyway): that console is muted meanwhile, which swaps no
-    stream.  NNCF's log, written to stdout at INFO, goes to stderr from WARNING up.
-    """
-    import rich
-
-    console = rich.get_console()
+    """Keep the caller's stdout machine-readable while NNCF runs: NNCF's log, written to stdout at INFO, goes
+    to stderr from WARNING up.  (Its progress bars draw on Rich's global console; the CLI mutes that one.)"""
     handlers = [h for h in logging.getLogger("nncf").handlers if type(h) is logging.StreamHandler]
     saved = [(h, h.stream, h.level) for h in handlers]
-    quiet, console.quiet = console.quiet, True
     try:
         for h in handlers:
             h.setStream(sys.stderr)
             h.setLevel(max(h.level, logging.WARNING))
         yield
     finally:
-        console.quiet = quiet
         for h, stream, level in saved:
             h.setStream(stream)
             h.setLevel(level)

@@ -74,8 +74,9 @@ class TestOptions:
 class TestSidecar:
     def test_roundtrip(self, tmp_path):
         engine = tmp_path / "m.engine"
-        write_sidecar(engine, sidecar())
-        assert read_sidecar(engine) == sidecar()
+        written = sidecar()  # one object: two would differ in their creation seconds across a second boundary
+        write_sidecar(engine, written)
+        assert read_sidecar(engine) == written
         assert json.loads(sidecar_path(engine).read_text())["card"]["class_names"] == ["a", "b"]
 
     def test_missing_damaged_or_foreign(self, tmp_path):
