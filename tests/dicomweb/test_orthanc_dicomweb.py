@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import time
+from pathlib import Path
 
 import pydicom
 import pytest
@@ -50,6 +51,18 @@ def _predict(args, env=None):
     from cxrtool.cli.main import app
 
     return CliRunner().invoke(app, ["predict", *args], env=env)
+
+
+def _predicted_study(orthanc, ckpt, chest_films, tmp_path) -> tuple[str, Path]:
+    """A study of two uploaded film copies and its predictions CSV (torch, decoded inline): what a STOW test stores."""
+    study, films = study_of_copies(chest_films, 2, tmp_path / "films")
+    orthanc.upload(films)
+    out = tmp_path / "p.csv"
+    res = _predict(
+        [f"{orthanc.dicomweb}/studies/{study}", "-m", str(ckpt), "-o", str(out), "--backend", "torch", "--workers", "0"]
+    )
+    assert res.exit_code == 0, res.output
+    return study, out
 
 
 def test_predict_study_round_trip(orthanc, tiny_web_ckpt, chest_films, tmp_path):
@@ -131,24 +144,7 @@ def test_stow_retries_503_and_every_object_arrives_once(orthanc, tiny_web_ckpt, 
     from cxrtool.dicomweb.destination import StowDestination
     from cxrtool.dicomweb.results import store_results
 
-    study, films = study_of_copies(chest_films, 2, tmp_path / "films")
-    orthanc.upload(films)
-    out = tmp_path / "p.csv"
-    res = _predict(
-        [
-            f"{orthanc.dicomweb}/studies/{study}",
-            "-m",
-            str(tiny_web_ckpt),
-            "-o",
-            str(out),
-            "--backend",
-            "torch",
-            "--workers",
-            "0",
-        ]
-    )
-    assert res.exit_code == 0, res.output
-
+    study, out = _predicted_study(orthanc, tiny_web_ckpt, chest_films, tmp_path)
     proxy = Proxy(orthanc.port, fail_posts=3).start()
     waits: list[float] = []
     try:
@@ -169,29 +165,13 @@ def test_stow_retries_503_and_every_object_arrives_once(orthanc, tiny_web_ckpt, 
 
 def test_stow_that_keeps_failing_is_reported_per_film(orthanc, tiny_web_ckpt, chest_films, tmp_path):
     """A server that never accepts: each film is reported failed with the HTTP reason, nothing half-stored."""
-    study, films = study_of_copies(chest_films, 2, tmp_path / "films")
-    orthanc.upload(films)
+    from cxrtool.dicomweb import parse_dicomweb_url
+    from cxrtool.dicomweb.destination import StowDestination
+    from cxrtool.dicomweb.results import store_results
+
+    study, out = _predicted_study(orthanc, tiny_web_ckpt, chest_films, tmp_path)
     proxy = Proxy(orthanc.port, fail_posts=1000).start()
     try:
-        from cxrtool.dicomweb import parse_dicomweb_url
-        from cxrtool.dicomweb.destination import StowDestination
-        from cxrtool.dicomweb.results import store_results
-
-        out = tmp_path / "p.csv"
-        res = _predict(
-            [
-                f"{orthanc.dicomweb}/studies/{study}",
-                "-m",
-                str(tiny_web_ckpt),
-                "-o",
-                str(out),
-                "--backend",
-                "torch",
-                "--workers",
-                "0",
-            ]
-        )
-        assert res.exit_code == 0, res.output
         destination = StowDestination(
             parse_dicomweb_url(proxy.dicomweb), attempts=3, first_backoff=0.01, sleep=lambda s: None
         )
