@@ -13,10 +13,11 @@ import typer
 
 from cxrtool.dicomweb.connection import DEFAULT_TIMEOUT
 
-__all__ = ["DEFAULT_TIMEOUT", "connection_options", "split_inputs"]
+__all__ = ["DEFAULT_TIMEOUT", "connection_options", "results_destination", "split_inputs"]
 
 if TYPE_CHECKING:
     from cxrtool.dicomweb.connection import ConnectionOptions
+    from cxrtool.dicomweb.destination import StowDestination
     from cxrtool.dicomweb.source import DicomwebSource
 
 DicomwebRoot = Annotated[
@@ -102,3 +103,26 @@ def split_inputs(
         url, connection, connection.credentials(), qido=parse_qido(qido) if qido is not None else None
     )
     return [source], source
+
+
+def results_destination(
+    dicom_out: str | None, web: DicomwebSource | None, connection: ConnectionOptions
+) -> StowDestination | None:
+    """``--dicom-out``: the STOW-RS destination of a ``dicomweb+`` root; else None, the folder checked writable.
+
+    Films read over DICOMweb get their results back over DICOMweb only (a usage error otherwise).
+    """
+    from cxrtool.dicomweb import is_dicomweb_url
+    from cxrtool.errors import CxrError
+    from cxrtool.fsutil import check_writable_output
+
+    if dicom_out is None:
+        return None
+    if is_dicomweb_url(dicom_out):
+        from cxrtool.dicomweb.destination import StowDestination
+
+        return StowDestination.from_address(dicom_out, connection)
+    if web is not None:
+        raise CxrError("films read over DICOMweb get their results back over DICOMweb: --dicom-out dicomweb+…")
+    check_writable_output(Path(dicom_out), "dir")
+    return None

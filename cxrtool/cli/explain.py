@@ -20,6 +20,7 @@ from cxrtool.cli._dicomweb import (
     TokenEnv,
     TokenFile,
     connection_options,
+    results_destination,
     split_inputs,
 )
 from cxrtool.cli._options import check_inputs, default_of, require_checkpoint
@@ -101,21 +102,13 @@ def explain(
     """
     from cxrtool.cli._console import EXIT_SOME_FAILED, err, failed, progress, user_errors
     from cxrtool.cli._console import out as stdout
-    from cxrtool.dicomweb import is_dicomweb_url
-    from cxrtool.errors import CxrError
 
     with user_errors():  # mistakes first: before torch is imported or a model loaded
         connection = connection_options(ca_file, token_env, token_file, basic_auth_env, basic_auth_file, http_timeout)
         files, web = split_inputs(paths, dicomweb, qido, connection)
         check_inputs(paths)
         require_checkpoint(model, "explain")
-        stow = None
-        if dicom_out is not None and is_dicomweb_url(dicom_out):
-            from cxrtool.dicomweb.destination import StowDestination
-
-            stow = StowDestination.from_address(dicom_out, connection)
-        elif dicom_out is not None and web is not None:
-            raise CxrError("films read over DICOMweb get their results back over DICOMweb: --dicom-out dicomweb+…")
+        stow = results_destination(dicom_out, web, connection)
 
     from rich.table import Table
 
@@ -130,8 +123,6 @@ def explain(
 
     with user_errors():
         check_writable_output(out, "dir")
-        if dicom_out is not None and stow is None:
-            check_writable_output(Path(dicom_out), "dir")
         if html is not None:
             check_writable_output(html, "file")
         max_pixels()  # a bad $CXRTOOL_MAX_PIXELS is a usage error before the model is loaded

@@ -20,11 +20,10 @@ from cxrtool.cli._dicomweb import (
     TokenEnv,
     TokenFile,
     connection_options,
+    results_destination,
     split_inputs,
 )
 from cxrtool.cli._options import Backend, Window, check_inputs, default_of, device_option, parse_shard_option
-from cxrtool.dicomweb.urls import is_dicomweb_url
-from cxrtool.errors import CxrError
 from cxrtool.fsutil import check_writable_output, display_path
 from cxrtool.infer.options import PredictOptions
 
@@ -117,15 +116,7 @@ def predict(
             reject_ood=reject_ood,
         )
         check_writable_output(out, "file")
-        stow = None
-        if dicom_out is not None and is_dicomweb_url(dicom_out):
-            from cxrtool.dicomweb.destination import StowDestination
-
-            stow = StowDestination.from_address(dicom_out, connection)
-        elif dicom_out is not None:
-            if dicomweb_source is not None:
-                raise CxrError("films read over DICOMweb get their results back over DICOMweb: --dicom-out dicomweb+…")
-            check_writable_output(Path(dicom_out), "dir")
+        stow = results_destination(dicom_out, dicomweb_source, connection)
         if html is not None:
             check_writable_output(html, "file")
         from cxrtool.infer.predict import predict_to_file  # after the usage checks: a mistake costs no numpy
